@@ -1,0 +1,65 @@
+"""Loads the research target's description (trainer/target.toml) that the sandbox and server read."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TARGET_FILE = Path(__file__).resolve().parent.parent / "trainer" / "target.toml"
+
+
+@dataclass(frozen=True)
+class ResearchTarget:
+    """What the runner needs to know about a research target, and nothing GPT-specific."""
+
+    name: str
+    target_dir: Path
+    metric: str
+    direction: str  # "minimize" or "maximize"
+    metric_unit: str
+    editable: tuple[str, ...]
+    reference: dict[str, Path]  # name shown to the agent -> file on disk
+    train_command: tuple[str, ...]
+    artifact: str
+    evaluate_command: tuple[str, ...]
+    train_data: tuple[str, ...]
+    eval_data: tuple[str, ...]
+    eval_context: int
+
+    def baseline_files(self) -> dict[str, bytes]:
+        """The editable files as shipped: what a fresh workspace starts from."""
+        return {name: (self.target_dir / name).read_bytes() for name in self.editable}
+
+    def is_better(self, candidate: float, incumbent: float) -> bool:
+        """True when candidate beats incumbent in the metric's direction."""
+        return candidate < incumbent if self.direction == "minimize" else candidate > incumbent
+
+    def improvement(self, candidate: float, reference: float) -> float:
+        """How much better candidate is than reference (positive = better), in metric units."""
+        return reference - candidate if self.direction == "minimize" else candidate - reference
+
+
+def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
+    """Read a target description; raise ValueError naming the bad field."""
+    raw = tomllib.loads(path.read_text())
+    target_dir = path.resolve().parent
+    direction = raw.get("direction", "minimize")
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"{path}: direction must be 'minimize' or 'maximize', not {direction!r}")
+    reference = {Path(p).name: (target_dir / p).resolve() for p in raw.get("reference", [])}
+    return ResearchTarget(
+        name=raw["name"],
+        target_dir=target_dir,
+        metric=raw["metric"],
+        direction=direction,
+        metric_unit=raw.get("metric_unit", ""),
+        editable=tuple(raw["editable"]),
+        reference=reference,
+        train_command=tuple(raw["train_command"]),
+        artifact=raw["artifact"],
+        evaluate_command=tuple(raw["evaluate_command"]),
+        train_data=tuple(raw.get("train_data", [])),
+        eval_data=tuple(raw.get("eval_data", [])),
+        eval_context=int(raw.get("eval_context", 256)),
+    )

@@ -1,0 +1,1 @@
+"""The MCP server and everything shared between agents: store, scheduler, papers, web, CLI."""
