@@ -1,0 +1,437 @@
+"""The trusted evaluator: computes val_bpb of a trained model artifact, with integrity checks.
+
+FIXED PART OF THE RESEARCH TARGET: agents can read this file but never edit it; it is
+never copied into a run directory. The server runs it in its own jail that can read the
+artifact, the tokenizer and the val split, and can write nothing.
+
+What it does, in order:
+1. Opens the artifact (a torch.export .pt2 zip) WITHOUT handing it to torch as it is:
+   loading a hostile .pt2 runs code (pickles, guard code, sympy strings, shared objects).
+   It allows only the expected entries, validates the JSON (no pickles, no guard code,
+   sympy strings from a strict grammar, only allowed ops) and writes a new archive in
+   memory; only that one is loaded.
+2. Checks the loaded program: one input, one output, no buffer mutation, only
+   functional, non-random ATen ops.
+3. Scores fixed val windows of the fixed context: cross-entropy computed here, in fp32,
+   val_bpb = sum(nats) / (ln 2 * sum(UTF-8 bytes of the target tokens)), special tokens
+   excluded, byte counts from the tokenizer's raw token bytes.
+4. Probes causality (changing tokens after position t must not change logits at <= t)
+   and batch independence (a row's logits must not depend on the other rows).
+5. Prints ONE JSON object on stdout; the exit code is 0 only for a valid result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import operator
+import os
+import re
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EVAL_CONTEXT = 256  # fixed evaluation context length T (passed to training as AR_EVAL_CONTEXT)
+# Fixed val windows scored per device kind, sized so evaluation stays near 5% of the default
+# budget (60 s on CPU, 300 s on CUDA). Results are only compared within one hardware fingerprint.
+EVAL_WINDOWS = {"cpu": 32, "cuda": 160}
+EVAL_BATCH = 16  # windows per forward pass (fixed: the probe reuses these shapes)
+PROBE_SEED = 20_240_229  # the evaluator's own randomness, never the agent's
+CAUSALITY_TOLERANCE = 1e-5  # at identical shapes an honest model is bitwise identical
+BATCH_TOLERANCE = 1e-3  # across batch compositions: floating-point reassociation only
+MAX_ABS_LOGIT = 1e4
+MAX_ARCHIVE_BYTES = 4 << 30
+MAX_ENTRIES = 10_000
+
+EXIT_OK, EXIT_INVALID_ARTIFACT, EXIT_INTEGRITY, EXIT_ERROR = 0, 3, 4, 5
+
+
+class InvalidArtifact(Exception):
+    """The artifact is missing, malformed, or not a model the evaluator may run."""
+
+
+class IntegrityFailure(Exception):
+    """The model runs but breaks the rules of the metric (future tokens, other rows, bad logits)."""
+
+
+# ---------------------------------------------------------------- archive checks
+
+_ENTRY_PATTERNS = [
+    re.compile(p)
+    for p in (
+        r"data/weights/weight_\d+",
+        r"data/weights/model_weights_config\.json",
+        r"data/constants/tensor_\d+",
+        r"data/constants/model_constants_config\.json",
+        r"models/model\.json",
+        r"archive_format",
+        r"archive_version",
+        r"\.data/version",
+        r"\.data/serialization_id",
+        r"byteorder",
+    )
+]
+_DROPPED_PREFIXES = ("data/sample_inputs/",)  # pickles, retried with weights_only=False: never load
+_SYMPY_TOKEN = re.compile(r"\s*(?:(Symbol|Integer|Mul|Add|Mod|FloorDiv|CeilToInt|FloorToInt|Max|Min|positive|integer|True|False)|([su]\d+)|'([su]\d+)'|(\d+)|([()*+\-/,=]))")
+# Ops the graph may call besides functional ATen ops: symbolic-size arithmetic and tuple access.
+_ALLOWED_NON_ATEN_TARGETS = {
+    "_operator.getitem", "_operator.mul", "_operator.add", "_operator.sub", "_operator.floordiv",
+    "_operator.mod", "_operator.eq", "_operator.ne", "_operator.le", "_operator.lt", "_operator.ge", "_operator.gt",
+}
+_DENIED_ATEN = {"from_file", "_local_scalar_dense", "item", "save", "_print", "set_", "resize_", "_assert_async"}
+
+
+def _check_sympy(expr: str) -> None:
+    """Sympy strings are eval'd by the loader: accept only symbols, integers and arithmetic."""
+    position = 0
+    while position < len(expr):
+        match = _SYMPY_TOKEN.match(expr, position)
+        if not match or match.end() == position:
+            raise InvalidArtifact(f"symbolic shape expression {expr[:80]!r} is not allowed")
+        position = match.end()
+        if expr[position:].strip() == "":
+            break
+
+
+def _walk(value: Any, visit) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            visit(key, item)
+            _walk(item, visit)
+    elif isinstance(value, list):
+        for item in value:
+            _walk(item, visit)
+
+
+def _check_target(target: str) -> None:
+    if target in _ALLOWED_NON_ATEN_TARGETS or target == "torch.ops.aten.sym_size.int":
+        return
+    parts = target.split(".")
+    if len(parts) != 5 or parts[:3] != ["torch", "ops", "aten"]:
+        raise InvalidArtifact(f"the graph calls {target!r}; only ATen operators are allowed")
+    if parts[3] in _DENIED_ATEN or parts[3].endswith("_"):
+        raise InvalidArtifact(f"the graph calls {target!r}, which is not allowed (I/O, in-place or data-dependent)")
+
+
+def _check_model_json(model: dict) -> dict:
+    """Validate the serialized program and return a sanitized copy."""
+    if model.get("guards_code"):
+        raise InvalidArtifact("the artifact carries guard code (executed at load); export it with torch.export.export")
+    model["guards_code"] = []
+    graph = model.get("graph_module", {}).get("graph", {})
+    if graph.get("custom_obj_values"):
+        raise InvalidArtifact("the artifact carries custom objects (pickled at load); remove them from the model")
+    for key in model.get("range_constraints", {}):
+        if not re.fullmatch(r"[su]\d+", key):
+            raise InvalidArtifact(f"range constraint on {key!r} is not allowed")
+
+    def visit(key: str, item: Any) -> None:
+        if key == "expr_str" and isinstance(item, str):
+            _check_sympy(item)
+        if key == "target" and isinstance(item, str):
+            _check_target(item)
+        if key == "use_pickle" and item:
+            raise InvalidArtifact("the artifact stores tensors as pickles; save with torch.export.save")
+
+    _walk(model, visit)
+    for node in graph.get("nodes", []):
+        node["metadata"] = {k: v for k, v in node.get("metadata", {}).items() if k in ("stack_trace",)}
+    return model
+
+
+def _check_tensor_config(config: dict, folder: str, names: set[str]) -> None:
+    for entry in config.get("config", {}).values():
+        if entry.get("use_pickle"):
+            raise InvalidArtifact("the artifact stores tensors as pickles; save with torch.export.save")
+        path = entry.get("path_name", "")
+        if not re.fullmatch(r"(weight|tensor)_\d+", path) or f"{folder}/{path}" not in names:
+            raise InvalidArtifact(f"tensor entry {path!r} is missing or not allowed")
+
+
+def sanitized_archive(path: Path) -> io.BytesIO:
+    """Read the .pt2 zip, allow only known entries, validate JSON, write a fresh archive in memory."""
+    if not path.exists():
+        raise InvalidArtifact(f"no model artifact at {path.name}: train.py must save it to $AR_OUT_DIR/{path.name}")
+    if path.is_symlink() or not path.is_file():
+        raise InvalidArtifact(f"{path.name} is not a regular file")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidArtifact(f"{path.name} is not a torch.export archive ({exc}); save with torch.export.save") from exc
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ENTRIES or sum(i.file_size for i in infos) > MAX_ARCHIVE_BYTES:
+            raise InvalidArtifact(f"{path.name} is too large ({len(infos)} entries)")
+        prefixes = {i.filename.split("/", 1)[0] for i in infos}
+        if len(prefixes) != 1:
+            raise InvalidArtifact(f"{path.name} holds more than one archive folder: {sorted(prefixes)[:5]}")
+        prefix = prefixes.pop()
+        kept: dict[str, bytes] = {}
+        for info in infos:
+            name = info.filename[len(prefix) + 1 :]
+            if info.is_dir() or any(name.startswith(p) for p in _DROPPED_PREFIXES):
+                continue
+            if not any(p.fullmatch(name) for p in _ENTRY_PATTERNS):
+                raise InvalidArtifact(f"{path.name} contains {name!r}, which a model archive may not contain")
+            try:
+                kept[name] = archive.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib_error()) as exc:
+                raise InvalidArtifact(f"{path.name} is truncated or corrupt ({exc}); re-run training") from exc
+    if "models/model.json" not in kept:
+        raise InvalidArtifact(f"{path.name} has no models/model.json: it is not a torch.export program")
+    try:
+        model = json.loads(kept["models/model.json"])
+        for config_name, folder in (("data/weights/model_weights_config.json", "data/weights"),
+                                    ("data/constants/model_constants_config.json", "data/constants")):
+            if config_name in kept:
+                _check_tensor_config(json.loads(kept[config_name]), folder, set(kept))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise InvalidArtifact(f"{path.name} has malformed metadata ({exc})") from exc
+    kept["models/model.json"] = json.dumps(_check_model_json(model)).encode()
+    kept["data/sample_inputs/model.pt"] = b""  # the loader requires the entry; empty means "none"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as fresh:
+        for name, data in kept.items():
+            fresh.writestr(f"{prefix}/{name}", data)
+    buffer.seek(0)
+    return buffer
+
+
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error
+
+
+def _random_op_is_inert(node) -> bool:
+    """Attention and dropout carry the 'random' tag but are deterministic with p = 0 / train = False."""
+    name = node.target._schema.name.split("::")[-1]
+    arguments = {a.name: v for a, v in zip(node.target._schema.arguments, node.args, strict=False)} | dict(node.kwargs)
+    if name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"):
+        return arguments.get("dropout_p", 0.0) == 0.0
+    if name in ("dropout", "feature_dropout", "alpha_dropout"):
+        return arguments.get("p") == 0.0 or arguments.get("train") is False
+    return False
+
+
+def load_program(path: Path):
+    """Load the sanitized program and check its signature and every op it calls."""
+    import torch
+
+    buffer = sanitized_archive(path)
+    try:
+        program = torch.export.load(buffer)
+    except Exception as exc:  # noqa: BLE001 - any loader failure means the artifact is unusable
+        raise InvalidArtifact(f"torch.export could not load {path.name}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    signature = program.graph_signature
+    if len(signature.user_inputs) != 1 or len(signature.user_outputs) != 1:
+        raise InvalidArtifact(
+            f"the program takes {len(signature.user_inputs)} inputs and returns {len(signature.user_outputs)} outputs; "
+            "it must map token ids [B, T] to logits [B, T, V]"
+        )
+    if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
+        raise InvalidArtifact("the program mutates buffers or inputs; export a stateless model (model.eval(), no caches)")
+    for node in program.graph.nodes:
+        if node.op == "call_module":
+            raise InvalidArtifact(f"the program calls a submodule ({node.target}); export with torch.export.export")
+        if node.op != "call_function":
+            continue
+        target = node.target
+        if isinstance(target, torch._ops.OpOverload):
+            if target.namespace != "aten":
+                raise InvalidArtifact(f"the program calls {target}; only ATen operators are allowed")
+            if target._schema.is_mutable:
+                raise InvalidArtifact(f"the program calls {target}, which mutates its inputs or state")
+            if torch.Tag.nondeterministic_seeded in target.tags and not _random_op_is_inert(node):
+                raise InvalidArtifact(f"the program calls {target} with randomness on; the model must be deterministic")
+            if target._schema.name.split("::")[-1] in _DENIED_ATEN:
+                raise InvalidArtifact(f"the program calls {target}, which is not allowed")
+        elif target not in (operator.getitem, operator.mul, operator.add, operator.sub, operator.floordiv):
+            raise InvalidArtifact(f"the program calls {target!r}; only ATen operators are allowed")
+    return program
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def bits_per_byte(total_nats: float, total_bytes: int) -> float:
+    """val_bpb = nats / (ln 2 * bytes)."""
+    return total_nats / (math.log(2) * total_bytes)
+
+
+def val_windows(val_tokens: np.ndarray, context: int, windows: int) -> np.ndarray:
+    """The fixed windows [N, T+1]: consecutive, non-overlapping targets from the start of val."""
+    available = (val_tokens.size - 1) // context
+    if available < 1:
+        raise RuntimeError(f"the val split has {val_tokens.size} tokens, fewer than one window of {context + 1}")
+    count = min(windows, available)
+    return np.stack([val_tokens[i * context : i * context + context + 1] for i in range(count)]).astype(np.int64)
+
+
+def token_nats(logits, targets):
+    """Per-position cross-entropy in nats, computed here in fp32: logsumexp - logit of the target."""
+    import torch
+
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _run(module, x, vocab_size: int):
+    import torch
+
+    with torch.inference_mode():
+        out = module(x)
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise IntegrityFailure(f"the model returned {type(out).__name__}, not a logits tensor")
+    expected = (x.size(0), x.size(1), vocab_size)
+    if tuple(out.shape) != expected:
+        raise IntegrityFailure(f"the model returned logits of shape {tuple(out.shape)}; expected [B, T, V] = {list(expected)}")
+    if not out.is_floating_point():
+        raise IntegrityFailure(f"the model returned {out.dtype} logits; expected floating point")
+    out = out.float()
+    if not torch.isfinite(out).all():
+        raise IntegrityFailure("the model returned NaN or infinite logits")
+    if out.abs().max().item() > MAX_ABS_LOGIT:
+        raise IntegrityFailure(f"the model returned logits larger than {MAX_ABS_LOGIT:g} in magnitude")
+    return out
+
+
+def evaluate(artifact: Path, data_dir: Path, device: str = "cpu", windows: int | None = None) -> dict:
+    """Score the artifact on the fixed val windows; raise InvalidArtifact / IntegrityFailure."""
+    import torch
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    meta = json.loads((data_dir / "tokenizer" / "tokenizer.json").read_text())
+    vocab_size = int(meta["vocab_size"])
+    token_bytes = torch.from_numpy(np.fromfile(data_dir / "tokenizer" / "token_bytes.bin", dtype="<i4").astype(np.int64))
+    val_tokens = np.fromfile(data_dir / "val" / "tokens.bin", dtype="<u2")
+    program = load_program(artifact)
+    module = program.module()
+    if device != "cpu":
+        module = module.to(device)
+    timings["load_seconds"] = time.perf_counter() - started
+
+    device_kind = "cuda" if device.startswith("cuda") else "cpu"
+    windows = windows or EVAL_WINDOWS[device_kind]
+    data = torch.from_numpy(val_windows(val_tokens, EVAL_CONTEXT, windows)).to(device)
+    inputs, targets = data[:, :-1], data[:, 1:]
+    total_nats, total_bytes, scored = 0.0, 0, 0
+    batch_logits = []
+    t = time.perf_counter()
+    for start in range(0, inputs.size(0), EVAL_BATCH):
+        x, y = inputs[start : start + EVAL_BATCH], targets[start : start + EVAL_BATCH]
+        logits = _run(module, x, vocab_size)
+        batch_logits.append(logits)
+        nbytes = token_bytes.to(device)[y]
+        counted = nbytes > 0  # special tokens carry no bytes and are excluded
+        total_nats += token_nats(logits, y)[counted].double().sum().item()
+        total_bytes += int(nbytes.sum().item())
+        scored += int(counted.sum().item())
+    timings["score_seconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    causality = probe_causality(module, inputs, batch_logits, vocab_size)
+    timings["probe_seconds"] = time.perf_counter() - t
+    timings["total_seconds"] = time.perf_counter() - started
+    return {
+        "val_bpb": bits_per_byte(total_nats, total_bytes),
+        "val_loss_nats": total_nats / scored,
+        "scored_tokens": scored,
+        "scored_bytes": total_bytes,
+        "windows": int(inputs.size(0)),
+        "context": EVAL_CONTEXT,
+        "vocab_size": vocab_size,
+        "causality": causality,
+        **{k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def probe_causality(module, inputs, batch_logits, vocab_size: int) -> dict:
+    """Every scored row is probed once: tokens after a random t are replaced; logits at <= t must not move.
+
+    The probe batches have exactly the scoring batches' shapes, so an honest model gives
+    bitwise-identical logits; the scoring logits are the reference. A second check runs
+    the first batch with its rows reversed: a row must not read the others.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    T = inputs.size(1)
+    worst = 0.0
+    probes = 0
+    for index, reference in enumerate(batch_logits):
+        x = inputs[index * EVAL_BATCH : index * EVAL_BATCH + reference.size(0)]
+        cut = torch.randint(0, T - 1, (x.size(0),), generator=generator)
+        noise = torch.randint(0, vocab_size, x.shape, generator=generator).to(x.device)
+        keep = torch.arange(T, device=x.device)[None, :] <= cut.to(x.device)[:, None]
+        probed = _run(module, torch.where(keep, x, noise), vocab_size)
+        difference = (probed - reference).abs().amax(dim=-1)  # [B, T]
+        leak = difference[keep].max().item()
+        worst = max(worst, leak)
+        probes += x.size(0)
+        if leak > CAUSALITY_TOLERANCE:
+            row = int((difference * keep).amax(dim=1).argmax().item())
+            raise IntegrityFailure(
+                f"causality probe failed: changing tokens after position {int(cut[row])} changed the logits at or "
+                f"before it by {leak:.3g} (tolerance {CAUSALITY_TOLERANCE:g}); attention must be causal"
+            )
+    first = inputs[: batch_logits[0].size(0)]
+    reversed_logits = _run(module, first.flip(0), vocab_size).flip(0)
+    cross_row = (reversed_logits - batch_logits[0]).abs().max().item()
+    if cross_row > BATCH_TOLERANCE:
+        raise IntegrityFailure(
+            f"batch independence failed: reordering the batch changed a row's logits by {cross_row:.3g}; "
+            "each sequence must be scored on its own"
+        )
+    return {"probes": probes, "max_leak": worst, "batch_check_max_diff": cross_row, "tolerance": CAUSALITY_TOLERANCE}
+
+
+def file_hashes(data_dir: Path) -> dict[str, str]:
+    """sha256 of the evaluator itself, the tokenizer and the val split: stored with every run."""
+    paths = {
+        "evaluator": Path(__file__).resolve(),
+        "tokenizer": data_dir / "tokenizer" / "tokenizer.tiktoken",
+        "token_bytes": data_dir / "tokenizer" / "token_bytes.bin",
+        "val": data_dir / "val" / "tokens.bin",
+    }
+    return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in paths.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Score a model artifact: prints one JSON object.")
+    parser.add_argument("--artifact", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True, help="holds tokenizer/ and val/")
+    parser.add_argument("--device", default=os.environ.get("AR_DEVICE", "cpu"))
+    parser.add_argument("--windows", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {}
+    try:
+        report["hashes"] = file_hashes(args.data_dir)
+        report.update(evaluate(args.artifact, args.data_dir, args.device, args.windows))
+        report["status"] = "ok"
+        code = EXIT_OK
+    except InvalidArtifact as exc:
+        report.update(status="invalid_artifact", reason=str(exc))
+        code = EXIT_INVALID_ARTIFACT
+    except IntegrityFailure as exc:
+        report.update(status="integrity_fail", reason=str(exc))
+        code = EXIT_INTEGRITY
+    except Exception as exc:  # noqa: BLE001 - report, never a bare traceback
+        report.update(status="error", reason=f"the evaluator failed: {type(exc).__name__}: {str(exc)[:400]}")
+        code = EXIT_ERROR
+    print(json.dumps(report), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

