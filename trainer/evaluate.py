@@ -79,13 +79,34 @@ _ENTRY_PATTERNS = [
     )
 ]
 _DROPPED_PREFIXES = ("data/sample_inputs/",)  # pickles, retried with weights_only=False: never load
-_SYMPY_TOKEN = re.compile(r"\s*(?:(Symbol|Integer|Mul|Add|Mod|FloorDiv|CeilToInt|FloorToInt|Max|Min|positive|integer|True|False)|([su]\d+)|'([su]\d+)'|(\d+)|([()*+\-/,=]))")
+_SYMPY_TOKEN = re.compile(
+    r"\s*(?:(Symbol|Integer|Mul|Add|Mod|FloorDiv|CeilToInt|FloorToInt|Max|Min|positive|integer|True|False)|([su]\d+)|'([su]\d+)'|(\d+)|([()*+\-/,=]))"
+)
 # Ops the graph may call besides functional ATen ops: symbolic-size arithmetic and tuple access.
 _ALLOWED_NON_ATEN_TARGETS = {
-    "_operator.getitem", "_operator.mul", "_operator.add", "_operator.sub", "_operator.floordiv",
-    "_operator.mod", "_operator.eq", "_operator.ne", "_operator.le", "_operator.lt", "_operator.ge", "_operator.gt",
+    "_operator.getitem",
+    "_operator.mul",
+    "_operator.add",
+    "_operator.sub",
+    "_operator.floordiv",
+    "_operator.mod",
+    "_operator.eq",
+    "_operator.ne",
+    "_operator.le",
+    "_operator.lt",
+    "_operator.ge",
+    "_operator.gt",
 }
-_DENIED_ATEN = {"from_file", "_local_scalar_dense", "item", "save", "_print", "set_", "resize_", "_assert_async"}
+_DENIED_ATEN = {
+    "from_file",
+    "_local_scalar_dense",
+    "item",
+    "save",
+    "_print",
+    "set_",
+    "resize_",
+    "_assert_async",
+}
 
 
 def _check_sympy(expr: str) -> None:
@@ -117,17 +138,23 @@ def _check_target(target: str) -> None:
     if len(parts) != 5 or parts[:3] != ["torch", "ops", "aten"]:
         raise InvalidArtifact(f"the graph calls {target!r}; only ATen operators are allowed")
     if parts[3] in _DENIED_ATEN or parts[3].endswith("_"):
-        raise InvalidArtifact(f"the graph calls {target!r}, which is not allowed (I/O, in-place or data-dependent)")
+        raise InvalidArtifact(
+            f"the graph calls {target!r}, which is not allowed (I/O, in-place or data-dependent)"
+        )
 
 
 def _check_model_json(model: dict) -> dict:
     """Validate the serialized program and return a sanitized copy."""
     if model.get("guards_code"):
-        raise InvalidArtifact("the artifact carries guard code (executed at load); export it with torch.export.export")
+        raise InvalidArtifact(
+            "the artifact carries guard code (executed at load); export it with torch.export.export"
+        )
     model["guards_code"] = []
     graph = model.get("graph_module", {}).get("graph", {})
     if graph.get("custom_obj_values"):
-        raise InvalidArtifact("the artifact carries custom objects (pickled at load); remove them from the model")
+        raise InvalidArtifact(
+            "the artifact carries custom objects (pickled at load); remove them from the model"
+        )
     for key in model.get("range_constraints", {}):
         if not re.fullmatch(r"[su]\d+", key):
             raise InvalidArtifact(f"range constraint on {key!r} is not allowed")
@@ -138,18 +165,24 @@ def _check_model_json(model: dict) -> dict:
         if key == "target" and isinstance(item, str):
             _check_target(item)
         if key == "use_pickle" and item:
-            raise InvalidArtifact("the artifact stores tensors as pickles; save with torch.export.save")
+            raise InvalidArtifact(
+                "the artifact stores tensors as pickles; save with torch.export.save"
+            )
 
     _walk(model, visit)
     for node in graph.get("nodes", []):
-        node["metadata"] = {k: v for k, v in node.get("metadata", {}).items() if k in ("stack_trace",)}
+        node["metadata"] = {
+            k: v for k, v in node.get("metadata", {}).items() if k in ("stack_trace",)
+        }
     return model
 
 
 def _check_tensor_config(config: dict, folder: str, names: set[str]) -> None:
     for entry in config.get("config", {}).values():
         if entry.get("use_pickle"):
-            raise InvalidArtifact("the artifact stores tensors as pickles; save with torch.export.save")
+            raise InvalidArtifact(
+                "the artifact stores tensors as pickles; save with torch.export.save"
+            )
         path = entry.get("path_name", "")
         if not re.fullmatch(r"(weight|tensor)_\d+", path) or f"{folder}/{path}" not in names:
             raise InvalidArtifact(f"tensor entry {path!r} is missing or not allowed")
@@ -158,20 +191,26 @@ def _check_tensor_config(config: dict, folder: str, names: set[str]) -> None:
 def sanitized_archive(path: Path) -> io.BytesIO:
     """Read the .pt2 zip, allow only known entries, validate JSON, write a fresh archive in memory."""
     if not path.exists():
-        raise InvalidArtifact(f"no model artifact at {path.name}: train.py must save it to $AR_OUT_DIR/{path.name}")
+        raise InvalidArtifact(
+            f"no model artifact at {path.name}: train.py must save it to $AR_OUT_DIR/{path.name}"
+        )
     if path.is_symlink() or not path.is_file():
         raise InvalidArtifact(f"{path.name} is not a regular file")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidArtifact(f"{path.name} is not a torch.export archive ({exc}); save with torch.export.save") from exc
+        raise InvalidArtifact(
+            f"{path.name} is not a torch.export archive ({exc}); save with torch.export.save"
+        ) from exc
     with archive:
         infos = archive.infolist()
         if len(infos) > MAX_ENTRIES or sum(i.file_size for i in infos) > MAX_ARCHIVE_BYTES:
             raise InvalidArtifact(f"{path.name} is too large ({len(infos)} entries)")
         prefixes = {i.filename.split("/", 1)[0] for i in infos}
         if len(prefixes) != 1:
-            raise InvalidArtifact(f"{path.name} holds more than one archive folder: {sorted(prefixes)[:5]}")
+            raise InvalidArtifact(
+                f"{path.name} holds more than one archive folder: {sorted(prefixes)[:5]}"
+            )
         prefix = prefixes.pop()
         kept: dict[str, bytes] = {}
         for info in infos:
@@ -179,17 +218,25 @@ def sanitized_archive(path: Path) -> io.BytesIO:
             if info.is_dir() or any(name.startswith(p) for p in _DROPPED_PREFIXES):
                 continue
             if not any(p.fullmatch(name) for p in _ENTRY_PATTERNS):
-                raise InvalidArtifact(f"{path.name} contains {name!r}, which a model archive may not contain")
+                raise InvalidArtifact(
+                    f"{path.name} contains {name!r}, which a model archive may not contain"
+                )
             try:
                 kept[name] = archive.read(info)
             except (zipfile.BadZipFile, OSError, EOFError, zlib_error()) as exc:
-                raise InvalidArtifact(f"{path.name} is truncated or corrupt ({exc}); re-run training") from exc
+                raise InvalidArtifact(
+                    f"{path.name} is truncated or corrupt ({exc}); re-run training"
+                ) from exc
     if "models/model.json" not in kept:
-        raise InvalidArtifact(f"{path.name} has no models/model.json: it is not a torch.export program")
+        raise InvalidArtifact(
+            f"{path.name} has no models/model.json: it is not a torch.export program"
+        )
     try:
         model = json.loads(kept["models/model.json"])
-        for config_name, folder in (("data/weights/model_weights_config.json", "data/weights"),
-                                    ("data/constants/model_constants_config.json", "data/constants")):
+        for config_name, folder in (
+            ("data/weights/model_weights_config.json", "data/weights"),
+            ("data/constants/model_constants_config.json", "data/constants"),
+        ):
             if config_name in kept:
                 _check_tensor_config(json.loads(kept[config_name]), folder, set(kept))
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
@@ -213,7 +260,9 @@ def zlib_error() -> type[Exception]:
 def _random_op_is_inert(node) -> bool:
     """Attention and dropout carry the 'random' tag but are deterministic with p = 0 / train = False."""
     name = node.target._schema.name.split("::")[-1]
-    arguments = {a.name: v for a, v in zip(node.target._schema.arguments, node.args, strict=False)} | dict(node.kwargs)
+    arguments = {
+        a.name: v for a, v in zip(node.target._schema.arguments, node.args, strict=False)
+    } | dict(node.kwargs)
     if name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"):
         return arguments.get("dropout_p", 0.0) == 0.0
     if name in ("dropout", "feature_dropout", "alpha_dropout"):
@@ -229,7 +278,9 @@ def load_program(path: Path):
     try:
         program = torch.export.load(buffer)
     except Exception as exc:  # noqa: BLE001 - any loader failure means the artifact is unusable
-        raise InvalidArtifact(f"torch.export could not load {path.name}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        raise InvalidArtifact(
+            f"torch.export could not load {path.name}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
     signature = program.graph_signature
     if len(signature.user_inputs) != 1 or len(signature.user_outputs) != 1:
         raise InvalidArtifact(
@@ -237,23 +288,39 @@ def load_program(path: Path):
             "it must map token ids [B, T] to logits [B, T, V]"
         )
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
-        raise InvalidArtifact("the program mutates buffers or inputs; export a stateless model (model.eval(), no caches)")
+        raise InvalidArtifact(
+            "the program mutates buffers or inputs; export a stateless model (model.eval(), no caches)"
+        )
     for node in program.graph.nodes:
         if node.op == "call_module":
-            raise InvalidArtifact(f"the program calls a submodule ({node.target}); export with torch.export.export")
+            raise InvalidArtifact(
+                f"the program calls a submodule ({node.target}); export with torch.export.export"
+            )
         if node.op != "call_function":
             continue
         target = node.target
         if isinstance(target, torch._ops.OpOverload):
             if target.namespace != "aten":
-                raise InvalidArtifact(f"the program calls {target}; only ATen operators are allowed")
+                raise InvalidArtifact(
+                    f"the program calls {target}; only ATen operators are allowed"
+                )
             if target._schema.is_mutable:
-                raise InvalidArtifact(f"the program calls {target}, which mutates its inputs or state")
+                raise InvalidArtifact(
+                    f"the program calls {target}, which mutates its inputs or state"
+                )
             if torch.Tag.nondeterministic_seeded in target.tags and not _random_op_is_inert(node):
-                raise InvalidArtifact(f"the program calls {target} with randomness on; the model must be deterministic")
+                raise InvalidArtifact(
+                    f"the program calls {target} with randomness on; the model must be deterministic"
+                )
             if target._schema.name.split("::")[-1] in _DENIED_ATEN:
                 raise InvalidArtifact(f"the program calls {target}, which is not allowed")
-        elif target not in (operator.getitem, operator.mul, operator.add, operator.sub, operator.floordiv):
+        elif target not in (
+            operator.getitem,
+            operator.mul,
+            operator.add,
+            operator.sub,
+            operator.floordiv,
+        ):
             raise InvalidArtifact(f"the program calls {target!r}; only ATen operators are allowed")
     return program
 
@@ -270,9 +337,13 @@ def val_windows(val_tokens: np.ndarray, context: int, windows: int) -> np.ndarra
     """The fixed windows [N, T+1]: consecutive, non-overlapping targets from the start of val."""
     available = (val_tokens.size - 1) // context
     if available < 1:
-        raise RuntimeError(f"the val split has {val_tokens.size} tokens, fewer than one window of {context + 1}")
+        raise RuntimeError(
+            f"the val split has {val_tokens.size} tokens, fewer than one window of {context + 1}"
+        )
     count = min(windows, available)
-    return np.stack([val_tokens[i * context : i * context + context + 1] for i in range(count)]).astype(np.int64)
+    return np.stack(
+        [val_tokens[i * context : i * context + context + 1] for i in range(count)]
+    ).astype(np.int64)
 
 
 def token_nats(logits, targets):
@@ -294,18 +365,24 @@ def _run(module, x, vocab_size: int):
         raise IntegrityFailure(f"the model returned {type(out).__name__}, not a logits tensor")
     expected = (x.size(0), x.size(1), vocab_size)
     if tuple(out.shape) != expected:
-        raise IntegrityFailure(f"the model returned logits of shape {tuple(out.shape)}; expected [B, T, V] = {list(expected)}")
+        raise IntegrityFailure(
+            f"the model returned logits of shape {tuple(out.shape)}; expected [B, T, V] = {list(expected)}"
+        )
     if not out.is_floating_point():
         raise IntegrityFailure(f"the model returned {out.dtype} logits; expected floating point")
     out = out.float()
     if not torch.isfinite(out).all():
         raise IntegrityFailure("the model returned NaN or infinite logits")
     if out.abs().max().item() > MAX_ABS_LOGIT:
-        raise IntegrityFailure(f"the model returned logits larger than {MAX_ABS_LOGIT:g} in magnitude")
+        raise IntegrityFailure(
+            f"the model returned logits larger than {MAX_ABS_LOGIT:g} in magnitude"
+        )
     return out
 
 
-def evaluate(artifact: Path, data_dir: Path, device: str = "cpu", windows: int | None = None) -> dict:
+def evaluate(
+    artifact: Path, data_dir: Path, device: str = "cpu", windows: int | None = None
+) -> dict:
     """Score the artifact on the fixed val windows; raise InvalidArtifact / IntegrityFailure."""
     import torch
 
@@ -313,7 +390,9 @@ def evaluate(artifact: Path, data_dir: Path, device: str = "cpu", windows: int |
     started = time.perf_counter()
     meta = json.loads((data_dir / "tokenizer" / "tokenizer.json").read_text())
     vocab_size = int(meta["vocab_size"])
-    token_bytes = torch.from_numpy(np.fromfile(data_dir / "tokenizer" / "token_bytes.bin", dtype="<i4").astype(np.int64))
+    token_bytes = torch.from_numpy(
+        np.fromfile(data_dir / "tokenizer" / "token_bytes.bin", dtype="<i4").astype(np.int64)
+    )
     val_tokens = np.fromfile(data_dir / "val" / "tokens.bin", dtype="<u2")
     program = load_program(artifact)
     module = program.module()
@@ -393,7 +472,12 @@ def probe_causality(module, inputs, batch_logits, vocab_size: int) -> dict:
             f"batch independence failed: reordering the batch changed a row's logits by {cross_row:.3g}; "
             "each sequence must be scored on its own"
         )
-    return {"probes": probes, "max_leak": worst, "batch_check_max_diff": cross_row, "tolerance": CAUSALITY_TOLERANCE}
+    return {
+        "probes": probes,
+        "max_leak": worst,
+        "batch_check_max_diff": cross_row,
+        "tolerance": CAUSALITY_TOLERANCE,
+    }
 
 
 def file_hashes(data_dir: Path) -> dict[str, str]:
@@ -427,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         report.update(status="integrity_fail", reason=str(exc))
         code = EXIT_INTEGRITY
     except Exception as exc:  # noqa: BLE001 - report, never a bare traceback
-        report.update(status="error", reason=f"the evaluator failed: {type(exc).__name__}: {str(exc)[:400]}")
+        report.update(
+            status="error", reason=f"the evaluator failed: {type(exc).__name__}: {str(exc)[:400]}"
+        )
         code = EXIT_ERROR
     print(json.dumps(report), flush=True)
     return code

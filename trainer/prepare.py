@@ -134,9 +134,13 @@ def _read_text_file(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise PrepareError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it or leave it out") from exc
+        raise PrepareError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it or leave it out"
+        ) from exc
     except OSError as exc:
-        raise PrepareError(f"cannot read {path}: {exc.strerror}; check the path and its permissions") from exc
+        raise PrepareError(
+            f"cannot read {path}: {exc.strerror}; check the path and its permissions"
+        ) from exc
 
 
 def _jsonl_documents(path: Path) -> Iterator[Document]:
@@ -146,9 +150,13 @@ def _jsonl_documents(path: Path) -> Iterator[Document]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PrepareError(f"{path}:{number} is not valid JSON ({exc.msg}); each line must be an object with a 'text' field") from exc
+            raise PrepareError(
+                f"{path}:{number} is not valid JSON ({exc.msg}); each line must be an object with a 'text' field"
+            ) from exc
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise PrepareError(f"{path}:{number} has no string 'text' field; each line must look like {{\"text\": \"...\"}}")
+            raise PrepareError(
+                f'{path}:{number} has no string \'text\' field; each line must look like {{"text": "..."}}'
+            )
         yield Document(f"{path.name}:{number}", row["text"])
 
 
@@ -156,10 +164,14 @@ def _parquet_documents(path: Path) -> Iterator[Document]:
     try:
         import pyarrow.parquet as pq  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise PrepareError(f"reading {path} needs pyarrow: `pip install pyarrow`, or convert it to .jsonl") from exc
+        raise PrepareError(
+            f"reading {path} needs pyarrow: `pip install pyarrow`, or convert it to .jsonl"
+        ) from exc
     table = pq.read_table(path)
     if "text" not in table.column_names:
-        raise PrepareError(f"{path} has no 'text' column (columns: {', '.join(table.column_names)})")
+        raise PrepareError(
+            f"{path} has no 'text' column (columns: {', '.join(table.column_names)})"
+        )
     for number, text in enumerate(table.column("text").to_pylist()):
         if isinstance(text, str) and text.strip():
             yield Document(f"{path.name}:{number}", text)
@@ -171,8 +183,14 @@ CORPUS_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
 def corpus_documents(path: Path) -> list[Document]:
     """A user's corpus: one file or a folder of .txt/.md/.jsonl/.parquet files."""
     if not path.exists():
-        raise PrepareError(f"--corpus {path} does not exist; give a file or a folder of {', '.join(CORPUS_SUFFIXES)} files")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES)
+        raise PrepareError(
+            f"--corpus {path} does not exist; give a file or a folder of {', '.join(CORPUS_SUFFIXES)} files"
+        )
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES)
+    )
     if not files:
         raise PrepareError(f"--corpus {path} holds no {', '.join(CORPUS_SUFFIXES)} files")
     documents: list[Document] = []
@@ -182,9 +200,16 @@ def corpus_documents(path: Path) -> list[Document]:
         elif file.suffix == ".parquet":
             documents.extend(_parquet_documents(file))
         elif file.suffix in (".txt", ".md"):
-            documents.extend(_chunk_text(str(file.relative_to(path) if path.is_dir() else file.name), _read_text_file(file)))
+            documents.extend(
+                _chunk_text(
+                    str(file.relative_to(path) if path.is_dir() else file.name),
+                    _read_text_file(file),
+                )
+            )
         else:
-            raise PrepareError(f"{file}: unsupported file type; use one of {', '.join(CORPUS_SUFFIXES)}")
+            raise PrepareError(
+                f"{file}: unsupported file type; use one of {', '.join(CORPUS_SUFFIXES)}"
+            )
     return documents
 
 
@@ -205,7 +230,9 @@ def split_documents(documents: Sequence[Document]) -> tuple[list[Document], list
     train = [d for d in documents if not is_val_document(d.key)]
     val = [d for d in documents if is_val_document(d.key)]
     if not val:  # tiny corpora: take the document with the smallest hash
-        chosen = min(documents, key=lambda d: hashlib.sha256(f"{SPLIT_SALT}/{d.key}".encode()).digest())
+        chosen = min(
+            documents, key=lambda d: hashlib.sha256(f"{SPLIT_SALT}/{d.key}".encode()).digest()
+        )
         val = [chosen]
         train = [d for d in documents if d.key != chosen.key]
     return train, val
@@ -262,7 +289,9 @@ def encode_documents(encoding, documents: Sequence[Document], label: str) -> np.
     eot = encoding.eot_token
     pieces: list[np.ndarray] = []
     batch = 64
-    for start in progress(range(0, len(documents), batch), total=(len(documents) + batch - 1) // batch, label=label):
+    for start in progress(
+        range(0, len(documents), batch), total=(len(documents) + batch - 1) // batch, label=label
+    ):
         texts = [d.text for d in documents[start : start + batch]]
         for ids in encoding.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1):
             pieces.append(np.asarray([eot, *ids], dtype=np.uint16))
@@ -283,7 +312,11 @@ def progress(items: Iterable, *, total: int, label: str) -> Iterator:
         if tty and (done == total or done % max(1, total // 50) == 0):
             width = 30
             filled = int(width * done / max(total, 1))
-            print(f"\r  {label:<18} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
+            print(
+                f"\r  {label:<18} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+                end="",
+                file=sys.stderr,
+            )
     elapsed = time.perf_counter() - start
     print(f"\r  {label:<18} done in {elapsed:.1f} s" + " " * 30, file=sys.stderr)
 
@@ -312,7 +345,11 @@ def read_manifest(data_dir: Path) -> dict | None:
         return None
     for name, entry in manifest.get("files", {}).items():
         path = data_dir / name
-        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        if (
+            not path.is_file()
+            or path.stat().st_size != entry["bytes"]
+            or sha256_file(path) != entry["sha256"]
+        ):
             return None
     return manifest
 
@@ -324,12 +361,20 @@ def _corpus_fingerprint(corpus: Path | None) -> str:
 # ---------------------------------------------------------------- the pipeline
 
 
-def prepare(data_dir: Path | None = None, *, corpus: Path | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE,
-            force: bool = False, quiet: bool = False) -> dict:
+def prepare(
+    data_dir: Path | None = None,
+    *,
+    corpus: Path | None = None,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    force: bool = False,
+    quiet: bool = False,
+) -> dict:
     """Build (or verify) the prepared data directory and return its manifest."""
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     if not 257 <= vocab_size <= 65_535:
-        raise PrepareError(f"--vocab {vocab_size} is out of range; use 257..65535 (tokens are stored as uint16)")
+        raise PrepareError(
+            f"--vocab {vocab_size} is out of range; use 257..65535 (tokens are stored as uint16)"
+        )
     fingerprint = _corpus_fingerprint(corpus)
     existing = None if force else read_manifest(data_dir)
     if existing and existing["vocab_size"] == vocab_size and existing["corpus"] == fingerprint:
@@ -349,7 +394,9 @@ def prepare(data_dir: Path | None = None, *, corpus: Path | None = None, vocab_s
             f"give at least {MIN_CORPUS_BYTES:,} bytes in {MIN_DOCUMENTS}+ documents"
         )
     train, val = split_documents(documents)
-    log(f"  {len(documents)} documents, {corpus_bytes:,} bytes: {len(train)} train / {len(val)} val")
+    log(
+        f"  {len(documents)} documents, {corpus_bytes:,} bytes: {len(train)} train / {len(val)} val"
+    )
 
     t = time.perf_counter()
     ranks, pattern = train_tokenizer(train, vocab_size)
@@ -366,17 +413,24 @@ def prepare(data_dir: Path | None = None, *, corpus: Path | None = None, vocab_s
         for sub in ("tokenizer", "train", "val"):
             (staging / sub).mkdir(parents=True)
         (staging / "tokenizer" / "tokenizer.tiktoken").write_text(
-            "".join(f"{base64.b64encode(tok).decode()} {rank}\n" for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+            "".join(
+                f"{base64.b64encode(tok).decode()} {rank}\n"
+                for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])
+            )
         )
         (staging / "tokenizer" / "tokenizer.json").write_text(
-            json.dumps({"pattern": pattern, "special_tokens": {EOT: len(ranks)}, "vocab_size": vocab_size}, indent=1)
+            json.dumps(
+                {"pattern": pattern, "special_tokens": {EOT: len(ranks)}, "vocab_size": vocab_size},
+                indent=1,
+            )
         )
         token_byte_lengths(ranks, vocab_size).tofile(staging / "tokenizer" / "token_bytes.bin")
         train_tokens.astype("<u2").tofile(staging / "train" / "tokens.bin")
         val_tokens.astype("<u2").tofile(staging / "val" / "tokens.bin")
         files = {
             str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(staging.rglob("*")) if p.is_file()
+            for p in sorted(staging.rglob("*"))
+            if p.is_file()
         }
         manifest = {
             "manifest_version": MANIFEST_VERSION,
@@ -385,7 +439,10 @@ def prepare(data_dir: Path | None = None, *, corpus: Path | None = None, vocab_s
             "documents": {"train": len(train), "val": len(val)},
             "val_document_keys": sorted(d.key for d in val),
             "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size)},
-            "bytes": {"train": sum(len(d.text.encode()) for d in train), "val": sum(len(d.text.encode()) for d in val)},
+            "bytes": {
+                "train": sum(len(d.text.encode()) for d in train),
+                "val": sum(len(d.text.encode()) for d in val),
+            },
             "vocab_size": vocab_size,
             "files": files,
             "prepare_seconds": round(time.perf_counter() - started, 2),
@@ -410,10 +467,21 @@ def prepare(data_dir: Path | None = None, *, corpus: Path | None = None, vocab_s
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m trainer.prepare [--corpus PATH] [--vocab N] [--data-dir DIR] [--force]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, help="a text file or a folder of .txt/.md/.jsonl/.parquet files")
-    parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB_SIZE, help=f"vocabulary size (default {DEFAULT_VOCAB_SIZE})")
-    parser.add_argument("--data-dir", type=Path, help="where to write (default $AUTORESEARCH_HOME/data)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the manifest checks out")
+    parser.add_argument(
+        "--corpus", type=Path, help="a text file or a folder of .txt/.md/.jsonl/.parquet files"
+    )
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=DEFAULT_VOCAB_SIZE,
+        help=f"vocabulary size (default {DEFAULT_VOCAB_SIZE})",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="where to write (default $AUTORESEARCH_HOME/data)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even if the manifest checks out"
+    )
     args = parser.parse_args(argv)
     try:
         prepare(args.data_dir, corpus=args.corpus, vocab_size=args.vocab, force=args.force)

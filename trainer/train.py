@@ -75,13 +75,17 @@ def budget_used() -> float:
 # ---------------------------------------------------------------- data
 with open(os.path.join(DATA_DIR, "tokenizer", "tokenizer.json")) as f:
     VOCAB_SIZE = json.load(f)["vocab_size"]
-train_tokens = torch.from_numpy(np.fromfile(os.path.join(DATA_DIR, "train", "tokens.bin"), dtype=np.uint16).astype(np.int64))
+train_tokens = torch.from_numpy(
+    np.fromfile(os.path.join(DATA_DIR, "train", "tokens.bin"), dtype=np.uint16).astype(np.int64)
+)
 data_generator = torch.Generator().manual_seed(SEED)
 
 
 def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of the train stream: inputs and next-token targets."""
-    starts = torch.randint(0, train_tokens.numel() - SEQ_LEN - 1, (BATCH_SIZE,), generator=data_generator)
+    starts = torch.randint(
+        0, train_tokens.numel() - SEQ_LEN - 1, (BATCH_SIZE,), generator=data_generator
+    )
     window = torch.stack([train_tokens[s : s + SEQ_LEN + 1] for s in starts.tolist()])
     return window[:, :-1].to(DEVICE, non_blocking=True), window[:, 1:].to(DEVICE, non_blocking=True)
 
@@ -141,7 +145,9 @@ class GPT(nn.Module):
         self.head = nn.Linear(WIDTH, VOCAB_SIZE, bias=False)  # untied from the embedding
         head_dim = WIDTH // HEADS
         max_len = max(SEQ_LEN, EVAL_CONTEXT)
-        inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        inv_freq = 1.0 / (
+            ROPE_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        )
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
         self.register_buffer("cos", angles.cos()[None, None], persistent=False)
         self.register_buffer("sin", angles.sin()[None, None], persistent=False)
@@ -208,8 +214,13 @@ matrices = [p for p in model.blocks.parameters() if p.ndim == 2]
 optimizers = [
     Muon(matrices, lr=MATRIX_LR),
     torch.optim.AdamW(
-        [dict(params=[model.embed.weight], lr=EMBED_LR), dict(params=[model.head.weight], lr=HEAD_LR)],
-        betas=ADAM_BETAS, weight_decay=WEIGHT_DECAY, fused=device_type == "cuda",
+        [
+            dict(params=[model.embed.weight], lr=EMBED_LR),
+            dict(params=[model.head.weight], lr=HEAD_LR),
+        ],
+        betas=ADAM_BETAS,
+        weight_decay=WEIGHT_DECAY,
+        fused=device_type == "cuda",
     ),
 ]
 for opt in optimizers:
@@ -229,7 +240,10 @@ def lr_multiplier(progress: float) -> float:
 
 # ---------------------------------------------------------------- training loop
 n_params = sum(p.numel() for p in model.parameters())
-print(f"model: {n_params:,} parameters, depth {DEPTH}, width {WIDTH}, vocab {VOCAB_SIZE}, device {DEVICE}", flush=True)
+print(
+    f"model: {n_params:,} parameters, depth {DEPTH}, width {WIDTH}, vocab {VOCAB_SIZE}, device {DEVICE}",
+    flush=True,
+)
 training_budget = max(BUDGET_SECONDS - EXPORT_RESERVE_SECONDS, 0.5)
 training_start = time.time()
 step = 0
@@ -256,7 +270,9 @@ while True:
         raise SystemExit(f"training diverged at step {step}: loss {loss.item()}")
     smooth_loss = 0.9 * smooth_loss + 0.1 * loss.item() if step > 1 else loss.item()
     if step % 25 == 0:
-        print(f"step {step:5d} | loss {smooth_loss:.4f} | budget {100 * progress:5.1f}%", flush=True)
+        print(
+            f"step {step:5d} | loss {smooth_loss:.4f} | budget {100 * progress:5.1f}%", flush=True
+        )
 training_seconds = time.time() - training_start
 
 # ---------------------------------------------------------------- save for the evaluator
@@ -264,7 +280,9 @@ training_seconds = time.time() - training_start
 model.eval()
 export_start = time.time()
 example = torch.zeros(2, EVAL_CONTEXT, dtype=torch.long, device=DEVICE)
-program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+program = torch.export.export(
+    model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},)
+)
 torch.export.save(program, os.path.join(OUT_DIR, "model.pt2"))
 
 print("---")
