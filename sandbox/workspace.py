@@ -48,6 +48,16 @@ class PathPolicy:
         return self.editable + tuple(n for n in self.reference if n not in self.editable)
 
 
+def hash_files(files: Mapping[str, bytes]) -> str:
+    """A stable sha256 (hex) over sorted (name, bytes) pairs, length-prefixed."""
+    digest = hashlib.sha256()
+    for name, content in sorted(files.items()):
+        encoded = name.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        digest.update(len(content).to_bytes(8, "big") + content)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file as list_files() shows it to an agent."""
@@ -299,12 +309,12 @@ class Workspace:
 
     def code_hash(self) -> str:
         """A stable sha256 (hex) of the editable files: same names and bytes, same hash."""
-        digest = hashlib.sha256()
-        for name, content in sorted(self.snapshot().items()):
-            encoded = name.encode("utf-8")
-            digest.update(len(encoded).to_bytes(8, "big") + encoded)
-            digest.update(len(content).to_bytes(8, "big") + content)
-        return digest.hexdigest()
+        return hash_files(self.snapshot())
+
+    @staticmethod
+    def hash_files(files: Mapping[str, bytes]) -> str:
+        """The code hash of a set of files, as `code_hash` computes it for a workspace."""
+        return hash_files(files)
 
     # -- writing ---------------------------------------------------------------------------
 

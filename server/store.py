@@ -71,11 +71,13 @@ EXPERIMENT_COLUMNS: dict[str, type] = {
     "seed": int,
     "isolation": str,
     "flags": str,  # JSON list of contract-touching findings in the diff
+    "disqualified": int,  # 1: may not count as an improvement (seed-only change, contended CPU)
     "failure_reason": str,
     "log_tail": str,
     "hashes": str,  # JSON: evaluator / tokenizer / val sha256 used for this run
     "paper_ids": str,  # JSON list of arXiv ids that motivated it
     "attempt": int,
+    "retry_of": int,  # re-queued after an interruption: the interrupted experiment
     "scale": str,
     "created_at": str,
     "started_at": str,
@@ -192,6 +194,7 @@ class Store:
                         "max_queued": int,
                         "max_experiments": int,
                         "max_device_hours": float,
+                        "workspace_parent_id": int,
                     },
                     pk="name",
                 )

@@ -45,7 +45,6 @@ EVAL_WINDOWS = {"cpu": 32, "cuda": 160}
 EVAL_BATCH = 16  # windows per forward pass (fixed: the probe reuses these shapes)
 PROBE_SEED = 20_240_229  # the evaluator's own randomness, never the agent's
 CAUSALITY_TOLERANCE = 1e-5  # at identical shapes an honest model is bitwise identical
-BATCH_TOLERANCE = 1e-3  # across batch compositions: floating-point reassociation only
 MAX_ABS_LOGIT = 1e4
 MAX_ARCHIVE_BYTES = 4 << 30
 MAX_ENTRIES = 10_000
@@ -110,7 +109,12 @@ _DENIED_ATEN = {
 
 
 def _check_sympy(expr: str) -> None:
-    """Sympy strings are eval'd by the loader: accept only symbols, integers and arithmetic."""
+    """Sympy strings are eval'd by the loader: accept only symbols, integers and arithmetic.
+
+    No powers (`**` makes a cheap string an endless computation), short integers, short strings.
+    """
+    if len(expr) > 300 or "**" in expr or re.search(r"\d{13,}", expr):
+        raise InvalidArtifact(f"symbolic shape expression {expr[:80]!r} is not allowed")
     position = 0
     while position < len(expr):
         match = _SYMPY_TOKEN.match(expr, position)
@@ -277,7 +281,7 @@ def load_program(path: Path):
     buffer = sanitized_archive(path)
     try:
         program = torch.export.load(buffer)
-    except Exception as exc:  # noqa: BLE001 - any loader failure means the artifact is unusable
+    except Exception as exc:
         raise InvalidArtifact(
             f"torch.export could not load {path.name}: {type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
@@ -465,11 +469,21 @@ def probe_causality(module, inputs, batch_logits, vocab_size: int) -> dict:
                 f"before it by {leak:.3g} (tolerance {CAUSALITY_TOLERANCE:g}); attention must be causal"
             )
     first = inputs[: batch_logits[0].size(0)]
-    reversed_logits = _run(module, first.flip(0), vocab_size).flip(0)
-    cross_row = (reversed_logits - batch_logits[0]).abs().max().item()
-    if cross_row > BATCH_TOLERANCE:
+    cross_row = 0.0
+    if first.size(0) > 1:
+        # Replace every other row with noise (then the other half): kept rows must not move.
+        rows = torch.arange(first.size(0), device=first.device)
+        for parity in (0, 1):
+            kept = (rows % 2 == parity)[:, None]
+            noise = torch.randint(0, vocab_size, first.shape, generator=generator).to(first.device)
+            mixed = _run(module, torch.where(kept, first, noise), vocab_size)
+            cross_row = max(
+                cross_row,
+                (mixed - batch_logits[0]).abs().amax(dim=(1, 2))[kept.squeeze(1)].max().item(),
+            )
+    if cross_row > CAUSALITY_TOLERANCE:
         raise IntegrityFailure(
-            f"batch independence failed: reordering the batch changed a row's logits by {cross_row:.3g}; "
+            f"batch independence failed: changing the other rows of a batch changed a row's logits by {cross_row:.3g}; "
             "each sequence must be scored on its own"
         )
     return {
@@ -510,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     except IntegrityFailure as exc:
         report.update(status="integrity_fail", reason=str(exc))
         code = EXIT_INTEGRITY
-    except Exception as exc:  # noqa: BLE001 - report, never a bare traceback
+    except Exception as exc:
         report.update(
             status="error", reason=f"the evaluator failed: {type(exc).__name__}: {str(exc)[:400]}"
         )

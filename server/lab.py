@@ -1,0 +1,874 @@
+"""The shared research lab: workspaces, the record, the queue, verdicts and papers, behind one object.
+
+Every front end calls this: the MCP tools (app.py), the dashboard and JSON API (web.py) and
+the CLI. It owns what agents must not bend: the budget, the seeds, the evaluation settings,
+the verdicts and the record. Identity is decided by the caller (a bearer token over HTTP,
+the --agent flag over stdio) and passed in as `agent`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+import statistics
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from sandbox.jail import IsolationLevel, detect_isolation
+from sandbox.runner import ExperimentRunner, RunResult, RunSettings
+from sandbox.target import ResearchTarget, load_target
+from sandbox.workspace import PathPolicy, Workspace
+from server.diff_review import is_seed_only, review_diff
+from server.papers import PaperSearch, ensure_paper_tables
+from server.scheduler import Job, LocalExecutor, Scheduler
+from server.store import (
+    CANCELLED,
+    CRASH,
+    FINAL_STATUSES,
+    INTERRUPTED,
+    LIVE_STATUSES,
+    OK,
+    QUEUED,
+    RUNNING,
+    ExperimentNotFound,
+    Store,
+    utc_now,
+)
+from server.verdicts import BASELINE, IMPROVED, Noise, decide, mean_sd
+
+log = logging.getLogger(__name__)
+
+SERVER_AGENT = "server"
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_DESCRIPTION = 500
+MAX_CLAIM = 300
+ARXIV_ID = re.compile(r"(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?")
+
+
+class LabError(ValueError):
+    """A refusal with an actionable message for the agent (becomes a ToolError / HTTP 4xx)."""
+
+
+def default_home() -> Path:
+    return Path(
+        os.environ.get("AUTORESEARCH_HOME") or Path.home() / ".cache" / "autoresearch-mcp"
+    ).expanduser()
+
+
+def detect_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+@dataclass
+class LabSettings:
+    """Operator settings: everything an agent cannot change."""
+
+    home: Path = field(default_factory=default_home)
+    device: str = "auto"  # auto | cpu | cuda
+    budget_seconds: float | None = None  # default: 60 on CPU, 300 on CUDA
+    budget_kind: Literal["wall", "cpu"] = "wall"
+    cpu_slots: int = 1
+    seed: int = 1337  # the paired-comparison seed; repeats use seed + n
+    noise_k: float = 2.0
+    baseline_repeats: int = 3
+    contended_share: float = 0.7  # CPU share below this marks a CPU run `contended`
+    call_wait_seconds: float = 45.0  # bound on one blocking tool call (clients cut long calls)
+    max_live_per_agent: int = 1
+    max_experiments_per_agent: int | None = None
+    claim_ttl_minutes: float = 60.0
+    require_isolation: bool = False
+    keep_run_dirs: Literal["never", "failed", "always"] = "failed"
+    eval_timeout_seconds: float = 180.0
+    arxiv_url_format: str | None = None  # tests point arXiv at loopback
+    arxiv_min_interval_s: float = 3.0
+    target_file: Path | None = None
+    start_scheduler: bool = True
+
+    def resolved_device(self) -> str:
+        return detect_device() if self.device == "auto" else self.device
+
+    def resolved_budget(self) -> float:
+        if self.budget_seconds is not None:
+            return float(self.budget_seconds)
+        return 300.0 if self.resolved_device().startswith("cuda") else 60.0
+
+
+def hardware_fingerprint(device: str, threads: int) -> str:
+    """Device name | torch version | threads: results are only compared within one fingerprint."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+    else:
+        import platform
+
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return f"{name} | torch {torch.__version__} | {threads} threads"
+
+
+def unified_diff(old: dict[str, str], new: dict[str, str]) -> str:
+    """A unified diff between two sets of files (a/ and b/ prefixes, like git)."""
+    chunks: list[str] = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name, ""), new.get(name, "")
+        if a != b:
+            chunks.extend(
+                difflib.unified_diff(
+                    a.splitlines(keepends=True),
+                    b.splitlines(keepends=True),
+                    f"a/{name}",
+                    f"b/{name}",
+                )
+            )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in chunks)
+
+
+class Lab:
+    """The research server's state and rules, independent of any transport."""
+
+    def __init__(self, settings: LabSettings | None = None) -> None:
+        self.settings = settings or LabSettings()
+        s = self.settings
+        self.home = s.home.expanduser().resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.target: ResearchTarget = load_target(s.target_file) if s.target_file else load_target()
+        self.data_dir = self.home / "data"
+        self.device = s.resolved_device()
+        self.budget_seconds = s.resolved_budget()
+        self.slots = self._slots()
+        self.threads = self._threads_per_run()
+        self.hardware = hardware_fingerprint(self.device, self.threads)
+        self.isolation: IsolationLevel = detect_isolation()
+        if s.require_isolation and self.isolation != IsolationLevel.NAMESPACES:
+            from sandbox.jail import require_namespaces
+
+            require_namespaces()
+        self.store = Store(self.home / "history.sqlite")
+        ensure_paper_tables(self.store.db)
+        self.papers = PaperSearch(
+            self.store.db,
+            query_url_format=s.arxiv_url_format,
+            min_interval_s=s.arxiv_min_interval_s,
+        )
+        self.policy = PathPolicy.from_target(self.target)
+        self.baseline_files = {k: v.decode() for k, v in self.target.baseline_files().items()}
+        self.runner = ExperimentRunner(
+            self.target,
+            self.data_dir,
+            self.home / "runs",
+            keep_run_dirs=s.keep_run_dirs,
+            isolation=self.isolation,
+        )
+        self.executor = LocalExecutor(self.runner, self.slots)
+        self.scheduler = Scheduler(self.store, self.executor, self.job_for, self.on_finish)
+        self._workspace_lock = threading.Lock()
+        self.recovered = self.recover()
+        if s.start_scheduler:
+            self.scheduler.start()
+
+    # ------------------------------------------------------------ machine
+
+    def _slots(self) -> list[str]:
+        if self.device.startswith("cuda"):
+            import torch
+
+            if ":" in self.device:
+                return [self.device]
+            return [f"cuda:{i}" for i in range(max(1, torch.cuda.device_count()))]
+        return (
+            ["cpu"]
+            if self.settings.cpu_slots <= 1
+            else [f"cpu:{i}" for i in range(self.settings.cpu_slots)]
+        )
+
+    def _threads_per_run(self) -> int:
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+        cpu_slots = len([s for s in self.slots if s.startswith("cpu")]) or 1
+        return max(1, cores // cpu_slots)
+
+    def run_settings(self, seed: int, budget_seconds: float | None = None) -> RunSettings:
+        return RunSettings(
+            budget_seconds=budget_seconds or self.budget_seconds,
+            budget_kind=self.settings.budget_kind,
+            device=self.device if not self.device.startswith("cuda") else self.slots[0],
+            seed=seed,
+            threads=self.threads,
+            eval_timeout_seconds=self.settings.eval_timeout_seconds,
+            require_isolation=self.settings.require_isolation,
+        )
+
+    def close(self) -> None:
+        self.scheduler.stop()
+
+    # ------------------------------------------------------------ agents and workspaces
+
+    def check_agent_name(self, agent: str) -> str:
+        if not isinstance(agent, str) or not AGENT_NAME.fullmatch(agent):
+            raise LabError(
+                f"agent name {agent!r} is invalid; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return agent
+
+    def workspace(self, agent: str) -> Workspace:
+        """The agent's own working copy, created from the baseline on first use."""
+        self.check_agent_name(agent)
+        with self._workspace_lock:
+            self.store.ensure_agent(agent)
+            root = self.home / "workspaces" / agent
+            return Workspace.create(root, self.policy, self.target.baseline_files())
+
+    def workspace_parent(self, agent: str) -> int | None:
+        row = self.store.agent(agent) or {}
+        value = row.get("workspace_parent_id")
+        return int(value) if value is not None else self.baseline_experiment_id()
+
+    def _set_workspace_parent(self, agent: str, experiment_id: int | None) -> None:
+        from server.store import write_transaction
+
+        with write_transaction(self.store.db):
+            self.store.db.execute(
+                "UPDATE agents SET workspace_parent_id = ? WHERE name = ?", [experiment_id, agent]
+            )
+
+    def baseline_experiment_id(self) -> int | None:
+        rows = self.store.list_experiments(
+            kind="baseline", status=OK, order="oldest", limit=1, columns=["id"]
+        )
+        return rows[0]["id"] if rows else None
+
+    # ------------------------------------------------------------ submitting
+
+    def live_experiments(self, agent: str) -> list[dict[str, Any]]:
+        return self.store.list_experiments(
+            agent=agent,
+            status=list(LIVE_STATUSES),
+            order="oldest",
+            limit=100,
+            columns=["id", "status"],
+        )
+
+    def submit(
+        self,
+        agent: str,
+        description: str,
+        *,
+        paper_ids: Sequence[str] = (),
+        kind: Literal["experiment", "baseline", "confirmation"] = "experiment",
+        files: dict[str, str] | None = None,
+        parent_id: int | None = None,
+        confirms_id: int | None = None,
+        seed: int | None = None,
+        check_quota: bool = True,
+        reuse: bool = True,
+    ) -> tuple[int, int | None]:
+        """Queue a run of the agent's workspace (or of `files`); returns (experiment id, reused-from id).
+
+        When the same code already ran (or is running) with the same settings, nothing is queued
+        and the earlier experiment's id comes back as reused-from (confirmations always run).
+        """
+        description = " ".join((description or "").split())
+        if not description:
+            raise LabError(
+                "description is empty; say in one line what this experiment changes and why, e.g. 'warmdown 0.5 -> 0.7: longer decay helps at short budgets'"
+            )
+        if len(description) > MAX_DESCRIPTION:
+            raise LabError(
+                f"description is {len(description)} characters; keep it under {MAX_DESCRIPTION} (one line: the change and the hypothesis)"
+            )
+        papers = [self._check_arxiv_id(p) for p in paper_ids]
+        if files is None:
+            ws = self.workspace(agent)
+            files = {
+                name: content.decode("utf-8", errors="replace")
+                for name, content in ws.snapshot().items()
+            }
+            parent_id = self.workspace_parent(agent) if parent_id is None else parent_id
+        if check_quota:
+            self._check_quota(agent)
+        code_hash = Workspace.hash_files({k: v.encode() for k, v in files.items()})
+        settings_key = {
+            "hardware": self.hardware,
+            "budget_seconds": self.budget_seconds,
+            "budget_kind": self.settings.budget_kind,
+            "scale": "S",
+        }
+        if reuse and kind == "experiment":
+            earlier = self.store.find_by_code(code_hash, settings_key)
+            if earlier is not None:
+                self._set_workspace_parent(agent, earlier["id"])
+                return earlier["id"], earlier["id"]
+        parent_code = self._code_of(parent_id) if parent_id is not None else self.baseline_files
+        diff_parent = unified_diff(parent_code, files)
+        diff_baseline = unified_diff(self.baseline_files, files)
+        flags = [f.as_dict() for f in review_diff(diff_baseline)]
+        if kind == "experiment" and is_seed_only(diff_parent):
+            flags.insert(
+                0,
+                {
+                    "name": "seed_only",
+                    "reason": "the only change is the seed: it measures luck, not an idea, and can never count as an improvement",
+                    "lines": [],
+                },
+            )
+        if seed is None:
+            seed = self.settings.seed
+        experiment_id = self.store.create_experiment(
+            agent=agent,
+            kind=kind,
+            parent_id=parent_id,
+            confirms_id=confirms_id,
+            status=QUEUED,
+            description=description,
+            code_hash=code_hash,
+            code=files,
+            diff_parent=diff_parent,
+            diff_baseline=diff_baseline,
+            flags=flags,
+            disqualified=int(any(f["name"] == "seed_only" for f in flags)),
+            budget_seconds=self.budget_seconds,
+            budget_kind=self.settings.budget_kind,
+            device=self.device,
+            hardware=self.hardware,
+            torch_version=_torch_version(),
+            seed=seed,
+            isolation=self.isolation.value,
+            paper_ids=papers,
+            scale="S",
+        )
+        if kind == "experiment":
+            self._set_workspace_parent(agent, experiment_id)
+            self.store.release_claims(agent, experiment_id)
+        self.scheduler.notify()
+        return experiment_id, None
+
+    def _check_arxiv_id(self, value: str) -> str:
+        value = (value or "").strip()
+        if value.lower().startswith("arxiv:"):
+            value = value[6:]
+        if not ARXIV_ID.fullmatch(value):
+            raise LabError(
+                f"paper id {value!r} is not an arXiv id; send ids like '2401.01234' (from search_papers)"
+            )
+        return re.sub(r"v\d+$", "", value)
+
+    def _check_quota(self, agent: str) -> None:
+        live = self.live_experiments(agent)
+        row = self.store.agent(agent) or {}
+        max_live = row.get("max_queued") or self.settings.max_live_per_agent
+        if len(live) >= max_live:
+            first = live[0]
+            raise LabError(
+                f"experiment #{first['id']} is still {first['status']}; you may have {max_live} live at a time. "
+                f"Call wait_experiment({first['id']}) for its result, or cancel_experiment({first['id']})"
+            )
+        max_total = row.get("max_experiments") or self.settings.max_experiments_per_agent
+        if max_total and self.store.count_experiments(agent=agent) >= max_total:
+            raise LabError(
+                f"quota reached: agent {agent} may run {max_total} experiments in all; ask the operator to raise it"
+            )
+        max_hours = row.get("max_device_hours")
+        if max_hours:
+            used = self.device_hours(agent)
+            if used >= max_hours:
+                raise LabError(
+                    f"quota reached: agent {agent} has used {used:.2f} of {max_hours:g} device-hours; ask the operator to raise it"
+                )
+
+    def device_hours(self, agent: str) -> float:
+        rows = self.store.db.execute(
+            "SELECT COALESCE(SUM(total_seconds), 0) FROM experiments WHERE agent = ?", [agent]
+        ).fetchone()
+        return float(rows[0]) / 3600
+
+    def _code_of(self, experiment_id: int) -> dict[str, str]:
+        code = self.store.get_experiment(experiment_id).get("code")
+        return code if isinstance(code, dict) else dict(self.baseline_files)
+
+    # ------------------------------------------------------------ running (scheduler callbacks)
+
+    def job_for(self, experiment: dict[str, Any]) -> Job:
+        code = (
+            experiment["code"]
+            if isinstance(experiment["code"], dict)
+            else json.loads(experiment["code"])
+        )
+        return Job(
+            experiment_id=experiment["id"],
+            files={name: text.encode() for name, text in code.items()},
+            settings=self.run_settings(int(experiment["seed"]), experiment.get("budget_seconds")),
+        )
+
+    def on_finish(self, experiment_id: int, result: RunResult) -> None:
+        """Record a finished run: figures, verdict and deltas, in one compare-and-set from `running`."""
+        experiment = self.store.get_experiment(experiment_id)
+        flags = list(experiment.get("flags") or [])
+        disqualifications = [f["reason"] for f in flags if f.get("name") == "seed_only"]
+        if (
+            result.status == OK
+            and self.settings.budget_kind == "cpu"
+            and not self.device.startswith("cuda")
+            and result.cpu_share is not None
+            and result.cpu_share < self.settings.contended_share
+        ):
+            pass  # a CPU-time budget is immune to load by construction
+        elif (
+            result.status == OK
+            and not self.device.startswith("cuda")
+            and result.cpu_share is not None
+            and result.cpu_share < self.settings.contended_share
+        ):
+            flags.append(
+                {
+                    "name": "contended",
+                    "reason": f"the run got {result.cpu_share:.0%} of its CPU threads (below {self.settings.contended_share:.0%}): a wall-clock budget on a busy machine measures the neighbours",
+                    "lines": [],
+                }
+            )
+            disqualifications.append("the CPU was contended during the run")
+        best = self.store.best_experiment(
+            hardware=self.hardware,
+            budget_seconds=experiment["budget_seconds"],
+            scale=experiment.get("scale") or "S",
+            exclude_id=experiment_id,
+        )
+        best_bpb = self.leaderboard_value(best) if best else None
+        parent_bpb = None
+        if experiment.get("parent_id") is not None:
+            try:
+                parent_bpb = self.store.get_experiment(experiment["parent_id"]).get("val_bpb")
+            except ExperimentNotFound:
+                parent_bpb = None
+        if experiment["kind"] == "baseline":
+            verdict, note = (
+                (BASELINE, "baseline measurement")
+                if result.status == OK
+                else ("failed", result.failure_reason or "")
+            )
+        else:
+            v = decide(
+                status=result.status,
+                val_bpb=result.val_bpb,
+                best_bpb=best_bpb,
+                noise=self.noise(),
+                k=self.settings.noise_k,
+                disqualifications=disqualifications,
+            )
+            verdict, note = v.verdict, v.note
+        metrics = dict(result.metrics)
+        metrics["verdict_note"] = note
+        metrics["phase"] = result.phase
+        if result.first_output_seconds is not None:
+            metrics["first_output_seconds"] = round(result.first_output_seconds, 3)
+        val = result.val_bpb
+        updated = self.store.transition(
+            experiment_id,
+            [RUNNING],
+            status=result.status,
+            val_bpb=val,
+            verdict=verdict,
+            metrics=metrics,
+            delta_parent=(parent_bpb - val)
+            if (val is not None and parent_bpb is not None)
+            else None,
+            delta_best=(best_bpb - val) if (val is not None and best_bpb is not None) else None,
+            train_seconds=result.train_seconds,
+            eval_seconds=result.eval_seconds,
+            total_seconds=result.total_seconds,
+            overhead_seconds=result.overhead_seconds,
+            cpu_seconds=result.cpu_seconds,
+            cpu_share=result.cpu_share,
+            peak_memory_mb=result.peak_memory_mb,
+            isolation=result.isolation,
+            failure_reason=result.failure_reason,
+            log_tail=result.log_tail,
+            hashes=result.hashes,
+            finished_at=utc_now(),
+            flags=flags,
+            disqualified=int(bool(disqualifications)),
+        )
+        if not updated:
+            log.warning("experiment %s was no longer running when it finished", experiment_id)
+        if experiment["kind"] == "baseline":
+            self._update_baseline_stats()
+
+    # ------------------------------------------------------------ noise and the baseline
+
+    def noise(self) -> Noise:
+        row = self.store.baseline(
+            hardware=self.hardware,
+            scale="S",
+            budget_kind=self.settings.budget_kind,
+            budget_seconds=self.budget_seconds,
+        )
+        return Noise.from_values(row["values"] if row else [])
+
+    def _update_baseline_stats(self) -> None:
+        rows = self.store.list_experiments(
+            kind="baseline",
+            status=OK,
+            order="oldest",
+            limit=1000,
+            columns=["id", "val_bpb", "hardware", "budget_seconds", "budget_kind", "scale"],
+        )
+        rows = [
+            r
+            for r in rows
+            if r["hardware"] == self.hardware
+            and r["budget_seconds"] == self.budget_seconds
+            and r["budget_kind"] == self.settings.budget_kind
+        ]
+        if not rows:
+            return
+        values = [r["val_bpb"] for r in rows]
+        mean, sd = mean_sd(values)
+        self.store.set_baseline(
+            hardware=self.hardware,
+            scale="S",
+            budget_kind=self.settings.budget_kind,
+            budget_seconds=self.budget_seconds,
+            values=values,
+            experiment_ids=[r["id"] for r in rows],
+            mean=mean,
+            sd=sd,
+        )
+
+    def ensure_baseline(self, repeats: int | None = None) -> list[int]:
+        """Queue baseline runs until `repeats` exist (finished or live) for this hardware and budget."""
+        repeats = self.settings.baseline_repeats if repeats is None else repeats
+        existing = [
+            r
+            for r in self.store.list_experiments(
+                kind="baseline",
+                order="oldest",
+                limit=1000,
+                columns=["id", "status", "hardware", "budget_seconds"],
+            )
+            if r["hardware"] == self.hardware
+            and r["budget_seconds"] == self.budget_seconds
+            and r["status"] in (OK, QUEUED, RUNNING)
+        ]
+        queued = []
+        for n in range(len(existing), repeats):
+            experiment_id, _ = self.submit(
+                SERVER_AGENT,
+                f"baseline measurement {n + 1}/{repeats} (server-owned seed {self.settings.seed + n})",
+                kind="baseline",
+                files=dict(self.baseline_files),
+                parent_id=None,
+                seed=self.settings.seed + n,
+                check_quota=False,
+                reuse=False,
+            )
+            queued.append(experiment_id)
+        return queued
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self) -> list[int]:
+        """After a crash: runs left `running` become `interrupted` and are re-queued once (a new row)."""
+        interrupted = self.store.mark_interrupted_runs()
+        requeued = []
+        for experiment_id in interrupted:
+            old = self.store.get_experiment(experiment_id)
+            if (old.get("attempt") or 1) >= 2:
+                continue
+            new_id = self.store.create_experiment(
+                **{
+                    k: v
+                    for k, v in old.items()
+                    if k
+                    not in (
+                        "id",
+                        "status",
+                        "created_at",
+                        "started_at",
+                        "finished_at",
+                        "failure_reason",
+                        "log_tail",
+                        "metrics",
+                        "verdict",
+                    )
+                },
+                status=QUEUED,
+                attempt=(old.get("attempt") or 1) + 1,
+                retry_of=experiment_id,
+            )
+            requeued.append(new_id)
+            if old["kind"] == "experiment":
+                self._set_workspace_parent(old["agent"], new_id)
+        return requeued
+
+    # ------------------------------------------------------------ reading results
+
+    def experiment(self, experiment_id: int) -> dict[str, Any]:
+        try:
+            return self.store.get_experiment(int(experiment_id))
+        except (ExperimentNotFound, ValueError, TypeError):
+            raise LabError(
+                f"experiment #{experiment_id} does not exist; get_history lists experiment ids"
+            ) from None
+
+    def resolve_retry(self, experiment: dict[str, Any]) -> dict[str, Any]:
+        """An interrupted experiment that was re-queued: follow it to the new attempt."""
+        if experiment["status"] == INTERRUPTED:
+            rows = list(
+                self.store.db.query(
+                    "SELECT id FROM experiments WHERE retry_of = ?", [experiment["id"]]
+                )
+            )
+            if rows:
+                return self.store.get_experiment(rows[0]["id"])
+        return experiment
+
+    def confirmation_stats(self, experiment_id: int) -> dict[str, Any] | None:
+        """Mean and sd of an experiment's val_bpb over itself and its confirmation runs."""
+        original = self.store.get_experiment(experiment_id)
+        rows = list(
+            self.store.db.query(
+                "SELECT id, val_bpb, seed FROM experiments WHERE confirms_id = ? AND kind = 'confirmation' AND status = 'ok'",
+                [experiment_id],
+            )
+        )
+        if not rows:
+            return None
+        values = ([original["val_bpb"]] if original.get("val_bpb") is not None else []) + [
+            r["val_bpb"] for r in rows
+        ]
+        mean, sd = mean_sd(values)
+        return {
+            "mean": mean,
+            "sd": sd,
+            "n": len(values),
+            "values": values,
+            "run_ids": [r["id"] for r in rows],
+        }
+
+    def leaderboard_value(self, experiment: dict[str, Any]) -> float | None:
+        stats = self.confirmation_stats(experiment["id"])
+        return stats["mean"] if stats else experiment.get("val_bpb")
+
+    def leaderboard(self, limit: int = 10) -> list[dict[str, Any]]:
+        """Ranked by confirmed mean where confirmations exist, else the single run; disqualified runs excluded."""
+        rows = list(
+            self.store.db.query(
+                "SELECT id, agent, description, val_bpb FROM experiments WHERE status = 'ok' AND kind IN ('experiment', 'baseline') "
+                "AND COALESCE(disqualified, 0) = 0 AND val_bpb IS NOT NULL AND hardware = ? AND budget_seconds = ? "
+                "ORDER BY val_bpb ASC LIMIT ?",
+                [self.hardware, self.budget_seconds, max(limit * 5, 50)],
+            )
+        )
+        entries = []
+        for row in rows:
+            stats = self.confirmation_stats(row["id"])
+            entries.append(
+                {
+                    "id": row["id"],
+                    "agent": row["agent"],
+                    "description": row["description"],
+                    "val_bpb": stats["mean"] if stats else row["val_bpb"],
+                    "sd": stats["sd"] if stats else None,
+                    "runs": stats["n"] if stats else 1,
+                    "confirmed": bool(stats and stats["n"] >= 2),
+                }
+            )
+        entries.sort(key=lambda e: (e["val_bpb"], e["id"]))
+        for rank, entry in enumerate(entries[:limit], start=1):
+            entry["rank"] = rank
+        return entries[:limit]
+
+    def per_agent(self) -> list[dict[str, Any]]:
+        rows = self.store.db.execute(
+            "SELECT agent, COUNT(*) AS n, SUM(verdict = 'improved') AS wins, "
+            "MIN(CASE WHEN status = 'ok' AND COALESCE(disqualified, 0) = 0 THEN val_bpb END) AS best "
+            "FROM experiments WHERE kind = 'experiment' GROUP BY agent ORDER BY best IS NULL, best"
+        ).fetchall()
+        out = []
+        for agent, n, wins, best in rows:
+            best_id = None
+            if best is not None:
+                hit = self.store.db.execute(
+                    "SELECT id FROM experiments WHERE agent = ? AND val_bpb = ? AND status = 'ok' ORDER BY id LIMIT 1",
+                    [agent, best],
+                ).fetchone()
+                best_id = hit[0] if hit else None
+            out.append(
+                {
+                    "agent": agent,
+                    "best_id": best_id,
+                    "best_val_bpb": best,
+                    "experiments": n,
+                    "improvements": wins or 0,
+                }
+            )
+        return out
+
+    def noise_info(self) -> dict[str, Any]:
+        noise = self.noise()
+        return {
+            "hardware": self.hardware,
+            "budget_seconds": self.budget_seconds,
+            "budget_kind": self.settings.budget_kind,
+            "baseline_mean": noise.mean,
+            "sd": noise.sd,
+            "runs": noise.runs,
+            "measured": noise.measured,
+            "threshold": self.settings.noise_k * noise.sd,
+        }
+
+    # ------------------------------------------------------------ checkout, cancel, claims
+
+    def checkout(
+        self, agent: str, experiment_id: int | None, ref: str | None
+    ) -> tuple[int | None, list[str]]:
+        """Set the agent's workspace to an experiment's code ('baseline', 'best' or any id, anyone's)."""
+        if (experiment_id is None) == (ref is None):
+            raise LabError(
+                "send exactly one of experiment_id (a number from get_history) or ref ('baseline' or 'best')"
+            )
+        if ref is not None and ref not in ("baseline", "best"):
+            raise LabError(
+                f"ref {ref!r} is unknown; use 'baseline' or 'best', or pass experiment_id"
+            )
+        ws = self.workspace(agent)
+        code: dict[str, str]
+        if ref == "baseline":
+            code, source_id = dict(self.baseline_files), self.baseline_experiment_id()
+        else:
+            if ref == "best":
+                board = self.leaderboard(limit=1)
+                if not board:
+                    raise LabError(
+                        "there is no successful experiment yet; checkout ref='baseline' or run one first"
+                    )
+                experiment_id = board[0]["id"]
+            experiment = self.experiment(int(experiment_id))  # type: ignore[arg-type]
+            stored = experiment.get("code")
+            if not isinstance(stored, dict):
+                raise LabError(f"experiment #{experiment_id} has no stored code")
+            code = stored
+            source_id = experiment["id"]
+        unknown = [name for name in code if name not in self.target.editable]
+        if unknown:
+            raise LabError(
+                f"experiment #{experiment_id} holds files this server does not let you edit: {unknown}"
+            )
+        ws.replace_files({name: text.encode() for name, text in code.items()})
+        self._set_workspace_parent(agent, source_id)
+        return source_id, sorted(code)
+
+    def cancel(self, agent: str, experiment_id: int) -> str:
+        experiment = self.experiment(experiment_id)
+        if experiment["agent"] != agent:
+            raise LabError(
+                f"experiment #{experiment_id} belongs to {experiment['agent']}; you can cancel only your own"
+            )
+        if experiment["status"] in FINAL_STATUSES:
+            raise LabError(
+                f"experiment #{experiment_id} already finished ({experiment['status']}); nothing to cancel"
+            )
+        return self.scheduler.cancel(experiment_id)
+
+    def claim(self, agent: str, text: str) -> int:
+        text = " ".join((text or "").split())
+        if not text:
+            raise LabError(
+                "the idea is empty; describe in one line what you are about to try, e.g. 'RoPE base 10k -> 50k'"
+            )
+        if len(text) > MAX_CLAIM:
+            raise LabError(f"the idea is {len(text)} characters; keep it under {MAX_CLAIM}")
+        expires = (
+            (datetime.now(UTC) + timedelta(minutes=self.settings.claim_ttl_minutes))
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+        self.store.ensure_agent(agent)
+        return self.store.add_claim(agent, text, expires)
+
+    # ------------------------------------------------------------ confirmation
+
+    def confirm(self, agent: str, experiment_id: int, repeats: int) -> list[int]:
+        """Queue `repeats` more runs of an experiment's code with fresh seeds (counted against the agent)."""
+        if not 1 <= repeats <= 10:
+            raise LabError(f"repeats={repeats} is out of range; use 1 to 10")
+        original = self.experiment(experiment_id)
+        if original["status"] != OK:
+            raise LabError(
+                f"experiment #{experiment_id} is {original['status']}; only a successful run can be confirmed"
+            )
+        if original["kind"] != "experiment":
+            raise LabError(
+                f"experiment #{experiment_id} is a {original['kind']} run; confirm the experiment itself"
+            )
+        existing = self.store.db.execute(
+            "SELECT COUNT(*) FROM experiments WHERE confirms_id = ?", [experiment_id]
+        ).fetchone()[0]
+        ids = []
+        for n in range(repeats):
+            seed = self.settings.seed + 1000 + existing + n  # fresh seeds, never the paired one
+            new_id, _ = self.submit(
+                agent,
+                f"confirm #{experiment_id} (seed {seed}): {original['description']}"[
+                    :MAX_DESCRIPTION
+                ],
+                kind="confirmation",
+                files=original["code"],
+                parent_id=experiment_id,
+                confirms_id=experiment_id,
+                seed=seed,
+                check_quota=False,
+                reuse=False,
+            )
+            ids.append(new_id)
+        return ids
+
+    def improvement_count(self) -> int:
+        return int(
+            self.store.db.execute(
+                "SELECT COUNT(*) FROM experiments WHERE verdict = ?", [IMPROVED]
+            ).fetchone()[0]
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        counts = dict(
+            self.store.db.execute(
+                "SELECT status, COUNT(*) FROM experiments GROUP BY status"
+            ).fetchall()
+        )
+        return {
+            "by_status": counts,
+            "total": sum(counts.values()),
+            "crashes": counts.get(CRASH, 0),
+            "cancelled": counts.get(CANCELLED, 0),
+        }
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+__all__ = ["Lab", "LabError", "LabSettings", "statistics"]

@@ -1,0 +1,202 @@
+"""Response models shared by the MCP tools and the JSON API: what a client receives, typed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class FileInfo(BaseModel):
+    name: str
+    access: str = Field(
+        description="editable (apply_patch/edit_file/write_file) or readable (read_file only)"
+    )
+    size_bytes: int
+    lines: int
+
+
+class FileList(BaseModel):
+    files: list[FileInfo]
+    workspace_code_hash: str
+    parent_experiment_id: int | None = Field(
+        description="the experiment this workspace's code came from"
+    )
+    note: str
+
+
+class FileContent(BaseModel):
+    path: str
+    access: str
+    content: str = Field(
+        description="the requested lines, each prefixed with its line number and a tab"
+    )
+    first_line: int
+    last_line: int
+    total_lines: int
+    truncated: bool
+    next_offset: int | None = Field(
+        description="pass as offset to read on, or null at the end of the file"
+    )
+
+
+class EditResult(BaseModel):
+    files: list[str]
+    hunks: int
+    lines_added: int
+    lines_removed: int
+    method: str
+    workspace_code_hash: str
+    next_step: str
+
+
+class ExperimentResult(BaseModel):
+    """The compact result an agent reads after a run (full detail: get_experiment)."""
+
+    id: int
+    agent: str
+    kind: str
+    status: str = Field(
+        description="queued | running | ok | crash | timeout | integrity_fail | cancelled | interrupted"
+    )
+    description: str
+    val_bpb: float | None = None
+    delta_vs_parent: float | None = Field(
+        None, description="parent val_bpb - this val_bpb: positive = better"
+    )
+    delta_vs_best: float | None = Field(
+        None, description="best val_bpb before this run - this val_bpb: positive = better"
+    )
+    verdict: str | None = Field(None, description="improved | within_noise | worse | failed")
+    verdict_note: str | None = None
+    parent_id: int | None = None
+    seed: int | None = None
+    budget_seconds: float | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    cpu_share: float | None = None
+    flags: list[dict[str, Any]] = Field(
+        default_factory=list, description="parts of the contract the diff touches"
+    )
+    failure_reason: str | None = None
+    log_tail: str | None = Field(None, description="last log lines, on failure")
+    progress: str | None = Field(
+        None, description="while live: queue position or training progress"
+    )
+    reused_from: int | None = Field(
+        None, description="this code already ran with these settings: its earlier result"
+    )
+    next_step: str
+
+
+class ExperimentDetail(ExperimentResult):
+    """Everything about one experiment."""
+
+    code_hash: str | None = None
+    confirms_id: int | None = None
+    confirmation: dict[str, Any] | None = Field(
+        None, description="mean, sd, n over this code's confirmation runs"
+    )
+    diff_vs_parent: str | None = None
+    diff_vs_baseline: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    hardware: str | None = None
+    isolation: str | None = None
+    paper_ids: list[str] = Field(default_factory=list)
+    lineage: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class HistoryRow(BaseModel):
+    id: int
+    agent: str
+    kind: str
+    status: str
+    val_bpb: float | None
+    delta_vs_parent: float | None
+    verdict: str | None
+    description: str
+    parent_id: int | None
+    flags: list[str] = Field(default_factory=list)
+    paper_ids: list[str] = Field(default_factory=list)
+    finished_at: str | None = None
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int
+    id: int
+    agent: str
+    description: str
+    val_bpb: float = Field(
+        description="the confirmed mean where confirmation runs exist, else the single run"
+    )
+    sd: float | None = None
+    runs: int = Field(description="1 = a single run, not confirmed")
+    confirmed: bool
+
+
+class AgentBest(BaseModel):
+    agent: str
+    best_id: int | None
+    best_val_bpb: float | None
+    experiments: int
+    improvements: int
+
+
+class Claim(BaseModel):
+    id: int
+    agent: str
+    text: str
+    created_at: str
+    expires_at: str
+
+
+class NoiseInfo(BaseModel):
+    hardware: str
+    budget_seconds: float
+    budget_kind: str
+    baseline_mean: float | None
+    sd: float
+    runs: int
+    measured: bool
+    threshold: float = Field(
+        description="k x sd: the improvement an experiment needs to count as improved"
+    )
+
+
+class Leaderboard(BaseModel):
+    entries: list[LeaderboardEntry]
+    per_agent: list[AgentBest]
+    noise: NoiseInfo
+
+
+class History(BaseModel):
+    rows: list[HistoryRow]
+    total: int
+    next_offset: int | None
+    leaderboard: list[LeaderboardEntry]
+    open_claims: list[Claim]
+    queue: list[dict[str, Any]] = Field(
+        default_factory=list, description="queued and running experiments, in dispatch order"
+    )
+
+
+class CheckoutResult(BaseModel):
+    experiment_id: int | None
+    files: list[str]
+    workspace_code_hash: str
+    note: str
+
+
+class CancelResult(BaseModel):
+    id: int
+    status: str
+    note: str
+
+
+class ClaimResult(BaseModel):
+    claim: Claim
+    open_claims: list[Claim]
+    note: str

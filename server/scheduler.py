@@ -1,0 +1,300 @@
+"""The experiment queue: slots (one per device), round-robin fairness across agents, executors.
+
+The store is the queue: an experiment is `queued` in SQLite until the dispatcher moves it to
+`running` (a compare-and-set, so a cancel and a dispatch never both win). One dispatcher
+thread hands each free slot the next experiment in round-robin order: the agent served
+least recently goes first, so no agent waits more than one round behind another.
+
+Executors run one experiment on one slot: `LocalExecutor` (this machine, the default) and
+`RayExecutor` (server/ray_executor.py) share the `Executor` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sandbox.runner import ExperimentRunner, RunResult, RunSettings
+from server.store import QUEUED, RUNNING, Store, utc_now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What an executor needs to run one experiment: code, settings, a name for its run directory."""
+
+    experiment_id: int
+    files: dict[str, bytes]
+    settings: RunSettings
+
+
+@dataclass
+class LiveProgress:
+    """What a waiting client is told: the phase and how far along it is."""
+
+    phase: str  # queued | training | evaluating | finishing
+    done: float = 0.0
+    total: float = 0.0
+    queue_position: int | None = None
+    slot: str | None = None
+    updated: float = field(default_factory=time.monotonic)
+
+    def message(self) -> str:
+        if self.phase == "queued":
+            return f"queued, position {self.queue_position}" if self.queue_position else "queued"
+        if self.phase == "training":
+            return f"training on {self.slot}: {self.done:.0f}/{self.total:.0f} s of budget"
+        return f"{self.phase} on {self.slot}" if self.slot else self.phase
+
+
+ProgressFn = Callable[[str, float, float], None]
+
+
+class Executor(Protocol):
+    """Runs one job on one slot and returns the runner's result (never raises for the job's code)."""
+
+    def run(
+        self, job: Job, slot: str, on_progress: ProgressFn, cancel: threading.Event
+    ) -> RunResult: ...
+
+    def slots(self) -> list[str]: ...
+
+
+class LocalExecutor:
+    """Runs experiments on this machine through the sandbox runner."""
+
+    def __init__(self, runner: ExperimentRunner, slots: Sequence[str]) -> None:
+        self.runner = runner
+        self._slots = list(slots)
+
+    def slots(self) -> list[str]:
+        return list(self._slots)
+
+    def run(
+        self, job: Job, slot: str, on_progress: ProgressFn, cancel: threading.Event
+    ) -> RunResult:
+        settings = job.settings
+        if slot.startswith("cuda"):
+            settings = RunSettings(**{**settings.__dict__, "device": slot})
+        return self.runner.run(
+            job.files,
+            settings,
+            on_progress=on_progress,
+            cancel=cancel,
+            run_name=f"exp{job.experiment_id:06d}-{int(time.time())}",
+        )
+
+
+def round_robin_order(
+    queued: Sequence[dict[str, Any]], last_served: dict[str, float]
+) -> list[dict[str, Any]]:
+    """The order in which `queued` experiments will be dispatched, given when each agent was last served.
+
+    Priority experiments (`priority` > 0: server baselines) go first; then the agent served least
+    recently goes next, its oldest experiment first, and so on round by round.
+    """
+    served = dict(last_served)
+    remaining = sorted(queued, key=lambda e: e["id"])
+    order: list[dict[str, Any]] = []
+    clock = max(served.values(), default=0.0)
+    while remaining:
+        priority = [e for e in remaining if e.get("kind") == "baseline"]
+        if priority:
+            chosen = priority[0]
+        else:
+            chosen = min(remaining, key=lambda e: (served.get(e["agent"], -1.0), e["id"]))
+        remaining.remove(chosen)
+        order.append(chosen)
+        clock += 1.0
+        served[chosen["agent"]] = clock
+    return order
+
+
+class Scheduler:
+    """Dispatches queued experiments to free slots fairly; tracks live progress; cancels."""
+
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        job_for: Callable[[dict[str, Any]], Job],
+        on_finish: Callable[[int, RunResult], None],
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.job_for = job_for
+        self.on_finish = on_finish
+        self._condition = threading.Condition()
+        self._running: dict[
+            int, tuple[str, threading.Event]
+        ] = {}  # experiment id -> (slot, cancel)
+        self._progress: dict[int, LiveProgress] = {}
+        self._last_served: dict[str, float] = {}
+        self._stopping = False
+        self._paused = False
+        self._thread: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._dispatch_loop, name="scheduler", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, cancel_running: bool = True, timeout: float = 30.0) -> None:
+        """Stop dispatching; cancel runs in flight (they are recorded as cancelled) and wait for them."""
+        with self._condition:
+            self._stopping = True
+            if cancel_running:
+                for _, event in self._running.values():
+                    event.set()
+            self._condition.notify_all()
+        deadline = time.monotonic() + timeout
+        for worker in list(self._workers):
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if self._thread:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    def pause(self, paused: bool = True) -> None:
+        with self._condition:
+            self._paused = paused
+            self._condition.notify_all()
+
+    def notify(self) -> None:
+        """Something was queued: wake the dispatcher."""
+        with self._condition:
+            self._condition.notify_all()
+
+    # ------------------------------------------------------------ queries
+
+    def slots(self) -> list[str]:
+        return self.executor.slots()
+
+    def running(self) -> dict[int, str]:
+        with self._condition:
+            return {eid: slot for eid, (slot, _) in self._running.items()}
+
+    def queue_order(self) -> list[dict[str, Any]]:
+        with self._condition:
+            served = dict(self._last_served)
+        return round_robin_order(self.store.next_queued(), served)
+
+    def progress(self, experiment_id: int) -> LiveProgress | None:
+        with self._condition:
+            live = self._progress.get(experiment_id)
+            if live is not None:
+                return LiveProgress(**live.__dict__)
+        for position, experiment in enumerate(self.queue_order(), start=1):
+            if experiment["id"] == experiment_id:
+                return LiveProgress(phase="queued", queue_position=position)
+        return None
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until any experiment's state changes or `timeout` passes."""
+        with self._condition:
+            self._condition.wait(timeout)
+
+    # ------------------------------------------------------------ cancel
+
+    def cancel(self, experiment_id: int) -> str:
+        """Cancel a queued or running experiment; returns 'cancelled', 'cancelling' or 'not_live'."""
+        if self.store.transition(
+            experiment_id,
+            [QUEUED],
+            status="cancelled",
+            finished_at=utc_now(),
+            failure_reason="cancelled while queued",
+            verdict="failed",
+        ):
+            self.notify()
+            return "cancelled"
+        with self._condition:
+            entry = self._running.get(experiment_id)
+            if entry:
+                entry[1].set()
+                return "cancelling"
+        return "not_live"
+
+    # ------------------------------------------------------------ dispatch
+
+    def _free_slots(self) -> list[str]:
+        busy = {slot for slot, _ in self._running.values()}
+        return [slot for slot in self.executor.slots() if slot not in busy]
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._condition:
+                if self._stopping:
+                    return
+                free = [] if self._paused else self._free_slots()
+            started_any = False
+            if free:
+                for experiment in self.queue_order():
+                    if not free:
+                        break
+                    slot = free[0]
+                    if self._start(experiment, slot):
+                        free.pop(0)
+                        started_any = True
+            with self._condition:
+                if not started_any and not self._stopping:
+                    self._condition.wait(1.0)
+
+    def _start(self, experiment: dict[str, Any], slot: str) -> bool:
+        experiment_id = experiment["id"]
+        if not self.store.transition(
+            experiment_id, [QUEUED], status=RUNNING, started_at=utc_now(), device=slot
+        ):
+            return False  # cancelled in between
+        cancel = threading.Event()
+        with self._condition:
+            self._running[experiment_id] = (slot, cancel)
+            self._progress[experiment_id] = LiveProgress(phase="training", slot=slot)
+            self._last_served[experiment["agent"]] = time.monotonic()
+        worker = threading.Thread(
+            target=self._work,
+            args=(experiment, slot, cancel),
+            name=f"run-{experiment_id}",
+            daemon=True,
+        )
+        self._workers = [w for w in self._workers if w.is_alive()] + [worker]
+        worker.start()
+        return True
+
+    def _work(self, experiment: dict[str, Any], slot: str, cancel: threading.Event) -> None:
+        experiment_id = experiment["id"]
+
+        def on_progress(phase: str, done: float, total: float) -> None:
+            with self._condition:
+                self._progress[experiment_id] = LiveProgress(
+                    phase=phase, done=done, total=total, slot=slot
+                )
+                self._condition.notify_all()
+
+        try:
+            job = self.job_for(experiment)
+            result = self.executor.run(job, slot, on_progress, cancel)
+        except Exception as exc:
+            log.exception("experiment %s failed in the executor", experiment_id)
+            result = RunResult(
+                status="crash", failure_reason=f"the executor failed: {type(exc).__name__}: {exc}"
+            )
+        try:
+            with self._condition:
+                self._progress[experiment_id] = LiveProgress(phase="finishing", slot=slot)
+            self.on_finish(experiment_id, result)
+        except Exception:
+            log.exception("recording experiment %s failed", experiment_id)
+        finally:
+            with self._condition:
+                self._running.pop(experiment_id, None)
+                self._progress.pop(experiment_id, None)
+                self._condition.notify_all()
