@@ -52,6 +52,7 @@ class RunSettings:
     threads: int | None = None  # CPU threads for training (OMP/MKL); None = all cores
     grace_seconds: float | None = None  # after the budget before SIGTERM; default 10% (>= 5 s)
     eval_timeout_seconds: float = 180.0
+    eval_windows: int | None = None  # operator/test override of the evaluator's fixed window count
     require_isolation: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. AR_SCALE
     memory_bytes: int | None = 8 * 1024**3
@@ -377,6 +378,8 @@ class ExperimentRunner:
             )
             for part in self.target.evaluate_command
         ] + ["--device", settings.device]
+        if settings.eval_windows:
+            argv += ["--windows", str(settings.eval_windows)]
         spec = JailSpec(
             workdir=eval_dir,
             readonly_paths=(

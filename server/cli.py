@@ -76,6 +76,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--eval-timeout", type=float, default=180.0, help="seconds the evaluator may take"
     )
     parser.add_argument("--arxiv-url", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--eval-windows", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:

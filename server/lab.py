@@ -91,6 +91,7 @@ class LabSettings:
     require_isolation: bool = False
     keep_run_dirs: Literal["never", "failed", "always"] = "failed"
     eval_timeout_seconds: float = 180.0
+    eval_windows: int | None = None  # fewer val windows: only for tests and smoke runs
     arxiv_url_format: str | None = None  # tests point arXiv at loopback
     arxiv_min_interval_s: float = 3.0
     target_file: Path | None = None
@@ -217,6 +218,7 @@ class Lab:
             seed=seed,
             threads=self.threads,
             eval_timeout_seconds=self.settings.eval_timeout_seconds,
+            eval_windows=self.settings.eval_windows,
             require_isolation=self.settings.require_isolation,
         )
 
