@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import threading
 import time
@@ -34,7 +35,8 @@ KILL_GRACE_SECONDS = 3.0
 
 ProgressCallback = Callable[[str, float, float], None]  # (phase, done, total)
 BudgetKind = Literal["wall", "cpu"]
-RunStatus = Literal["ok", "crash", "timeout", "integrity_fail", "cancelled"]
+RunStatus = Literal["ok", "crash", "timeout", "integrity_fail", "cancelled", "interrupted"]
+# "interrupted": the run was lost with its machine (a Ray node); the lab re-queues it once.
 
 
 class RunRefused(ValueError):
@@ -296,6 +298,7 @@ class ExperimentRunner:
         terminated_at: float | None = None
         reason: str | None = None
         last_report = 0.0
+        cpu_samples: list[tuple[float, float]] = []  # (elapsed, cpu seconds) after the first output
         while process.poll() is None:
             now = time.monotonic()
             elapsed = now - began
@@ -306,6 +309,10 @@ class ExperimentRunner:
                 and log_path.stat().st_size > 0
             ):
                 result.first_output_seconds = elapsed
+            if result.first_output_seconds is not None and (
+                not cpu_samples or elapsed - cpu_samples[-1][0] >= 0.5
+            ):
+                cpu_samples.append((elapsed, process.cpu_seconds()))
             if terminated_at is None:
                 if cancel.is_set():
                     reason = "cancelled"
@@ -324,7 +331,7 @@ class ExperimentRunner:
         result.train_seconds = time.monotonic() - began
         result.cpu_seconds = process.cpu_seconds()
         threads = settings.threads or os.cpu_count() or 1
-        result.cpu_share = round(result.cpu_seconds / max(result.train_seconds * threads, 1e-9), 4)
+        result.cpu_share = cpu_share(cpu_samples, threads, result.cpu_seconds, result.train_seconds)
         peak = process.peak_memory_bytes()
         result.peak_memory_mb = round(peak / 2**20, 1) if peak else None
         result.output_truncated = process.output_truncated
@@ -468,6 +475,21 @@ class ExperimentRunner:
                 report.get("reason") or "the evaluator failed",
             )
             result.log_tail = (result.log_tail + "\n--- evaluator ---\n" + eval_tail).strip()
+
+
+def cpu_share(samples: list[tuple[float, float]], threads: int, cpu_total: float, wall_total: float) -> float:
+    """The share of its threads' CPU a run got while training: about 0.9 when idle, lower beside a busy neighbour.
+
+    The median over ~1 s windows after the first output line, so that single-threaded start-up
+    (imports) and the export at the end do not count; the whole run's average if too short.
+    """
+    windows = []
+    for (t0, c0), (t1, c1) in zip(samples, samples[2:], strict=False):
+        if t1 > t0:
+            windows.append((c1 - c0) / ((t1 - t0) * threads))
+    if len(windows) >= 3:
+        return round(statistics.median(windows), 4)
+    return round(cpu_total / max(wall_total * threads, 1e-9), 4)
 
 
 def _last_json_object(path: Path) -> dict[str, Any] | None:

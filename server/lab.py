@@ -21,13 +21,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sandbox.jail import IsolationLevel, detect_isolation
+from sandbox.jail import IsolationLevel, detect_isolation, kill_orphans
 from sandbox.runner import ExperimentRunner, RunResult, RunSettings
 from sandbox.target import ResearchTarget, load_target
 from sandbox.workspace import PathPolicy, Workspace
 from server.diff_review import is_seed_only, review_diff
 from server.papers import PaperSearch, ensure_paper_tables
-from server.scheduler import Job, LocalExecutor, Scheduler
+from server.scheduler import Executor, Job, LocalExecutor, Scheduler
 from server.store import (
     CANCELLED,
     CRASH,
@@ -83,7 +83,8 @@ class LabSettings:
     seed: int = 1337  # the paired-comparison seed; repeats use seed + n
     noise_k: float = 2.0
     baseline_repeats: int = 3
-    contended_share: float = 0.7  # CPU share below this marks a CPU run `contended`
+    contended_share: float = 0.7  # CPU share below this marks a wall-clock CPU run `contended`
+    contended_share_cpu_budget: float = 0.3  # the same under a CPU-time budget (only starvation matters)
     call_wait_seconds: float = 45.0  # bound on one blocking tool call (clients cut long calls)
     max_live_per_agent: int = 1
     max_experiments_per_agent: int | None = None
@@ -96,6 +97,9 @@ class LabSettings:
     arxiv_min_interval_s: float = 3.0
     target_file: Path | None = None
     start_scheduler: bool = True
+    executor: Literal["local", "ray"] = "local"  # ray: experiments as tasks on a Ray cluster
+    ray_address: str | None = None  # e.g. HEAD:6379; None: RAY_ADDRESS or a local Ray
+    ray_cpus_per_slot: int = 1  # on a CPU-only Ray cluster: CPUs per experiment (one slot each)
 
     def resolved_device(self) -> str:
         return detect_device() if self.device == "auto" else self.device
@@ -179,9 +183,21 @@ class Lab:
             keep_run_dirs=s.keep_run_dirs,
             isolation=self.isolation,
         )
-        self.executor = LocalExecutor(self.runner, self.slots)
+        self.executor: Executor = LocalExecutor(self.runner, self.slots)
+        if s.executor == "ray":
+            from server.ray_executor import RayExecutor
+
+            self.executor = RayExecutor(
+                s.ray_address,
+                gpu=self.device.startswith("cuda"),
+                cpus_per_slot=s.ray_cpus_per_slot,
+                target_file=s.target_file,
+                expected_hashes=self.runner.expected_hashes,
+                keep_run_dirs=s.keep_run_dirs,
+            )
         self.scheduler = Scheduler(self.store, self.executor, self.job_for, self.on_finish)
         self._workspace_lock = threading.Lock()
+        self._submit_lock = threading.RLock()  # quota check + insert are one step per server
         self.recovered = self.recover()
         if s.start_scheduler:
             self.scheduler.start()
@@ -272,7 +288,12 @@ class Lab:
             columns=["id", "status"],
         )
 
-    def submit(
+    def submit(self, agent: str, description: str, **options: Any) -> tuple[int, int | None]:
+        """Queue a run (see `_submit`); serialized so that two concurrent calls cannot both pass the quota."""
+        with self._submit_lock:
+            return self._submit(agent, description, **options)
+
+    def _submit(
         self,
         agent: str,
         description: str,
@@ -425,30 +446,28 @@ class Lab:
 
     def on_finish(self, experiment_id: int, result: RunResult) -> None:
         """Record a finished run: figures, verdict and deltas, in one compare-and-set from `running`."""
+        if result.status == INTERRUPTED:  # lost with its machine (a Ray node): re-queue once
+            if self.store.transition(
+                experiment_id,
+                [RUNNING],
+                status=INTERRUPTED,
+                finished_at=utc_now(),
+                failure_reason=result.failure_reason or "the machine running it was lost",
+                log_tail=result.log_tail,
+            ):
+                self.requeue_interrupted(experiment_id)
+            return
         experiment = self.store.get_experiment(experiment_id)
         flags = list(experiment.get("flags") or [])
         disqualifications = [f["reason"] for f in flags if f.get("name") == "seed_only"]
-        if (
-            result.status == OK
-            and self.settings.budget_kind == "cpu"
-            and not self.device.startswith("cuda")
-            and result.cpu_share is not None
-            and result.cpu_share < self.settings.contended_share
-        ):
-            pass  # a CPU-time budget is immune to load by construction
-        elif (
-            result.status == OK
-            and not self.device.startswith("cuda")
-            and result.cpu_share is not None
-            and result.cpu_share < self.settings.contended_share
-        ):
-            flags.append(
-                {
-                    "name": "contended",
-                    "reason": f"the run got {result.cpu_share:.0%} of its CPU threads (below {self.settings.contended_share:.0%}): a wall-clock budget on a busy machine measures the neighbours",
-                    "lines": [],
-                }
-            )
+        if result.status == OK and self._contended(result):
+            flags.append({
+                "name": "contended",
+                "reason": f"the run got {result.cpu_share:.0%} of its CPU threads (below "
+                f"{self._contended_threshold():.0%}): on a busy machine a {self.settings.budget_kind}-clock "
+                "budget measures the neighbours",
+                "lines": [],
+            })
             disqualifications.append("the CPU was contended during the run")
         best = self.store.best_experiment(
             hardware=self.hardware,
@@ -515,6 +534,17 @@ class Lab:
             log.warning("experiment %s was no longer running when it finished", experiment_id)
         if experiment["kind"] == "baseline":
             self._update_baseline_stats()
+
+    def _contended_threshold(self) -> float:
+        # A CPU-time budget is robust to load by construction: only a starved run is contended.
+        if self.settings.budget_kind == "wall":
+            return self.settings.contended_share
+        return self.settings.contended_share_cpu_budget
+
+    def _contended(self, result: RunResult) -> bool:
+        if self.device.startswith("cuda") or result.cpu_share is None:
+            return False
+        return result.cpu_share < self._contended_threshold()
 
     # ------------------------------------------------------------ noise and the baseline
 
@@ -590,38 +620,50 @@ class Lab:
     # ------------------------------------------------------------ recovery
 
     def recover(self) -> list[int]:
-        """After a crash: runs left `running` become `interrupted` and are re-queued once (a new row)."""
-        interrupted = self.store.mark_interrupted_runs()
-        requeued = []
-        for experiment_id in interrupted:
-            old = self.store.get_experiment(experiment_id)
-            if (old.get("attempt") or 1) >= 2:
-                continue
-            new_id = self.store.create_experiment(
-                **{
-                    k: v
-                    for k, v in old.items()
-                    if k
-                    not in (
-                        "id",
-                        "status",
-                        "created_at",
-                        "started_at",
-                        "finished_at",
-                        "failure_reason",
-                        "log_tail",
-                        "metrics",
-                        "verdict",
-                    )
-                },
-                status=QUEUED,
-                attempt=(old.get("attempt") or 1) + 1,
-                retry_of=experiment_id,
+        """After a crash: runs left `running` become `interrupted` and are re-queued once (a new row).
+
+        First, any process a killed server's jails left behind under this home's runs
+        directory is killed (the jails normally die with the server: PR_SET_PDEATHSIG).
+        """
+        orphans = kill_orphans(self.home / "runs")
+        if orphans:
+            log.warning(
+                "killed %d process(es) left behind by a previous server: %s", len(orphans), orphans
             )
-            requeued.append(new_id)
-            if old["kind"] == "experiment":
-                self._set_workspace_parent(old["agent"], new_id)
-        return requeued
+        interrupted = self.store.mark_interrupted_runs()
+        requeued = [self.requeue_interrupted(experiment_id) for experiment_id in interrupted]
+        return [new_id for new_id in requeued if new_id is not None]
+
+    def requeue_interrupted(self, experiment_id: int) -> int | None:
+        """Queue an `interrupted` experiment again, once (a new row, retry_of it); the new id or None."""
+        old = self.store.get_experiment(experiment_id)
+        if (old.get("attempt") or 1) >= 2:
+            return None
+        new_id = self.store.create_experiment(
+            **{
+                k: v
+                for k, v in old.items()
+                if k
+                not in (
+                    "id",
+                    "status",
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "failure_reason",
+                    "log_tail",
+                    "metrics",
+                    "verdict",
+                )
+            },
+            status=QUEUED,
+            attempt=(old.get("attempt") or 1) + 1,
+            retry_of=experiment_id,
+        )
+        if old["kind"] == "experiment":
+            self._set_workspace_parent(old["agent"], new_id)
+        self.scheduler.notify()
+        return new_id
 
     # ------------------------------------------------------------ reading results
 

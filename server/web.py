@@ -17,6 +17,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
 
 from server.app import build_server
 from server.auth import StoreTokenVerifier, lookup_token
@@ -80,8 +81,8 @@ def build_app(
             default_agent=None,
             token_verifier=StoreTokenVerifier(lab.store),
             auth=AuthSettings(
-                issuer_url=base_url, resource_server_url=None, required_scopes=["agent"]
-            ),  # type: ignore[arg-type]
+                issuer_url=AnyHttpUrl(base_url), resource_server_url=None, required_scopes=["agent"]
+            ),
         )
     else:
         mcp = build_server(lab, default_agent=default_agent)
