@@ -178,7 +178,7 @@ def test_seed_only_change_never_becomes_improved(quiet_lab: Lab) -> None:
         quiet_lab, experiment_id, 2.50
     )  # far better than the noise: still not an improvement
     assert row["verdict"] == WITHIN_NOISE
-    assert [f["name"] for f in row["flags"]][0] == "seed_only"
+    assert next(f["name"] for f in row["flags"]) == "seed_only"
     assert all(e["id"] != experiment_id for e in quiet_lab.leaderboard())
 
 
