@@ -27,6 +27,7 @@ from sandbox.patch import PatchRejected
 from sandbox.runner import RunRefused
 from sandbox.workspace import PathRefused
 from server.lab import Lab, LabError
+from server.ladder import PromotionRefused
 from server.models import (
     CancelResult,
     CheckoutResult,
@@ -83,7 +84,14 @@ def refusals() -> Iterator[None]:
         yield
     except ToolError:
         raise
-    except (LabError, PathRefused, PatchRejected, RunRefused, PaperSearchError) as exc:
+    except (
+        LabError,
+        PathRefused,
+        PatchRejected,
+        RunRefused,
+        PaperSearchError,
+        PromotionRefused,
+    ) as exc:
         raise ToolError(str(exc)) from None
 
 
@@ -443,6 +451,58 @@ def build_server(
             ids = lab.confirm(agent(), experiment_id, repeats)
             return [experiment_result(lab, lab.experiment(i)) for i in ids]
 
+    @mcp.tool(annotations=RUNS)
+    def promote(
+        experiment_id: Annotated[
+            int, Field(description="a confirmed experiment (confirm_experiment first)")
+        ],
+        level: Annotated[
+            str | None,
+            Field(description="scale level to re-run at (default: the next one up)", max_length=16),
+        ] = None,
+    ) -> dict[str, Any]:
+        """Re-run a confirmed win at a larger scale (more budget, larger model) against that level's baseline."""
+        with refusals():
+            assert lab.ladder is not None
+            promotion = lab.ladder.promote(agent(), experiment_id, level)
+            return {
+                "promotion": promotion,
+                "levels": [level.__dict__ for level in lab.settings.scales],
+                "next_step": f"runs {promotion['run_ids']} and baselines {promotion['baseline_ids']} are queued; "
+                f"get_ladder({experiment_id}) shows the transfer verdict when they finish",
+            }
+
+    @mcp.tool(annotations=READ_ONLY)
+    def get_ladder(
+        experiment_id: Annotated[int, Field(description="an experiment id")],
+    ) -> dict[str, Any]:
+        """One idea's climb up the scale levels: its gain at each level and the transfer verdicts."""
+        with refusals():
+            assert lab.ladder is not None
+            return lab.ladder.ladder(experiment_id)
+
+    @mcp.tool(annotations=RUNS)
+    def combine(
+        experiment_ids: Annotated[
+            list[int],
+            Field(description="two or more successful experiments whose changes to stack"),
+        ],
+        level: Annotated[
+            str, Field(description="the scale level whose current best is the base", max_length=16)
+        ] = "S",
+        description: Annotated[
+            str | None, Field(description="one line for the combined experiment", max_length=480)
+        ] = None,
+    ) -> dict[str, Any]:
+        """Stack several experiments' diffs on the current best (three-way merges) and queue the result; conflicts are refused."""
+        with refusals():
+            assert lab.ladder is not None
+            outcome = lab.ladder.combine(agent(), experiment_ids, level, description)
+            outcome["experiment"] = experiment_result(
+                lab, lab.experiment(outcome["experiment_id"])
+            ).model_dump()
+            return outcome
+
     @mcp.tool(annotations=READ_ONLY)
     def get_history(
         scope: Annotated[
@@ -471,15 +531,21 @@ def build_server(
         ] = None,
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
         offset: Annotated[int, Field(ge=0)] = 0,
+        level: Annotated[
+            str | None, Field(description="only this scale level (S, M, L...)", max_length=16)
+        ] = None,
     ) -> History:
         """The shared research record: compact rows, the leaderboard, the queue and open idea claims."""
         with refusals():
             name = agent()
             mine = name if scope == "mine" else None
+            if level is not None:
+                lab.level(level)
             rows = lab.store.list_experiments(
                 agent=mine,
                 status=status,
                 query=query,
+                scale=level,
                 order=order,
                 limit=limit + 1,
                 offset=offset,
@@ -513,21 +579,29 @@ def build_server(
                 if not query
                 else len(rows),
                 next_offset=offset + limit if more else None,
-                leaderboard=[LeaderboardEntry(**e) for e in lab.leaderboard(limit=10)],
+                leaderboard=[
+                    LeaderboardEntry(**e) for e in lab.leaderboard(limit=10, scale=level or "S")
+                ],
                 open_claims=[Claim(**c) for c in lab.store.open_claims()],
                 queue=queue,
             )
 
     @mcp.tool(annotations=READ_ONLY)
-    def get_leaderboard(limit: Annotated[int, Field(ge=1, le=50)] = 10) -> Leaderboard:
+    def get_leaderboard(
+        limit: Annotated[int, Field(ge=1, le=50)] = 10,
+        level: Annotated[
+            str, Field(description="scale level (S is the default budget)", max_length=16)
+        ] = "S",
+    ) -> Leaderboard:
         """The best experiments (confirmed means first-class), each agent's best, and the measured noise."""
         with refusals():
             from server.models import AgentBest, NoiseInfo
 
+            lab.level(level)
             return Leaderboard(
-                entries=[LeaderboardEntry(**e) for e in lab.leaderboard(limit)],
+                entries=[LeaderboardEntry(**e) for e in lab.leaderboard(limit, scale=level)],
                 per_agent=[AgentBest(**a) for a in lab.per_agent()],
-                noise=NoiseInfo(**lab.noise_info()),
+                noise=NoiseInfo(**lab.noise_info(level)),
             )
 
     @mcp.tool(annotations=EDITS)

@@ -71,6 +71,40 @@ def detect_device() -> str:
         return "cpu"
 
 
+@dataclass(frozen=True)
+class ScaleLevel:
+    """A named rung of the promotion ladder: a budget multiple and a model size (AR_SCALE)."""
+
+    name: str
+    budget_factor: float = 1.0
+    model_scale: int = 1
+    slots: tuple[str, ...] = ()  # devices reserved for this level (empty: any slot)
+    device_hours_quota: float | None = None  # promotions stop when the level has used this much
+
+    @classmethod
+    def parse(cls, text: str) -> ScaleLevel:
+        """'M=5x1' (budget x5, model scale 1), optionally '@cuda:1+cuda:2' and ':quota=2.5' (device-hours)."""
+        match = re.fullmatch(
+            r"([A-Za-z][\w-]{0,15})=([0-9.]+)x(\d+)(?:@([\w:+]+))?(?::quota=([0-9.]+))?",
+            text.strip(),
+        )
+        if not match:
+            raise ValueError(
+                f"scale level {text!r} is malformed; use NAME=BUDGETxMODEL[@slot+slot][:quota=HOURS], e.g. M=5x1"
+            )
+        name, factor, model, slots, quota = match.groups()
+        return cls(
+            name,
+            float(factor),
+            int(model),
+            tuple(slots.split("+")) if slots else (),
+            float(quota) if quota else None,
+        )
+
+
+DEFAULT_SCALES = (ScaleLevel("S", 1.0, 1), ScaleLevel("M", 5.0, 1), ScaleLevel("L", 5.0, 2))
+
+
 @dataclass
 class LabSettings:
     """Operator settings: everything an agent cannot change."""
@@ -84,7 +118,9 @@ class LabSettings:
     noise_k: float = 2.0
     baseline_repeats: int = 3
     contended_share: float = 0.7  # CPU share below this marks a wall-clock CPU run `contended`
-    contended_share_cpu_budget: float = 0.3  # the same under a CPU-time budget (only starvation matters)
+    contended_share_cpu_budget: float = (
+        0.3  # the same under a CPU-time budget (only starvation matters)
+    )
     call_wait_seconds: float = 45.0  # bound on one blocking tool call (clients cut long calls)
     max_live_per_agent: int = 1
     max_experiments_per_agent: int | None = None
@@ -96,6 +132,9 @@ class LabSettings:
     arxiv_url_format: str | None = None  # tests point arXiv at loopback
     arxiv_min_interval_s: float = 3.0
     target_file: Path | None = None
+    scales: tuple[ScaleLevel, ...] = DEFAULT_SCALES  # the promotion ladder, smallest first
+    auto_promote: bool = False  # promote confirmed improvements to the next level automatically
+    promotion_repeats: int = 2  # paired runs (seeds) per side at the larger level
     start_scheduler: bool = True
     executor: Literal["local", "ray"] = "local"  # ray: experiments as tasks on a Ray cluster
     ray_address: str | None = None  # e.g. HEAD:6379; None: RAY_ADDRESS or a local Ray
@@ -195,7 +234,12 @@ class Lab:
                 expected_hashes=self.runner.expected_hashes,
                 keep_run_dirs=s.keep_run_dirs,
             )
-        self.scheduler = Scheduler(self.store, self.executor, self.job_for, self.on_finish)
+        self.scheduler = Scheduler(
+            self.store, self.executor, self.job_for, self.on_finish, slot_accepts=self.slot_accepts
+        )
+        from server.ladder import PromotionLadder
+
+        self.ladder: PromotionLadder | None = PromotionLadder(self)
         self._workspace_lock = threading.Lock()
         self._submit_lock = threading.RLock()  # quota check + insert are one step per server
         self.recovered = self.recover()
@@ -226,9 +270,36 @@ class Lab:
         cpu_slots = len([s for s in self.slots if s.startswith("cpu")]) or 1
         return max(1, cores // cpu_slots)
 
-    def run_settings(self, seed: int, budget_seconds: float | None = None) -> RunSettings:
+    def level(self, scale: str | None) -> ScaleLevel:
+        """The operator's definition of a scale level ('S' is the default budget and model)."""
+        name = scale or "S"
+        for level in self.settings.scales:
+            if level.name == name:
+                return level
+        known = ", ".join(level.name for level in self.settings.scales)
+        raise LabError(f"scale level {name!r} does not exist; the levels are {known}")
+
+    def level_budget(self, scale: str | None) -> float:
+        return round(self.budget_seconds * self.level(scale).budget_factor, 3)
+
+    def slot_accepts(self, slot: str, experiment: dict[str, Any]) -> bool:
+        """A level with reserved slots runs only there; reserved slots serve only their level."""
+        scale = experiment.get("scale") or "S"
+        reserved = {s: level.name for level in self.settings.scales for s in level.slots}
+        own = (
+            self.level(scale).slots if any(lv.name == scale for lv in self.settings.scales) else ()
+        )
+        if own:
+            return slot in own
+        return slot not in reserved
+
+    def run_settings(
+        self, seed: int, budget_seconds: float | None = None, scale: str | None = None
+    ) -> RunSettings:
+        level = self.level(scale)
         return RunSettings(
-            budget_seconds=budget_seconds or self.budget_seconds,
+            extra_env={"AR_SCALE": str(level.model_scale)},
+            budget_seconds=budget_seconds or self.level_budget(scale),
             budget_kind=self.settings.budget_kind,
             device=self.device if not self.device.startswith("cuda") else self.slots[0],
             seed=seed,
@@ -299,13 +370,14 @@ class Lab:
         description: str,
         *,
         paper_ids: Sequence[str] = (),
-        kind: Literal["experiment", "baseline", "confirmation"] = "experiment",
+        kind: Literal["experiment", "baseline", "confirmation", "promotion"] = "experiment",
         files: dict[str, str] | None = None,
         parent_id: int | None = None,
         confirms_id: int | None = None,
         seed: int | None = None,
         check_quota: bool = True,
         reuse: bool = True,
+        scale: str = "S",
     ) -> tuple[int, int | None]:
         """Queue a run of the agent's workspace (or of `files`); returns (experiment id, reused-from id).
 
@@ -332,11 +404,12 @@ class Lab:
         if check_quota:
             self._check_quota(agent)
         code_hash = Workspace.hash_files({k: v.encode() for k, v in files.items()})
+        budget_seconds = self.level_budget(scale)
         settings_key = {
             "hardware": self.hardware,
-            "budget_seconds": self.budget_seconds,
+            "budget_seconds": budget_seconds,
             "budget_kind": self.settings.budget_kind,
-            "scale": "S",
+            "scale": scale,
         }
         if reuse and kind == "experiment":
             earlier = self.store.find_by_code(code_hash, settings_key)
@@ -371,7 +444,7 @@ class Lab:
             diff_baseline=diff_baseline,
             flags=flags,
             disqualified=int(any(f["name"] == "seed_only" for f in flags)),
-            budget_seconds=self.budget_seconds,
+            budget_seconds=budget_seconds,
             budget_kind=self.settings.budget_kind,
             device=self.device,
             hardware=self.hardware,
@@ -379,7 +452,7 @@ class Lab:
             seed=seed,
             isolation=self.isolation.value,
             paper_ids=papers,
-            scale="S",
+            scale=scale,
         )
         if kind == "experiment":
             self._set_workspace_parent(agent, experiment_id)
@@ -441,7 +514,9 @@ class Lab:
         return Job(
             experiment_id=experiment["id"],
             files={name: text.encode() for name, text in code.items()},
-            settings=self.run_settings(int(experiment["seed"]), experiment.get("budget_seconds")),
+            settings=self.run_settings(
+                int(experiment["seed"]), experiment.get("budget_seconds"), experiment.get("scale")
+            ),
         )
 
     def on_finish(self, experiment_id: int, result: RunResult) -> None:
@@ -461,13 +536,15 @@ class Lab:
         flags = list(experiment.get("flags") or [])
         disqualifications = [f["reason"] for f in flags if f.get("name") == "seed_only"]
         if result.status == OK and self._contended(result):
-            flags.append({
-                "name": "contended",
-                "reason": f"the run got {result.cpu_share:.0%} of its CPU threads (below "
-                f"{self._contended_threshold():.0%}): on a busy machine a {self.settings.budget_kind}-clock "
-                "budget measures the neighbours",
-                "lines": [],
-            })
+            flags.append(
+                {
+                    "name": "contended",
+                    "reason": f"the run got {result.cpu_share:.0%} of its CPU threads (below "
+                    f"{self._contended_threshold():.0%}): on a busy machine a {self.settings.budget_kind}-clock "
+                    "budget measures the neighbours",
+                    "lines": [],
+                }
+            )
             disqualifications.append("the CPU was contended during the run")
         best = self.store.best_experiment(
             hardware=self.hardware,
@@ -493,7 +570,7 @@ class Lab:
                 status=result.status,
                 val_bpb=result.val_bpb,
                 best_bpb=best_bpb,
-                noise=self.noise(),
+                noise=self.noise(experiment.get("scale") or "S"),
                 k=self.settings.noise_k,
                 disqualifications=disqualifications,
             )
@@ -533,7 +610,9 @@ class Lab:
         if not updated:
             log.warning("experiment %s was no longer running when it finished", experiment_id)
         if experiment["kind"] == "baseline":
-            self._update_baseline_stats()
+            self._update_baseline_stats(experiment.get("scale") or "S")
+        if self.ladder is not None:
+            self.ladder.on_run_finished(experiment_id)
 
     def _contended_threshold(self) -> float:
         # A CPU-time budget is robust to load by construction: only a starved run is contended.
@@ -548,16 +627,16 @@ class Lab:
 
     # ------------------------------------------------------------ noise and the baseline
 
-    def noise(self) -> Noise:
+    def noise(self, scale: str = "S") -> Noise:
         row = self.store.baseline(
             hardware=self.hardware,
-            scale="S",
+            scale=scale,
             budget_kind=self.settings.budget_kind,
-            budget_seconds=self.budget_seconds,
+            budget_seconds=self.level_budget(scale),
         )
         return Noise.from_values(row["values"] if row else [])
 
-    def _update_baseline_stats(self) -> None:
+    def _update_baseline_stats(self, scale: str = "S") -> None:
         rows = self.store.list_experiments(
             kind="baseline",
             status=OK,
@@ -569,8 +648,9 @@ class Lab:
             r
             for r in rows
             if r["hardware"] == self.hardware
-            and r["budget_seconds"] == self.budget_seconds
+            and r["budget_seconds"] == self.level_budget(scale)
             and r["budget_kind"] == self.settings.budget_kind
+            and (r["scale"] or "S") == scale
         ]
         if not rows:
             return
@@ -578,17 +658,21 @@ class Lab:
         mean, sd = mean_sd(values)
         self.store.set_baseline(
             hardware=self.hardware,
-            scale="S",
+            scale=scale,
             budget_kind=self.settings.budget_kind,
-            budget_seconds=self.budget_seconds,
+            budget_seconds=self.level_budget(scale),
             values=values,
             experiment_ids=[r["id"] for r in rows],
             mean=mean,
             sd=sd,
         )
 
-    def ensure_baseline(self, repeats: int | None = None) -> list[int]:
-        """Queue baseline runs until `repeats` exist (finished or live) for this hardware and budget."""
+    def ensure_baseline(self, repeats: int | None = None, scale: str = "S") -> list[int]:
+        """Queue baseline runs until `repeats` exist (finished or live) for this hardware, budget and level.
+
+        Seeds are the server's paired seeds seed, seed+1, ...: a promotion compares run n of an
+        idea with baseline run n of the same seed.
+        """
         repeats = self.settings.baseline_repeats if repeats is None else repeats
         existing = [
             r
@@ -596,23 +680,27 @@ class Lab:
                 kind="baseline",
                 order="oldest",
                 limit=1000,
-                columns=["id", "status", "hardware", "budget_seconds"],
+                columns=["id", "status", "hardware", "budget_seconds", "scale"],
             )
             if r["hardware"] == self.hardware
-            and r["budget_seconds"] == self.budget_seconds
+            and r["budget_seconds"] == self.level_budget(scale)
+            and (r["scale"] or "S") == scale
             and r["status"] in (OK, QUEUED, RUNNING)
         ]
         queued = []
         for n in range(len(existing), repeats):
             experiment_id, _ = self.submit(
                 SERVER_AGENT,
-                f"baseline measurement {n + 1}/{repeats} (server-owned seed {self.settings.seed + n})",
+                f"baseline measurement {n + 1}/{repeats}"
+                + (f" at level {scale}" if scale != "S" else "")
+                + f" (server-owned seed {self.settings.seed + n})",
                 kind="baseline",
                 files=dict(self.baseline_files),
                 parent_id=None,
                 seed=self.settings.seed + n,
                 check_quota=False,
                 reuse=False,
+                scale=scale,
             )
             queued.append(experiment_id)
         return queued
@@ -714,14 +802,15 @@ class Lab:
         stats = self.confirmation_stats(experiment["id"])
         return stats["mean"] if stats else experiment.get("val_bpb")
 
-    def leaderboard(self, limit: int = 10) -> list[dict[str, Any]]:
+    def leaderboard(self, limit: int = 10, scale: str = "S") -> list[dict[str, Any]]:
         """Ranked by confirmed mean where confirmations exist, else the single run; disqualified runs excluded."""
         rows = list(
             self.store.db.query(
-                "SELECT id, agent, description, val_bpb FROM experiments WHERE status = 'ok' AND kind IN ('experiment', 'baseline') "
+                "SELECT id, agent, description, val_bpb FROM experiments WHERE status = 'ok' "
+                "AND kind IN ('experiment', 'baseline', 'promotion') "
                 "AND COALESCE(disqualified, 0) = 0 AND val_bpb IS NOT NULL AND hardware = ? AND budget_seconds = ? "
-                "ORDER BY val_bpb ASC LIMIT ?",
-                [self.hardware, self.budget_seconds, max(limit * 5, 50)],
+                "AND COALESCE(scale, 'S') = ? ORDER BY val_bpb ASC LIMIT ?",
+                [self.hardware, self.level_budget(scale), scale, max(limit * 5, 50)],
             )
         )
         entries = []
@@ -769,11 +858,11 @@ class Lab:
             )
         return out
 
-    def noise_info(self) -> dict[str, Any]:
-        noise = self.noise()
+    def noise_info(self, scale: str = "S") -> dict[str, Any]:
+        noise = self.noise(scale)
         return {
             "hardware": self.hardware,
-            "budget_seconds": self.budget_seconds,
+            "budget_seconds": self.level_budget(scale),
             "budget_kind": self.settings.budget_kind,
             "baseline_mean": noise.mean,
             "sd": noise.sd,

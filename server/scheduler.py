@@ -124,11 +124,14 @@ class Scheduler:
         executor: Executor,
         job_for: Callable[[dict[str, Any]], Job],
         on_finish: Callable[[int, RunResult], None],
+        slot_accepts: Callable[[str, dict[str, Any]], bool] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
         self.job_for = job_for
         self.on_finish = on_finish
+        # Which experiments a slot may take (scale levels reserve devices); default: any.
+        self.slot_accepts = slot_accepts or (lambda slot, experiment: True)
         self._condition = threading.Condition()
         self._running: dict[
             int, tuple[str, threading.Event]
@@ -236,13 +239,18 @@ class Scheduler:
                     return
                 free = [] if self._paused else self._free_slots()
             started_any = False
+            try:
+                order = self.queue_order() if free else []
+            except Exception:  # a transient store error must not end dispatching for good
+                log.exception("reading the queue failed; retrying")
+                order = []
             if free:
-                for experiment in self.queue_order():
+                for experiment in order:
                     if not free:
                         break
-                    slot = free[0]
-                    if self._start(experiment, slot):
-                        free.pop(0)
+                    slot = next((s for s in free if self.slot_accepts(s, experiment)), None)
+                    if slot is not None and self._start(experiment, slot):
+                        free.remove(slot)
                         started_any = True
             with self._condition:
                 if not started_any and not self._stopping:
@@ -250,13 +258,23 @@ class Scheduler:
 
     def _start(self, experiment: dict[str, Any], slot: str) -> bool:
         experiment_id = experiment["id"]
-        if not self.store.transition(
-            experiment_id, [QUEUED], status=RUNNING, started_at=utc_now(), device=slot
-        ):
-            return False  # cancelled in between
         cancel = threading.Event()
+        # Registered before the queued -> running step: a cancel that loses the race for the
+        # row then finds the run here and stops it (it would otherwise answer `not_live`).
         with self._condition:
             self._running[experiment_id] = (slot, cancel)
+        try:
+            started = self.store.transition(
+                experiment_id, [QUEUED], status=RUNNING, started_at=utc_now(), device=slot
+            )
+        except Exception:
+            started = False
+            log.exception("could not start experiment %s", experiment_id)
+        if not started:  # cancelled in between
+            with self._condition:
+                self._running.pop(experiment_id, None)
+            return False
+        with self._condition:
             self._progress[experiment_id] = LiveProgress(phase="training", slot=slot)
             self._last_served[experiment["agent"]] = time.monotonic()
         worker = threading.Thread(

@@ -16,6 +16,7 @@ The contract (DESIGN.md), all from the environment:
   AR_OUT_DIR         where the model goes: model.pt2, a torch.export program mapping
                      token ids [B, T] (int64) to logits [B, T, V] with T = AR_EVAL_CONTEXT
   AR_EVAL_CONTEXT    the fixed evaluation context length T
+  AR_SCALE           model size level for promotion runs (1 = default); the model grows with it
 """
 
 import json
@@ -31,9 +32,12 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 # ---------------------------------------------------------------- hyperparameters
-DEPTH = 4  # transformer blocks
-WIDTH = 256  # model dimension
-HEADS = 4  # attention heads (head dim = WIDTH // HEADS)
+# The server's scale level (AR_SCALE, 1 = the default) grows the model for promotion runs:
+# depth +2 and width +128 per step up, head dim fixed at 64.
+SCALE = max(1, int(os.environ.get("AR_SCALE", "1")))
+DEPTH = 4 + 2 * (SCALE - 1)  # transformer blocks
+WIDTH = 256 + 128 * (SCALE - 1)  # model dimension
+HEADS = WIDTH // 64  # attention heads (head dim 64)
 MLP_RATIO = 4  # hidden size of the MLP = MLP_RATIO * WIDTH
 SEQ_LEN = 256  # training context (the evaluation context is fixed by the server)
 BATCH_SIZE = 8  # sequences per step: small batches, more steps, at short CPU budgets
