@@ -1,4 +1,4 @@
-"""Command line: prepare | serve (stdio or HTTP) | baseline | export | tokens | connect-info.
+"""Command line: prepare | serve (stdio or HTTP) | baseline | export | tokens | agents | connect-info.
 
 Each command is a thin layer over a documented function (trainer.prepare.prepare, Lab,
 Store exports, server.auth.issue_token). Logs go to stderr: over stdio, stdout belongs to MCP.
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.lab import Lab, LabSettings, default_home
+from server.lab import DEFAULT_SCALES, Lab, LabSettings, ScaleLevel, default_home
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -77,10 +77,53 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--arxiv-url", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--eval-windows", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--scale",
+        action="append",
+        default=None,
+        metavar="NAME=BUDGETxMODEL[@SLOT+SLOT][:quota=HOURS]",
+        help="a promotion-ladder level, smallest first, repeatable (default: S=1x1 M=5x1 L=5x2)",
+    )
+    parser.add_argument(
+        "--auto-promote",
+        action="store_true",
+        help="promote confirmed improvements to the next scale level automatically",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine (default); ray: each experiment a Ray task (pip install autoresearch-mcp[ray])",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="the Ray cluster to join with --executor ray, e.g. HEAD:6379 (default: $RAY_ADDRESS)",
+    )
+    parser.add_argument(
+        "--ray-cpus-per-slot",
+        type=int,
+        default=1,
+        help="with --executor ray on a CPU-only cluster: CPUs per experiment (one slot each)",
+    )
+
+
+def parse_scales(texts: list[str] | None) -> tuple[ScaleLevel, ...]:
+    if not texts:
+        return DEFAULT_SCALES
+    try:
+        levels = tuple(ScaleLevel.parse(text) for text in texts)
+    except ValueError as exc:
+        raise SystemExit(f"serve: {exc}") from exc
+    if levels[0].budget_factor != 1.0 or levels[0].model_scale != 1:
+        raise SystemExit("serve: the first --scale level must be the default (NAME=1x1)")
+    return levels
 
 
 def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:
     values = dict(
+        scales=parse_scales(getattr(args, "scale", None)),
+        auto_promote=getattr(args, "auto_promote", False),
         home=(args.home or default_home()),
         device=args.device,
         budget_seconds=args.budget,
@@ -94,6 +137,10 @@ def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:
         max_live_per_agent=args.max_live,
         eval_timeout_seconds=args.eval_timeout,
         arxiv_url_format=args.arxiv_url,
+        eval_windows=args.eval_windows,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_cpus_per_slot=args.ray_cpus_per_slot,
     )
     values.update(overrides)
     return LabSettings(**values)
@@ -258,6 +305,48 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agents(args: argparse.Namespace) -> int:
+    """Operator quotas per agent (read by Lab._check_quota): `agents quota NAME [...]` | `agents list`."""
+    from server.lab import AGENT_NAME
+    from server.store import Store
+
+    home = (args.home or default_home()).expanduser()
+    store = Store(home / "history.sqlite")
+    if args.action == "quota":
+        if not args.name or not AGENT_NAME.fullmatch(args.name):
+            print(
+                "agents quota: give a NAME of 1-64 letters, digits, '.', '_' or '-'",
+                file=sys.stderr,
+            )
+            return 2
+        quota = {
+            key: value
+            for key, value in (
+                ("max_queued", args.max_queued),
+                ("max_experiments", args.max_experiments),
+                ("max_device_hours", args.max_device_hours),
+            )
+            if value is not None
+        }
+        if any(value < 0 for value in quota.values()):
+            print("agents quota: limits must be >= 0 (0 = the server default)", file=sys.stderr)
+            return 2
+        if quota:
+            store.set_quota(args.name, **{k: (v or None) for k, v in quota.items()})
+        else:
+            store.ensure_agent(args.name)
+        rows = [store.agent(args.name) or {}]
+    else:
+        rows = list(store.db.query("SELECT * FROM agents ORDER BY name"))
+    for row in rows:
+        print(
+            f"{row.get('name'):<20} max_queued={row.get('max_queued') or 'default'} "
+            f"max_experiments={row.get('max_experiments') or 'default'} "
+            f"max_device_hours={row.get('max_device_hours') or 'unlimited'}"
+        )
+    return 0
+
+
 def cmd_connect_info(args: argparse.Namespace) -> int:
     """Print the exact lines that connect Claude Code (HTTP and stdio) and the dashboard address."""
     from server.auth import issue_token
@@ -340,6 +429,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=("agent", "viewer"), default="agent")
     p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
     p.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("agents", help="per-agent quotas: quota NAME [--max-queued N] [...] | list")
+    p.add_argument("action", choices=("quota", "list"))
+    p.add_argument("name", nargs="?")
+    p.add_argument(
+        "--max-queued", type=int, default=None, help="live (queued + running) runs; 0: default"
+    )
+    p.add_argument(
+        "--max-experiments", type=int, default=None, help="experiments in all; 0: no limit"
+    )
+    p.add_argument(
+        "--max-device-hours", type=float, default=None, help="device-hours in all; 0: no limit"
+    )
+    p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    p.set_defaults(func=cmd_agents)
 
     p = sub.add_parser("connect-info", help="issue a token and print the claude mcp add lines")
     p.add_argument("--name", default="researcher")
