@@ -135,6 +135,7 @@ class LabSettings:
     scales: tuple[ScaleLevel, ...] = DEFAULT_SCALES  # the promotion ladder, smallest first
     auto_promote: bool = False  # promote confirmed improvements to the next level automatically
     promotion_repeats: int = 2  # paired runs (seeds) per side at the larger level
+    drift_check_every: int = 10  # re-run the best after this many experiments (0: never)
     start_scheduler: bool = True
     executor: Literal["local", "ray"] = "local"  # ray: experiments as tasks on a Ray cluster
     ray_address: str | None = None  # e.g. HEAD:6379; None: RAY_ADDRESS or a local Ray
@@ -370,7 +371,9 @@ class Lab:
         description: str,
         *,
         paper_ids: Sequence[str] = (),
-        kind: Literal["experiment", "baseline", "confirmation", "promotion"] = "experiment",
+        kind: Literal[
+            "experiment", "baseline", "confirmation", "promotion", "drift_check"
+        ] = "experiment",
         files: dict[str, str] | None = None,
         parent_id: int | None = None,
         confirms_id: int | None = None,
@@ -613,6 +616,76 @@ class Lab:
             self._update_baseline_stats(experiment.get("scale") or "S")
         if self.ladder is not None:
             self.ladder.on_run_finished(experiment_id)
+        if experiment["kind"] == "drift_check":
+            self._record_drift(experiment_id)
+        elif experiment["kind"] == "experiment" and self.settings.drift_check_every:
+            self._maybe_check_drift()
+
+    # ------------------------------------------------------------ drift
+
+    def _maybe_check_drift(self) -> None:
+        """Every N finished experiments, re-run the incumbent best with its own seed to catch drift
+        (a slower machine, a thermal limit, a noisy neighbour): the same code should score the same."""
+        every = self.settings.drift_check_every
+        finished = self.store.db.execute(
+            "SELECT COUNT(*) FROM experiments WHERE kind = 'experiment' AND status NOT IN ('queued', 'running')"
+        ).fetchone()[0]
+        if not every or finished == 0 or finished % every:
+            return
+        board = [
+            e for e in self.leaderboard(limit=5) if self.experiment(e["id"])["kind"] == "experiment"
+        ]
+        if not board:
+            return
+        best = self.experiment(board[0]["id"])
+        self.submit(
+            SERVER_AGENT,
+            f"drift check: re-run #{best['id']} with its seed {best['seed']}",
+            kind="drift_check",
+            files=best["code"],
+            parent_id=best["id"],
+            confirms_id=best["id"],
+            seed=best["seed"],
+            check_quota=False,
+            reuse=False,
+        )
+
+    def _record_drift(self, experiment_id: int) -> None:
+        row = self.experiment(experiment_id)
+        original = self.experiment(row["confirms_id"])
+        if row["status"] != OK or original.get("val_bpb") is None:
+            return
+        drift = row["val_bpb"] - original["val_bpb"]
+        threshold = self.settings.noise_k * self.noise(row.get("scale") or "S").sd
+        metrics = dict(row.get("metrics") or {})
+        metrics.update(drift=drift, drift_threshold=threshold, drifted=abs(drift) > threshold)
+        self.store.update_experiment(experiment_id, metrics=metrics)
+        if abs(drift) > threshold:
+            log.warning(
+                "drift: #%s re-ran %+.4f from its original %.4f (threshold %.4f)",
+                original["id"],
+                drift,
+                original["val_bpb"],
+                threshold,
+            )
+
+    def last_drift_check(self) -> dict[str, Any] | None:
+        rows = self.store.list_experiments(
+            kind="drift_check",
+            status=OK,
+            limit=1,
+            columns=["id", "confirms_id", "metrics", "finished_at"],
+        )
+        if not rows:
+            return None
+        metrics = rows[0].get("metrics") or {}
+        return {
+            "id": rows[0]["id"],
+            "of": rows[0]["confirms_id"],
+            "drift": metrics.get("drift"),
+            "drifted": metrics.get("drifted"),
+            "finished_at": rows[0]["finished_at"],
+        }
 
     def _contended_threshold(self) -> float:
         # A CPU-time budget is robust to load by construction: only a starved run is contended.
@@ -742,6 +815,8 @@ class Lab:
                     "log_tail",
                     "metrics",
                     "verdict",
+                    "attempt",
+                    "retry_of",
                 )
             },
             status=QUEUED,
@@ -869,6 +944,7 @@ class Lab:
             "runs": noise.runs,
             "measured": noise.measured,
             "threshold": self.settings.noise_k * noise.sd,
+            "last_drift_check": self.last_drift_check(),
         }
 
     # ------------------------------------------------------------ checkout, cancel, claims

@@ -164,6 +164,10 @@ class NoiseInfo(BaseModel):
     threshold: float = Field(
         description="k x sd: the improvement an experiment needs to count as improved"
     )
+    last_drift_check: dict[str, Any] | None = Field(
+        None,
+        description="the latest re-run of the best with its own seed: drift = new - original val_bpb",
+    )
 
 
 class Leaderboard(BaseModel):

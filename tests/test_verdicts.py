@@ -217,3 +217,23 @@ def test_confirmation_aggregates_and_ranks_the_leaderboard(quiet_lab: Lab) -> No
         lucky,
     ]  # the confirmed mean (2.913) ranks below 2.85
     assert board[1]["confirmed"] and board[1]["runs"] == 3 and not board[0]["confirmed"]
+
+
+def test_the_best_is_re_measured_now_and_then_to_catch_drift(quiet_lab: Lab) -> None:
+    quiet_lab.settings.drift_check_every = 2
+    _baseline(quiet_lab, [3.00, 3.02])
+    first = _finish(quiet_lab, _submit(quiet_lab, "alice", "0.03"), 2.90)
+    assert quiet_lab.store.list_experiments(kind="drift_check") == []
+    _finish(quiet_lab, _submit(quiet_lab, "alice", "0.04"), 2.95)
+    (check,) = quiet_lab.store.list_experiments(kind="drift_check")
+    assert (
+        check["confirms_id"] == first["id"] and check["seed"] == first["seed"]
+    )  # the same code, the same seed
+    assert check["code"] == first["code"]
+    _finish(quiet_lab, check["id"], 3.10)  # the machine got slower: 0.20 worse than the original
+    drift = quiet_lab.noise_info()["last_drift_check"]
+    assert (
+        drift["of"] == first["id"]
+        and drift["drift"] == pytest.approx(0.20)
+        and drift["drifted"] is True
+    )
