@@ -27,6 +27,7 @@ that terminates at a wall-clock (or CPU-time) budget and kills a grace period la
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import glob
@@ -60,6 +61,11 @@ _WATCHDOG_INTERVAL_S = 0.2
 #: escaped the process tree by double-forking: every process whose environment has it dies.
 JAIL_ID_ENV = "AUTORESEARCH_JAIL_ID"
 _PUMP_CHUNK = 1 << 20
+#: Set in every jail's environment (both levels): the host path of its work directory. A
+#: server that was killed cannot kill its jails; the next one finds what they left behind by
+#: this marker (``kill_orphans``), scoped to its own runs directory.
+JAIL_DIR_ENV = "AUTORESEARCH_JAIL_DIR"
+_PR_SET_PDEATHSIG = 1
 
 #: Host directories bound read-only (or recreated as symlinks) in every bwrap jail.
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
@@ -731,6 +737,7 @@ class JailedProcess:
         jail_id = uuid.uuid4().hex
         if level is IsolationLevel.PROCESS and cgroup is None:
             env[JAIL_ID_ENV] = jail_id
+        env[JAIL_DIR_ENV] = str(workdir)
         data_fds: dict[str, int] = {}
         to_close: list[int] = []
         try:
@@ -1040,7 +1047,21 @@ def _make_preexec(limits: JailLimits, cgroup: _Cgroup | None) -> Callable[[], No
                 v = hard
             resource.setrlimit(res, (v, v))
 
+    # Linux: the child (bwrap, or the command itself) gets SIGKILL when the thread that
+    # started it dies, so a server killed with SIGKILL takes its jails with it (bwrap's
+    # --die-with-parent then kills everything inside). The thread is the scheduler's worker,
+    # which lives until the run is over: start jails only from a thread that outlives them.
+    prctl = None
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
     def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl: do not run orphaned
+                os._exit(1)
         if cgroup is not None:
             cgroup.join_self()
         _set(resource.RLIMIT_AS, limits.address_space_bytes)
@@ -1049,6 +1070,54 @@ def _make_preexec(limits: JailLimits, cgroup: _Cgroup | None) -> Callable[[], No
         _set(resource.RLIMIT_CORE, 0)
 
     return preexec
+
+
+def kill_orphans(root: Path, rounds: int = 5) -> list[int]:
+    """SIGKILL every process left by jails whose work directory lies under ``root``.
+
+    For a server restarted after a crash: its predecessor's jails are found by the
+    ``AUTORESEARCH_JAIL_DIR`` marker in their environment, or by a current directory under
+    ``root`` (a process that cleared its environment). Processes of other servers (other
+    ``root``s) are left alone. Returns the pids killed.
+    """
+    root = Path(root).resolve()
+    prefix = os.fsencode(f"{JAIL_DIR_ENV}=")
+    me = os.getpid()
+    killed: list[int] = []
+
+    def under(path: bytes | str) -> bool:
+        try:
+            return Path(os.fsdecode(path)).resolve().is_relative_to(root)
+        except (OSError, ValueError):
+            return False
+
+    for _ in range(rounds):  # again, for anything forked while we were killing
+        found = []
+        for pid in _all_pids():
+            if pid == me:
+                continue
+            hit = False
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    hit = any(
+                        under(entry[len(prefix) :])
+                        for entry in fh.read().split(b"\0")
+                        if entry.startswith(prefix)
+                    )
+            except OSError:
+                pass
+            if not hit:
+                with contextlib.suppress(OSError):
+                    hit = under(os.readlink(f"/proc/{pid}/cwd"))
+            if hit:
+                found.append(pid)
+        if not found:
+            break
+        for pid in found:
+            _signal_pid(pid, signal.SIGKILL)
+        killed.extend(p for p in found if p not in killed)
+        time.sleep(0.1)
+    return killed
 
 
 def run_jailed(
@@ -1107,6 +1176,7 @@ __all__ = [
     "JailSpec",
     "JailedProcess",
     "detect_isolation",
+    "kill_orphans",
     "require_namespaces",
     "run_jailed",
 ]

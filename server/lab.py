@@ -242,6 +242,7 @@ class Lab:
 
         self.ladder: PromotionLadder | None = PromotionLadder(self)
         self._workspace_lock = threading.Lock()
+        self._known_agents: set[str] = set()
         self._submit_lock = threading.RLock()  # quota check + insert are one step per server
         self.recovered = self.recover()
         if s.start_scheduler:
@@ -326,7 +327,9 @@ class Lab:
         """The agent's own working copy, created from the baseline on first use."""
         self.check_agent_name(agent)
         with self._workspace_lock:
-            self.store.ensure_agent(agent)
+            if agent not in self._known_agents:  # a write transaction per tool call otherwise
+                self.store.ensure_agent(agent)
+                self._known_agents.add(agent)
             root = self.home / "workspaces" / agent
             return Workspace.create(root, self.policy, self.target.baseline_files())
 
@@ -791,8 +794,16 @@ class Lab:
             log.warning(
                 "killed %d process(es) left behind by a previous server: %s", len(orphans), orphans
             )
-        interrupted = self.store.mark_interrupted_runs()
-        requeued = [self.requeue_interrupted(experiment_id) for experiment_id in interrupted]
+        self.store.mark_interrupted_runs()
+        # Every interrupted run without a retry yet: also those whose re-queue a crash cut short.
+        pending = [
+            row["id"]
+            for row in self.store.db.query(
+                "SELECT id FROM experiments e WHERE status = 'interrupted' AND COALESCE(attempt, 1) < 2 "
+                "AND NOT EXISTS (SELECT 1 FROM experiments r WHERE r.retry_of = e.id) ORDER BY id"
+            )
+        ]
+        requeued = [self.requeue_interrupted(experiment_id) for experiment_id in pending]
         return [new_id for new_id in requeued if new_id is not None]
 
     def requeue_interrupted(self, experiment_id: int) -> int | None:

@@ -359,12 +359,21 @@ class Store:
         return [_decode(r) for r in self.db.query(sql, [*params, limit, offset])]
 
     def count_experiments(self, **filters: Any) -> int:
+        """How many experiments match: agent, status, kind, scale and query as in list_experiments."""
         where: list[str] = []
         params: list[Any] = []
         for key in ("agent", "status", "kind"):
             if filters.get(key):
                 where.append(f"{key} = ?")
                 params.append(filters[key])
+        if filters.get("scale"):
+            where.append("COALESCE(scale, 'S') = ?")
+            params.append(filters["scale"])
+        if filters.get("query"):
+            where.append(
+                "rowid IN (SELECT rowid FROM experiments_fts WHERE experiments_fts MATCH ?)"
+            )
+            params.append(_fts_quote(filters["query"]))
         sql = "SELECT COUNT(*) FROM experiments" + (
             " WHERE " + " AND ".join(where) if where else ""
         )

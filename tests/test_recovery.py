@@ -1,0 +1,140 @@
+"""Crash recovery (issue 7): the server is killed with SIGKILL mid-run and restarted.
+
+Asserted: when the server dies its training processes die too (no process anywhere carries
+the jail marker of this server's runs directory, or sits in it); after the restart the killed
+run is `interrupted` and re-queued once (a new row: retry_of set, attempt 2), the queued runs
+complete, SQLite's integrity_check is ok and no row is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+import time
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
+
+import pytest
+from test_multi_agent import FINAL, Server, call, cli, connect, free_port, make_home, rows
+
+from sandbox.jail import JAIL_DIR_ENV
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def jail_processes(runs: Path) -> list[tuple[int, str]]:
+    """Processes that belong to a jail under `runs`: by the marker, their cwd or their argv."""
+    marker = f"{JAIL_DIR_ENV}={runs}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                env_hit = any(e.startswith(marker) for e in fh.read().split(b"\0"))
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{name}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+            cwd = ""
+            with suppress(OSError):
+                cwd = os.readlink(f"/proc/{name}/cwd")
+        except OSError:
+            continue
+        if state == "Z":
+            continue  # a zombie runs nothing
+        if env_hit or cwd.startswith(str(runs)) or str(runs) in cmdline:
+            found.append((int(name), cmdline[:200]))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="scans /proc")
+@pytest.mark.anyio
+async def test_sigkill_mid_run_then_restart(tmp_path: Path, data_dir: Path) -> None:
+    home = make_home(tmp_path, data_dir)
+    runs = (home / "runs").resolve()
+    tokens = {name: cli(home, "tokens", "add", name) for name in ("r0", "r1")}
+    cli(home, "agents", "quota", "r0", "--max-queued", "2")
+    server = Server(home, free_port(), tmp_path / "server.log")
+    server.start()
+    try:
+        async with AsyncExitStack() as stack:
+            ids = []
+            for name, k in (("r0", 0), ("r1", 0), ("r0", 1)):
+                client = await connect(stack, server.url, tokens[name])
+                value = f"WEIGHT_DECAY = 0.000{name[-1]}{k}1"
+                text = (await call(client, "read_file", path="train.py", limit=2000))["content"]
+                old = next(
+                    line.split("\t", 1)[1] for line in text.splitlines() if "WEIGHT_DECAY =" in line
+                )
+                await call(client, "edit_file", path="train.py", old=old, new=value)
+                result = await call(
+                    client, "run_experiment", description=f"{name} {value}", wait=False
+                )
+                ids.append(result["id"])
+
+        # Wait for a run to be training (its process is up), then kill the server outright.
+        deadline = time.monotonic() + 300
+        killed_id = None
+        while time.monotonic() < deadline:
+            running = rows(home, "SELECT id FROM experiments WHERE status = 'running'")
+            if running and any("train.py" in cmd for _, cmd in jail_processes(runs)):
+                killed_id = running[0]["id"]
+                break
+            time.sleep(0.1)
+        assert killed_id is not None, "no run reached training"
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+
+        # No training process outlives the server (allow the kernel a moment to deliver).
+        deadline = time.monotonic() + 20
+        while jail_processes(runs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert jail_processes(runs) == [], "processes of the killed server's jails are alive"
+        assert (
+            rows(home, "SELECT status FROM experiments WHERE id = ?", (killed_id,))[0]["status"]
+            == "running"
+        )
+
+        server.start()
+        killed = rows(home, "SELECT * FROM experiments WHERE id = ?", (killed_id,))[0]
+        assert killed["status"] == "interrupted"
+        retries = rows(home, "SELECT * FROM experiments WHERE retry_of = ?", (killed_id,))
+        assert len(retries) == 1, retries
+        retry = retries[0]
+        assert retry["attempt"] == 2 and retry["code_hash"] == killed["code_hash"]
+        assert retry["agent"] == killed["agent"]
+
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            live = rows(home, "SELECT id FROM experiments WHERE status IN ('queued', 'running')")
+            if not live:
+                break
+            time.sleep(1.0)
+        else:
+            raise AssertionError(f"runs did not finish after the restart: {live}")
+    finally:
+        server.stop()
+
+    everything = rows(
+        home, "SELECT id, agent, status, code_hash, retry_of, attempt FROM experiments ORDER BY id"
+    )
+    assert len(everything) == 4, everything  # three submitted + one retry, nothing else
+    assert len({r["id"] for r in everything}) == 4
+    by_id = {r["id"]: r for r in everything}
+    for experiment_id in ids:
+        if experiment_id != killed_id:
+            assert by_id[experiment_id]["status"] in FINAL - {"interrupted", "cancelled"}, by_id
+    assert by_id[retry["id"]]["status"] in FINAL - {"interrupted", "cancelled"}, by_id
+    assert sorted(r["code_hash"] for r in everything if r["id"] != retry["id"]) == sorted(
+        {r["code_hash"] for r in everything}
+    )
+    conn = sqlite3.connect(home / "history.sqlite")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    assert jail_processes(runs) == []
