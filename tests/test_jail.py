@@ -34,9 +34,16 @@ MIB = 1024**2
 
 pytestmark = pytest.mark.e2e
 
-needs_bwrap = pytest.mark.skipif(
-    detect_isolation() is not IsolationLevel.NAMESPACES, reason="bubblewrap jail unavailable"
-)
+
+@pytest.fixture
+def bubblewrap_required() -> None:
+    """These tests need the bubblewrap jail: make test installs it (scripts/install-system-deps.sh)."""
+    assert detect_isolation() is IsolationLevel.NAMESPACES, (
+        "bubblewrap is unavailable: install it (make test does)"
+    )
+
+
+needs_bwrap = pytest.mark.usefixtures("bubblewrap_required")
 
 
 def _spec(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from server.ladder import PromotionRefused, three_way_merge
 from server.lab import Lab, LabSettings, ScaleLevel
+from server.ladder import PromotionRefused, three_way_merge
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -20,9 +20,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Lab]:
     home = tmp_path_factory.mktemp("ladder")
     shutil.copytree(data_dir, home / "data")
-    scales = (ScaleLevel("S", 1.0, 1), ScaleLevel("M", 1.5, 2), ScaleLevel("L", 1.0, 1, device_hours_quota=0.0))
-    lab = Lab(LabSettings(home=home, budget_seconds=4, baseline_repeats=0, eval_windows=2, scales=scales,
-                          promotion_repeats=2, max_live_per_agent=10, contended_share=0.0))
+    scales = (
+        ScaleLevel("S", 1.0, 1),
+        ScaleLevel("M", 1.5, 2),
+        ScaleLevel("L", 1.0, 1, device_hours_quota=0.0),
+    )
+    lab = Lab(
+        LabSettings(
+            home=home,
+            budget_seconds=4,
+            baseline_repeats=0,
+            eval_windows=2,
+            scales=scales,
+            promotion_repeats=2,
+            max_live_per_agent=10,
+            contended_share=0.0,
+        )
+    )
     lab.ensure_baseline(2)
     yield lab
     lab.close()
@@ -51,7 +65,9 @@ def run(lab: Lab, agent: str, description: str, files: dict[str, str]) -> dict:
 
 
 def test_a_confirmed_change_is_promoted_and_its_transfer_recorded(lab: Lab) -> None:
-    a = run(lab, "alice", "matrix lr 0.02 -> 0.04", variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.04"))
+    a = run(
+        lab, "alice", "matrix lr 0.02 -> 0.04", variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.04")
+    )
     assert a["status"] == "ok", a["failure_reason"]
     with pytest.raises(PromotionRefused, match="was never confirmed; run confirm_experiment"):
         lab.ladder.promote("alice", a["id"])
@@ -60,11 +76,15 @@ def test_a_confirmed_change_is_promoted_and_its_transfer_recorded(lab: Lab) -> N
         lab.ladder.promote("alice", a["id"], "XL")
     with pytest.raises(PromotionRefused, match="level S is not above S"):
         lab.ladder.promote("alice", a["id"], "S")
-    with pytest.raises(PromotionRefused, match="level L has used 0.00 of its 0 device-hours"):
+    with pytest.raises(PromotionRefused, match=r"level L has used 0\.00 of its 0 device-hours"):
         lab.ladder.promote("alice", a["id"], "L")
 
     promotion = lab.ladder.promote("alice", a["id"])
-    assert promotion["to_level"] == "M" and len(promotion["run_ids"]) == 2 and len(promotion["baseline_ids"]) == 2
+    assert (
+        promotion["to_level"] == "M"
+        and len(promotion["run_ids"]) == 2
+        and len(promotion["baseline_ids"]) == 2
+    )
     runs = wait_all(lab, promotion["run_ids"] + promotion["baseline_ids"])
     assert all(r["scale"] == "M" and r["budget_seconds"] == 6.0 for r in runs)
     # paired seeds: run n and baseline n share the server's seed n
@@ -80,7 +100,11 @@ def test_a_confirmed_change_is_promoted_and_its_transfer_recorded(lab: Lab) -> N
 
 
 def test_a_crash_at_the_larger_level_is_recorded(lab: Lab) -> None:
-    files = variant(lab, "torch.manual_seed(SEED)\n", "torch.manual_seed(SEED)\nif SCALE > 1:\n    raise SystemExit('does not fit at scale 2')\n")
+    files = variant(
+        lab,
+        "torch.manual_seed(SEED)\n",
+        "torch.manual_seed(SEED)\nif SCALE > 1:\n    raise SystemExit('does not fit at scale 2')\n",
+    )
     b = run(lab, "bob", "a change that breaks the larger model", files)
     assert b["status"] == "ok", b["failure_reason"]
     wait_all(lab, lab.confirm("bob", b["id"], 1))
@@ -94,30 +118,51 @@ def test_a_crash_at_the_larger_level_is_recorded(lab: Lab) -> None:
 
 
 def test_combining_two_diffs_and_refusing_a_conflict(lab: Lab) -> None:
-    c = run(lab, "carol", "warmdown 0.5 -> 0.7", variant(lab, "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.7"))
-    d = run(lab, "dave", "matrix lr 0.02 -> 0.05", variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.05"))
-    e = run(lab, "erin", "embed lr 0.01 -> 0.02", variant(lab, "EMBED_LR = 0.01", "EMBED_LR = 0.02"))
+    c = run(
+        lab,
+        "carol",
+        "warmdown 0.5 -> 0.7",
+        variant(lab, "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.7"),
+    )
+    d = run(
+        lab, "dave", "matrix lr 0.02 -> 0.05", variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.05")
+    )
+    e = run(
+        lab, "erin", "embed lr 0.01 -> 0.02", variant(lab, "EMBED_LR = 0.01", "EMBED_LR = 0.02")
+    )
     combined = lab.ladder.combine("carol", [c["id"], e["id"]])
     code = lab.experiment(combined["experiment_id"])["code"]["train.py"]
     assert "WARMDOWN_FRAC = 0.7" in code and "EMBED_LR = 0.02" in code
     assert set(combined["unconfirmed"]) == {c["id"], e["id"]}
     before = lab.store.count_experiments()
     with pytest.raises(PromotionRefused) as refusal:
-        lab.ladder.combine("dave", [c["id"], d["id"], lab.ladder.ladder(c["id"])["experiment_id"] and _lr_04(lab)])
+        lab.ladder.combine(
+            "dave", [c["id"], d["id"], lab.ladder.ladder(c["id"])["experiment_id"] and _lr_04(lab)]
+        )
     message = str(refusal.value)
     assert "conflicts with the code being combined in train.py" in message
-    assert "<<<<<<< current" in message and ">>>>>>> incoming" in message and "MATRIX_LR = 0.0" in message
+    assert (
+        "<<<<<<< current" in message
+        and ">>>>>>> incoming" in message
+        and "MATRIX_LR = 0.0" in message
+    )
     assert lab.store.count_experiments() == before  # nothing queued
 
 
 def _lr_04(lab: Lab) -> int:
-    rows = lab.store.list_experiments(query="matrix lr 0.04", kind="experiment", columns=["id"], order="oldest")
+    rows = lab.store.list_experiments(
+        query="matrix lr 0.04", kind="experiment", columns=["id"], order="oldest"
+    )
     return rows[0]["id"]
 
 
 def test_three_way_merge_reports_hunks() -> None:
     base = "a = 1\nb = 2\nc = 3\n"
-    merged, conflicts = three_way_merge(base.replace("a = 1", "a = 9"), base, base.replace("c = 3", "c = 7"))
+    merged, conflicts = three_way_merge(
+        base.replace("a = 1", "a = 9"), base, base.replace("c = 3", "c = 7")
+    )
     assert merged == "a = 9\nb = 2\nc = 7\n" and conflicts == []
-    merged, conflicts = three_way_merge(base.replace("b = 2", "b = 5"), base, base.replace("b = 2", "b = 6"))
+    merged, conflicts = three_way_merge(
+        base.replace("b = 2", "b = 5"), base, base.replace("b = 2", "b = 6")
+    )
     assert len(conflicts) == 1 and "b = 5" in conflicts[0] and "b = 6" in conflicts[0]

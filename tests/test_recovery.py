@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import sys
 import time
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
@@ -50,7 +49,6 @@ def jail_processes(runs: Path) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="scans /proc")
 @pytest.mark.anyio
 async def test_sigkill_mid_run_then_restart(tmp_path: Path, data_dir: Path) -> None:
     home = make_home(tmp_path, data_dir)

@@ -50,7 +50,7 @@ WEIGHT_DECAY = 0.0
 WARMUP_FRAC = 0.0  # of the budget; Muon needs no warmup at this scale
 WARMDOWN_FRAC = 0.5  # linear decay over the last half of the budget: it helps at short budgets
 FINAL_LR_FRAC = 0.0
-EXPORT_RESERVE_SECONDS = 3.0  # stop training this early to leave time for the export
+EXPORT_RESERVE_SECONDS = 3.0  # stop training this early to leave time for the export (at most 25% of the budget)
 
 # ---------------------------------------------------------------- the contract
 BUDGET_SECONDS = float(os.environ.get("AR_BUDGET_SECONDS", "60"))
@@ -248,7 +248,7 @@ print(
     f"model: {n_params:,} parameters, depth {DEPTH}, width {WIDTH}, vocab {VOCAB_SIZE}, device {DEVICE}",
     flush=True,
 )
-training_budget = max(BUDGET_SECONDS - EXPORT_RESERVE_SECONDS, 0.5)
+training_budget = max(BUDGET_SECONDS - min(EXPORT_RESERVE_SECONDS, 0.25 * BUDGET_SECONDS), 0.5)
 training_start = time.time()
 step = 0
 smooth_loss = 0.0
