@@ -113,6 +113,8 @@ def build_app(
         version="0.1.0",
         lifespan=lifespan,
         description="Dashboard and JSON API of an autoresearch MCP server.",
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN; /openapi.json stays
+        redoc_url=None,
     )
     app.state.lab = lab
     app.state.access = Access(lab, auth)

@@ -1,0 +1,450 @@
+"""The dashboard end to end: a real server over a lab holding real experiments, driven by chromium.
+
+The lab runs three real 4-second experiments (two changes and one that crashes on purpose)
+next to synthetic rows for a second agent and a measured baseline; the server is the real
+app (build_app) under uvicorn on a free loopback port; the browser is Debian's chromium
+through playwright. A screenshot is kept at test-artifacts/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from server.auth import issue_token
+from server.dashboard import chart_data, diff_html, y_range
+from server.lab import Lab, LabSettings
+from server.models import NoiseInfo
+from server.web import COOKIE, build_app
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REAL_RUN_DEADLINE_S = 420  # three 4 s runs; generous for a loaded 2-core machine
+
+BASELINE_VALUES = [3.745, 3.752, 3.749]
+NOISE_THRESHOLD = 2 * statistics.stdev(BASELINE_VALUES)  # the lab's noise_k = 2
+SYNTHETIC_IDEAS = [
+    "warmdown 0.5 -> 0.7: longer decay helps at short budgets",
+    "RoPE base 10k -> 50k",
+    "batch 8 -> 12 sequences",
+    "matrix lr 0.02 -> 0.025",
+    "ReLU^2 -> GELU in the MLP",
+    "depth 4 -> 5, width 256 -> 224",
+    "embed lr 0.01 -> 0.02",
+    "QK-norm scale learnable",
+    "weight decay 0.0 -> 0.01",
+    "warmup 2% of the budget",
+]
+
+
+def add_synthetic_experiments(lab: Lab, agent: str, count: int, *, start: float, seed: int) -> None:
+    """Finished rows for `agent` on this lab's hardware and budget: a slow random descent."""
+    rng = random.Random(seed)
+    best = start
+    parent = None
+    for n in range(count):
+        idea = SYNTHETIC_IDEAS[n % len(SYNTHETIC_IDEAS)]
+        failed = rng.random() < 0.1
+        value = None if failed else best + rng.gauss(-0.002, 0.008)
+        if value is not None and value < best - NOISE_THRESHOLD:
+            verdict = "improved"
+        elif value is not None and value < best + NOISE_THRESHOLD:
+            verdict = "within_noise"
+        else:
+            verdict = "worse" if value is not None else "failed"
+        diff = f"--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-# before {n}\n+# {idea}\n"
+        experiment_id = lab.store.create_experiment(
+            agent=agent,
+            kind="experiment",
+            parent_id=parent,
+            status="ok" if value is not None else "crash",
+            description=f"{idea} (synthetic {n})",
+            code_hash=f"synthetic-{agent}-{n}",
+            diff_parent=diff,
+            diff_baseline=diff,
+            budget_seconds=lab.budget_seconds,
+            budget_kind=lab.settings.budget_kind,
+            hardware=lab.hardware,
+            device=lab.device,
+            seed=1337,
+            isolation=lab.isolation.value,
+            scale="S",
+        )
+        lab.store.update_experiment(
+            experiment_id,
+            val_bpb=value,
+            verdict=verdict,
+            delta_best=(best - value) if value is not None else None,
+            train_seconds=4.0,
+            eval_seconds=1.0,
+            cpu_share=0.95,
+            failure_reason=None if value is not None else "synthetic crash",
+            log_tail="step 1\nstep 2\nval_bpb: ...",
+            finished_at=lab.store.get_experiment(experiment_id)["created_at"],
+            metrics={"verdict_note": f"synthetic {verdict}"},
+        )
+        if verdict == "improved" and value is not None:
+            best, parent = value, experiment_id
+
+
+def add_measured_baseline(lab: Lab, values: list[float]) -> None:
+    """Baseline rows by the server and the noise record they make (what ensure_baseline leaves)."""
+    ids = []
+    for n, value in enumerate(values):
+        experiment_id = lab.store.create_experiment(
+            agent="server",
+            kind="baseline",
+            status="ok",
+            description=f"baseline measurement {n + 1}/{len(values)}",
+            code_hash="baseline",
+            budget_seconds=lab.budget_seconds,
+            budget_kind=lab.settings.budget_kind,
+            hardware=lab.hardware,
+            device=lab.device,
+            seed=1337 + n,
+            scale="S",
+        )
+        lab.store.update_experiment(
+            experiment_id, val_bpb=value, verdict="baseline", finished_at="2026-01-01T00:00:00Z"
+        )
+        ids.append(experiment_id)
+    lab.store.set_baseline(
+        hardware=lab.hardware,
+        scale="S",
+        budget_kind=lab.settings.budget_kind,
+        budget_seconds=lab.budget_seconds,
+        values=values,
+        experiment_ids=ids,
+        mean=statistics.fmean(values),
+        sd=statistics.stdev(values),
+    )
+
+
+def wait_idle(lab: Lab, seconds: float = REAL_RUN_DEADLINE_S) -> None:
+    """Until nothing is queued or running (the lab may queue runs of its own: drift checks)."""
+    deadline = time.monotonic() + seconds
+    while lab.store.list_experiments(status=["queued", "running"], limit=1, columns=["id"]):
+        assert time.monotonic() < deadline, "the lab did not go idle in time"
+        time.sleep(0.5)
+
+
+def finished_rows(lab: Lab) -> list[dict[str, Any]]:
+    return [r for r in lab.store.export_rows() if r["status"] not in ("queued", "running")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    lab: Lab
+    url: str
+    token: str
+    real_ids: dict[str, int]
+
+
+def serve(lab: Lab) -> Iterator[str]:
+    """Run build_app(lab) under uvicorn in a thread on a free loopback port; yields its URL."""
+    port = free_port()
+    app = build_app(lab, host="127.0.0.1", port=port, auth=True)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the dashboard server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[LiveServer]:
+    """A lab with real finished experiments, synthetic rows for a second agent, served for real."""
+    home = tmp_path_factory.mktemp("dashboard-home")
+    shutil.copytree(data_dir, home / "data")
+    lab = Lab(LabSettings(home=home, budget_seconds=4, baseline_repeats=0, eval_windows=4))
+    try:
+        add_measured_baseline(lab, BASELINE_VALUES)
+        add_synthetic_experiments(lab, "bob", 24, start=3.749, seed=7)
+        source = lab.baseline_files["train.py"]
+        changes = {
+            "alice": ("warmdown 0.5 -> 0.7", "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.7"),
+            "carol": ("matrix lr 0.02 -> 0.03", "MATRIX_LR = 0.02", "MATRIX_LR = 0.03"),
+            "erin": ("crash on purpose: no model", "DEPTH = 4", "DEPTH = 4\nraise SystemExit(3)"),
+        }
+        real_ids = {}
+        for agent, (description, old, new) in changes.items():
+            assert old in source
+            real_ids[agent], _ = lab.submit(
+                agent, description, files={"train.py": source.replace(old, new, 1)}
+            )
+        wait_idle(lab)
+        token = issue_token(lab.store, "person", role="viewer")
+        for url in serve(lab):
+            yield LiveServer(lab=lab, url=url, token=token, real_ids=real_ids)
+    finally:
+        lab.close()
+
+
+# ---------------------------------------------------------------- fast unit tests
+
+
+def test_diff_lines_are_marked_for_colouring() -> None:
+    out = diff_html("--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-old <x>\n+new\n same\n")
+    assert "<span class=hdr>--- a/train.py</span>" in out
+    assert "<span class=hunk>@@ -1 +1 @@</span>" in out
+    assert "<span class=del>-old &lt;x&gt;</span>" in out
+    assert "<span class=add>+new</span>" in out
+    assert "<span class=ctx> same</span>" in out
+    assert "no change" in diff_html("")
+
+
+def test_y_range_keeps_outliers_from_squashing_the_rest() -> None:
+    noise = NoiseInfo(
+        hardware="h",
+        budget_seconds=4,
+        budget_kind="wall",
+        baseline_mean=1.0,
+        sd=0.001,
+        runs=3,
+        measured=True,
+        threshold=0.002,
+    )
+    values = [1.0 - i * 0.001 for i in range(20)] + [9.0]
+    lo, hi = y_range(values, noise)
+    assert lo < 0.981 and 1.002 < hi < 1.1
+
+
+# ---------------------------------------------------------------- end to end
+
+e2e = pytest.mark.e2e
+PROTECTED = [
+    "/",
+    "/experiments/1",
+    "/progress.png",
+    "/results.tsv",
+    "/static/dashboard.js",
+    "/api/chart",
+    "/api/experiments",
+    "/api/experiments/1",
+    "/api/leaderboard",
+    "/api/queue",
+    "/api/noise",
+]
+
+
+@e2e
+def test_every_page_and_api_route_needs_a_token(live: LiveServer) -> None:
+    with httpx.Client(base_url=live.url) as client:
+        for path in PROTECTED:
+            response = client.get(path)
+            assert response.status_code == 401, path
+            assert "a valid token is required" in response.json()["detail"]
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert client.get(path, params={"token": "ar_wrong"}).status_code == 401, path
+            bad = client.get(path, headers={"Authorization": "Bearer ar_wrong"})
+            assert bad.status_code == 401, path
+        for path in PROTECTED:
+            ok = client.get(path, headers={"Authorization": f"Bearer {live.token}"})
+            assert ok.status_code == 200, path
+
+
+@e2e
+def test_token_query_param_is_kept_in_an_httponly_cookie(live: LiveServer) -> None:
+    with httpx.Client(base_url=live.url) as client:
+        response = client.get("/", params={"token": live.token})
+        assert response.status_code == 200
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith(f"{COOKIE}=") and "httponly" in cookie.lower()
+        assert client.get("/api/queue").status_code == 200  # the cookie alone now
+        assert client.get("/experiments/1").status_code == 200
+    with httpx.Client(base_url=live.url) as client:
+        assert client.get("/api/noise", params={"token": live.token}).status_code == 200
+
+
+@e2e
+def test_api_and_downloads_match_the_lab(live: LiveServer) -> None:
+    lab = live.lab
+    auth = {"Authorization": f"Bearer {live.token}"}
+    with httpx.Client(base_url=live.url, headers=auth) as client:
+        board = client.get("/api/leaderboard").json()
+        assert board["entries"] == [{**e} for e in lab.leaderboard()]
+        assert board["per_agent"] == lab.per_agent()
+        assert board["noise"] == client.get("/api/noise").json()
+        noise = lab.noise_info()
+        assert board["noise"] == {key: noise[key] for key in board["noise"]}
+        listing = client.get("/api/experiments", params={"limit": 5}).json()
+        assert listing["total"] == lab.store.count_experiments()
+        assert [r["id"] for r in listing["rows"]] == sorted(
+            (r["id"] for r in lab.store.list_experiments(limit=5, columns=["id"])), reverse=True
+        )
+        assert listing["next_offset"] == 5
+        mine = client.get("/api/experiments", params={"agent": "bob", "status": "crash"}).json()
+        assert all(r["agent"] == "bob" and r["status"] == "crash" for r in mine["rows"])
+        alice = live.real_ids["alice"]
+        detail = client.get(f"/api/experiments/{alice}").json()
+        assert "+WARMDOWN_FRAC = 0.7" in detail["diff_vs_parent"]
+        assert detail["lineage"][0]["id"] == alice
+        assert client.get("/api/experiments/999999").status_code == 404
+        queue = client.get("/api/queue").json()
+        assert queue["running"] == [] and queue["queued"] == []
+        chart = client.get("/api/chart").json()
+        finished = finished_rows(lab)
+        assert [p["id"] for p in chart["points"]] == [r["id"] for r in finished]
+        assert client.get("/results.tsv").text == lab.store.export_results_tsv()
+        png = client.get("/progress.png")
+        assert (
+            png.headers["content-type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "progress.png").write_bytes(png.content)
+
+
+def test_running_best_skips_disqualified_and_failed_runs(tmp_path: Path, data_dir: Path) -> None:
+    shutil.copytree(data_dir, tmp_path / "data")
+    lab = Lab(LabSettings(home=tmp_path, budget_seconds=4, start_scheduler=False))
+    try:
+        values = [(3.0, 0), (2.9, 1), (None, 0), (2.95, 0), (2.8, 0)]
+        for n, (value, disqualified) in enumerate(values):
+            i = lab.store.create_experiment(
+                agent="a",
+                kind="experiment",
+                status="ok" if value else "crash",
+                description=f"run {n}",
+                hardware=lab.hardware,
+                budget_seconds=lab.budget_seconds,
+            )
+            lab.store.update_experiment(i, val_bpb=value, disqualified=disqualified)
+        data = chart_data(lab)
+        assert [(b.index, b.val_bpb) for b in data.best] == [(0, 3.0), (3, 2.95), (4, 2.8)]
+        assert data.failures == 1 and len(data.points) == 5
+        assert data.points[1].disqualified
+    finally:
+        lab.close()
+
+
+@e2e
+def test_browser_shows_chart_leaderboard_and_opens_a_diff(live: LiveServer) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    lab = live.lab
+    finished = finished_rows(lab)
+    board = lab.leaderboard()
+    assert board, "the synthetic rows give the leaderboard entries"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1250})
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{live.url}/?token={live.token}")
+            dots = page.locator("#chart .dot")
+            expect(dots).to_have_count(len(finished), timeout=30_000)
+            assert sorted(int(i) for i in dots.evaluate_all("ds => ds.map(d => d.dataset.id)")) == [
+                r["id"] for r in finished
+            ]
+            assert page.locator("#chart .dot.improved").count() == sum(
+                1 for r in finished if r["verdict"] == "improved"
+            )
+            assert "token" not in page.url  # dropped from the address bar, kept in the cookie
+            rows = page.locator("#leaderboard tbody tr")
+            expect(rows).to_have_count(len(board))
+            for row, entry in zip(rows.all(), board, strict=True):
+                assert row.get_attribute("data-id") == str(entry["id"])
+                assert row.locator("td.val").inner_text() == f"{entry['val_bpb']:.6f}"
+            agents = page.locator("#per-agent tbody tr")
+            expect(agents).to_have_count(len(lab.per_agent()))
+            for row, agent in zip(agents.all(), lab.per_agent(), strict=True):
+                assert row.get_attribute("data-agent") == agent["agent"]
+                best = agent["best_val_bpb"]
+                assert row.locator("td.val").inner_text() == (
+                    f"{best:.6f}" if best is not None else "—"
+                )
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            assert requested and all(url.startswith(live.url + "/") for url in requested), (
+                "no CDN: every script, style and fetch comes from this server"
+            )
+
+            # Live: a new finished experiment appears without a reload.
+            add_synthetic_experiments(lab, "bob", 1, start=3.7, seed=99)
+            expect(dots).to_have_count(len(finished) + 1, timeout=20_000)
+
+            # Live: two more real runs show as running (with progress) and queued, then as dots.
+            source = lab.baseline_files["train.py"]
+            running_id, _ = lab.submit(
+                "alice",
+                "head lr 0.004 -> 0.005",
+                files={"train.py": source.replace("HEAD_LR = 0.004", "HEAD_LR = 0.005", 1)},
+            )
+            queued_id, _ = lab.submit(
+                "carol",
+                "embed lr 0.01 -> 0.012",
+                files={"train.py": source.replace("EMBED_LR = 0.01", "EMBED_LR = 0.012", 1)},
+            )
+            expect(page.locator(f'#queue .run[data-id="{running_id}"]')).to_be_visible(
+                timeout=30_000
+            )
+            expect(page.locator(f'#queue tr[data-id="{queued_id}"]')).to_be_visible(timeout=10_000)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-running.png"), full_page=True)
+            wait_idle(lab)
+            expect(dots).to_have_count(len(finished_rows(lab)), timeout=10_000)
+            for experiment_id in (running_id, queued_id):
+                expect(page.locator(f'#chart .dot[data-id="{experiment_id}"]')).to_have_count(1)
+            expect(page.locator("#queue .run")).to_have_count(0, timeout=10_000)
+
+            # A click on alice's dot opens her experiment with its diff highlighted.
+            alice = live.real_ids["alice"]
+            page.locator(f'#chart .dot[data-id="{alice}"]').click()
+            page.wait_for_url(f"**/experiments/{alice}")
+            expect(page.locator("h1")).to_contain_text("warmdown 0.5 -> 0.7")
+            added = page.locator("pre.diff .add").first
+            expect(added).to_contain_text("+WARMDOWN_FRAC = 0.7")
+            assert "rgb(230, 255, 236)" in added.evaluate(
+                "e => getComputedStyle(e).backgroundColor"
+            )
+            expect(page.locator("pre.log")).not_to_be_empty()
+            expect(page.locator("ol.lineage a").first).to_have_text(f"#{alice}")
+            page.screenshot(path=str(ARTIFACTS / "experiment.png"), full_page=True)
+
+            # A leaderboard row opens its experiment too.
+            page.goto(live.url + "/")
+            first = page.locator("#leaderboard tbody tr").first
+            expect(first).to_have_attribute("data-id", str(lab.leaderboard()[0]["id"]))
+            first.locator("td.desc").click()
+            page.wait_for_url(f"**/experiments/{lab.leaderboard()[0]['id']}")
+        finally:
+            browser.close()
