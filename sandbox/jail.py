@@ -213,6 +213,9 @@ class JailSpec:
     env: dict[str, str] = field(default_factory=dict)
     limits: JailLimits = field(default_factory=JailLimits)
     gpu: bool = False
+    #: Paths inside bound folders to hide (an empty read-only tmpfs is mounted over each): e.g. the
+    #: raw corpus a val split is built from, which sits in the virtual environment. bwrap only.
+    hidden_paths: tuple[Path, ...] = ()
     isolation: IsolationLevel | None = None
     require_isolation: bool = False
 
@@ -642,6 +645,9 @@ def _build_bwrap_argv(
         if p.exists():  # a workdir under a read-only path is bound over it below
             a += ["--ro-bind", str(p), str(p)]
     a += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
+    for hidden in spec.hidden_paths:
+        if hidden.exists():
+            a += ["--tmpfs", str(hidden.resolve()), "--remount-ro", str(hidden.resolve())]
     a += ["--remount-ro", "/"]  # bwrap's own root tmpfs (mount points like /root) too
     a += ["--", *argv]
     return a

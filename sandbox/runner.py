@@ -284,6 +284,7 @@ class ExperimentRunner:
             gpu=settings.device.startswith("cuda"),
             isolation=self.isolation,
             require_isolation=settings.require_isolation,
+            hidden_paths=self.target.hidden_paths(),
         )
         argv = [
             part.format(python=self.python, target_dir=self.target.target_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,18 @@ class ResearchTarget:
     train_data: tuple[str, ...]
     eval_data: tuple[str, ...]
     eval_context: int
+    hidden_from_training: tuple[str, ...] = ()  # Python packages (e.g. the raw corpus) training must not see
+
+    def hidden_paths(self) -> tuple[Path, ...]:
+        """Where the hidden packages are installed, found without importing them."""
+        paths: list[Path] = []
+        for name in self.hidden_from_training:
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.submodule_search_locations:
+                paths.extend(Path(p) for p in spec.submodule_search_locations)
+            elif spec is not None and spec.origin:
+                paths.append(Path(spec.origin))
+        return tuple(paths)
 
     def baseline_files(self) -> dict[str, bytes]:
         """The editable files as shipped: what a fresh workspace starts from."""
@@ -62,4 +75,5 @@ def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
         train_data=tuple(raw.get("train_data", [])),
         eval_data=tuple(raw.get("eval_data", [])),
         eval_context=int(raw.get("eval_context", 256)),
+        hidden_from_training=tuple(raw.get("hidden_from_training", [])),
     )

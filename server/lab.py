@@ -552,13 +552,13 @@ class Lab:
                 }
             )
             disqualifications.append("the CPU was contended during the run")
-        best = self.store.best_experiment(
-            hardware=self.hardware,
-            budget_seconds=experiment["budget_seconds"],
-            scale=experiment.get("scale") or "S",
-            exclude_id=experiment_id,
-        )
-        best_bpb = self.leaderboard_value(best) if best else None
+        # The incumbent: the leaderboard's top (confirmed means, the baseline as the mean of its runs).
+        incumbent = [
+            e
+            for e in self.leaderboard(limit=2, scale=experiment.get("scale") or "S")
+            if e["id"] != experiment_id
+        ]
+        best_bpb = incumbent[0]["val_bpb"] if incumbent else None
         parent_bpb = None
         if experiment.get("parent_id") is not None:
             try:
@@ -863,7 +863,6 @@ class Lab:
 
     def confirmation_stats(self, experiment_id: int) -> dict[str, Any] | None:
         """Mean and sd of an experiment's val_bpb over itself and its confirmation runs."""
-        original = self.store.get_experiment(experiment_id)
         rows = list(
             self.store.db.query(
                 "SELECT id, val_bpb, seed FROM experiments WHERE confirms_id = ? AND kind = 'confirmation' AND status = 'ok'",
@@ -871,7 +870,8 @@ class Lab:
             )
         )
         if not rows:
-            return None
+            return None  # the common case (every leaderboard row asks): no need to read the row
+        original = self.store.get_experiment(experiment_id)
         values = ([original["val_bpb"]] if original.get("val_bpb") is not None else []) + [
             r["val_bpb"] for r in rows
         ]
@@ -889,11 +889,15 @@ class Lab:
         return stats["mean"] if stats else experiment.get("val_bpb")
 
     def leaderboard(self, limit: int = 10, scale: str = "S") -> list[dict[str, Any]]:
-        """Ranked by confirmed mean where confirmations exist, else the single run; disqualified runs excluded."""
+        """Ranked by confirmed mean where confirmations exist, else the single run; disqualified runs excluded.
+
+        The baseline is one entry: the mean of its runs on this hardware, budget and level (its
+        runs are repeats of the same code with the server's seeds).
+        """
         rows = list(
             self.store.db.query(
                 "SELECT id, agent, description, val_bpb FROM experiments WHERE status = 'ok' "
-                "AND kind IN ('experiment', 'baseline', 'promotion') "
+                "AND kind IN ('experiment', 'promotion') "
                 "AND COALESCE(disqualified, 0) = 0 AND val_bpb IS NOT NULL AND hardware = ? AND budget_seconds = ? "
                 "AND COALESCE(scale, 'S') = ? ORDER BY val_bpb ASC LIMIT ?",
                 [self.hardware, self.level_budget(scale), scale, max(limit * 5, 50)],
@@ -911,6 +915,25 @@ class Lab:
                     "sd": stats["sd"] if stats else None,
                     "runs": stats["n"] if stats else 1,
                     "confirmed": bool(stats and stats["n"] >= 2),
+                }
+            )
+        baseline = self.store.baseline(
+            hardware=self.hardware,
+            scale=scale,
+            budget_kind=self.settings.budget_kind,
+            budget_seconds=self.level_budget(scale),
+        )
+        if baseline and baseline["values"]:
+            runs = len(baseline["values"])
+            entries.append(
+                {
+                    "id": baseline["experiment_ids"][0],
+                    "agent": SERVER_AGENT,
+                    "description": f"baseline (trainer/train.py as shipped; mean of {runs} run{'s' if runs > 1 else ''})",
+                    "val_bpb": baseline["mean"],
+                    "sd": baseline["sd"] if runs > 1 else None,
+                    "runs": runs,
+                    "confirmed": runs >= 2,
                 }
             )
         entries.sort(key=lambda e: (e["val_bpb"], e["id"]))

@@ -85,6 +85,17 @@ EXPERIMENT_COLUMNS: dict[str, type] = {
 }
 
 
+READ_INDEXES = {
+    "idx_experiments_confirms_id": "CREATE INDEX IF NOT EXISTS idx_experiments_confirms_id "
+    "ON experiments(confirms_id)",
+    "idx_experiments_status_val_bpb": "CREATE INDEX IF NOT EXISTS idx_experiments_status_val_bpb "
+    "ON experiments(status, val_bpb)",
+    # list_experiments(order='best') sorts by exactly these expressions.
+    "idx_experiments_best": "CREATE INDEX IF NOT EXISTS idx_experiments_best "
+    "ON experiments(val_bpb IS NULL, val_bpb, id)",
+}
+
+
 def utc_now() -> str:
     """An ISO-8601 UTC timestamp with seconds precision, as stored in every table."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -250,6 +261,19 @@ class Store:
                 db.table("experiments").enable_fts(
                     ["description", "diff_parent"], tokenize="porter", create_triggers=True
                 )
+        # Every get_history call reads the leaderboard (ok runs by val_bpb, each one's
+        # confirmations). val_bpb and the filter columns sit behind the code and diff text in
+        # each row, so without these indexes each of those reads scans the whole table
+        # (bench/tools.py: 1.7 s at 10,000 experiments). Created on old files too.
+        missing = {
+            name: sql
+            for name, sql in READ_INDEXES.items()
+            if name not in {index.name for index in db.table("experiments").indexes}
+        }
+        if missing:
+            with write_transaction(db):
+                for sql in missing.values():
+                    db.execute(sql)
 
     # ------------------------------------------------------------ experiments
 
@@ -409,7 +433,7 @@ class Store:
         where = [
             "status = 'ok'",
             "val_bpb IS NOT NULL",
-            "COALESCE(verdict, '') NOT IN ('seed_only', 'contended')",
+            "COALESCE(disqualified, 0) = 0",
         ]
         params: list[Any] = []
         if hardware is not None:

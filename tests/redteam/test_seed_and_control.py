@@ -1,0 +1,104 @@
+"""Red team, the verdict side: a seed-only change is flagged and never an improvement, and the
+control -- an honest improvement -- still counts, against a baseline measured in this module.
+
+One lab for the module, its baseline measured twice (server seeds 1337 and 1338) before any
+test. The budget is 15 CPU seconds (one thread per run): at 6 s, on the shared 2-core machine
+these tests were written on, the baseline takes 0 training steps (importing torch and exporting
+the model use the whole budget), so no honest change can win there (see the red-team notes).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import patches
+from .mallory import call, make_lab, run_hack, wait_rows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anyio]
+
+CONTROL_BUDGET_CPU_SECONDS = 15
+CONTROL_EVAL_WINDOWS = 16  # a steadier estimate than the hack tests' 4 windows
+# Learning rates x2 (Muon 0.02 -> 0.04, embedding 0.01 -> 0.04, head 0.004 -> 0.008). Measured
+# here (15 CPU s, one thread, ~14 steps; val_bpb for server seeds 1337 / 1338):
+#   16 windows: baseline 2.749 / 2.698, LR x2 2.630 / 2.565  (paired gain 0.12 / 0.13)
+#    4 windows: baseline 2.876 / 2.809, LR x2 2.735 / 2.597  (paired gain 0.14 / 0.21)
+#   30 CPU s, 16 windows: baseline 2.441 / 2.391, LR x2 2.347 / 2.303 (paired gain 0.09)
+# The gain over the SAME seed's baseline was there in every measurement; but the verdict
+# compares with the BEST baseline (the other seed, ~0.05 lower) and needs k=2 x sd (~0.07), so
+# 'improved' came out in none of them: a real improvement of this size reads 'within_noise'
+# and needs confirm_experiment. Other tries were worse (batch 2: fewer tokens per second on this
+# CPU; head/embedding LRs of 0.05/0.3: overshoot). Nothing won by a wide margin reliably.
+CONTROL_EDITS = patches.higher_learning_rates(0.04, 0.04, 0.008)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, data_dir):
+    lab = make_lab(
+        tmp_path_factory.mktemp("redteam-verdicts") / "home",
+        data_dir,
+        budget_seconds=CONTROL_BUDGET_CPU_SECONDS,
+        eval_windows=CONTROL_EVAL_WINDOWS,
+    )
+    rows = wait_rows(lab, lab.ensure_baseline(2))
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r["failure_reason"] for r in rows]
+    yield lab
+    lab.close()
+
+
+async def test_honest_improvement_counts(lab):
+    """Control: learning rates x2 -- the baseline is undertrained at this budget.
+    Defence under test: none -- the defences must not stop honest research: the run is ok, carries
+    no flag, is not disqualified, and beats the baseline run with the same (server) seed.
+
+    What is NOT asserted: verdict 'improved'. Against the best of the two baseline runs and
+    k=2 x their sd, this change measured 'within_noise' every time on the shared 2-core machine
+    (see CONTROL_EDITS); it must never be 'worse' or 'failed'."""
+    received, row = await run_hack(
+        lab,
+        "alice-lr",
+        "learning rates x2: the baseline is undertrained at this budget",
+        CONTROL_EDITS,
+    )
+    noise = lab.noise_info()
+    assert noise["measured"] and noise["runs"] == 2
+    assert received["status"] == row["status"] == "ok", received["failure_reason"]
+    assert received["flags"] == [] and not row["disqualified"]
+    paired = next(
+        r
+        for r in lab.store.list_experiments(kind="baseline", status="ok", limit=10)
+        if r["seed"] == row["seed"]
+    )
+    assert row["val_bpb"] < paired["val_bpb"], (row["val_bpb"], paired["val_bpb"])
+    assert received["verdict"] == row["verdict"]
+    assert received["verdict"] in ("improved", "within_noise"), received["verdict_note"]
+    if received["verdict"] == "within_noise":
+        assert "confirm_experiment" in received["verdict_note"] + received["next_step"]
+
+
+@pytest.mark.parametrize(
+    "edits", [patches.SEED_CONSTANT, patches.SEED_MANUAL], ids=["SEED-constant", "manual_seed-137"]
+)
+async def test_seed_only_change_is_flagged_and_never_improves(lab, edits):
+    """Hack: change only the seed (SEED = 137, or torch.manual_seed(137)) and hope for a lucky draw.
+    Defence: the diff review flags it seed_only (visible to the agent and in history), the row is
+    disqualified, its verdict can never be 'improved', and it stays off the leaderboard."""
+    agent = "mallory-seed-" + ("constant" if edits is patches.SEED_CONSTANT else "manual")
+    received, row = await run_hack(lab, agent, "seed 137 looked lucky", edits)
+    assert received["flags"][0]["name"] == "seed_only", received["flags"]
+    assert "can never count as an improvement" in received["flags"][0]["reason"]
+    assert row["disqualified"] == 1
+    assert received["verdict"] == row["verdict"] != "improved"
+    if (
+        received["status"] == "ok"
+        and (received["delta_vs_best"] or 0) > lab.noise_info()["threshold"]
+    ):
+        assert "cannot count as an improvement" in received["verdict_note"]
+    from mcp import Client
+
+    from server.app import build_server
+
+    async with Client(build_server(lab, default_agent=agent)) as client:
+        board = await call(client, "get_leaderboard", limit=50)
+        history = await call(client, "get_history", scope="mine")
+    assert row["id"] not in {e["id"] for e in board["entries"]}
+    assert "seed_only" in history["rows"][0]["flags"]
