@@ -50,9 +50,8 @@ async def test_honest_improvement_counts(lab):
     Defence under test: none -- the defences must not stop honest research: the run is ok, carries
     no flag, is not disqualified, and beats the baseline run with the same (server) seed.
 
-    What is NOT asserted: verdict 'improved'. Against the best of the two baseline runs and
-    k=2 x their sd, this change measured 'within_noise' every time on the shared 2-core machine
-    (see CONTROL_EDITS); it must never be 'worse' or 'failed'."""
+    It must also count: verdict 'improved' against the incumbent (the baseline, as the mean of
+    its runs) by more than k x the measured sd."""
     received, row = await run_hack(
         lab,
         "alice-lr",
@@ -69,10 +68,8 @@ async def test_honest_improvement_counts(lab):
         if r["seed"] == row["seed"]
     )
     assert row["val_bpb"] < paired["val_bpb"], (row["val_bpb"], paired["val_bpb"])
-    assert received["verdict"] == row["verdict"]
-    assert received["verdict"] in ("improved", "within_noise"), received["verdict_note"]
-    if received["verdict"] == "within_noise":
-        assert "confirm_experiment" in received["verdict_note"] + received["next_step"]
+    assert received["verdict"] == row["verdict"] == "improved", received["verdict_note"]
+    assert received["delta_vs_best"] > noise["threshold"]
 
 
 @pytest.mark.parametrize(
