@@ -470,22 +470,23 @@ def _apply_with_git(canonical_diff: str, originals: dict[str, bytes]) -> dict[st
             GIT_CONFIG_GLOBAL=os.devnull,
             HOME=scratch,
         )
-        for arguments in (["--check"], []):
-            command = ["git", "apply", *arguments, "--recount", "--whitespace=nowarn", "-"]
-            try:
-                completed = subprocess.run(
-                    command,
-                    cwd=folder,
-                    input=canonical_diff.encode("utf-8", errors="surrogatepass"),
-                    capture_output=True,
-                    env=environment,
-                    timeout=GIT_TIMEOUT_SECONDS,
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired):
-                return None
-            if completed.returncode != 0:
-                return None
+        # One run, no `--check` first: without --reject, git apply is all-or-nothing, and this
+        # is a private copy read back only on success (a second git process doubled the cost).
+        command = ["git", "apply", "--recount", "--whitespace=nowarn", "-"]
+        try:
+            completed = subprocess.run(
+                command,
+                cwd=folder,
+                input=canonical_diff.encode("utf-8", errors="surrogatepass"),
+                capture_output=True,
+                env=environment,
+                timeout=GIT_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if completed.returncode != 0:
+            return None
         return {name: (folder / name).read_bytes() for name in originals}
 
 

@@ -18,7 +18,7 @@ import anyio
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
@@ -93,6 +93,17 @@ def refusals() -> Iterator[None]:
         PromotionRefused,
     ) as exc:
         raise ToolError(str(exc)) from None
+
+
+@contextmanager
+def resource_refusals() -> Iterator[None]:
+    """The same refusals for resource reads. Only a ResourceError's message reaches the client:
+    anything else raised in a resource template arrives as a bare 'Error creating resource'."""
+    try:
+        with refusals():
+            yield
+    except ToolError as exc:
+        raise ResourceNotFoundError(str(exc)) from None
 
 
 def program_text(lab: Lab, goal: str | None = None, stopping_policy: str | None = None) -> str:
@@ -575,9 +586,9 @@ def build_server(
             ] + queue
             return History(
                 rows=[history_row(r) for r in rows[:limit]],
-                total=lab.store.count_experiments(agent=mine, status=status)
-                if not query
-                else len(rows),
+                total=lab.store.count_experiments(
+                    agent=mine, status=status, query=query, scale=level
+                ),
                 next_offset=offset + limit if more else None,
                 leaderboard=[
                     LeaderboardEntry(**e) for e in lab.leaderboard(limit=10, scale=level or "S")
@@ -710,7 +721,7 @@ def build_server(
         description="A file of your workspace (train.py) or a reference file",
     )
     def workspace_resource(name: str) -> str:
-        with refusals():
+        with resource_refusals():
             return lab.workspace(agent()).read_text(name)
 
     @mcp.resource(
@@ -720,7 +731,7 @@ def build_server(
         description="One experiment's full record",
     )
     def experiment_resource(experiment_id: str) -> str:
-        with refusals():
+        with resource_refusals():
             if not experiment_id.isdigit():
                 raise ToolError(f"experiment id {experiment_id!r} is not a number")
             row = lab.experiment(int(experiment_id))
