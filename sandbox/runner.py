@@ -487,7 +487,9 @@ class ExperimentRunner:
             result.log_tail = (result.log_tail + "\n--- evaluator ---\n" + eval_tail).strip()
 
 
-def cpu_share(samples: list[tuple[float, float]], threads: int, cpu_total: float, wall_total: float) -> float:
+def cpu_share(
+    samples: list[tuple[float, float]], threads: int, cpu_total: float, wall_total: float
+) -> float:
     """The share of its threads' CPU a run got while training: about 0.9 when idle, lower beside a busy neighbour.
 
     The median over ~1 s windows after the first output line, so that single-threaded start-up

@@ -27,7 +27,9 @@ class ResearchTarget:
     train_data: tuple[str, ...]
     eval_data: tuple[str, ...]
     eval_context: int
-    hidden_from_training: tuple[str, ...] = ()  # Python packages (e.g. the raw corpus) training must not see
+    hidden_from_training: tuple[
+        str, ...
+    ] = ()  # Python packages (e.g. the raw corpus) training must not see
 
     def hidden_paths(self) -> tuple[Path, ...]:
         """Where the hidden packages are installed, found without importing them."""

@@ -397,7 +397,7 @@ class Lab:
             )
         if len(description) > MAX_DESCRIPTION:
             raise LabError(
-                f"description is {len(description)} characters; keep it under {MAX_DESCRIPTION} (one line: the change and the hypothesis)"
+                f"description is {len(description)} characters; use at most {MAX_DESCRIPTION} (one line: the change and the hypothesis)"
             )
         papers = [self._check_arxiv_id(p) for p in paper_ids]
         if files is None:
@@ -421,6 +421,7 @@ class Lab:
             earlier = self.store.find_by_code(code_hash, settings_key)
             if earlier is not None:
                 self._set_workspace_parent(agent, earlier["id"])
+                self.store.release_claims(agent, earlier["id"])
                 return earlier["id"], earlier["id"]
         parent_code = self._code_of(parent_id) if parent_id is not None else self.baseline_files
         diff_parent = unified_diff(parent_code, files)
@@ -1041,7 +1042,7 @@ class Lab:
                 "the idea is empty; describe in one line what you are about to try, e.g. 'RoPE base 10k -> 50k'"
             )
         if len(text) > MAX_CLAIM:
-            raise LabError(f"the idea is {len(text)} characters; keep it under {MAX_CLAIM}")
+            raise LabError(f"the idea is {len(text)} characters; use at most {MAX_CLAIM}")
         expires = (
             (datetime.now(UTC) + timedelta(minutes=self.settings.claim_ttl_minutes))
             .isoformat(timespec="milliseconds")

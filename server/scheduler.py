@@ -48,6 +48,8 @@ class LiveProgress:
         if self.phase == "queued":
             return f"queued, position {self.queue_position}" if self.queue_position else "queued"
         if self.phase == "training":
+            if not self.total:
+                return f"starting on {self.slot}"
             return f"training on {self.slot}: {self.done:.0f}/{self.total:.0f} s of budget"
         return f"{self.phase} on {self.slot}" if self.slot else self.phase
 

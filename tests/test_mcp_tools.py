@@ -548,7 +548,7 @@ async def test_run_experiment_refusals(lab: Lab, mode: str) -> None:
         assert await refused(client, lab, "run_experiment", description=" \n\t ") == empty
         assert await refused(client, lab, "run_experiment", description="x" * 501) == refusal(
             "run_experiment",
-            "description is 501 characters; keep it under 500 "
+            "description is 501 characters; use at most 500 "
             "(one line: the change and the hypothesis)",
         )
         text = await refused(
@@ -766,7 +766,7 @@ async def test_claim_idea(lab: Lab, mode: str) -> None:
                 "e.g. 'RoPE base 10k -> 50k'",
             )
         assert await refused(alice, lab, "claim_idea", text="y" * 301) == refusal(
-            "claim_idea", "the idea is 301 characters; keep it under 300"
+            "claim_idea", "the idea is 301 characters; use at most 300"
         )
         claimed = await call(alice, "claim_idea", text="RoPE base 10k -> 50k")
         assert claimed["claim"]["agent"] == "alice"

@@ -50,7 +50,9 @@ WEIGHT_DECAY = 0.0
 WARMUP_FRAC = 0.0  # of the budget; Muon needs no warmup at this scale
 WARMDOWN_FRAC = 0.5  # linear decay over the last half of the budget: it helps at short budgets
 FINAL_LR_FRAC = 0.0
-EXPORT_RESERVE_SECONDS = 3.0  # stop training this early to leave time for the export (at most 25% of the budget)
+EXPORT_RESERVE_SECONDS = (
+    3.0  # stop training this early to leave time for the export (at most 25% of the budget)
+)
 
 # ---------------------------------------------------------------- the contract
 BUDGET_SECONDS = float(os.environ.get("AR_BUDGET_SECONDS", "60"))
