@@ -204,3 +204,43 @@ class ClaimResult(BaseModel):
     claim: Claim
     open_claims: list[Claim]
     note: str
+
+
+class PaperRef(BaseModel):
+    """A paper's arXiv metadata; everything its authors wrote is in `untrusted_text` instead."""
+
+    arxiv_id: str
+    version: int | None = None
+    published: str | None = None
+    updated: str | None = None
+    primary_category: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    abs_url: str | None = None
+    pdf_url: str | None = None
+    inspired_experiments: list[int] = Field(
+        default_factory=list,
+        description="experiments that cited this paper (run_experiment paper_ids)",
+    )
+
+
+class PaperSearchView(BaseModel):
+    """search_papers: ids and links as data; titles, authors and abstracts only inside delimiters."""
+
+    query: str
+    arxiv_query: str
+    source: str = Field(description="arxiv (fetched now) | cache | offline-cache")
+    fetched_at: str
+    note: str | None = None
+    untrusted_notice: str
+    papers: list[PaperRef]
+    untrusted_text: str = Field(
+        description="titles, authors and abstracts, each inside <untrusted-paper-content> delimiters"
+    )
+
+
+class PaperView(BaseModel):
+    """get_paper: one paper's metadata, its delimited text, and the experiments it inspired."""
+
+    paper: PaperRef
+    untrusted_notice: str
+    untrusted_text: str
