@@ -616,6 +616,18 @@ class Lab:
         )
         if not updated:
             log.warning("experiment %s was no longer running when it finished", experiment_id)
+        else:
+            log.info(
+                "#%s %s (%s) finished: %s%s, verdict %s (train %.1f s, eval %.1f s)",
+                experiment_id,
+                experiment["kind"],
+                experiment["agent"],
+                result.status,
+                f", val_bpb {val:.4f}" if val is not None else f": {result.failure_reason}",
+                verdict,
+                result.train_seconds,
+                result.eval_seconds,
+            )
         if experiment["kind"] == "baseline":
             self._update_baseline_stats(experiment.get("scale") or "S")
         if self.ladder is not None:
