@@ -1123,7 +1123,24 @@ def kill_orphans(root: Path, rounds: int = 5) -> list[int]:
             _signal_pid(pid, signal.SIGKILL)
         killed.extend(p for p in found if p not in killed)
         time.sleep(0.1)
+    remove_empty_jail_cgroups()
     return killed
+
+
+def remove_empty_jail_cgroups() -> int:
+    """Remove jail cgroups that hold no process (left by a server that was killed); returns how many.
+
+    A cgroup that still has a process cannot be removed (rmdir fails), so live jails, ours or
+    another server's, are untouched.
+    """
+    removed = 0
+    for pattern in ("/sys/fs/cgroup/**/autoresearch-jail-*",):
+        for path in sorted(glob.glob(pattern, recursive=True), key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                if not Path(path, "cgroup.procs").read_text().strip():
+                    os.rmdir(path)
+                    removed += 1
+    return removed
 
 
 def run_jailed(

@@ -245,7 +245,10 @@ def test_server_env_not_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         env={"AR_SEED": "7"},
     )
     assert "CLEAN 7" in log and res.returncode == 0, log
-    assert "ENV ['AR_SEED', 'HOME', 'LANG', 'PATH', 'PWD', 'TMPDIR']" in log, log
+    # AUTORESEARCH_JAIL_DIR marks the jail's processes (a restarted server finds orphans by it): a path, not a secret
+    assert (
+        "ENV ['AR_SEED', 'AUTORESEARCH_JAIL_DIR', 'HOME', 'LANG', 'PATH', 'PWD', 'TMPDIR']" in log
+    ), log
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,6 +268,7 @@ while True:
 
 @needs_bwrap
 def test_fork_bomb_contained(tmp_path: Path) -> None:
+    cgroups_before = _jail_cgroups()  # other tests (a killed server) may have left empty ones
     t0 = time.monotonic()
     res, log = _run(
         tmp_path, FORK_BOMB, timeout=20, limits=JailLimits(processes=64, memory_bytes=1024 * MIB)
@@ -275,7 +279,7 @@ def test_fork_bomb_contained(tmp_path: Path) -> None:
     assert res.limit_hit == "processes" or res.timed_out, res
     assert res.returncode != 0
     assert not _procs_with(str(tmp_path / "run" / "attempt.py"))
-    assert not _jail_cgroups()
+    assert not _jail_cgroups() - cgroups_before  # this jail's cgroup is gone
 
 
 @needs_bwrap

@@ -96,9 +96,14 @@ async def test_shadow_modules_do_not_reach_the_evaluator(lab, honest_bpb):
         assert_normal(received, row, honest_bpb)
         log = await experiment_log(lab, "mallory-shadow", row["id"])
         assert "SHADOW wrote" in log  # the run directory itself is writable ...
-        assert (
-            f"SHADOW blocked {evaluator_dir}/evaluate.py" in log
-        )  # ... the evaluator's folder is not
+        if evaluator_dir.is_relative_to("/tmp"):
+            # A checkout under /tmp: inside the jail /tmp is a private tmpfs, so the write "works"
+            # there and never reaches the host (checked below: nothing planted).
+            assert f"{evaluator_dir}/evaluate.py" in log
+        else:
+            assert (
+                f"SHADOW blocked {evaluator_dir}/evaluate.py" in log
+            )  # ... the evaluator's folder is not
         assert "SHADOW blocked .pth" in log
         assert "SHADOW wrote" not in "\n".join(
             line for line in log.splitlines() if "site-packages" in line

@@ -18,17 +18,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anyio]
 
 CONTROL_BUDGET_CPU_SECONDS = 15
 CONTROL_EVAL_WINDOWS = 16  # a steadier estimate than the hack tests' 4 windows
-# Learning rates x2 (Muon 0.02 -> 0.04, embedding 0.01 -> 0.04, head 0.004 -> 0.008). Measured
-# here (15 CPU s, one thread, ~14 steps; val_bpb for server seeds 1337 / 1338):
-#   16 windows: baseline 2.749 / 2.698, LR x2 2.630 / 2.565  (paired gain 0.12 / 0.13)
-#    4 windows: baseline 2.876 / 2.809, LR x2 2.735 / 2.597  (paired gain 0.14 / 0.21)
-#   30 CPU s, 16 windows: baseline 2.441 / 2.391, LR x2 2.347 / 2.303 (paired gain 0.09)
-# The gain over the SAME seed's baseline was there in every measurement; but the verdict
-# compares with the BEST baseline (the other seed, ~0.05 lower) and needs k=2 x sd (~0.07), so
-# 'improved' came out in none of them: a real improvement of this size reads 'within_noise'
-# and needs confirm_experiment. Other tries were worse (batch 2: fewer tokens per second on this
-# CPU; head/embedding LRs of 0.05/0.3: overshoot). Nothing won by a wide margin reliably.
-CONTROL_EDITS = patches.higher_learning_rates(0.04, 0.04, 0.008)
+# Learning rates x3 (Muon 0.02 -> 0.06, embedding 0.01 -> 0.03, head 0.004 -> 0.012): at ~14
+# steps the baseline is badly undertrained. Measured on an idle machine (15 CPU s, one thread,
+# 16 windows; server seeds 1337 / 1338): baseline 2.777 / 2.760, LR x3 2.590 / 2.517, a gain of
+# ~0.2 against the baseline's mean while 2 x sd of the baseline was 0.025 (0.05-0.09 measured
+# under heavy load). LR x2 gained only ~0.08-0.12: too close to the noise to assert 'improved'.
+CONTROL_EDITS = patches.higher_learning_rates(0.06, 0.03, 0.012)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def lab(tmp_path_factory, data_dir):
 
 
 async def test_honest_improvement_counts(lab):
-    """Control: learning rates x2 -- the baseline is undertrained at this budget.
+    """Control: learning rates x3 -- the baseline is undertrained at this budget.
     Defence under test: none -- the defences must not stop honest research: the run is ok, carries
     no flag, is not disqualified, and beats the baseline run with the same (server) seed.
 
@@ -55,7 +50,7 @@ async def test_honest_improvement_counts(lab):
     received, row = await run_hack(
         lab,
         "alice-lr",
-        "learning rates x2: the baseline is undertrained at this budget",
+        "learning rates x3: the baseline is undertrained at this budget",
         CONTROL_EDITS,
     )
     noise = lab.noise_info()
