@@ -13,8 +13,12 @@ import argparse
 import json
 import multiprocessing
 import statistics
+import sys
 import tempfile
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as `python bench/x.py`: the package, not bench/trainer.py
 
 from sandbox.runner import ExperimentRunner, RunSettings
 from sandbox.target import load_target

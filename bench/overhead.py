@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as `python bench/x.py`: the package, not bench/trainer.py
 
 from sandbox.jail import IsolationLevel, detect_isolation
 from sandbox.runner import ExperimentRunner, RunSettings
