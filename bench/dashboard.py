@@ -29,13 +29,13 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
+import httpx
+import uvicorn
 
-from server.auth import issue_token  # noqa: E402
-from server.lab import Lab, LabSettings  # noqa: E402
-from server.web import build_app  # noqa: E402
-from trainer import prepare as prepare_module  # noqa: E402
+from server.auth import issue_token
+from server.lab import Lab, LabSettings
+from server.web import build_app
+from trainer import prepare as prepare_module
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -13,10 +13,10 @@ import time
 
 PROCESS_START = time.time()
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 DEPTH, WIDTH, HEADS = 4, 256, 4
 SEQ_LEN, BATCH_SIZE = 256, 8

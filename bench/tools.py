@@ -35,19 +35,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import anyio  # noqa: E402
-import httpx2  # noqa: E402
-import uvicorn  # noqa: E402
-from mcp import Client  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+import anyio
+import httpx2
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
-from sandbox.workspace import hash_files  # noqa: E402
-from server.app import build_server  # noqa: E402
-from server.auth import issue_token  # noqa: E402
-from server.lab import Lab, LabSettings, unified_diff  # noqa: E402
-from server.store import utc_now, write_transaction  # noqa: E402
-from server.web import build_app  # noqa: E402
-from trainer import prepare as prepare_module  # noqa: E402
+from sandbox.workspace import hash_files
+from server.app import build_server
+from server.auth import issue_token
+from server.lab import Lab, LabSettings, unified_diff
+from server.store import utc_now, write_transaction
+from server.web import build_app
+from trainer import prepare as prepare_module
 
 GOAL_MS = {"in-memory": 5.0, "http": 20.0}
 HISTORY_GOAL_MS = 50.0  # get_history with 10,000 experiments, either transport

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer import prepare as prepare_module  # noqa: E402
-from trainer.evaluate import EVAL_CONTEXT  # noqa: E402
+from trainer import prepare as prepare_module
+from trainer.evaluate import EVAL_CONTEXT
 
 TRAINERS = {
     "baseline (train.py)": ROOT / "trainer" / "train.py",
