@@ -258,6 +258,11 @@ class ExperimentRunner:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONHASHSEED": str(settings.seed),
         }
+        if settings.budget_kind == "cpu":
+            # OpenMP threads spin while they wait; beside a busy neighbour the spinning burns the
+            # CPU-time budget without training (bench/noise.py). Passive waiting makes CPU seconds
+            # measure work.
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         env.update(settings.extra_env)
         return env
 
