@@ -128,11 +128,15 @@ def test_combining_two_diffs_and_refusing_a_conflict(lab: Lab) -> None:
         lab, "dave", "matrix lr 0.02 -> 0.05", variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.05")
     )
     e = run(
-        lab, "erin", "embed lr 0.01 -> 0.02", variant(lab, "EMBED_LR = 0.01", "EMBED_LR = 0.02")
+        lab,
+        "erin",
+        "adam betas 0.8 -> 0.9",
+        variant(lab, "ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.9, 0.95)"),
     )
     combined = lab.ladder.combine("carol", [c["id"], e["id"]])
     code = lab.experiment(combined["experiment_id"])["code"]["train.py"]
-    assert "WARMDOWN_FRAC = 0.7" in code and "EMBED_LR = 0.02" in code
+    # ADAM_BETAS sits three lines below MATRIX_LR: git merge-file keeps it apart from a LR change
+    assert "WARMDOWN_FRAC = 0.7" in code and "ADAM_BETAS = (0.9, 0.95)" in code
     assert set(combined["unconfirmed"]) == {c["id"], e["id"]}
     before = lab.store.count_experiments()
     with pytest.raises(PromotionRefused) as refusal:

@@ -18,12 +18,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.anyio]
 
 CONTROL_BUDGET_CPU_SECONDS = 15
 CONTROL_EVAL_WINDOWS = 16  # a steadier estimate than the hack tests' 4 windows
-# Learning rates x3 (Muon 0.02 -> 0.06, embedding 0.01 -> 0.03, head 0.004 -> 0.012): at ~14
-# steps the baseline is badly undertrained. Measured on an idle machine (15 CPU s, one thread,
-# 16 windows; server seeds 1337 / 1338): baseline 2.777 / 2.760, LR x3 2.590 / 2.517, a gain of
-# ~0.2 against the baseline's mean while 2 x sd of the baseline was 0.025 (0.05-0.09 measured
-# under heavy load). LR x2 gained only ~0.08-0.12: too close to the noise to assert 'improved'.
-CONTROL_EDITS = patches.higher_learning_rates(0.06, 0.03, 0.012)
+# A model sized for the budget: depth 4 -> 2, width 256 -> 128 (about 4x the steps in the same
+# CPU seconds). Measured on an idle machine (15 CPU s, one thread, 16 windows; server seeds 1337 /
+# 1338): baseline 2.777 / 2.760, smaller model 2.546 / 2.485, a gain of ~0.25. Learning rates x3
+# gained ~0.2 idle but only ~0.10 in a fresh-clone CI run whose two baseline runs differed by
+# 0.07 (threshold 0.10): too close to assert. Three baseline runs steady the sd estimate.
+CONTROL_EDITS = [
+    ("DEPTH = 4 + 2 * (SCALE - 1)", "DEPTH = 2 + 2 * (SCALE - 1)"),
+    ("WIDTH = 256 + 128 * (SCALE - 1)", "WIDTH = 128 + 128 * (SCALE - 1)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +37,14 @@ def lab(tmp_path_factory, data_dir):
         budget_seconds=CONTROL_BUDGET_CPU_SECONDS,
         eval_windows=CONTROL_EVAL_WINDOWS,
     )
-    rows = wait_rows(lab, lab.ensure_baseline(2))
-    assert [r["status"] for r in rows] == ["ok", "ok"], [r["failure_reason"] for r in rows]
+    rows = wait_rows(lab, lab.ensure_baseline(3))
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"], [r["failure_reason"] for r in rows]
     yield lab
     lab.close()
 
 
 async def test_honest_improvement_counts(lab):
-    """Control: learning rates x3 -- the baseline is undertrained at this budget.
+    """Control: a model sized for the budget -- the baseline is too big for ~14 steps.
     Defence under test: none -- the defences must not stop honest research: the run is ok, carries
     no flag, is not disqualified, and beats the baseline run with the same (server) seed.
 
@@ -50,11 +53,11 @@ async def test_honest_improvement_counts(lab):
     received, row = await run_hack(
         lab,
         "alice-lr",
-        "learning rates x3: the baseline is undertrained at this budget",
+        "depth 2, width 128: more steps in the same budget",
         CONTROL_EDITS,
     )
     noise = lab.noise_info()
-    assert noise["measured"] and noise["runs"] == 2
+    assert noise["measured"] and noise["runs"] == 3
     assert received["status"] == row["status"] == "ok", received["failure_reason"]
     assert received["flags"] == [] and not row["disqualified"]
     paired = next(
