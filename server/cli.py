@@ -355,7 +355,12 @@ def cmd_connect_info(args: argparse.Namespace) -> int:
     home = (args.home or default_home()).expanduser()
     store = Store(home / "history.sqlite")
     token = issue_token(store, args.name, "agent")
-    exe = shutil.which("autoresearch-mcp") or f"{sys.executable} -m server.cli"
+    beside = Path(sys.executable).parent / "autoresearch-mcp"  # the venv's console script
+    exe = (
+        str(beside)
+        if beside.exists()
+        else shutil.which("autoresearch-mcp") or f"{sys.executable} -m server.cli"
+    )
     url = f"http://{args.host}:{args.port}"
     print(f"""
 Connect an agent (a fresh token for agent '{args.name}'):
@@ -460,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("rustbpe").setLevel(logging.WARNING)  # its per-merge progress floods the log
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
