@@ -191,7 +191,11 @@ def test_uniform_model_scores_log2_vocab_per_token(
     # Every target is scored except <|endoftext|> (0 bytes); targets carry >= 1 byte each.
     assert 0 < report["scored_tokens"] <= report["windows"] * CONTEXT
     assert report["scored_bytes"] >= report["scored_tokens"]
-    assert report["causality"]["probes"] == report["windows"]
+    # Half the rows of every batch are causality-checked, by alternating parity (>= 2 passes).
+    assert report["causality"]["passes"] == max(
+        2, -(-report["windows"] // evaluate_module.EVAL_BATCH)
+    )
+    assert report["causality"]["probes"] == report["windows"] // 2
     assert report["causality"]["max_leak"] == 0.0
     assert set(report["hashes"]) == {"evaluator", "tokenizer", "token_bytes", "val"}
 
@@ -290,7 +294,6 @@ def test_honest_model_passes_the_same_probe(
     code, report = run_main(bigram_artifact, data_dir, capsys, windows=PROBE_WINDOWS)
     assert (code, report["status"]) == (0, "ok"), report
     assert report["causality"]["max_leak"] == 0.0
-    assert report["causality"]["batch_check_max_diff"] <= evaluate_module.CAUSALITY_TOLERANCE
 
 
 def test_symmetric_cross_row_read_is_refused(
