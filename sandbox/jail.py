@@ -84,6 +84,10 @@ _PASSWD = (
 ).encode()
 _GROUP = f"root:x:0:\nnogroup:x:{JAIL_GID}:\n".encode()
 _HOSTS = b"127.0.0.1 localhost\n::1 localhost\n"
+#: CPU weights of a jail's cgroup (cgroup v2 cpu.weight scale; v1 cpu.shares is scaled).
+NORMAL_CPU_WEIGHT, LOWEST_CPU_WEIGHT = 100, 1
+#: Niceness of a background jail where no cpu cgroup can be made (cannot be undone unprivileged).
+BACKGROUND_NICE = 10
 #: Device nodes and driver files needed for CUDA, bound only when ``JailSpec.gpu``.
 _GPU_DEVICE_GLOBS = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")
 _GPU_EXTRA_RO = (
@@ -205,7 +209,11 @@ class JailSpec:
     TMPDIR on a fresh tmpfs in bwrap mode, under ``workdir`` in process mode). ``gpu``
     binds the NVIDIA device nodes and driver files. ``isolation`` None means
     ``detect_isolation()``; ``require_isolation`` makes a missing bwrap an error instead of
-    a silent fall back to process isolation.
+    a silent fall back to process isolation. ``stdin_pipe`` gives the command a stdin the
+    caller writes with ``JailedProcess.send``. ``background`` starts it at the lowest CPU
+    weight (cgroup cpu controller; niceness 10 where there is none), so that a process
+    started early, beside a training run, only takes CPU the run leaves idle;
+    ``JailedProcess.to_foreground`` restores the normal weight.
     """
 
     workdir: Path
@@ -218,6 +226,8 @@ class JailSpec:
     hidden_paths: tuple[Path, ...] = ()
     isolation: IsolationLevel | None = None
     require_isolation: bool = False
+    stdin_pipe: bool = False
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -402,11 +412,15 @@ class _Cgroup:
         if (root / "cgroup.controllers").exists():
             return cls._create_v2(root, own.get("", "/"), name, limits)
         dirs: dict[str, Path] = {}
-        for ctrl in ("pids", "memory", "cpuacct"):
+        for ctrl in ("pids", "memory", "cpuacct", "cpu"):
             mount = root / ctrl
             if not (mount / "cgroup.procs").exists():
                 continue
             d = mount / own.get(ctrl, "/").lstrip("/") / name
+            shared = [c for c in dirs.values() if c.resolve() == d.resolve()]
+            if shared:  # co-mounted controllers (cpu,cpuacct): one directory serves both
+                dirs[ctrl] = shared[0]
+                continue
             try:
                 d.mkdir()
             except OSError:
@@ -445,7 +459,7 @@ class _Cgroup:
         available = set()
         with contextlib.suppress(OSError):
             available = set((parent / "cgroup.controllers").read_text().split())
-        for ctrl in ("pids", "memory"):
+        for ctrl in ("pids", "memory", "cpu"):
             if ctrl in available:
                 _write(parent / "cgroup.subtree_control", f"+{ctrl}")
         cg = cls({"unified": d}, v2=True)
@@ -459,7 +473,27 @@ class _Cgroup:
         ):
             _write(d / "memory.swap.max", "0")
             cg.dirs["memory"] = d
+        if "cpu" in enabled:
+            cg.dirs["cpu"] = d
         return cg
+
+    def cpu_weight(self) -> int | None:
+        d = self.dirs.get("cpu")
+        if d is None:
+            return None
+        if self.v2:
+            return _read_int(d / "cpu.weight")
+        shares = _read_int(d / "cpu.shares")
+        return None if shares is None else max(1, shares * 100 // 1024)
+
+    def set_cpu_weight(self, weight: int) -> bool:
+        """Relative CPU weight against sibling cgroups (100 = normal, 1 = lowest); False if unsupported."""
+        d = self.dirs.get("cpu")
+        if d is None:
+            return False
+        if self.v2:
+            return _write(d / "cpu.weight", str(max(1, min(10_000, weight))))
+        return _write(d / "cpu.shares", str(max(2, weight * 1024 // 100)))
 
     def _drop(self, ctrl: str) -> None:
         d = self.dirs.pop(ctrl, None)
@@ -563,6 +597,16 @@ class _Cgroup:
 # bwrap command line
 
 
+def _gpu_library_dirs() -> list[str]:
+    """The operator's LD_LIBRARY_PATH entries (where a CUDA driver may live), for GPU jails.
+
+    Some machines ship libcuda outside the loader's cache (/usr/local/nvidia/lib64, a
+    module system's tree): a GPU jail keeps the server's LD_LIBRARY_PATH and binds those
+    folders read-only. It is the operator's setting, never the agent's.
+    """
+    return [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d and os.path.isdir(d)]
+
+
 def _system_bind_args() -> list[str]:
     args: list[str] = []
     for d in _SYSTEM_DIRS:
@@ -638,8 +682,10 @@ def _build_bwrap_argv(
         for pattern in _GPU_DEVICE_GLOBS:
             for dev in sorted(glob.glob(pattern)):
                 a += ["--dev-bind", dev, dev]
-        for extra in _GPU_EXTRA_RO:
-            if os.path.exists(extra):
+        for extra in (*_GPU_EXTRA_RO, *_gpu_library_dirs()):
+            if os.path.exists(extra) and not any(
+                Path(extra).is_relative_to(d) for d in _SYSTEM_DIRS
+            ):
                 a += ["--ro-bind", extra, extra]
     for p in _ro_bind_paths(spec, argv[0]):
         if p.exists():  # a workdir under a read-only path is bound over it below
@@ -664,6 +710,8 @@ def _jail_env(spec: JailSpec, level: IsolationLevel) -> dict[str, str]:
         Path(home).mkdir(parents=True, exist_ok=True)
         Path(tmp).mkdir(parents=True, exist_ok=True)
     env.setdefault("PATH", ":".join(path_dirs))
+    if spec.gpu and _gpu_library_dirs():
+        env.setdefault("LD_LIBRARY_PATH", ":".join(_gpu_library_dirs()))
     env["HOME"] = home
     env["TMPDIR"] = tmp
     env.setdefault("LANG", "C.UTF-8")
@@ -768,14 +816,18 @@ class JailedProcess:
                 cwd = str(workdir)
             if cgroup is not None:
                 cgroup.open_for_join()
-            preexec = _make_preexec(limits, cgroup)
+            weighted = (
+                spec.background and cgroup is not None and cgroup.set_cpu_weight(LOWEST_CPU_WEIGHT)
+            )
+            nice = BACKGROUND_NICE if spec.background and not weighted else 0
+            preexec = _make_preexec(limits, cgroup, nice)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_file = open(log_path, "wb")  # noqa: SIM115 - owned by the JailedProcess
             started = time.monotonic()
             try:
                 popen = subprocess.Popen(
                     full_argv,
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.PIPE if spec.stdin_pipe else subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     cwd=cwd,
@@ -816,6 +868,30 @@ class JailedProcess:
         if self._returncode is not None:
             self._finalize()
         return self._returncode
+
+    def to_foreground(self) -> None:
+        """Give a ``background`` jail the normal CPU weight again (a niceness stays)."""
+        if self._cgroup is not None:
+            self._cgroup.set_cpu_weight(NORMAL_CPU_WEIGHT)
+
+    def cpu_weight(self) -> int | None:
+        """The jail's CPU weight as the kernel has it (cgroup v2 scale), None without a cpu cgroup."""
+        return None if self._cgroup is None else self._cgroup.cpu_weight()
+
+    def send(self, text: str) -> bool:
+        """Write ``text`` to the command's stdin (``JailSpec.stdin_pipe``) and close it.
+
+        False when the command is gone (it exited, or never read its stdin).
+        """
+        stdin = self._popen.stdin
+        if stdin is None:
+            raise ValueError("this jail has no stdin pipe; start it with JailSpec(stdin_pipe=True)")
+        try:
+            stdin.write(text.encode())
+            stdin.close()
+        except (BrokenPipeError, ValueError, OSError):
+            return False
+        return True
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the exit and return the status; raise ``subprocess.TimeoutExpired``."""
@@ -968,6 +1044,9 @@ class JailedProcess:
                 self._cgroup = None
             with contextlib.suppress(OSError):
                 self._log.close()
+            if self._popen.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self._popen.stdin.close()
             self._finalized = True
 
     def _pump_output(self) -> None:
@@ -1042,8 +1121,8 @@ class JailedProcess:
                 break
 
 
-def _make_preexec(limits: JailLimits, cgroup: _Cgroup | None) -> Callable[[], None]:
-    """Build the function run in the child between fork and exec: cgroup join + rlimits."""
+def _make_preexec(limits: JailLimits, cgroup: _Cgroup | None, nice: int = 0) -> Callable[[], None]:
+    """Build the function run in the child between fork and exec: cgroup join, rlimits, nice."""
 
     def _set(res: int, value: int | None) -> None:
         v = resource.RLIM_INFINITY if value is None else value
@@ -1074,6 +1153,8 @@ def _make_preexec(limits: JailLimits, cgroup: _Cgroup | None) -> Callable[[], No
         _set(resource.RLIMIT_FSIZE, limits.file_size_bytes)
         _set(resource.RLIMIT_NOFILE, limits.open_files)
         _set(resource.RLIMIT_CORE, 0)
+        if nice > 0:
+            os.nice(nice)
 
     return preexec
 

@@ -58,6 +58,9 @@ class RunSettings:
     require_isolation: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. AR_SCALE
     memory_bytes: int | None = 8 * 1024**3
+    # Start the evaluator beside the training run (imports, val windows, CUDA context), so
+    # that only the scoring is left when training ends. Off: a cold evaluator after training.
+    prewarm_evaluator: bool = True
 
     def validated(self) -> RunSettings:
         if not (MIN_BUDGET_SECONDS <= self.budget_seconds <= MAX_BUDGET_SECONDS):
@@ -226,11 +229,17 @@ class ExperimentRunner:
             result.total_seconds = time.monotonic() - started
             return result
 
+        evaluator: JailedProcess | None = None
         try:
+            if settings.prewarm_evaluator:
+                evaluator = self._start_evaluator(run_dir, settings, wait=True)
             self._train(run_dir, settings, result, progress, cancel)
             if result.phase == "evaluate":
-                self._evaluate(run_dir, settings, result, progress, cancel)
+                self._evaluate(run_dir, settings, result, progress, cancel, evaluator)
         finally:
+            if evaluator is not None and evaluator.poll() is None:
+                evaluator.kill()  # training failed or was cancelled: nothing to score
+                evaluator.wait()
             result.total_seconds = time.monotonic() - started
             result.overhead_seconds = max(0.0, result.total_seconds - settings.budget_seconds)
             keep = self.keep_run_dirs == "always" or (
@@ -378,14 +387,16 @@ class ExperimentRunner:
             return
         result.phase = "evaluate"
 
-    def _evaluate(
-        self,
-        run_dir: Path,
-        settings: RunSettings,
-        result: RunResult,
-        progress: ProgressCallback,
-        cancel: threading.Event,
-    ) -> None:
+    def _start_evaluator(
+        self, run_dir: Path, settings: RunSettings, *, wait: bool
+    ) -> JailedProcess:
+        """Start the trusted evaluator in its own jail: it sees the artifact folder read-only.
+
+        With ``wait`` it warms up, then blocks on stdin until ``send("go\\n")``; it starts
+        beside training in the background (the lowest CPU weight: it takes only CPU the
+        training leaves idle), and training cannot reach it (its own namespaces, no shared
+        writable path). Its log is ``eval.log``.
+        """
         out_dir = run_dir / "code" / "out"
         eval_dir = run_dir / "eval"
         eval_dir.chmod(0o555)  # the evaluator's working directory: nothing may be written
@@ -402,6 +413,8 @@ class ExperimentRunner:
         ] + ["--device", settings.device]
         if settings.eval_windows:
             argv += ["--windows", str(settings.eval_windows)]
+        if wait:
+            argv.append("--wait")
         spec = JailSpec(
             workdir=eval_dir,
             readonly_paths=(
@@ -418,11 +431,39 @@ class ExperimentRunner:
             gpu=settings.device.startswith("cuda"),
             isolation=self.isolation,
             require_isolation=settings.require_isolation,
+            stdin_pipe=wait,
+            background=wait,
         )
+        return JailedProcess.start(argv, spec, run_dir / "eval.log")
+
+    def _evaluate(
+        self,
+        run_dir: Path,
+        settings: RunSettings,
+        result: RunResult,
+        progress: ProgressCallback,
+        cancel: threading.Event,
+        prewarmed: JailedProcess | None = None,
+    ) -> None:
+        """Score the artifact: tell the prewarmed evaluator to go, or start a cold one.
+
+        ``eval_seconds`` counts from the end of training: the time a run waits for its score.
+        """
         log_path = run_dir / "eval.log"
         progress("evaluating", 0.0, 1.0)
         began = time.monotonic()
-        process = JailedProcess.start(argv, spec, log_path)
+        if prewarmed is not None and prewarmed.poll() is None:
+            prewarmed.to_foreground()
+        if prewarmed is not None and prewarmed.send("go\n"):
+            process = prewarmed
+        else:
+            if prewarmed is not None:  # it died while warming up: say so, then start cold
+                prewarmed.wait()
+                warm_tail = tail_lines(log_path, 5)
+                result.log_tail = (
+                    result.log_tail + "\n--- prewarmed evaluator exited early ---\n" + warm_tail
+                ).strip()
+            process = self._start_evaluator(run_dir, settings, wait=False)
         terminated_at: float | None = None
         timed_out = cancelled = False
         while process.poll() is None:

@@ -1,0 +1,127 @@
+"""The runner's evaluation phase: a prewarmed evaluator beside training, against a cold one.
+
+Real jails, the real evaluator, a training script that exports a fixed (uniform) model in a
+few seconds, so that both modes must give the same val_bpb to the last bit.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox.jail import (
+    BACKGROUND_NICE,
+    LOWEST_CPU_WEIGHT,
+    NORMAL_CPU_WEIGHT,
+    JailedProcess,
+    JailSpec,
+)
+from sandbox.runner import ExperimentRunner, RunSettings
+from sandbox.target import load_target
+
+pytestmark = pytest.mark.e2e
+
+UNIFORM_TRAINER = b"""
+import json, os, torch
+class Uniform(torch.nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+    def forward(self, idx):
+        return torch.zeros(idx.size(0), idx.size(1), self.vocab) + idx.unsqueeze(-1).float() * 0
+data = os.environ["AR_DATA_DIR"]
+vocab = json.load(open(os.path.join(data, "tokenizer", "tokenizer.json")))["vocab_size"]
+T = int(os.environ["AR_EVAL_CONTEXT"])
+program = torch.export.export(Uniform(vocab).eval(), (torch.zeros(2, T, dtype=torch.long),),
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+torch.export.save(program, os.path.join(os.environ["AR_OUT_DIR"], "model.pt2"))
+print("saved", flush=True)
+"""
+
+
+def evaluator_processes(runs_dir: Path) -> list[int]:
+    """Host pids of evaluators (cold or waiting) whose run lives under runs_dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"evaluate.py" in a for a in argv) and any(
+            str(runs_dir).encode() in a for a in argv
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def runner(data_dir: Path, tmp_path: Path) -> ExperimentRunner:
+    return ExperimentRunner(load_target(), data_dir, tmp_path / "runs", keep_run_dirs="always")
+
+
+def settings(prewarm: bool) -> RunSettings:
+    return RunSettings(
+        budget_seconds=20, budget_kind="cpu", seed=0, eval_windows=4, prewarm_evaluator=prewarm
+    )
+
+
+def test_prewarmed_evaluator_scores_exactly_like_a_cold_one(
+    runner: ExperimentRunner, data_dir: Path
+) -> None:
+    cold = runner.run({"train.py": UNIFORM_TRAINER}, settings(prewarm=False))
+    warm = runner.run({"train.py": UNIFORM_TRAINER}, settings(prewarm=True))
+    assert (cold.status, warm.status) == ("ok", "ok"), (cold.failure_reason, warm.failure_reason)
+    assert cold.val_bpb == warm.val_bpb
+    # A uniform model scores log2(V) bits per token, whatever the evaluator's start.
+    expected = math.log2(warm.metrics["vocab_size"]) * warm.metrics["scored_tokens"]
+    assert warm.val_bpb == pytest.approx(expected / warm.metrics["scored_bytes"], rel=1e-6)
+    assert "warmup_seconds" not in cold.metrics
+    assert warm.metrics["warmup_seconds"] > 0
+    # The warm one skipped the interpreter, torch import and loader start: it must be faster.
+    assert warm.eval_seconds < cold.eval_seconds, (warm.eval_seconds, cold.eval_seconds)
+    assert evaluator_processes(runner.runs_dir) == []
+
+
+def test_failed_training_ends_the_waiting_evaluator(runner: ExperimentRunner) -> None:
+    result = runner.run(
+        {"train.py": b"import sys\nprint('giving up', flush=True)\nsys.exit(3)\n"},
+        settings(prewarm=True),
+    )
+    assert result.status == "crash"
+    assert result.phase == "train"
+    assert "giving up" in result.log_tail
+    assert evaluator_processes(runner.runs_dir) == []
+
+
+def test_background_jail_starts_at_the_lowest_cpu_weight(tmp_path: Path) -> None:
+    """Prewarming must not take CPU from the training beside it: lowest weight, then normal."""
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    code = "import os, sys; print(os.nice(0), flush=True); sys.stdin.readline(); print('went', flush=True)"
+    process = JailedProcess.start(
+        [sys.executable, "-c", code],
+        JailSpec(workdir=workdir, background=True, stdin_pipe=True),
+        tmp_path / "log.txt",
+    )
+    deadline = time.monotonic() + 20
+    log = tmp_path / "log.txt"
+    while not log.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    niceness = int(log.read_text().split()[0])
+    weight = process.cpu_weight()
+    if weight is None:  # no cpu cgroup on this machine: the fallback is a niceness
+        assert niceness == BACKGROUND_NICE
+    else:
+        assert (weight, niceness) == (LOWEST_CPU_WEIGHT, 0)
+    process.to_foreground()
+    assert process.cpu_weight() in (None, NORMAL_CPU_WEIGHT)
+    assert process.send("go\n")
+    assert process.wait(20) == 0
+    assert "went" in log.read_text()
+    assert not process.send("again\n")  # stdin is closed once sent
