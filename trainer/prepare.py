@@ -37,6 +37,9 @@ from typing import Any
 import numpy as np
 
 MANIFEST_VERSION = 1
+# Chosen by bench/vocab.py (60 s CPU budget, 2 seeds, val_bpb is per byte so sizes compare):
+# 2048 -> 2.171, 4096 -> 2.130, 8192 -> 2.113 +- 0.027: 8192 is within the noise of 4096 with
+# 40% more parameters, 22% fewer tokens/s and 22% slower evaluation, so 4096.
 DEFAULT_VOCAB_SIZE = 4096
 VAL_PERMILLE = 20  # ~2% of documents go to the held-out val split
 SPLIT_SALT = "autoresearch-mcp/split/v1"
