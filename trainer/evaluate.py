@@ -238,9 +238,7 @@ def sanitized_archive(path: Path | io.BytesIO) -> io.BytesIO:
                     f"{label} is truncated or corrupt ({exc}); re-run training"
                 ) from exc
     if "models/model.json" not in kept:
-        raise InvalidArtifact(
-            f"{label} has no models/model.json: it is not a torch.export program"
-        )
+        raise InvalidArtifact(f"{label} has no models/model.json: it is not a torch.export program")
     try:
         model = json.loads(kept["models/model.json"])
         for config_name, folder in (
