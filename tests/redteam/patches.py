@@ -17,7 +17,7 @@ CAUSAL_LINE = "        y = F.scaled_dot_product_attention(q, k, v, is_causal=Tru
 LOOP_BREAK = "    if progress >= 1.0:\n        break\n"
 EXPORT_CALL = "program = torch.export.export(\n"
 SAVE_LINE = 'torch.export.save(program, os.path.join(OUT_DIR, "model.pt2"))\n'
-LAST_PRINT = 'print(f"parameters:         {n_params}")\n'
+LAST_PRINT = 'print(f"parameters:         {n_params}", flush=True)\n'
 LOOP_PROGRESS = "    progress = budget_used() / training_budget\n"
 MATRIX_LR = "MATRIX_LR = 0.02"
 EMBED_LR = "EMBED_LR = 0.01"
