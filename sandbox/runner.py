@@ -10,11 +10,13 @@ comes from the `ResearchTarget` description.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -415,6 +417,8 @@ class ExperimentRunner:
             argv += ["--windows", str(settings.eval_windows)]
         if wait:
             argv.append("--wait")
+            if settings.device.startswith("cuda") and gpu_takes_two_processes(settings.device):
+                argv.append("--warm-cuda")
         spec = JailSpec(
             workdir=eval_dir,
             readonly_paths=(
@@ -531,6 +535,27 @@ class ExperimentRunner:
                 report.get("reason") or "the evaluator failed",
             )
             result.log_tail = (result.log_tail + "\n--- evaluator ---\n" + eval_tail).strip()
+
+
+@functools.cache
+def gpu_takes_two_processes(device: str) -> bool:
+    """Whether the GPU's compute mode is Default (several processes may hold contexts).
+
+    In an exclusive mode a prewarmed evaluator that started CUDA first would lock the training
+    out, so it warms up without CUDA there (and where nvidia-smi cannot tell).
+    """
+    index = device.partition(":")[2] or "0"
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=compute_mode", "--format=csv,noheader", "-i", index],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and done.stdout.strip() == "Default"
 
 
 def cpu_share(

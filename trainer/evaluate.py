@@ -393,19 +393,27 @@ def _run(module, x, vocab_size: int):
 class ValSet:
     """The fixed val windows and the byte count of every token, on the evaluation device."""
 
-    def __init__(self, data_dir: Path, device: str, windows: int | None) -> None:
+    def __init__(
+        self, data_dir: Path, device: str, windows: int | None, load_to: str | None = None
+    ) -> None:
+        """Windows sized for ``device``; held on ``load_to`` (default: ``device``) until ``to``."""
         import torch
 
         meta = json.loads((data_dir / "tokenizer" / "tokenizer.json").read_text())
-        self.device = device
         self.vocab_size = int(meta["vocab_size"])
         self.token_bytes = torch.from_numpy(
             np.fromfile(data_dir / "tokenizer" / "token_bytes.bin", dtype="<i4").astype(np.int64)
-        ).to(device)
+        )
         val_tokens = np.fromfile(data_dir / "val" / "tokens.bin", dtype="<u2")
         count = windows or EVAL_WINDOWS["cuda" if device.startswith("cuda") else "cpu"]
-        data = torch.from_numpy(val_windows(val_tokens, EVAL_CONTEXT, count)).to(device)
-        self.inputs, self.targets = data[:, :-1], data[:, 1:]
+        self.data = torch.from_numpy(val_windows(val_tokens, EVAL_CONTEXT, count))
+        self.to(load_to or device)
+
+    def to(self, device: str) -> ValSet:
+        self.device = device
+        self.token_bytes, self.data = self.token_bytes.to(device), self.data.to(device)
+        self.inputs, self.targets = self.data[:, :-1], self.data[:, 1:]
+        return self
 
 
 def warm_up(device: str) -> None:
@@ -455,7 +463,7 @@ def evaluate(
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    val = val_set or ValSet(data_dir, device, windows)
+    val = (val_set or ValSet(data_dir, device, windows)).to(device)
     program = load_program(artifact)
     # Weights and the constants captured at export (a tensor made on the trainer's device)
     # move to this device: an artifact exported on a GPU scores on the CPU, and back.
@@ -574,14 +582,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="warm up first, then read a line 'go' on stdin before opening the artifact",
     )
+    parser.add_argument(
+        "--warm-cuda",
+        action="store_true",
+        help="with --wait: start CUDA during the warm-up too (only where the GPU is shared)",
+    )
     args = parser.parse_args(argv)
     report: dict[str, Any] = {}
     try:
         val_set = None
         if args.wait:
             began = time.perf_counter()
-            val_set = ValSet(args.data_dir, args.device, args.windows)
-            warm_up(args.device)
+            # CUDA starts now only when the runner says the GPU may hold two contexts (its
+            # compute mode is Default): in an exclusive mode the training must get it first.
+            warm_device = args.device if args.warm_cuda or args.device == "cpu" else "cpu"
+            val_set = ValSet(args.data_dir, args.device, args.windows, load_to=warm_device)
+            warm_up(warm_device)
             warm = time.perf_counter() - began
             print(f"evaluator warm in {warm:.2f} s, waiting for 'go'", file=sys.stderr, flush=True)
             if sys.stdin.readline().strip() != "go":
