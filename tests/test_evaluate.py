@@ -200,19 +200,27 @@ def test_uniform_model_scores_log2_vocab_per_token(
     assert set(report["hashes"]) == {"evaluator", "tokenizer", "token_bytes", "val"}
 
 
-def test_scored_counts_match_the_val_split(data_dir: Path) -> None:
-    """The report's token and byte counts are those of the first fixed windows of val/tokens.bin."""
+def test_val_windows_are_spread_over_the_whole_split(data_dir: Path) -> None:
+    """Fewer windows than the split holds: even strides from its first token to its last, targets
+    never overlapping, so every part of val counts; as many as it holds: all, consecutive."""
     import numpy as np
 
     val = np.fromfile(data_dir / "val" / "tokens.bin", dtype="<u2")
     token_bytes = np.fromfile(data_dir / "tokenizer" / "token_bytes.bin", dtype="<i4")
+    available = (val.size - 1) // CONTEXT
     windows = evaluate_module.val_windows(val, CONTEXT, 3)
     assert windows.shape == (3, CONTEXT + 1)
-    assert (windows[1, 0], windows[0, -1]) == (val[CONTEXT], val[CONTEXT])
-    targets = val[1 : 3 * CONTEXT + 1]
-    assert (windows[:, 1:].reshape(-1) == targets).all()
-    assert (windows[:, :-1].reshape(-1) == val[: 3 * CONTEXT]).all()
-    assert int(token_bytes[targets].sum()) > 0
+    stride = (val.size - CONTEXT - 1) // 2
+    assert stride >= CONTEXT
+    for i, start in enumerate((0, stride, 2 * stride)):
+        assert (windows[i] == val[start : start + CONTEXT + 1]).all()
+    assert 2 * stride + CONTEXT + 1 > val.size - CONTEXT  # the last window reaches the end
+    assert int(token_bytes[windows[:, 1:]].sum()) > 0
+
+    every = evaluate_module.val_windows(val, CONTEXT, available + 10)
+    assert every.shape == (available, CONTEXT + 1)
+    assert (every[:, 1:].reshape(-1) == val[1 : available * CONTEXT + 1]).all()
+    assert (every[:, :-1].reshape(-1) == val[: available * CONTEXT]).all()
 
 
 @pytest.mark.e2e

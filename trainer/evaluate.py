@@ -344,16 +344,25 @@ def bits_per_byte(total_nats: float, total_bytes: int) -> float:
 
 
 def val_windows(val_tokens: np.ndarray, context: int, windows: int) -> np.ndarray:
-    """The fixed windows [N, T+1]: consecutive, non-overlapping targets from the start of val."""
+    """The fixed windows [N, T+1], spread evenly over the whole val split.
+
+    Each window is T inputs and the T next tokens. When the split holds more windows than
+    asked for, they start at even strides from its first to its last token, so every part of
+    the split (every document, not only the first few) has its share; when it holds no more,
+    they are all the consecutive windows. Targets never overlap.
+    """
     available = (val_tokens.size - 1) // context
     if available < 1:
         raise RuntimeError(
             f"the val split has {val_tokens.size} tokens, fewer than one window of {context + 1}"
         )
     count = min(windows, available)
-    return np.stack(
-        [val_tokens[i * context : i * context + context + 1] for i in range(count)]
-    ).astype(np.int64)
+    if count == 1 or count == available:
+        starts = [i * context for i in range(count)]
+    else:
+        stride = (val_tokens.size - context - 1) // (count - 1)  # >= context: count < available
+        starts = [i * stride for i in range(count)]
+    return np.stack([val_tokens[s : s + context + 1] for s in starts]).astype(np.int64)
 
 
 def token_nats(logits, targets):
@@ -510,8 +519,8 @@ def probe_causality(module, inputs, batch_logits, vocab_size: int) -> dict:
     an honest model gives bitwise-identical logits. In each pass the rows of one parity are
     *checked*: the tokens after a random position t are replaced by noise, and the logits at
     <= t must not move. The rows of the other parity are replaced by noise entirely, so a
-    checked row whose logits move either read its own future or read another row (windows
-    are consecutive: the next row is this row's future). Parity alternates from pass to
+    checked row whose logits move either read its own future or read another row (where windows
+    are consecutive, the next row is this row's future). Parity alternates from pass to
     pass, so both halves of a batch are checked. A failing pass is re-run once with the
     other rows untouched, to say which of the two rules the model broke.
     """
