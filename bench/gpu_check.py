@@ -6,8 +6,8 @@ of the server, so it also runs on a bare CUDA image.
 
 1. Environment: torch, the GPU, the isolation level the runner gets (bwrap if it works).
 2. Runs through the real runner (jail with the GPU bound, runner's clock, trusted evaluator),
-   one per variant of train.py: the shipped file and copies with another batch size / scale,
-   made by replacing one line, exactly as an agent's patch would.
+   one per variant in VARIANTS: the shipped train.py, at another AR_SCALE, or with lines
+   replaced exactly as an agent's patch would (the first H200 check compared batch sizes so).
    For each: val_bpb, tokens/s, MFU, train/eval/overhead seconds, peak memory.
 3. Evaluator agreement: one artifact trained directly, scored on CUDA and on the CPU with the
    same windows; the two val_bpb must agree to well under the noise floor.

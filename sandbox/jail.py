@@ -710,8 +710,9 @@ def _jail_env(spec: JailSpec, level: IsolationLevel) -> dict[str, str]:
         Path(home).mkdir(parents=True, exist_ok=True)
         Path(tmp).mkdir(parents=True, exist_ok=True)
     env.setdefault("PATH", ":".join(path_dirs))
-    if spec.gpu and _gpu_library_dirs():
-        env.setdefault("LD_LIBRARY_PATH", ":".join(_gpu_library_dirs()))
+    library_dirs = _gpu_library_dirs() if spec.gpu else []
+    if library_dirs:
+        env.setdefault("LD_LIBRARY_PATH", ":".join(library_dirs))
     env["HOME"] = home
     env["TMPDIR"] = tmp
     env.setdefault("LANG", "C.UTF-8")

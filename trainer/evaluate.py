@@ -20,7 +20,7 @@ What it does, in order:
 5. Prints ONE JSON object on stdout; the exit code is 0 only for a valid result.
 
 With --wait it starts early (the runner starts it beside the training run): it imports
-torch, loads the val windows, warms the loader (and the CUDA context), then waits for a
+torch, loads the val windows, warms the loader (and with --warm-cuda the CUDA context), waits for a
 line "go" on stdin before it opens the artifact. The run then waits only for steps 1-5.
 """
 
