@@ -6,16 +6,25 @@ Hunks are applied to a private copy of the affected files, first with `git apply
 then, if git refuses, with an exact-context applier that finds each hunk's old lines anywhere
 in the file. Only when every hunk applied are the results installed with
 `Workspace.replace_files`; on any refusal every workspace file stays byte-identical.
+
+Every step is bounded, whatever an agent sends: a request's size is checked before any work
+(a diff at most four times the editable-file cap, old/new strings at most the cap, at most
+`MAX_HUNKS` hunks), every result against the workspace's cap on editable files, `git apply`
+runs under a timeout, occurrences are counted only as far as a message lists them, and the
+"closest line" hints use linear similarity measures with capped candidates (no difflib:
+its cost grows with the cube of adversarial inputs). Lines quoted back in messages are cut
+short.
 """
 
 from __future__ import annotations
 
-import difflib
+import bisect
 import itertools
 import os
 import re
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +32,26 @@ from pathlib import Path
 import unidiff
 from unidiff.constants import LINE_TYPE_NO_NEWLINE
 
-from sandbox.workspace import PathRefused, Workspace
+from sandbox.workspace import MAX_EDITABLE_FILE_BYTES, PathRefused, Workspace
 
-MAX_DIFF_BYTES = 1_000_000
-MAX_FILE_BYTES = 1_000_000
-GIT_TIMEOUT_SECONDS = 30
+# The default cap on an editable file (each workspace's policy holds the one that applies).
+MAX_FILE_BYTES = MAX_EDITABLE_FILE_BYTES
+# A diff may be this many times the file cap: enough to rewrite every line of a full file
+# (each line is sent twice, '-' and '+', with a one-character prefix).
+DIFF_TO_FILE_RATIO = 4
+MAX_DIFF_BYTES = DIFF_TO_FILE_RATIO * MAX_FILE_BYTES
+MAX_HUNKS = 1000
+# git apply takes milliseconds on any diff within the caps; past this it is killed and the
+# exact-context applier (bounded) decides.
+GIT_TIMEOUT_SECONDS = 10
 _SHOWN_LINES = 12
+_SHOWN_LINE_CHARS = 200  # a line quoted in a message is cut to this many characters
+_LISTED_OCCURRENCES = 20  # occurrences named in a message; counting stops just past this
+_HINT_CHARS = 200  # characters of a line compared by the "closest line" similarity
+_HINT_CUTOFF = 0.3  # below this similarity no line is offered as the closest
+_REGION_ANCHOR_LINES = 50  # hunk lines used to propose where a mismatching hunk was meant
+_REGION_ANCHOR_POSITIONS = 20  # positions per anchor line
+_REGION_COMPARED_LINES = 100  # lines of a candidate window compared with the hunk
 
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
 _DIFF_FORMAT_HINT = (
@@ -108,7 +131,7 @@ def apply_patch(workspace: Workspace, diff: str) -> PatchResult:
             "replaces. Send a diff whose '+' lines differ from its '-' lines."
         )
     for name, data in changed.items():
-        _check_result_size(name, data)
+        _check_result_size(workspace, name, data)
     _install(workspace, changed)
     hunks = [hunk for change in changes for hunk in change.hunks]
     return PatchResult(
@@ -125,6 +148,19 @@ def edit_file(workspace: Workspace, name: str, old: str, new: str) -> PatchResul
     name = _editable_name(workspace, name)
     if not isinstance(old, str) or not isinstance(new, str):
         raise PatchRejected("old and new must both be strings.")
+    limit = workspace.policy.max_file_bytes
+    if len(old) > limit:  # characters <= UTF-8 bytes: old cannot fit in any editable file
+        raise PatchRejected(
+            f"old is {len(old)} characters, longer than an editable file may be ({limit} "
+            f"bytes), so it cannot occur in {name!r}. Copy only the few whole lines you want "
+            "to replace into old. Nothing was changed."
+        )
+    if len(new) > limit:
+        raise PatchRejected(
+            f"new is {len(new)} characters; an editable file may hold at most {limit} bytes. "
+            f"Nothing was changed. Send a smaller change, and keep {name!r} to code (no "
+            "embedded data or text)."
+        )
     if old == "":
         raise PatchRejected(
             "old is empty: copy the exact text to replace from the file (a few whole lines), "
@@ -135,32 +171,38 @@ def edit_file(workspace: Workspace, name: str, old: str, new: str) -> PatchResul
             "old and new are identical, so nothing would change. Send the new text in new."
         )
     text = _decode(name, _read(workspace, name))
-    positions = _occurrences(text, old)
+    positions = _occurrences(text, old, at_most=_LISTED_OCCURRENCES + 1)
     if not positions:
         raise PatchRejected(
             f"old was not found in {name!r}. Copy it exactly from the file (indentation and "
             f"whitespace count). {_closest_line(text, old)}"
         )
     if len(positions) > 1:
-        line_numbers = ", ".join(str(text.count("\n", 0, p) + 1) for p in positions[:20])
+        shown = positions[:_LISTED_OCCURRENCES]
+        line_numbers = ", ".join(str(text.count("\n", 0, p) + 1) for p in shown)
+        times = (
+            f"more than {_LISTED_OCCURRENCES}"
+            if len(positions) > _LISTED_OCCURRENCES
+            else str(len(positions))
+        )
         raise PatchRejected(
-            f"old occurs {len(positions)} times in {name!r} (at lines {line_numbers}); it must "
+            f"old occurs {times} times in {name!r} (at lines {line_numbers}); it must "
             "occur exactly once. Include more surrounding lines in old so it matches one place."
         )
     start = positions[0]
     updated = text[:start] + new + text[start + len(old) :]
-    data = _encode(name, updated)
+    data = _encode(workspace, name, updated)
     _install(workspace, {name: data})
     added, removed, _ = _line_changes(text, updated)
     return PatchResult((name,), 1, added, removed, "replace-string")
 
 
 def write_file(workspace: Workspace, name: str, content: str) -> PatchResult:
-    """Replace the whole of an editable file with content (UTF-8 text, at most 1 MB)."""
+    """Replace the whole of an editable file with content (UTF-8 text, within the size cap)."""
     name = _editable_name(workspace, name)
     if not isinstance(content, str):
         raise PatchRejected("content must be a string holding the whole new file.")
-    data = _encode(name, content)
+    data = _encode(workspace, name, content)
     before = _read(workspace, name)
     if data == before:
         raise PatchRejected(
@@ -198,7 +240,7 @@ def _install(workspace: Workspace, files: dict[str, bytes]) -> None:
         raise PatchRejected(str(refusal)) from refusal
 
 
-def _encode(name: str, text: str) -> bytes:
+def _encode(workspace: Workspace, name: str, text: str) -> bytes:
     """UTF-8 bytes for a new file content, refused when not plain text or too large."""
     if "\x00" in text:
         raise PatchRejected(
@@ -211,16 +253,16 @@ def _encode(name: str, text: str) -> bytes:
             f"The new content of {name!r} is not valid UTF-8 text ({error.reason} at "
             f"character {error.start}). Send plain UTF-8 text."
         ) from error
-    _check_result_size(name, data)
+    _check_result_size(workspace, name, data)
     return data
 
 
-def _check_result_size(name: str, data: bytes) -> None:
-    if len(data) > MAX_FILE_BYTES:
-        raise PatchRejected(
-            f"The new {name!r} would be {len(data)} bytes; the limit is {MAX_FILE_BYTES}. "
-            "Keep files under 1 MB."
-        )
+def _check_result_size(workspace: Workspace, name: str, data: bytes) -> None:
+    """Refuse a new content over the workspace's cap on editable files (the cap's message)."""
+    try:
+        workspace.check_file_size(name, len(data))
+    except PathRefused as refusal:
+        raise PatchRejected(str(refusal)) from refusal
 
 
 def _decode(name: str, data: bytes) -> str:
@@ -233,39 +275,88 @@ def _decode(name: str, data: bytes) -> str:
         ) from error
 
 
-def _occurrences(text: str, needle: str) -> list[int]:
-    """Start offsets of every (possibly overlapping) occurrence of needle in text."""
-    positions = []
+def _occurrences(text: str, needle: str, *, at_most: int) -> list[int]:
+    """Start offsets of the first at_most (possibly overlapping) occurrences of needle.
+
+    Counting stops there: a message names at most a few, and each search is linear.
+    """
+    positions: list[int] = []
     start = text.find(needle)
-    while start != -1:
+    while start != -1 and len(positions) < at_most:
         positions.append(start)
         start = text.find(needle, start + 1)
     return positions
 
 
+def _shown_line(line: str) -> str:
+    """A line as quoted in a message, cut to _SHOWN_LINE_CHARS characters."""
+    if len(line) > _SHOWN_LINE_CHARS:
+        return line[:_SHOWN_LINE_CHARS] + f"... ({len(line) - _SHOWN_LINE_CHARS} more characters)"
+    return line
+
+
+def _trigrams(text: str) -> Counter[str]:
+    """The character trigrams of a line's first _HINT_CHARS non-blank characters (a multiset)."""
+    text = text.strip()[:_HINT_CHARS]
+    if len(text) < 3:
+        return Counter([text]) if text else Counter()
+    return Counter(text[i : i + 3] for i in range(len(text) - 2))
+
+
+def _closest_line_index(lines: Sequence[str], wanted: str) -> int | None:
+    """The 0-based index of the line most like wanted (earliest on ties), or None if none is.
+
+    Similarity is the Dice coefficient of character trigrams over the first _HINT_CHARS
+    characters: linear in the file's size, unlike difflib's ratio, whose cost an agent can
+    make grow with the cube of the line length. Each distinct line is scored once.
+    """
+    target = _trigrams(wanted)
+    target_size = sum(target.values())
+    if not target_size:
+        return None
+    best_index, best_score = None, _HINT_CUTOFF
+    seen: set[str] = set()
+    for index, line in enumerate(lines):
+        if line in seen:
+            continue
+        seen.add(line)
+        grams = _trigrams(line)
+        size = sum(grams.values())
+        if not size or 2 * min(size, target_size) / (size + target_size) < best_score:
+            continue  # even a perfect overlap could not beat the best so far
+        score = 2 * sum((grams & target).values()) / (size + target_size)
+        if score > best_score or (best_index is None and score >= best_score):
+            best_index, best_score = index, score
+    return best_index
+
+
 def _closest_line(text: str, old: str) -> str:
-    """'Closest line N: ...' for the first non-blank line of old, or '' when none is close."""
-    wanted = next((line for line in old.split("\n") if line.strip()), old)
+    """'Closest line N: ...' for the first non-blank line of old, or a hint when none is close."""
+    wanted = next((line for line in old.split("\n", 100) if line.strip()), old)
     lines = text.split("\n")
-    best = difflib.get_close_matches(wanted, lines, n=1, cutoff=0.3)
-    if not best:
+    index = _closest_line_index(lines, wanted)
+    if index is None:
         return "No line of the file resembles it; read the file again."
-    number = lines.index(best[0]) + 1
-    return f"Closest line {number}: {best[0]!r}"
+    return f"Closest line {index + 1}: {_shown_line(lines[index])!r}"
 
 
 def _line_changes(before: str, after: str) -> tuple[int, int, int]:
-    """(lines added, lines removed, hunks) between two texts, as a unified diff counts them."""
-    added = removed = hunks = 0
-    diff_lines = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="")
-    for line in diff_lines:
-        if line.startswith("@@"):
-            hunks += 1
-        elif line.startswith("+") and not line.startswith("+++"):
-            added += 1
-        elif line.startswith("-") and not line.startswith("---"):
-            removed += 1
-    return added, removed, hunks
+    """(lines added, lines removed, hunks) of a whole-text change, over its changed region.
+
+    The region runs from the first to the last line that differs (common leading and
+    trailing lines are not counted): one hunk, found in linear time whatever the texts.
+    """
+    old, new = before.splitlines(), after.splitlines()
+    if old == new:
+        return 0, 0, 0
+    shortest = min(len(old), len(new))
+    prefix = 0
+    while prefix < shortest and old[prefix] == new[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < shortest - prefix and old[-1 - suffix] == new[-1 - suffix]:
+        suffix += 1
+    return len(new) - prefix - suffix, len(old) - prefix - suffix, 1
 
 
 # -- parsing a diff -----------------------------------------------------------------------
@@ -275,16 +366,24 @@ def _parse_diff(workspace: Workspace, diff: str) -> tuple[list[_FileChange], str
     """Check a diff and return its changes plus a canonical diff text for `git apply`."""
     if not isinstance(diff, str) or not diff.strip():
         raise PatchRejected(f"The diff is empty. {_DIFF_FORMAT_HINT}")
+    file_limit = workspace.policy.max_file_bytes
+    diff_limit = DIFF_TO_FILE_RATIO * file_limit
     size = len(diff.encode("utf-8", errors="surrogatepass"))
-    if size > MAX_DIFF_BYTES:
+    if size > diff_limit:
         raise PatchRejected(
-            f"The diff is {size} bytes; the limit is {MAX_DIFF_BYTES}. Send smaller diffs, "
-            "or use write_file to replace a file whole."
+            f"The diff is {size} bytes; the limit is {diff_limit} ({DIFF_TO_FILE_RATIO} times "
+            f"the {file_limit}-byte limit on an editable file). Send smaller diffs, or use "
+            "write_file to replace a file whole."
         )
     if "\x00" in diff:
         raise PatchRejected("The diff contains a NUL byte: binary patches are not supported.")
 
     recounted, headers, hunk_headers_as_sent = _recount_hunks(diff)
+    if len(hunk_headers_as_sent) > MAX_HUNKS:
+        raise PatchRejected(
+            f"The diff has {len(hunk_headers_as_sent)} hunks; at most {MAX_HUNKS} are accepted. "
+            "Merge nearby hunks into one, or use write_file to replace a file whole."
+        )
     for line in headers:
         for prefix, reason in _REFUSED_HEADERS:
             if line.startswith(prefix):
@@ -501,15 +600,26 @@ def _split_lines(text: str) -> tuple[list[str], bool]:
     return lines, ends_with_newline
 
 
-def _find_block(lines: Sequence[str], block: Sequence[str]) -> list[int]:
-    """Every index where block occurs in lines (0-based)."""
-    size = len(block)
-    first = block[0]
-    return [
-        start
-        for start in range(len(lines) - size + 1)
-        if lines[start] == first and list(lines[start : start + size]) == list(block)
-    ]
+class _LineSearch:
+    """The lines of a file as one text, so that finding a block of lines is a string search.
+
+    str.find is linear in the worst case for long needles (two-way search); comparing a
+    block at every line would cost lines x block length.
+    """
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.text = "\n" + "\n".join(lines) + "\n"
+        self.line_starts = list(itertools.accumulate((len(line) + 1 for line in lines), initial=1))
+
+    def find(self, block: Sequence[str], *, at_most: int) -> list[int]:
+        """The 0-based line numbers of the first at_most places where block occurs."""
+        needle = "\n" + "\n".join(block) + "\n"
+        found: list[int] = []
+        offset = self.text.find(needle)
+        while offset != -1 and len(found) < at_most:
+            found.append(bisect.bisect_left(self.line_starts, offset + 1))
+            offset = self.text.find(needle, offset + 1)
+        return found
 
 
 def _apply_exact_context(change: _FileChange, original: bytes) -> bytes:
@@ -517,6 +627,7 @@ def _apply_exact_context(change: _FileChange, original: bytes) -> bytes:
     text = _decode(change.name, original)
     lines, ends_with_newline = _split_lines(text)
     total = len(change.hunks)
+    search = _LineSearch(lines)
     placements: list[tuple[int, int, _Hunk]] = []  # (start, old length, hunk)
     for number, hunk in enumerate(change.hunks, start=1):
         where = f"hunk {number} of {total} ({hunk.header}) for {change.name!r}"
@@ -529,9 +640,15 @@ def _apply_exact_context(change: _FileChange, original: bytes) -> bytes:
                 )
             placements.append((start, 0, hunk))
             continue
-        starts = _find_block(lines, hunk.old_lines)
-        if len(starts) > 1 and hunk.old_start - 1 in starts:
-            starts = [hunk.old_start - 1]  # ambiguous context, but the line number agrees
+        size = len(hunk.old_lines)
+        starts = search.find(hunk.old_lines, at_most=_LISTED_OCCURRENCES + 1)
+        hinted = hunk.old_start - 1
+        if (
+            len(starts) > 1
+            and hinted >= 0
+            and tuple(lines[hinted : hinted + size]) == hunk.old_lines
+        ):
+            starts = [hinted]  # ambiguous context, but the line number agrees
         if not starts:
             raise PatchRejected(
                 f"{where} does not match the file: its context and '-' lines were not found. "
@@ -540,12 +657,17 @@ def _apply_exact_context(change: _FileChange, original: bytes) -> bytes:
                 + _mismatch_report(change.name, lines, hunk)
             )
         if len(starts) > 1:
-            at = ", ".join(str(s + 1) for s in starts[:20])
+            at = ", ".join(str(s + 1) for s in starts[:_LISTED_OCCURRENCES])
+            places = (
+                f"more than {_LISTED_OCCURRENCES}"
+                if len(starts) > _LISTED_OCCURRENCES
+                else str(len(starts))
+            )
             raise PatchRejected(
-                f"{where} matches {len(starts)} places in the file (lines {at}); it must "
+                f"{where} matches {places} places in the file (lines {at}); it must "
                 "match exactly one. Add more context lines to the hunk. Nothing was changed."
             )
-        placements.append((starts[0], len(hunk.old_lines), hunk))
+        placements.append((starts[0], size, hunk))
 
     placements.sort(key=lambda placement: placement[0])
     for (start, length, _), (next_start, _, _) in itertools.pairwise(placements):
@@ -569,7 +691,7 @@ def _apply_exact_context(change: _FileChange, original: bytes) -> bytes:
 def _numbered(lines: Sequence[str], first_number: int | None) -> str:
     shown = list(lines[:_SHOWN_LINES])
     rendered = [
-        f"{'' if first_number is None else first_number + offset:>6} | {line}"
+        f"{'' if first_number is None else first_number + offset:>6} | {_shown_line(line)}"
         for offset, line in enumerate(shown)
     ]
     if len(lines) > _SHOWN_LINES:
@@ -578,34 +700,47 @@ def _numbered(lines: Sequence[str], first_number: int | None) -> str:
 
 
 def _closest_region(lines: Sequence[str], hunk: _Hunk) -> int | None:
-    """The 0-based start of the window of the file most like the hunk's old lines."""
-    expected = list(hunk.old_lines)
-    size = len(expected)
+    """The 0-based start of the window of the file most like the hunk's old lines.
+
+    Candidates are the places the hunk's first non-blank lines occur (capped), the hunk's
+    own line number, and, when no line occurs exactly, the line most similar to its first
+    non-blank line. Each candidate scores its first lines against the hunk's: 1 for an equal
+    line, 0.5 for one equal but for whitespace; ties go to the one nearest the line number.
+    """
+    expected = hunk.old_lines
     if not lines:
         return None
-    last_start = max(len(lines) - size, 0)
+    last_start = max(len(lines) - len(expected), 0)
+
+    def clamp(start: int) -> int:
+        return min(max(start, 0), last_start)
+
     positions: dict[str, list[int]] = {}
     for index, line in enumerate(lines):
-        positions.setdefault(line, []).append(index)
-    candidates = {min(max(hunk.old_start - 1, 0), last_start)}
-    for offset, line in enumerate(expected):
-        if line.strip():
-            candidates.update(
-                min(max(p - offset, 0), last_start) for p in positions.get(line, [])[:200]
-            )
-    if len(candidates) == 1:  # no line matches exactly: look for the most similar line
-        anchor = next((line for line in expected if line.strip()), expected[0])
-        close = difflib.get_close_matches(anchor, list(lines), n=3, cutoff=0.4)
-        for line in close:
-            for p in positions[line][:20]:
-                candidates.add(min(max(p - expected.index(anchor), 0), last_start))
+        found = positions.setdefault(line, [])
+        if len(found) < _REGION_ANCHOR_POSITIONS:
+            found.append(index)
+    anchors = [(offset, line) for offset, line in enumerate(expected) if line.strip()]
+    anchors = anchors[:_REGION_ANCHOR_LINES]
+    candidates = {clamp(hunk.old_start - 1)}
+    for offset, line in anchors:
+        candidates.update(clamp(p - offset) for p in positions.get(line, ()))
+    if len(candidates) == 1 and anchors:  # no line matches exactly: the most similar line
+        offset, anchor = anchors[0]
+        closest = _closest_line_index(lines, anchor)
+        if closest is not None:
+            candidates.add(clamp(closest - offset))
+    compared = expected[:_REGION_COMPARED_LINES]
 
-    def similarity(start: int) -> tuple[float, int]:
-        window = list(lines[start : start + size])
-        score = difflib.SequenceMatcher(None, "\n".join(expected), "\n".join(window)).ratio()
-        return score, -abs(start - (hunk.old_start - 1))
+    def score(start: int) -> tuple[float, int]:
+        window = lines[start : start + len(compared)]
+        same = sum(
+            1.0 if want == have else 0.5 if want.strip() == have.strip() else 0.0
+            for want, have in zip(compared, window, strict=False)
+        )
+        return same, -abs(start - (hunk.old_start - 1))
 
-    return max(sorted(candidates)[:2000], key=similarity)
+    return max(sorted(candidates), key=score)
 
 
 def _mismatch_report(name: str, lines: Sequence[str], hunk: _Hunk) -> str:

@@ -4,6 +4,10 @@ A workspace is a folder holding only the editable files of the research target (
 `train.py`). Reference files (program.md, prepare.py, evaluate.py) stay where they are on
 disk and are only ever read. Every name an agent sends is checked here before anything is
 opened or written; a refusal says what was wrong and what to send instead.
+
+Every editable file is capped in size (`MAX_EDITABLE_FILE_BYTES`, 64 KiB by default), and the
+cap is enforced where every change lands, `Workspace.replace_files`, so no way of changing a
+file (a diff, a string edit, a whole-file write, a checkout) can get past it.
 """
 
 from __future__ import annotations
@@ -26,9 +30,22 @@ MAX_COMPONENT_BYTES = 255
 MAX_NAME_BYTES = 1024
 _SHOWN_NAME_CHARS = 60
 
+# The size cap on each editable file. The baseline train.py is ~13 KB; 64 KiB leaves room for
+# five times as much code (~1,500 lines), while bounding the data an agent could smuggle in:
+# the default corpus is 9.6 MB (2.4 MB compressed); the default val split is 142 KB of text,
+# 207 KB as a Python list of its token ids, and 60 KB lzma-compressed and base85-encoded,
+# which leaves no room for the baseline's 13 KB of code. The cap bounds, it cannot prevent:
+# the 24 windows a CPU evaluation scores are ~20 KB of text (~11 KB compressed). Against
+# those stand the secret val split and the embedded_data flag (server/diff_review.py).
+MAX_EDITABLE_FILE_BYTES = 64 * 1024
+
 
 class PathRefused(ValueError):
     """A file name an agent sent was refused; the message tells the agent what to send."""
+
+
+class FileTooLarge(PathRefused):
+    """A new content for an editable file is over the size cap; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,7 @@ class PathPolicy:
 
     editable: tuple[str, ...]
     reference: dict[str, Path]
+    max_file_bytes: int = MAX_EDITABLE_FILE_BYTES
 
     @classmethod
     def from_target(cls, target: ResearchTarget) -> PathPolicy:
@@ -46,6 +64,21 @@ class PathPolicy:
     def all_names(self) -> tuple[str, ...]:
         """Every name an agent may read: editable files first, then reference files."""
         return self.editable + tuple(n for n in self.reference if n not in self.editable)
+
+    def check_file_size(self, name: str, size: int) -> None:
+        """Refuse (FileTooLarge) a new content of size bytes for the editable file name.
+
+        Workspace.replace_files calls it for every file; code that runs files without a
+        workspace (a merge of two experiments, say) can call it too.
+        """
+        limit = self.max_file_bytes
+        if size > limit:
+            raise FileTooLarge(
+                f"{name!r} would be {size} bytes; an editable file may hold at most {limit} "
+                f"bytes ({limit / 1024:g} KiB). Nothing was changed. Keep {name!r} to code "
+                "(no embedded data or text) and make the change smaller, e.g. remove code "
+                "that is no longer used."
+            )
 
 
 def hash_files(files: Mapping[str, bytes]) -> str:
@@ -215,6 +248,12 @@ class Workspace:
             )
         return True
 
+    # -- size ---------------------------------------------------------------------------
+
+    def check_file_size(self, name: str, size: int) -> None:
+        """Refuse (FileTooLarge) a new content of size bytes for the editable file name."""
+        self.policy.check_file_size(name, size)
+
     # -- resolving ------------------------------------------------------------------------
 
     def resolve_editable(self, name: str) -> Path:
@@ -321,15 +360,17 @@ class Workspace:
     def replace_files(self, files: Mapping[str, bytes]) -> None:
         """Replace editable files all-or-nothing.
 
-        Every name is checked first. New contents go to temporary files in the workspace
-        (fsynced), then each is renamed over its target. If any step fails, the files
-        already replaced get their original bytes back and the error is raised.
+        Every name and every size is checked first (FileTooLarge over the cap). New contents
+        go to temporary files in the workspace (fsynced), then each is renamed over its
+        target. If any step fails, the files already replaced get their original bytes back
+        and the error is raised.
         """
         targets: dict[str, Path] = {}
         for name, content in files.items():
             if not isinstance(content, bytes):
                 raise TypeError(f"content for {name!r} must be bytes")
             plain = self._editable_name(name)
+            self.check_file_size(plain, len(content))
             targets[plain] = self.resolve_editable(plain)
         originals = {name: self._read_editable(name) for name in targets}
 

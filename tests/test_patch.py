@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
-from sandbox.patch import PatchRejected, apply_patch, edit_file, write_file
+from sandbox.patch import (
+    DIFF_TO_FILE_RATIO,
+    MAX_FILE_BYTES,
+    MAX_HUNKS,
+    PatchRejected,
+    apply_patch,
+    edit_file,
+    write_file,
+)
 from sandbox.workspace import PathPolicy, Workspace
 
 TRAIN_PY = '''\
@@ -351,7 +360,42 @@ def test_prose_without_hunks_is_refused(workspace: Workspace) -> None:
 
 
 def test_oversized_diff_is_refused(workspace: Workspace) -> None:
-    refused(workspace, LR_DIFF + "+x\n" * 400_000, "the limit is 1000000")
+    limit = DIFF_TO_FILE_RATIO * MAX_FILE_BYTES
+    message = refused(workspace, LR_DIFF + "+x\n" * (limit // 3), f"the limit is {limit}")
+    assert "use write_file" in message
+
+
+def test_too_many_hunks_are_refused(workspace: Workspace) -> None:
+    depth = line_number("DEPTH = 4")
+    hunk = f"@@ -{depth},1 +{depth},1 @@\n-DEPTH = 4\n+DEPTH = 6\n"
+    diff = "--- a/train.py\n+++ b/train.py\n" + hunk * (MAX_HUNKS + 1)
+    refused(workspace, diff, f"at most {MAX_HUNKS} are accepted")
+
+
+def test_diff_growing_the_file_past_the_cap_is_refused(workspace: Workspace) -> None:
+    padding = "".join(f"+PAD_{i} = {i}\n" for i in range(MAX_FILE_BYTES // 12))
+    diff = LR_DIFF.replace("+LEARNING_RATE = 6e-4\n", "+LEARNING_RATE = 6e-4\n" + padding)
+    message = refused(workspace, diff, f"at most {MAX_FILE_BYTES} bytes")
+    assert "Nothing was changed" in message
+
+
+def test_context_repeated_everywhere_is_refused_quickly(workspace: Workspace) -> None:
+    """A hunk whose lines occur at thousands of places (git refuses it: a hunk at line 1
+    without leading context must match the file's start): the message lists a few, fast."""
+    write_file(workspace, "train.py", "start = 0\n" + "x = 1\n" * 8000)
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n-x = 1\n+x = 2\n x = 1\n"
+    started = time.process_time()
+    message = refused(workspace, diff, "matches more than 20 places")
+    assert time.process_time() - started < 2.0
+    assert "lines 2, 3, 4" in message
+
+
+def test_mismatching_hunk_report_quotes_long_lines_cut_short(workspace: Workspace) -> None:
+    long_line = "LONG = '" + "y" * 5000 + "'"
+    write_file(workspace, "train.py", TRAIN_PY.replace("HEADS = 4", long_line))
+    diff = LR_DIFF.replace(" HEADS = 4\n", " " + long_line[:-1] + "z'\n")
+    message = refused(workspace, diff, "does not match the file")
+    assert "more characters)" in message and len(message) < 4000
 
 
 def test_diff_that_changes_nothing_is_refused(workspace: Workspace) -> None:
@@ -389,6 +433,36 @@ def test_edit_file_with_no_occurrence_shows_the_closest_line(workspace: Workspac
     assert f"Closest line {line_number('LEARNING_RATE = 3e-4')}: 'LEARNING_RATE = 3e-4'" in message
 
 
+def test_edit_file_with_no_occurrence_and_nothing_similar_says_so(workspace: Workspace) -> None:
+    message = edit_refused(workspace, "§§§§§§§§", "x", "not found")
+    assert "No line of the file resembles it" in message
+
+
+def test_edit_file_refuses_old_or_new_larger_than_a_file_may_be(workspace: Workspace) -> None:
+    huge = "z" * (MAX_FILE_BYTES + 1)
+    edit_refused(workspace, huge, "x", "cannot occur in 'train.py'")
+    edit_refused(workspace, "DEPTH = 4", huge, f"at most {MAX_FILE_BYTES} bytes")
+
+
+def test_edit_file_growing_the_file_past_the_cap_is_refused(workspace: Workspace) -> None:
+    grown = "DEPTH = 4\n" + "# pad\n" * (MAX_FILE_BYTES // 6)
+    message = edit_refused(workspace, "DEPTH = 4\n", grown, f"at most {MAX_FILE_BYTES} bytes")
+    assert "Nothing was changed" in message
+
+
+def test_edit_file_with_many_occurrences_counts_only_what_it_lists(workspace: Workspace) -> None:
+    write_file(workspace, "train.py", "a = 1\n" * 5000)
+    message = edit_refused(workspace, "a = 1\n", "a = 2\n", "more than 20 times")
+    assert "at lines 1, 2, 3" in message
+
+
+def test_edit_file_counts_the_changed_region(workspace: Workspace) -> None:
+    result = edit_file(
+        workspace, "train.py", "DEPTH = 4\nWIDTH = 256\n", "DEPTH = 4\nWIDTH = 512\n"
+    )
+    assert (result.hunks, result.lines_added, result.lines_removed) == (1, 1, 1)
+
+
 def test_edit_file_with_two_occurrences_lists_their_lines(workspace: Workspace) -> None:
     first, second = (i + 1 for i, line in enumerate(LINES) if "super().__init__()" in line)
     message = edit_refused(workspace, "super().__init__()", "super().__init__()  # base", "2 times")
@@ -417,7 +491,8 @@ def test_write_file_replaces_the_whole_file(workspace: Workspace) -> None:
     [
         ("x = 1\x00\n", "NUL byte"),
         ("x = '\udc80'\n", "not valid UTF-8"),
-        ("x" * 1_000_001, "the limit is 1000000"),
+        ("x" * (MAX_FILE_BYTES + 1), f"at most {MAX_FILE_BYTES} bytes"),
+        ("é" * (MAX_FILE_BYTES // 2 + 1), f"at most {MAX_FILE_BYTES} bytes"),
         (TRAIN_PY, "identical"),
     ],
 )

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from sandbox.target import load_target
-from sandbox.workspace import FileEntry, PathPolicy, PathRefused, Workspace
+from sandbox.workspace import (
+    MAX_EDITABLE_FILE_BYTES,
+    FileEntry,
+    FileTooLarge,
+    PathPolicy,
+    PathRefused,
+    Workspace,
+)
 
 TRAIN_PY = b'"""Baseline trainer."""\n\nLEARNING_RATE = 3e-4\nprint(LEARNING_RATE)\n'
 EVALUATE_PY = b"print('trusted evaluator')\n"
@@ -250,3 +257,24 @@ def test_replace_files_restores_originals_when_a_rename_fails(
     root = two_file_workspace.root
     assert (root / "train.py").read_bytes() == b"train = 1\n"
     assert sorted(os.listdir(root)) == ["model.py", "train.py"]  # no temporary files left
+
+
+def test_replace_files_refuses_a_file_over_the_size_cap(two_file_workspace: Workspace) -> None:
+    limit = two_file_workspace.policy.max_file_bytes
+    assert limit == MAX_EDITABLE_FILE_BYTES
+    before = two_file_workspace.snapshot()
+    with pytest.raises(FileTooLarge, match=rf"at most {limit} bytes .* Nothing was changed"):
+        two_file_workspace.replace_files(
+            {"train.py": b"train = 2\n", "model.py": b"#" * (limit + 1)}
+        )
+    assert two_file_workspace.snapshot() == before
+    two_file_workspace.replace_files({"model.py": b"#" * limit})  # exactly the cap is fine
+    assert len(two_file_workspace.read_bytes("model.py")) == limit
+
+
+def test_size_cap_is_a_policy_setting(tmp_path: Path) -> None:
+    policy = PathPolicy(editable=("train.py",), reference={}, max_file_bytes=10)
+    workspace = Workspace.create(tmp_path / "ws", policy, {"train.py": b"x = 1\n"})
+    with pytest.raises(FileTooLarge, match="at most 10 bytes"):
+        workspace.replace_files({"train.py": b"x = 100000\n"})
+    assert workspace.read_bytes("train.py") == b"x = 1\n"
