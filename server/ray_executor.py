@@ -108,15 +108,19 @@ def worker_home() -> Path:
     return default_home().expanduser().resolve()
 
 
-def prepare_once(data_dir: Path) -> None:
-    """Prepare the node's data (idempotent and cached), one task at a time per node."""
+def prepare_once(data_dir: Path, split_secret: bytes | None = None) -> None:
+    """Prepare the node's data (idempotent and cached), one task at a time per node.
+
+    ``split_secret`` is the server's: every node must hold out the same val documents, and the
+    split is secret per installation (a node that drew its own would score another val set).
+    """
     from trainer.prepare import prepare
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with (data_dir.parent / ".prepare.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            prepare(data_dir, quiet=True)
+            prepare(data_dir, quiet=True, split_secret=split_secret)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -128,6 +132,7 @@ def run_on_worker(
     expected_hashes: dict[str, str],
     keep_run_dirs: str,
     cpus: int | None,
+    split_secret: bytes | None = None,
 ) -> dict[str, Any]:
     """The Ray task: prepare the node's data, run the job in the node's jail, return the result as a dict."""
     ray = _import_ray()
@@ -145,7 +150,7 @@ def run_on_worker(
     report("preparing")
     home = worker_home()
     data_dir = home / "data"
-    prepare_once(data_dir)
+    prepare_once(data_dir, split_secret)
     target = load_target(Path(target_file)) if target_file else load_target()
     try:
         runner = ExperimentRunner(
@@ -166,7 +171,8 @@ def run_on_worker(
             phase="setup",
             failure_reason=(
                 f"node {node[:12]} ({home}) holds different {', '.join(differs)} than the server; the metric "
-                "would not be comparable. Install the same package version and prepare the same corpus on every node."
+                "would not be comparable. Install the same package version and prepare the same corpus with the same "
+                "split secret on every node."
             ),
         ).as_dict()
 
@@ -225,6 +231,7 @@ class RayExecutor:
         expected_hashes: dict[str, str] | None = None,
         keep_run_dirs: str = "failed",
         cancel_grace_seconds: float = CANCEL_GRACE_SECONDS,
+        split_secret: bytes | None = None,
     ) -> None:
         ray = _import_ray()
         self._ray = ray
@@ -234,6 +241,7 @@ class RayExecutor:
         self.expected_hashes = dict(expected_hashes or {})
         self.keep_run_dirs = keep_run_dirs
         self.cancel_grace_seconds = cancel_grace_seconds
+        self.split_secret = split_secret  # the server's: nodes prepare the same val split
         if not ray.is_initialized():
             # log_to_driver=False: over stdio, stdout belongs to MCP.
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -312,6 +320,7 @@ class RayExecutor:
             self.expected_hashes,
             self.keep_run_dirs,
             None if self.gpu else self.cpus_per_slot,
+            self.split_secret,
         )
         on_progress("starting", 0.0, 0.0)
         last: tuple[str, float, float] | None = None

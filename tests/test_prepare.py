@@ -16,11 +16,14 @@ from trainer import prepare as prepare_module
 from trainer.evaluate import bits_per_byte
 from trainer.prepare import (
     EOT,
+    SPLIT_KEY_FILE,
+    SPLIT_SECRET_ENV,
     PrepareError,
     default_documents,
     load_encoding,
     prepare,
     read_manifest,
+    read_split_secret,
     split_documents,
 )
 
@@ -98,9 +101,12 @@ def siblings(folder: Path) -> list[str]:
 
 
 def test_prepare_twice_gives_identical_files(data_dir: Path, tmp_path: Path) -> None:
-    """Two preparations of the default corpus into two folders produce byte-identical files."""
+    """Two preparations of the default corpus with the same split secret produce byte-identical files."""
     first = json.loads((data_dir / "manifest.json").read_text())
-    second = prepare(tmp_path / "data", quiet=True)
+    secret = read_split_secret(data_dir)
+    assert secret is not None
+    second = prepare(tmp_path / "data", quiet=True, split_secret=secret)
+    assert read_split_secret(tmp_path / "data") == secret
     assert second["files"] == first["files"]
     assert set(first["files"]) == {
         "tokenizer/tokenizer.tiktoken",
@@ -109,8 +115,56 @@ def test_prepare_twice_gives_identical_files(data_dir: Path, tmp_path: Path) -> 
         "train/tokens.bin",
         "val/tokens.bin",
     }
-    for key in ("corpus", "documents", "val_document_keys", "tokens", "bytes", "vocab_size"):
+    for key in ("corpus", "documents", "split_key_id", "tokens", "bytes", "vocab_size"):
         assert second[key] == first[key], key
+
+
+def test_a_new_installation_draws_a_new_split(data_dir: Path, tmp_path: Path) -> None:
+    """Without a fixed secret, another folder gets its own split.key (0600, outside the mounted
+    subfolders) and another val set; the tokenizer is trained on the train split, so it differs too."""
+    first = json.loads((data_dir / "manifest.json").read_text())
+    second = prepare(tmp_path / "data", quiet=True)
+    key = tmp_path / "data" / SPLIT_KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert read_split_secret(tmp_path / "data") != read_split_secret(data_dir)
+    assert second["split_key_id"] != first["split_key_id"]
+    assert second["files"]["val/tokens.bin"] != first["files"]["val/tokens.bin"]
+    assert SPLIT_KEY_FILE not in json.dumps(second)  # not a listed file, never its content
+    assert read_split_secret(data_dir).hex() not in json.dumps(first)  # type: ignore[union-attr]
+
+
+def test_fixed_secret_from_the_command_line_or_the_environment(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--split-secret HEX and $AUTORESEARCH_SPLIT_SECRET fix the split; a changed secret rebuilds
+    the folder, the same one is a no-op."""
+    secret = bytes(range(32))
+    argv = ["--corpus", str(corpus), "--vocab", "512", "--data-dir", str(tmp_path / "a")]
+    assert prepare_module.main([*argv, "--split-secret", secret.hex()]) == 0
+    assert read_split_secret(tmp_path / "a") == secret
+    monkeypatch.setenv(SPLIT_SECRET_ENV, secret.hex())
+    from_env = prepare(tmp_path / "b", corpus=corpus, vocab_size=512, quiet=True)
+    assert from_env["files"] == read_manifest(tmp_path / "a")["files"]  # type: ignore[index]
+    before = mtimes(tmp_path / "b")
+    prepare(tmp_path / "b", corpus=corpus, vocab_size=512, quiet=True)
+    assert mtimes(tmp_path / "b") == before
+    monkeypatch.setenv(SPLIT_SECRET_ENV, bytes(range(1, 33)).hex())
+    changed = prepare(tmp_path / "b", corpus=corpus, vocab_size=512, quiet=True)
+    assert changed["split_key_id"] != from_env["split_key_id"]
+    assert read_split_secret(tmp_path / "b") == bytes(range(1, 33))
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"), [("not-hex", "is not hex"), ("00" * 8, "holds 8 bytes; give at least 16")]
+)
+def test_bad_split_secret_is_a_clear_error(
+    text: str, phrase: str, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret that is not hex, or too short, is refused before any work, saying what to give."""
+    monkeypatch.setenv(SPLIT_SECRET_ENV, text)
+    with pytest.raises(PrepareError, match=phrase):
+        prepare(tmp_path / "data", corpus=corpus, vocab_size=512, quiet=True)
+    assert not (tmp_path / "data").exists()
 
 
 def test_second_run_is_a_fast_no_op(data_dir: Path) -> None:
@@ -148,29 +202,34 @@ def test_force_and_changed_vocab_rebuild(corpus: Path, tmp_path: Path) -> None:
 
 
 def test_train_and_val_documents_are_disjoint(data_dir: Path) -> None:
-    """The document-level split never overlaps, covers everything, holds out ~2%, matches the manifest."""
+    """The document-level split never overlaps, covers everything, holds out ~2%, matches the
+    files; the manifest counts the val documents but does not name them."""
     documents = default_documents()
-    train, val = split_documents(documents)
+    secret = read_split_secret(data_dir)
+    assert secret is not None
+    train, val = split_documents(documents, secret)
     train_keys, val_keys = {d.key for d in train}, {d.key for d in val}
     assert not train_keys & val_keys
     assert train_keys | val_keys == {d.key for d in documents}
     assert len(train) + len(val) == len(documents)
     assert 0.01 <= len(val) / len(documents) <= 0.04
-    manifest = json.loads((data_dir / "manifest.json").read_text())
-    assert manifest["val_document_keys"] == sorted(val_keys)
-    assert not set(manifest["val_document_keys"]) & train_keys
+    manifest_text = (data_dir / "manifest.json").read_text()
+    manifest = json.loads(manifest_text)
+    assert not [key for key in val_keys if key in manifest_text]
     assert manifest["documents"] == {"train": len(train), "val": len(val)}
     assert manifest["bytes"]["val"] == sum(len(d.text.encode()) for d in val)
+    encoding = load_encoding(data_dir)
+    val_tokens = np.fromfile(data_dir / "val" / "tokens.bin", dtype="<u2")
+    assert encoding.decode(val_tokens.tolist()).split(EOT)[1:] == [d.text for d in val]
 
 
 def test_split_does_not_depend_on_order() -> None:
-    """The split is a hash of each key: shuffling the documents changes nothing."""
+    """The split is a keyed hash of each key: shuffling the documents changes nothing."""
     documents = default_documents()
     shuffled = list(documents)
     random.Random(7).shuffle(shuffled)
-    assert {d.key for d in split_documents(shuffled)[1]} == {
-        d.key for d in split_documents(documents)[1]
-    }
+    secret = bytes(range(32))
+    assert split_documents(shuffled, secret) == split_documents(documents, secret)
 
 
 # ---------------------------------------------------------------- bits per byte and token bytes
@@ -367,7 +426,9 @@ def test_custom_corpus_folder(corpus: Path, tmp_path: Path) -> None:
     target = tmp_path / "data"
     manifest = prepare(target, corpus=corpus, vocab_size=512, quiet=True)
     documents = prepare_module.corpus_documents(corpus)
-    train, val = split_documents(documents)
+    secret = read_split_secret(target)
+    assert secret is not None
+    train, val = split_documents(documents, secret)
     keys = [d.key for d in documents]
     assert any(k.startswith("doc") and ".txt#" in k for k in keys)
     assert any(k.startswith("notes/") and ".md#" in k for k in keys)

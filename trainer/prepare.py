@@ -5,12 +5,29 @@ FIXED PART OF THE RESEARCH TARGET: agents can read this file but never edit it.
 Layout written under the data directory (`$AUTORESEARCH_HOME/data`, default
 `~/.cache/autoresearch-mcp/data`):
 
+    split.key                      this installation's split secret (hex, mode 0600); no jail mounts it
     tokenizer/tokenizer.tiktoken   base64(token bytes) + rank per line (tiktoken's format)
     tokenizer/tokenizer.json       pattern, special tokens, vocab_size
     tokenizer/token_bytes.bin      int32[V]: UTF-8 byte length of each token (0 = special)
-    train/tokens.bin               uint16 token ids of the train documents, each led by <|endoftext|>
+    train/tokens.bin               uint16 token ids of the train documents, each led by <|endoftext|>,
+                                   in an order drawn from the secret (not corpus order)
     val/tokens.bin                 uint16 token ids of the held-out documents (never shown to training)
     manifest.json                  sizes and sha256 of every file above, written LAST
+
+The split is secret per installation. Which documents are held out is decided by an HMAC of
+each document key under a random secret drawn the first time a data folder is prepared
+(`secrets.token_bytes`), kept in `split.key` beside the subfolders, never inside one: the
+training jail mounts train/ and tokenizer/, the evaluator's val/ and tokenizer/, so neither
+can read it, and nothing in this repository (this file included) lets anyone compute the
+val set of an installation. Train documents are stored in an order drawn from the same
+secret, so gaps in the corpus order do not point at the held-out ones; the manifest counts
+the documents but does not name them. Re-running prepare on a folder reuses its secret (a
+verified no-op); a new installation draws a new one. For reproducible research an operator
+may fix the secret: `prepare --split-secret HEX` or the environment variable
+AUTORESEARCH_SPLIT_SECRET (at least 16 bytes of hex); every node of a cluster must then use
+the same one. Each split is a range of one keyed hash bucket (SPLIT_PERMILLE), so a further
+held-out split is a new range of the same buckets under the same secret: adding it never
+moves a document between the existing splits' ranges.
 
 The whole folder is built beside the target and renamed into place after the manifest is
 written, so an interrupted run leaves nothing a later run trusts. A second run with the same
@@ -23,9 +40,11 @@ import argparse
 import ast
 import base64
 import hashlib
+import hmac
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -36,13 +55,19 @@ from typing import Any
 
 import numpy as np
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the split is keyed by the installation's secret (split.key)
 # Chosen by bench/vocab.py (60 s CPU budget, 2 seeds, val_bpb is per byte so sizes compare):
 # 2048 -> 2.171, 4096 -> 2.130, 8192 -> 2.113 +- 0.027: 8192 is within the noise of 4096 with
 # 40% more parameters, 22% fewer tokens/s and 22% slower evaluation, so 4096.
 DEFAULT_VOCAB_SIZE = 4096
 VAL_PERMILLE = 20  # ~2% of documents go to the held-out val split
-SPLIT_SALT = "autoresearch-mcp/split/v1"
+# The held-out splits as consecutive ranges of a document's keyed hash bucket (0..999), in
+# order; every other bucket is train. A further split (e.g. a holdout) is appended here.
+SPLIT_PERMILLE: tuple[tuple[str, int], ...] = (("val", VAL_PERMILLE),)
+SPLIT_KEY_FILE = "split.key"  # in the data folder itself, outside every mounted subfolder
+SPLIT_SECRET_ENV = "AUTORESEARCH_SPLIT_SECRET"
+SPLIT_SECRET_BYTES = 32  # drawn per installation
+MIN_SPLIT_SECRET_BYTES = 16  # an operator's fixed secret
 EOT = "<|endoftext|>"
 # GPT-4 style split pattern (what rustbpe and tiktoken's cl100k use), digit groups of 1-2.
 SPLIT_PATTERN = (
@@ -216,25 +241,83 @@ def corpus_documents(path: Path) -> list[Document]:
 # ---------------------------------------------------------------- split and tokenizer
 
 
-def is_val_document(key: str) -> bool:
-    """Deterministic, order-independent split: a salted hash of the document key."""
-    digest = hashlib.sha256(f"{SPLIT_SALT}/{key}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 1000 < VAL_PERMILLE
+def parse_split_secret(text: str, source: str) -> bytes:
+    """An operator's split secret given as hex (--split-secret or the environment)."""
+    try:
+        secret = bytes.fromhex(text.strip())
+    except ValueError as exc:
+        raise PrepareError(
+            f"{source} is not hex; give at least {MIN_SPLIT_SECRET_BYTES} bytes as hex digits, "
+            f"e.g. {secrets.token_hex(SPLIT_SECRET_BYTES)}"
+        ) from exc
+    if len(secret) < MIN_SPLIT_SECRET_BYTES:
+        raise PrepareError(
+            f"{source} holds {len(secret)} bytes; give at least {MIN_SPLIT_SECRET_BYTES} "
+            f"({2 * MIN_SPLIT_SECRET_BYTES} hex digits)"
+        )
+    return secret
 
 
-def split_documents(documents: Sequence[Document]) -> tuple[list[Document], list[Document]]:
-    """Split into (train, val) by document; never overlapping, at least one val document."""
+def read_split_secret(data_dir: Path) -> bytes | None:
+    """The secret a prepared data folder was split with (its split.key), or None if it has none."""
+    try:
+        text = (data_dir / SPLIT_KEY_FILE).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PrepareError(
+            f"cannot read {data_dir / SPLIT_KEY_FILE}: {exc.strerror}; check its owner and mode "
+            f"(0600), or remove it to draw a new split"
+        ) from exc
+    return parse_split_secret(text, str(data_dir / SPLIT_KEY_FILE))
+
+
+def split_key_id(secret: bytes) -> str:
+    """Names a secret in the manifest without revealing it (a keyed hash of a fixed label)."""
+    return hmac.new(secret, b"autoresearch-mcp/split-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def _keyed_digest(secret: bytes, purpose: str, key: str) -> bytes:
+    return hmac.new(secret, f"{purpose}/{key}".encode(), hashlib.sha256).digest()
+
+
+def split_of(key: str, secret: bytes) -> str:
+    """The split a document belongs to: its keyed hash bucket (0..999) against SPLIT_PERMILLE.
+
+    Deterministic for one secret and independent of the order of the corpus; without the
+    secret the bucket of a key cannot be computed.
+    """
+    bucket = int.from_bytes(_keyed_digest(secret, "split", key)[:4], "big") % 1000
+    start = 0
+    for name, permille in SPLIT_PERMILLE:
+        if start <= bucket < start + permille:
+            return name
+        start += permille
+    return "train"
+
+
+def secret_order(documents: Sequence[Document], secret: bytes) -> list[Document]:
+    """The documents in an order drawn from the secret: stored order says nothing about the corpus."""
+    return sorted(documents, key=lambda d: _keyed_digest(secret, "order", d.key))
+
+
+def split_documents(
+    documents: Sequence[Document], secret: bytes
+) -> tuple[list[Document], list[Document]]:
+    """Split into (train, val) by document under `secret`; never overlapping, at least one val document.
+
+    Both lists come in the secret's order (see `secret_order`).
+    """
     keys = [d.key for d in documents]
     if len(set(keys)) != len(keys):
         raise PrepareError("two documents share a key; the corpus has duplicate file names or rows")
-    train = [d for d in documents if not is_val_document(d.key)]
-    val = [d for d in documents if is_val_document(d.key)]
-    if not val:  # tiny corpora: take the document with the smallest hash
-        chosen = min(
-            documents, key=lambda d: hashlib.sha256(f"{SPLIT_SALT}/{d.key}".encode()).digest()
-        )
+    ordered = secret_order(documents, secret)
+    train = [d for d in ordered if split_of(d.key, secret) == "train"]
+    val = [d for d in ordered if split_of(d.key, secret) == "val"]
+    if not val:  # tiny corpora: take the document with the smallest keyed hash
+        chosen = min(documents, key=lambda d: _keyed_digest(secret, "split", d.key))
         val = [chosen]
-        train = [d for d in documents if d.key != chosen.key]
+        train = [d for d in train if d.key != chosen.key]
     return train, val
 
 
@@ -394,16 +477,34 @@ def prepare(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     force: bool = False,
     quiet: bool = False,
+    split_secret: bytes | None = None,
 ) -> dict:
-    """Build (or verify) the prepared data directory and return its manifest."""
+    """Build (or verify) the prepared data directory and return its manifest.
+
+    The split secret is, in this order: `split_secret`, $AUTORESEARCH_SPLIT_SECRET (hex), the
+    folder's own split.key, or a new random one (an installation's first preparation).
+    """
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     if not 257 <= vocab_size <= 65_535:
         raise PrepareError(
             f"--vocab {vocab_size} is out of range; use 257..65535 (tokens are stored as uint16)"
         )
+    if split_secret is not None and len(split_secret) < MIN_SPLIT_SECRET_BYTES:
+        raise PrepareError(
+            f"the split secret holds {len(split_secret)} bytes; give at least {MIN_SPLIT_SECRET_BYTES}"
+        )
+    if split_secret is None and os.environ.get(SPLIT_SECRET_ENV):
+        split_secret = parse_split_secret(os.environ[SPLIT_SECRET_ENV], SPLIT_SECRET_ENV)
+    secret = split_secret or read_split_secret(data_dir) or secrets.token_bytes(SPLIT_SECRET_BYTES)
     fingerprint = _corpus_fingerprint(corpus)
     existing = None if force else read_manifest(data_dir)
-    if existing and existing["vocab_size"] == vocab_size and existing["corpus"] == fingerprint:
+    if (
+        existing
+        and existing["vocab_size"] == vocab_size
+        and existing["corpus"] == fingerprint
+        and existing.get("split_key_id") == split_key_id(secret)
+        and read_split_secret(data_dir) == secret
+    ):
         if not quiet:
             print(f"data ready in {data_dir} (manifest verified)", file=sys.stderr)
         return existing
@@ -419,7 +520,7 @@ def prepare(
             f"the corpus is too small ({corpus_bytes:,} bytes in {len(documents)} documents); "
             f"give at least {MIN_CORPUS_BYTES:,} bytes in {MIN_DOCUMENTS}+ documents"
         )
-    train, val = split_documents(documents)
+    train, val = split_documents(documents, secret)
     log(
         f"  {len(documents)} documents, {corpus_bytes:,} bytes: {len(train)} train / {len(val)} val"
     )
@@ -440,6 +541,9 @@ def prepare(
     try:
         for sub in ("tokenizer", "train", "val"):
             (staging / sub).mkdir(parents=True)
+        key_fd = os.open(staging / SPLIT_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(key_fd, "w") as key_file:
+            key_file.write(secret.hex() + "\n")
         (staging / "tokenizer" / "tokenizer.tiktoken").write_text(
             "".join(
                 f"{base64.b64encode(tok).decode()} {rank}\n"
@@ -458,14 +562,14 @@ def prepare(
         files = {
             str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(staging.rglob("*"))
-            if p.is_file()
+            if p.is_file() and p.name != SPLIT_KEY_FILE
         }
         manifest: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
             "corpus": fingerprint,
             "corpus_bytes": corpus_bytes,
             "documents": {"train": len(train), "val": len(val)},
-            "val_document_keys": sorted(d.key for d in val),
+            "split_key_id": split_key_id(secret),  # which secret; never the secret or the val keys
             "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size)},
             "bytes": {
                 "train": sum(len(d.text.encode()) for d in train),
@@ -493,7 +597,7 @@ def prepare(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m trainer.prepare [--corpus PATH] [--vocab N] [--data-dir DIR] [--force]`."""
+    """`python -m trainer.prepare [--corpus PATH] [--vocab N] [--data-dir DIR] [--force] [--split-secret HEX]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--corpus", type=Path, help="a text file or a folder of .txt/.md/.jsonl/.parquet files"
@@ -510,9 +614,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--force", action="store_true", help="rebuild even if the manifest checks out"
     )
+    parser.add_argument(
+        "--split-secret",
+        metavar="HEX",
+        help="fix the train/val split for reproducible research (default: this folder's "
+        f"split.key, ${SPLIT_SECRET_ENV}, else a new random secret)",
+    )
     args = parser.parse_args(argv)
     try:
-        prepare(args.data_dir, corpus=args.corpus, vocab_size=args.vocab, force=args.force)
+        secret = (
+            parse_split_secret(args.split_secret, "--split-secret") if args.split_secret else None
+        )
+        prepare(
+            args.data_dir,
+            corpus=args.corpus,
+            vocab_size=args.vocab,
+            force=args.force,
+            split_secret=secret,
+        )
     except PrepareError as exc:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2
