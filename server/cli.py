@@ -157,12 +157,19 @@ def ensure_prepared(home: Path) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from trainer.prepare import PrepareError, prepare
+    from trainer.prepare import PrepareError, parse_split_secret, prepare
 
     home = args.home or default_home()
     try:
+        secret = (
+            parse_split_secret(args.split_secret, "--split-secret") if args.split_secret else None
+        )
         manifest = prepare(
-            home / "data", corpus=args.corpus, vocab_size=args.vocab, force=args.force
+            home / "data",
+            corpus=args.corpus,
+            vocab_size=args.vocab,
+            force=args.force,
+            split_secret=secret,
         )
     except PrepareError as exc:
         print(f"prepare: {exc}", file=sys.stderr)
@@ -193,7 +200,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from server.web import build_app
 
             try:
-                app = build_app(lab, host=args.host, port=args.port, auth=not args.no_auth)
+                app = build_app(
+                    lab,
+                    host=args.host,
+                    port=args.port,
+                    auth=not args.no_auth,
+                    allowed_hosts=args.allowed_host or (),
+                    mcp_sessions_per_token=args.mcp_sessions_per_token,
+                    mcp_session_idle_seconds=args.mcp_session_idle,
+                )
             except ValueError as exc:
                 print(f"serve: {exc}", file=sys.stderr)
                 return 2
@@ -204,12 +219,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         else:
+            import anyio
+
             from server.app import build_server
+            from server.request_limits import serve_stdio
 
             agent = lab.check_agent_name(
                 args.agent or os.environ.get("AUTORESEARCH_AGENT") or "agent"
             )
-            build_server(lab, default_agent=agent).run("stdio")
+            anyio.run(serve_stdio, build_server(lab, default_agent=agent))
     finally:
         lab.close()
     return 0
@@ -392,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--force", action="store_true")
+    p.add_argument(
+        "--split-secret",
+        metavar="HEX",
+        default=None,
+        help="fix the secret train/val split (16+ bytes of hex) for reproducible research; "
+        "default: the data folder's split.key, $AUTORESEARCH_SPLIT_SECRET, else a new random one",
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
@@ -405,6 +430,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-auth", action="store_true", help="no tokens (loopback only)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME[:PORT]",
+        help="with --http: another name clients use for this server (e.g. behind a proxy); "
+        "requests for any other Host are refused (loopback names and the bind address always work)",
+    )
+    p.add_argument(
+        "--mcp-sessions-per-token",
+        type=int,
+        default=8,
+        help="with --http: live MCP sessions one token may hold at once (default 8)",
+    )
+    p.add_argument(
+        "--mcp-session-idle",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="with --http: an MCP session with no request for this long is closed (default 600)",
+    )
     p.add_argument("--agent", default=None, help="agent name over stdio (default 'agent')")
     p.set_defaults(func=cmd_serve)
 
