@@ -14,10 +14,56 @@ What it does, in order:
    functional, non-random ATen ops.
 3. Scores fixed val windows of the fixed context: cross-entropy computed here, in fp32,
    val_bpb = sum(nats) / (ln 2 * sum(UTF-8 bytes of the target tokens)), special tokens
-   excluded, byte counts from the tokenizer's raw token bytes.
+   excluded, byte counts from the tokenizer's raw token bytes. The windows sit in the rows
+   of equal batches (batch_rows) by a secret random permutation drawn for this run.
 4. Probes causality (changing tokens after position t must not change logits at <= t)
-   and batch independence (a row's logits must not depend on the other rows).
-5. Prints ONE JSON object on stdout; the exit code is 0 only for a valid result.
+   and batch independence (a row's logits must not depend on the other rows or on its row).
+5. Writes ONE JSON report: on stdout, or with --report-fd N only on fd N (stdout then goes
+   to stderr, the log). The exit code is 0 only for status ok.
+
+The probe, and how strong it is. Everything random is drawn from os.urandom in every run (no
+seed in this file or anywhere an agent can read): the scoring layout, and for every probe
+pass a second, independent layout (each probed window in another row than when it was
+scored, beside other windows when there are more than one batch's worth, plus one decoy row
+of noise), the windows probed (a uniform sample), and one cut per window drawn uniformly from
+0..T-2. A probed window keeps its tokens up to the cut and gets noise after it (each noise
+token differs from the real one); its logits at the kept positions must equal the scoring
+logits (an honest model is bitwise identical there: rows are independent, the shape is the
+same; measured on the baseline GPT on the CPU: max difference 0 when a window moves to any
+row, beside any other windows, or to another batch size).
+  A model "reads the future" at a position when its logits there change once the tokens
+after it change. Reading the next token (the target itself) is the most profitable cheat and
+the hardest to see: only a cut exactly at that position sees it. Let f be the fraction of
+the N x (T-1) positions at which a model reads the future, chosen by ANY rule of its own
+(fixed positions, a hash of the prefix, the batch, the row): the n cuts are uniform and
+independent of that rule, so the model survives all of them with probability at most
+(1 - f)^n (sampling windows without replacement within a pass only lowers it). A model that
+behaves differently when probed (it can see noise or a decoy row) gains nothing: the kept
+positions are compared with what it returned while being scored.
+  Cuts per run: PROBE_ROWS rows, in passes of batch_rows(N) rows with one decoy each.
+  - CPU default, 24 windows: 2 scoring batches of 12, 4 probe passes, n = 44 cuts: caught
+    with >= 95% for f >= 6.6%, >= 99% for f >= 9.9%. Reading the next token at a fraction f
+    of positions lowers val_bpb by about f * val_bpb (f * 1.88 ~ 0.12 and 0.19 for the 60 s
+    baseline) if the positions are average ones, more if the rule picks hard ones: the CPU
+    bound is what 5% of the budget buys (one forward row costs as much as one scored window).
+    Every fresh evaluation (a confirmation run, a re-run) draws new cuts: k evaluations of the
+    same cheat survive with (1 - f)^(k n).
+  - CUDA, 160 windows: 10 scoring batches of 16, 160 probe passes, n = 2400 cuts: >= 95% for
+    f >= 0.125%, >= 99% for f >= 0.19%, i.e. a hidden gain of at most ~0.002-0.003 val_bpb,
+    about the GPU's seed-to-seed sd (0.002).
+  - The red-team lab (4 windows): 12 passes of 4 rows, n = 36: >= 99% for f >= 12%.
+  Cost (2-core CPU, baseline GPT): one forward row ~12 ms unloaded; a prewarmed run scored
+  24 rows and probed 24 before (~2.1 s in all, 3.5% of 60 s); it now probes 48 (~2.8 s, see
+  bench/evaluation.py). On an H200 a row costs ~0.3 ms: 2560 probe rows ~1 s of 15 s (5%).
+
+What it says carries no data back: reasons about running the model are fixed texts (no
+exception message, value, position, leak size or returned shape); an exception while the
+model runs is "the model raised an error while scoring ...". Warnings and library logging
+are silenced while the artifact is loaded, scored and probed, and node metadata (stack
+traces) is dropped from the program, so nothing model- or data-dependent reaches the log.
+The report holds only: status (and reason), hashes, val_bpb (full precision: the runner
+rounds what it publishes), windows, context, vocab_size, causality {probes: cuts checked,
+passes, passed}, load/score/probe/total_seconds (and warmup_seconds with --wait).
 
 With --wait it starts early (the runner starts it beside the training run): it imports
 torch, loads the val windows, warms the loader (and with --warm-cuda the CUDA context), waits for a
@@ -27,15 +73,19 @@ line "go" on stdin before it opens the artifact. The run then waits only for ste
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import operator
 import os
 import re
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -48,8 +98,10 @@ EVAL_CONTEXT = 256  # fixed evaluation context length T (passed to training as A
 # windows took 2.6-3.2 s, too close to 3 s; 24 (6,144 scored tokens, spread over the whole
 # split) leave a margin. Results are only compared within one hardware fingerprint.
 EVAL_WINDOWS = {"cpu": 24, "cuda": 160}
-EVAL_BATCH = 16  # windows per forward pass (fixed: the probe reuses these shapes)
-PROBE_SEED = 20_240_229  # the evaluator's own randomness, never the agent's
+EVAL_BATCH = 16  # at most this many windows per forward pass (see batch_rows)
+# Rows the causality/batch probe re-runs per evaluation, per device kind (one row = one cut,
+# but for one decoy row per pass). The bound and the cost are in the module docstring.
+PROBE_ROWS = {"cpu": 48, "cuda": 2560}
 CAUSALITY_TOLERANCE = 1e-5  # at identical shapes an honest model is bitwise identical
 MAX_ABS_LOGIT = 1e4
 MAX_ARCHIVE_BYTES = 4 << 30
@@ -64,6 +116,10 @@ class InvalidArtifact(Exception):
 
 class IntegrityFailure(Exception):
     """The model runs but breaks the rules of the metric (future tokens, other rows, bad logits)."""
+
+
+class EvaluatorFailed(Exception):
+    """The evaluator itself failed after the val windows were in play: reported without its text."""
 
 
 # ---------------------------------------------------------------- archive checks
@@ -181,9 +237,9 @@ def _check_model_json(model: dict) -> dict:
 
     _walk(model, visit)
     for node in graph.get("nodes", []):
-        node["metadata"] = {
-            k: v for k, v in node.get("metadata", {}).items() if k in ("stack_trace",)
-        }
+        # No text of the agent's survives into the program: torch echoes node metadata (stack
+        # traces, module paths) in its warnings and errors.
+        node["metadata"] = {}
     return model
 
 
@@ -339,6 +395,30 @@ def load_program(path: Path | io.BytesIO):
 # ---------------------------------------------------------------- scoring
 
 
+class ModelRaised(InvalidArtifact):
+    """Running the model on the val windows raised: reported as a fixed text, never the message."""
+
+
+MODEL_RAISED = (
+    "the model raised an error while scoring the val windows; export a model that maps any batch "
+    "of token ids [B, T] (long integers below V) to logits [B, T, V], and run the exported "
+    "program on such a batch yourself to see the error"
+)
+MODEL_OUT_OF_MEMORY = (
+    "the model ran out of memory while scoring the val windows; make it smaller, or make its "
+    "memory grow less with the batch"
+)
+CAUSALITY_FAILED = (
+    "causality probe failed: changing the tokens after a position changed the model's logits at or "
+    "before that position; attention must be causal (the logits at a position may read the tokens up to it only)"
+)
+BATCH_FAILED = (
+    "batch independence failed: a window's logits changed when it was run in another row, beside "
+    "other windows; each sequence must be scored on its own (no reads across the batch, no "
+    "dependence on the row)"
+)
+
+
 def bits_per_byte(total_nats: float, total_bytes: int) -> float:
     """val_bpb = nats / (ln 2 * bytes)."""
     return total_nats / (math.log(2) * total_bytes)
@@ -374,26 +454,76 @@ def token_nats(logits, targets):
     return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def _run(module, x, vocab_size: int):
+# ---------------------------------------------------------------- the evaluator's own randomness
+
+
+def secure_below(high: int, count: int) -> np.ndarray:
+    """``count`` integers uniform in [0, high) from the OS's CSPRNG (os.urandom), as int64.
+
+    Never a seed or a generator state an agent could read or reconstruct: every draw is fresh
+    in every run. 64-bit draws reduced modulo ``high``: the bias is below high / 2**64.
+    """
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    raw = np.frombuffer(os.urandom(8 * count), dtype=np.uint64)
+    return (raw % np.uint64(high)).astype(np.int64)
+
+
+def secure_permutation(n: int) -> np.ndarray:
+    """A uniformly random permutation of range(n) from the OS's CSPRNG (argsort of 64-bit keys)."""
+    return np.argsort(np.frombuffer(os.urandom(8 * n), dtype=np.uint64), kind="stable")
+
+
+def batch_rows(windows: int) -> int:
+    """Rows of every forward pass: the windows split into equal batches of at most EVAL_BATCH.
+
+    Scoring and probing run at this one shape, so an honest model gives bitwise-identical
+    logits for a window whatever row or batch it sits in (same kernels, independent rows).
+    """
+    batches = -(-windows // EVAL_BATCH)
+    return -(-windows // batches)
+
+
+def probe_passes(rows: int, device: str) -> int:
+    """Probe forward passes: PROBE_ROWS of the device kind, in batches of ``rows``."""
+    return max(2, -(-PROBE_ROWS["cuda" if device.startswith("cuda") else "cpu"] // rows))
+
+
+def _noise(shape: tuple[int, int], vocab_size: int, device) -> Any:
     import torch
 
-    with torch.inference_mode():
-        out = module(x)
+    return torch.from_numpy(secure_below(vocab_size, shape[0] * shape[1]).reshape(shape)).to(device)
+
+
+def _run(module, x, vocab_size: int):
+    """One forward pass with the checks every result must pass; fixed texts only.
+
+    Nothing derived from running the model (an exception's message, a returned shape, a value)
+    goes into a reason: it could carry val tokens back to the agent.
+    """
+    import torch
+
+    try:
+        with torch.inference_mode():
+            out = module(x)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise ModelRaised(MODEL_OUT_OF_MEMORY) from None
+    except Exception:
+        raise ModelRaised(MODEL_RAISED) from None
     if isinstance(out, (tuple, list)) and len(out) == 1:
         out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise IntegrityFailure(f"the model returned {type(out).__name__}, not a logits tensor")
     expected = (x.size(0), x.size(1), vocab_size)
-    if tuple(out.shape) != expected:
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
         raise IntegrityFailure(
-            f"the model returned logits of shape {tuple(out.shape)}; expected [B, T, V] = {list(expected)}"
+            f"the model did not return one logits tensor of shape [B, T, V] = {list(expected)}"
         )
     if not out.is_floating_point():
-        raise IntegrityFailure(f"the model returned {out.dtype} logits; expected floating point")
+        raise IntegrityFailure("the model returned logits that are not floating point")
     out = out.float()
-    if not torch.isfinite(out).all():
+    peak = out.abs().amax().item()  # NaN and inf propagate: one pass checks all three
+    if not math.isfinite(peak):
         raise IntegrityFailure("the model returned NaN or infinite logits")
-    if out.abs().max().item() > MAX_ABS_LOGIT:
+    if peak > MAX_ABS_LOGIT:
         raise IntegrityFailure(
             f"the model returned logits larger than {MAX_ABS_LOGIT:g} in magnitude"
         )
@@ -424,6 +554,24 @@ class ValSet:
         self.token_bytes, self.data = self.token_bytes.to(device), self.data.to(device)
         self.inputs, self.targets = self.data[:, :-1], self.data[:, 1:]
         return self
+
+
+@contextlib.contextmanager
+def silenced():
+    """No warnings and no library logging while the artifact is loaded, scored and probed.
+
+    torch echoes text from the program (node names, stack traces) and from failed ops (values)
+    in warnings and logs; none of it may reach the log, which holds nothing model- or
+    data-dependent. (C++ logging is turned down by TORCH_CPP_LOG_LEVEL in main.)
+    """
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
 
 
 def warm_up(device: str) -> None:
@@ -468,106 +616,180 @@ def evaluate(
     windows: int | None = None,
     val_set: ValSet | None = None,
 ) -> dict:
-    """Score the artifact on the fixed val windows; raise InvalidArtifact / IntegrityFailure."""
+    """Score the artifact on the fixed val windows; raise InvalidArtifact / IntegrityFailure.
+
+    Returns only what the runner needs (the report, in the module docstring): val_bpb at full
+    precision, the shape of the evaluation, the probe summary and timings.
+    """
     from torch.export.passes import move_to_device_pass
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     val = (val_set or ValSet(data_dir, device, windows)).to(device)
-    program = load_program(artifact)
-    # Weights and the constants captured at export (a tensor made on the trainer's device)
-    # move to this device: an artifact exported on a GPU scores on the CPU, and back.
-    program = move_to_device_pass(program, device)
-    module = program.module()
-    timings["load_seconds"] = time.perf_counter() - started
-
-    vocab_size, inputs, targets = val.vocab_size, val.inputs, val.targets
-    total_nats, total_bytes, scored = 0.0, 0, 0
-    batch_logits = []
-    t = time.perf_counter()
-    for start in range(0, inputs.size(0), EVAL_BATCH):
-        x, y = inputs[start : start + EVAL_BATCH], targets[start : start + EVAL_BATCH]
-        logits = _run(module, x, vocab_size)
-        batch_logits.append(logits)
-        nbytes = val.token_bytes[y]
-        counted = nbytes > 0  # special tokens carry no bytes and are excluded
-        total_nats += token_nats(logits, y)[counted].double().sum().item()
-        total_bytes += int(nbytes.sum().item())
-        scored += int(counted.sum().item())
-    timings["score_seconds"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    causality = probe_causality(module, inputs, batch_logits, vocab_size)
-    timings["probe_seconds"] = time.perf_counter() - t
+    with silenced():
+        program = load_program(artifact)
+        # Weights and the constants captured at export (a tensor made on the trainer's device)
+        # move to this device: an artifact exported on a GPU scores on the CPU, and back.
+        program = move_to_device_pass(program, device)
+        module = program.module()
+        timings["load_seconds"] = time.perf_counter() - started
+        # From here on the val windows are in play: no text from running the model or from an
+        # exception escapes (ModelRaised and the checks carry fixed texts only).
+        try:
+            t = time.perf_counter()
+            try:
+                scoring = score(module, val)
+            except ModelRaised as exc:
+                raise explain_error(module, val) or exc from None
+            timings["score_seconds"] = time.perf_counter() - t
+            t = time.perf_counter()
+            causality = probe_causality(module, val, scoring, probe_passes(scoring.rows, device))
+            timings["probe_seconds"] = time.perf_counter() - t
+        except (InvalidArtifact, IntegrityFailure):
+            raise
+        except Exception as exc:
+            raise EvaluatorFailed(
+                f"the evaluator failed while scoring ({type(exc).__name__})"
+            ) from None
     timings["total_seconds"] = time.perf_counter() - started
     return {
-        "val_bpb": bits_per_byte(total_nats, total_bytes),
-        "val_loss_nats": total_nats / scored,
-        "scored_tokens": scored,
-        "scored_bytes": total_bytes,
-        "windows": int(inputs.size(0)),
+        "val_bpb": scoring.val_bpb,
+        "windows": int(val.inputs.size(0)),
         "context": EVAL_CONTEXT,
-        "vocab_size": vocab_size,
+        "vocab_size": val.vocab_size,
         "causality": causality,
         **{k: round(v, 3) for k, v in timings.items()},
     }
 
 
-def probe_causality(module, inputs, batch_logits, vocab_size: int) -> dict:
-    """Causality and batch independence, one probe pass per scoring batch (at least two).
+def explain_error(module, val: ValSet) -> InvalidArtifact | None:
+    """The model raised on the val windows: does it raise on a batch of zeros of the same shape?
 
-    Pass j re-runs scoring batch j (cycled when there is only one) at the scoring shape, so
-    an honest model gives bitwise-identical logits. In each pass the rows of one parity are
-    *checked*: the tokens after a random position t are replaced by noise, and the logits at
-    <= t must not move. The rows of the other parity are replaced by noise entirely, so a
-    checked row whose logits move either read its own future or read another row (where windows
-    are consecutive, the next row is this row's future). Parity alternates from pass to
-    pass, so both halves of a batch are checked. A failing pass is re-run once with the
-    other rows untouched, to say which of the two rules the model broke.
+    If so, that error's text comes from the artifact and the zeros only, never from val data,
+    so it may be shown (a static batch size, a wrong dtype...); if not, the fixed text stands.
     """
     import torch
 
-    generator = torch.Generator().manual_seed(PROBE_SEED)
-    T = inputs.size(1)
-    worst = 0.0
-    probes = 0
-    passes = max(2, len(batch_logits))
-    for j in range(passes):
-        index = j % len(batch_logits)
-        reference = batch_logits[index]
-        x = inputs[index * EVAL_BATCH : index * EVAL_BATCH + reference.size(0)]
-        rows = torch.arange(x.size(0), device=x.device)
-        checked = rows % 2 == j % 2
-        cut = torch.randint(0, T - 1, (x.size(0),), generator=generator).to(x.device)
-        cut = torch.where(checked, cut, torch.full_like(cut, -1))  # -1: the whole row is noise
-        noise = torch.randint(0, vocab_size, x.shape, generator=generator).to(x.device)
-        keep = torch.arange(T, device=x.device)[None, :] <= cut[:, None]
-        probed = _run(module, torch.where(keep, x, noise), vocab_size)
-        difference = (probed - reference).abs().amax(dim=-1)  # [B, T]
-        leak = difference[keep].max().item() if bool(keep.any()) else 0.0
-        worst = max(worst, leak)
-        probes += int(checked.sum().item())
-        if leak > CAUSALITY_TOLERANCE:
-            # Which rule? The same cuts on the checked rows, the other rows left as they were.
-            alone = keep | ~checked[:, None]
-            again = _run(module, torch.where(alone, x, noise), vocab_size)
-            own = (again - reference).abs().amax(dim=-1)
-            if own[keep].max().item() > CAUSALITY_TOLERANCE:
-                row = int((own * keep).amax(dim=1).argmax().item())
-                raise IntegrityFailure(
-                    f"causality probe failed: changing tokens after position {int(cut[row])} changed the logits at or "
-                    f"before it by {own[keep].max().item():.3g} (tolerance {CAUSALITY_TOLERANCE:g}); attention must be causal"
-                )
-            raise IntegrityFailure(
-                f"batch independence failed: changing the other rows of a batch changed a row's logits by {leak:.3g}; "
-                "each sequence must be scored on its own"
+    rows, length = batch_rows(val.inputs.size(0)), val.inputs.size(1)
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(rows, length, dtype=torch.long, device=val.inputs.device))
+    except Exception as exc:
+        return InvalidArtifact(
+            f"the model raised an error on a batch of zeros [{rows}, {length}] (no val data "
+            f"involved): {type(exc).__name__}: {str(exc)[:300]}"
+        )
+    return None
+
+
+@dataclasses.dataclass
+class Scoring:
+    """What scoring leaves for the probe: the logits of every window and where it sat."""
+
+    val_bpb: float
+    rows: int  # rows of every forward pass
+    logits: Any  # [N, T, V] fp32, by window
+    batches: list[Any]  # the scoring batches' inputs [rows, T], pad rows included
+    slots: np.ndarray  # [batches, rows]: the window in each row, -1 for a pad row of noise
+
+
+def score(module, val: ValSet) -> Scoring:
+    """Cross-entropy of every window, with the windows placed in batch rows at random.
+
+    The layout (which window sits in which row of which batch) is a fresh secret permutation;
+    rows beyond the windows (when they do not split into equal batches) are noise and not
+    scored. val_bpb is summed by window in a fixed order, so it does not depend on the layout.
+    """
+    import torch
+
+    inputs, targets, vocab_size = val.inputs, val.targets, val.vocab_size
+    count, length = inputs.shape
+    rows = batch_rows(count)
+    order = secure_permutation(-(-count // rows) * rows)
+    slots = np.where(order < count, order, -1).reshape(-1, rows)
+    logits = torch.empty(count, length, vocab_size, dtype=torch.float32, device=inputs.device)
+    batches = []
+    for slot in slots:
+        real = torch.from_numpy(np.flatnonzero(slot >= 0)).to(inputs.device)
+        window = torch.from_numpy(slot[slot >= 0]).to(inputs.device)
+        x = _noise((rows, length), vocab_size, inputs.device)
+        x[real] = inputs[window]
+        logits[window] = _run(module, x, vocab_size)[real]
+        batches.append(x)
+    total_nats, total_bytes = 0.0, 0
+    for start in range(0, count, rows):  # by window, in window order
+        y = targets[start : start + rows]
+        nbytes = val.token_bytes[y]
+        counted = nbytes > 0  # special tokens carry no bytes and are excluded
+        total_nats += token_nats(logits[start : start + rows], y)[counted].double().sum().item()
+        total_bytes += int(nbytes.sum().item())
+    return Scoring(bits_per_byte(total_nats, total_bytes), rows, logits, batches, slots)
+
+
+def probe_causality(module, val: ValSet, scoring: Scoring, passes: int) -> dict:
+    """Causality and batch independence: ``passes`` forward passes at the scoring shape.
+
+    Each pass holds one decoy row (noise throughout; none where a pass has one row) and a
+    random sample of windows, each in another row than when it was scored (and, with more
+    windows than rows, beside other windows). Each window's row keeps its tokens up to a cut
+    drawn uniformly from 0..T-2 and gets noise after it, every noise token different from the
+    real one. The logits at the kept positions must equal the scoring logits to
+    CAUSALITY_TOLERANCE (an honest model is bitwise identical there): a move means the model
+    read its own future, another row, or its row index. All draws come from the OS (secure_*).
+    A failing row is re-run in its own scoring batch with only its own future changed, to say
+    which rule the model broke; the reason is a fixed text (no position, no magnitude).
+    """
+    import torch
+
+    inputs, vocab_size = val.inputs, val.vocab_size
+    count, length = inputs.shape
+    rows, device = scoring.rows, inputs.device
+    scored_row = np.empty(count, dtype=np.int64)
+    for slot in scoring.slots:
+        scored_row[slot[slot >= 0]] = np.flatnonzero(slot >= 0)
+    decoys = 1 if rows > 1 else 0
+    positions = torch.arange(length, device=device)
+    cuts_checked = 0
+    for _ in range(passes):
+        chosen = secure_permutation(count)[: min(rows - decoys, count)]
+        content = np.concatenate([chosen, np.full(rows - chosen.size, -1)])
+        for _attempt in range(100):  # a window never sits in the row it was scored in
+            arranged = content[secure_permutation(rows)]
+            placed = arranged >= 0
+            if rows == 1 or not (scored_row[arranged[placed]] == np.flatnonzero(placed)).any():
+                break
+        checked = torch.from_numpy(np.flatnonzero(placed)).to(device)
+        window = torch.from_numpy(arranged[placed]).to(device)
+        cut = torch.from_numpy(secure_below(length - 1, window.numel())).to(device)
+        original = inputs[window]
+        shift = 1 + torch.from_numpy(
+            secure_below(vocab_size - 1, original.numel()).reshape(original.shape)
+        ).to(device)
+        keep = positions[None, :] <= cut[:, None]
+        x = _noise((rows, length), vocab_size, device)
+        x[checked] = torch.where(keep, original, (original + shift) % vocab_size)
+        probed = _run(module, x, vocab_size)
+        moved = probed[checked].sub_(scoring.logits[window]).abs_().amax(dim=-1)  # [k, T]
+        moved = torch.where(keep, moved, torch.zeros_like(moved)).amax(dim=-1)  # [k]
+        cuts_checked += window.numel()
+        if bool((moved > CAUSALITY_TOLERANCE).any()):
+            first = int(torch.nonzero(moved > CAUSALITY_TOLERANCE)[0, 0])
+            _raise_broken_rule(
+                module, val, scoring, int(window[first]), x[checked[first]], keep[first]
             )
-    return {
-        "probes": probes,
-        "passes": passes,
-        "max_leak": worst,
-        "tolerance": CAUSALITY_TOLERANCE,
-    }
+    return {"probes": cuts_checked, "passes": passes, "passed": True}
+
+
+def _raise_broken_rule(module, val: ValSet, scoring: Scoring, window: int, row, keep) -> None:
+    """Which rule a failing window broke: re-run its scoring batch with only its future changed."""
+    batch, position = (int(i[0]) for i in np.nonzero(scoring.slots == window))
+    x = scoring.batches[batch].clone()
+    x[position] = row
+    again = _run(module, x, val.vocab_size)
+    moved = (again[position] - scoring.logits[window]).abs().amax(dim=-1)[keep]
+    if bool((moved > CAUSALITY_TOLERANCE).any()):
+        raise IntegrityFailure(CAUSALITY_FAILED)
+    raise IntegrityFailure(BATCH_FAILED)
 
 
 def file_hashes(data_dir: Path) -> dict[str, str]:
@@ -582,7 +804,9 @@ def file_hashes(data_dir: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Score a model artifact: prints one JSON object.")
+    parser = argparse.ArgumentParser(
+        description="Score a model artifact: one JSON report, on stdout or on --report-fd."
+    )
     parser.add_argument("--artifact", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, required=True, help="holds tokenizer/ and val/")
     parser.add_argument("--device", default=os.environ.get("AR_DEVICE", "cpu"))
@@ -597,7 +821,51 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --wait: start CUDA during the warm-up too (only where the GPU is shared)",
     )
+    parser.add_argument(
+        "--report-fd",
+        type=int,
+        default=None,
+        help="write the report to this inherited file descriptor (one line, then closed) and "
+        "send everything printed to stdout to stderr instead",
+    )
     args = parser.parse_args(argv)
+    if args.report_fd is not None:
+        # First, before torch exists in this process: the report channel is only ever written
+        # by report_to below, and anything any library prints goes to the log (fd 2).
+        try:
+            if args.report_fd < 3:
+                raise OSError("0, 1 and 2 are the standard streams")
+            os.fstat(args.report_fd)
+            os.set_inheritable(args.report_fd, False)
+        except OSError as exc:
+            print(f"--report-fd {args.report_fd} is not usable ({exc})", file=sys.stderr)
+            return EXIT_ERROR
+        sys.stdout.flush()
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+    if "torch" not in sys.modules:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"  # no C++ warnings echoing the program
+    report, code = run_evaluation(args)
+    line = json.dumps(report) + "\n"
+    if args.report_fd is None:
+        print(line, end="", flush=True)
+    else:
+        report_to(args.report_fd, line.encode())
+    return code
+
+
+def report_to(fd: int, data: bytes) -> None:
+    """Write the report line to its own channel, all of it, then close the channel."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def run_evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """Warm up (with --wait), score and probe: the report and the exit code (0 only for ok)."""
     report: dict[str, Any] = {}
     try:
         val_set = None
@@ -607,35 +875,36 @@ def main(argv: list[str] | None = None) -> int:
             # compute mode is Default): in an exclusive mode the training must get it first.
             warm_device = args.device if args.warm_cuda or args.device == "cpu" else "cpu"
             val_set = ValSet(args.data_dir, args.device, args.windows, load_to=warm_device)
-            warm_up(warm_device)
+            with silenced():
+                warm_up(warm_device)
             warm = time.perf_counter() - began
             print(f"evaluator warm in {warm:.2f} s, waiting for 'go'", file=sys.stderr, flush=True)
             if sys.stdin.readline().strip() != "go":
                 report.update(
                     status="not_started", reason="stdin closed without 'go': nothing to score"
                 )
-                print(json.dumps(report), flush=True)
-                return EXIT_NOT_STARTED
+                return report, EXIT_NOT_STARTED
             report["warmup_seconds"] = round(warm, 3)
         report["hashes"] = file_hashes(args.data_dir)
         report.update(
             evaluate(args.artifact, args.data_dir, args.device, args.windows, val_set=val_set)
         )
         report["status"] = "ok"
-        code = EXIT_OK
+        return report, EXIT_OK
     except InvalidArtifact as exc:
         report.update(status="invalid_artifact", reason=str(exc))
-        code = EXIT_INVALID_ARTIFACT
+        return report, EXIT_INVALID_ARTIFACT
     except IntegrityFailure as exc:
         report.update(status="integrity_fail", reason=str(exc))
-        code = EXIT_INTEGRITY
-    except Exception as exc:
+        return report, EXIT_INTEGRITY
+    except EvaluatorFailed as exc:
+        report.update(status="error", reason=str(exc))
+        return report, EXIT_ERROR
+    except Exception as exc:  # before the val windows were in play: setup, data files, loader
         report.update(
             status="error", reason=f"the evaluator failed: {type(exc).__name__}: {str(exc)[:400]}"
         )
-        code = EXIT_ERROR
-    print(json.dumps(report), flush=True)
-    return code
+        return report, EXIT_ERROR
 
 
 if __name__ == "__main__":
