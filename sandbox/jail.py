@@ -66,6 +66,8 @@ _PUMP_CHUNK = 1 << 20
 #: this marker (``kill_orphans``), scoped to its own runs directory.
 JAIL_DIR_ENV = "AUTORESEARCH_JAIL_DIR"
 _PR_SET_PDEATHSIG = 1
+#: Seconds an empty jail cgroup must have existed before ``remove_empty_jail_cgroups`` removes it.
+_CGROUP_MIN_AGE_S = 120.0
 
 #: Host directories bound read-only (or recreated as symlinks) in every bwrap jail.
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
@@ -213,7 +215,11 @@ class JailSpec:
     caller writes with ``JailedProcess.send``. ``background`` starts it at the lowest CPU
     weight (cgroup cpu controller; niceness 10 where there is none), so that a process
     started early, beside a training run, only takes CPU the run leaves idle;
-    ``JailedProcess.to_foreground`` restores the normal weight.
+    ``JailedProcess.to_foreground`` restores the normal weight. ``pass_fds`` are the only
+    descriptors besides stdin/stdout/stderr the command inherits (at the same numbers, in
+    both isolation levels), e.g. the write end of a report pipe; the caller keeps ownership
+    and closes its copies once the jail has started. Every other descriptor of the server
+    is closed in the jail.
     """
 
     workdir: Path
@@ -228,6 +234,7 @@ class JailSpec:
     require_isolation: bool = False
     stdin_pipe: bool = False
     background: bool = False
+    pass_fds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -833,8 +840,8 @@ class JailedProcess:
                     stderr=subprocess.STDOUT,
                     cwd=cwd,
                     env=env,
-                    close_fds=True,
-                    pass_fds=tuple(data_fds.values()),
+                    close_fds=True,  # nothing of the server's leaks in but pass_fds
+                    pass_fds=(*data_fds.values(), *spec.pass_fds),
                     start_new_session=True,
                     preexec_fn=preexec,
                 )
@@ -964,6 +971,11 @@ class JailedProcess:
             return self._cg_peak
         peak = max(self._rss_peak, self._rusage_maxrss or 0)
         return peak or None
+
+    @property
+    def output_cap(self) -> int:
+        """Bytes of output the log keeps (``JailLimits.output_bytes``); past it, ``output_truncated``."""
+        return self._spec.limits.output_bytes
 
     @property
     def returncode(self) -> int | None:
@@ -1216,9 +1228,14 @@ def remove_empty_jail_cgroups() -> int:
     another server's, are untouched.
     """
     removed = 0
+    # A jail's cgroup is empty between its creation and the child joining it: another server
+    # starting up at that moment would remove it and the join would fail. Young ones stay.
+    young = time.time() - _CGROUP_MIN_AGE_S
     for pattern in ("/sys/fs/cgroup/**/autoresearch-jail-*",):
         for path in sorted(glob.glob(pattern, recursive=True), key=len, reverse=True):
             with contextlib.suppress(OSError):
+                if os.stat(path).st_mtime > young:
+                    continue
                 if not Path(path, "cgroup.procs").read_text().strip():
                     os.rmdir(path)
                     removed += 1

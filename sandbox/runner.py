@@ -10,9 +10,11 @@ comes from the `ResearchTarget` description.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -34,6 +36,26 @@ MIN_BUDGET_SECONDS = 1.0
 LOG_TAIL_LINES = 50
 POLL_SECONDS = 0.1
 KILL_GRACE_SECONDS = 3.0
+GIB = 1024**3
+#: The evaluator's report is one JSON line on its own pipe; anything longer is rejected.
+REPORT_MAX_BYTES = 64 * 1024
+#: What the lab publishes of the evaluator's report (nothing else of it is kept): val_bpb to
+#: 4 decimals (the sd between seeds is ~0.02 on a CPU, ~0.002 on a GPU), timings to 0.01 s,
+#: counts as integers. Finer figures would carry bits of the val data back to the agent.
+VAL_BPB_DECIMALS = 4
+PUBLISHED_SECONDS = (
+    "load_seconds",
+    "score_seconds",
+    "probe_seconds",
+    "total_seconds",
+    "warmup_seconds",
+)
+PUBLISHED_COUNTS = ("windows", "context", "vocab_size")
+PUBLISHED_PROBE_COUNTS = ("probes", "cuts", "passes")
+#: Seconds between two measurements of a run directory's size (more if a walk takes long).
+DISK_POLL_SECONDS = 1.0
+#: A run directory holding more entries than this is stopped like one over its disk quota.
+MAX_RUN_DIR_ENTRIES = 100_000
 
 ProgressCallback = Callable[[str, float, float], None]  # (phase, done, total)
 BudgetKind = Literal["wall", "cpu"]
@@ -63,6 +85,9 @@ class RunSettings:
     # Start the evaluator beside the training run (imports, val windows, CUDA context), so
     # that only the scoring is left when training ends. Off: a cold evaluator after training.
     prewarm_evaluator: bool = True
+    # What train.py may write in its run directory (checked every second while it runs, and
+    # per file by RLIMIT_FSIZE); more stops the run as a crash. None: no quota.
+    disk_quota_bytes: int | None = 2 * GIB
 
     def validated(self) -> RunSettings:
         if not (MIN_BUDGET_SECONDS <= self.budget_seconds <= MAX_BUDGET_SECONDS):
@@ -74,6 +99,10 @@ class RunSettings:
             raise RunRefused(f"budget kind {self.budget_kind!r} is unknown; use 'wall' or 'cpu'")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise RunRefused(f"device {self.device!r} is unknown; use 'cpu' or 'cuda' / 'cuda:N'")
+        if self.disk_quota_bytes is not None and self.disk_quota_bytes < 1024**2:
+            raise RunRefused(
+                f"disk quota {self.disk_quota_bytes} bytes is too small; use at least 1 MiB (default 2 GiB) or None"
+            )
         return self
 
     @property
@@ -107,6 +136,10 @@ class RunResult:
     output_truncated: bool = False
     seed: int = 0
     first_output_seconds: float | None = None
+    # Budget used past AR_BUDGET_SECONDS (wall seconds for a wall budget, CPU seconds for a
+    # CPU budget), inside the grace period or beyond it; 0.0 when training stopped in time.
+    # An honest train.py stops by itself within its budget: the lab flags such a run.
+    over_budget_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,7 +264,7 @@ class ExperimentRunner:
             result.total_seconds = time.monotonic() - started
             return result
 
-        evaluator: JailedProcess | None = None
+        evaluator: _Evaluator | None = None
         try:
             if settings.prewarm_evaluator:
                 evaluator = self._start_evaluator(run_dir, settings, wait=True)
@@ -239,18 +272,17 @@ class ExperimentRunner:
             if result.phase == "evaluate":
                 self._evaluate(run_dir, settings, result, progress, cancel, evaluator)
         finally:
-            if evaluator is not None and evaluator.poll() is None:
-                evaluator.kill()  # training failed or was cancelled: nothing to score
-                evaluator.wait()
+            if evaluator is not None:
+                evaluator.end()  # training failed or was cancelled: nothing to score
             result.total_seconds = time.monotonic() - started
             result.overhead_seconds = max(0.0, result.total_seconds - settings.budget_seconds)
             keep = self.keep_run_dirs == "always" or (
                 self.keep_run_dirs == "failed" and result.status != "ok"
             )
             if keep:
-                shutil.rmtree(run_dir / "code" / "out", ignore_errors=True)  # artifacts are large
+                keep_only_logs_and_code(run_dir, files)
             else:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                remove_tree(run_dir)
         return result
 
     def _contract_env(self, settings: RunSettings, out_dir: Path) -> dict[str, str]:
@@ -279,7 +311,12 @@ class ExperimentRunner:
 
     def _limits(self, settings: RunSettings) -> JailLimits:
         cuda = settings.device.startswith("cuda")
-        return JailLimits(cuda=cuda, memory_bytes=settings.memory_bytes)
+        file_size = JailLimits().file_size_bytes
+        if settings.disk_quota_bytes is not None and file_size is not None:
+            file_size = min(
+                file_size, settings.disk_quota_bytes
+            )  # one file alone stops at the quota
+        return JailLimits(cuda=cuda, memory_bytes=settings.memory_bytes, file_size_bytes=file_size)
 
     def _train(
         self,
@@ -316,10 +353,21 @@ class ExperimentRunner:
         reason: str | None = None
         last_report = 0.0
         cpu_samples: list[tuple[float, float]] = []  # (elapsed, cpu seconds) after the first output
+        quota = settings.disk_quota_bytes
+        next_disk_check = 0.0
+        used = 0.0
         while process.poll() is None:
             now = time.monotonic()
             elapsed = now - began
             used = process.cpu_seconds() if settings.budget_kind == "cpu" else elapsed
+            if quota is not None and terminated_at is None and now >= next_disk_check:
+                usage = directory_usage(code_dir, quota, MAX_RUN_DIR_ENTRIES)
+                took = time.monotonic() - now
+                next_disk_check = now + max(DISK_POLL_SECONDS, 20 * took)  # a walk costs <= 5%
+                if usage.over(quota, MAX_RUN_DIR_ENTRIES):
+                    reason = "disk"
+                    process.terminate()
+                    terminated_at = now
             if (
                 result.first_output_seconds is None
                 and log_path.exists()
@@ -347,6 +395,8 @@ class ExperimentRunner:
         returncode = process.wait()
         result.train_seconds = time.monotonic() - began
         result.cpu_seconds = process.cpu_seconds()
+        used = result.cpu_seconds if settings.budget_kind == "cpu" else result.train_seconds
+        result.over_budget_seconds = round(max(0.0, used - settings.budget_seconds), 2)
         threads = settings.threads or os.cpu_count() or 1
         result.cpu_share = cpu_share(cpu_samples, threads, result.cpu_seconds, result.train_seconds)
         peak = process.peak_memory_bytes()
@@ -355,6 +405,20 @@ class ExperimentRunner:
         result.log_tail = tail_lines(log_path)
         if reason == "cancelled":
             result.status, result.failure_reason = "cancelled", "cancelled before training finished"
+            return
+        if quota is not None and (
+            reason == "disk"
+            or directory_usage(code_dir, quota, MAX_RUN_DIR_ENTRIES).over(
+                quota, MAX_RUN_DIR_ENTRIES
+            )
+        ):
+            # Also after the exit: a file stopped at RLIMIT_FSIZE (EFBIG) fills the quota exactly.
+            result.status = "crash"
+            result.failure_reason = (
+                f"train.py wrote more than {format_bytes(quota)} (or {MAX_RUN_DIR_ENTRIES:,} files) in its run "
+                f"directory and was stopped; that is this server's per-run disk quota. Keep data and checkpoints "
+                f"in memory and save only the model to $AR_OUT_DIR"
+            )
             return
         if reason == "timeout":
             kind = "CPU seconds" if settings.budget_kind == "cpu" else "seconds"
@@ -389,21 +453,22 @@ class ExperimentRunner:
             return
         result.phase = "evaluate"
 
-    def _start_evaluator(
-        self, run_dir: Path, settings: RunSettings, *, wait: bool
-    ) -> JailedProcess:
+    def _start_evaluator(self, run_dir: Path, settings: RunSettings, *, wait: bool) -> _Evaluator:
         """Start the trusted evaluator in its own jail: it sees the artifact folder read-only.
 
         With ``wait`` it warms up, then blocks on stdin until ``send("go\\n")``; it starts
         beside training in the background (the lowest CPU weight: it takes only CPU the
         training leaves idle), and training cannot reach it (its own namespaces, no shared
-        writable path). Its log is ``eval.log``.
+        writable path). Its stdout and stderr go to ``eval.log`` (for the operator only); its
+        report comes on a pipe of its own (``--report-fd N``), the one descriptor its jail
+        inherits. The training jail never holds it: jails inherit no descriptor of the server.
         """
         out_dir = run_dir / "code" / "out"
         eval_dir = run_dir / "eval"
         eval_dir.chmod(0o555)  # the evaluator's working directory: nothing may be written
         artifact = out_dir / self.target.artifact
         evaluator = self._evaluator_path()
+        channel = ReportChannel()
         argv = [
             part.format(
                 python=self.python,
@@ -412,7 +477,7 @@ class ExperimentRunner:
                 data_dir=self.data_dir,
             )
             for part in self.target.evaluate_command
-        ] + ["--device", settings.device]
+        ] + ["--device", settings.device, "--report-fd", str(channel.write_fd)]
         if settings.eval_windows:
             argv += ["--windows", str(settings.eval_windows)]
         if wait:
@@ -437,8 +502,15 @@ class ExperimentRunner:
             require_isolation=settings.require_isolation,
             stdin_pipe=wait,
             background=wait,
+            pass_fds=(channel.write_fd,),
         )
-        return JailedProcess.start(argv, spec, run_dir / "eval.log")
+        try:
+            process = JailedProcess.start(argv, spec, run_dir / "eval.log")
+        except BaseException:
+            channel.close()
+            raise
+        channel.close_write_end()  # the evaluator holds the only write end now
+        return _Evaluator(process, channel)
 
     def _evaluate(
         self,
@@ -447,43 +519,51 @@ class ExperimentRunner:
         result: RunResult,
         progress: ProgressCallback,
         cancel: threading.Event,
-        prewarmed: JailedProcess | None = None,
+        prewarmed: _Evaluator | None = None,
     ) -> None:
         """Score the artifact: tell the prewarmed evaluator to go, or start a cold one.
 
         ``eval_seconds`` counts from the end of training: the time a run waits for its score.
+        The result comes from the report channel only, never from the evaluator's log (which
+        the agent's model can fill through the libraries it runs), and only when every rule
+        of ``_accept_report`` holds. The log stays in the run folder for the operator; the
+        agent gets the evaluator's reason and its own training log, nothing of the log.
         """
-        log_path = run_dir / "eval.log"
         progress("evaluating", 0.0, 1.0)
         began = time.monotonic()
-        if prewarmed is not None and prewarmed.poll() is None:
-            prewarmed.to_foreground()
-        if prewarmed is not None and prewarmed.send("go\n"):
-            process = prewarmed
+        if prewarmed is not None and prewarmed.process.poll() is None:
+            prewarmed.process.to_foreground()
+        if prewarmed is not None and prewarmed.process.send("go\n"):
+            evaluator = prewarmed
         else:
             if prewarmed is not None:  # it died while warming up: say so, then start cold
-                prewarmed.wait()
-                warm_tail = tail_lines(log_path, 5)
+                prewarmed.end()
                 result.log_tail = (
-                    result.log_tail + "\n--- prewarmed evaluator exited early ---\n" + warm_tail
+                    result.log_tail
+                    + "\n--- the prewarmed evaluator exited early; a cold one scored the run ---"
                 ).strip()
-            process = self._start_evaluator(run_dir, settings, wait=False)
-        terminated_at: float | None = None
-        timed_out = cancelled = False
-        while process.poll() is None:
-            now = time.monotonic()
-            if terminated_at is None and (
-                now - began > settings.eval_timeout_seconds or cancel.is_set()
-            ):
-                timed_out, cancelled = not cancel.is_set(), cancel.is_set()
-                process.terminate()
-                terminated_at = now
-            elif terminated_at is not None and now - terminated_at > KILL_GRACE_SECONDS:
-                process.kill()
-            time.sleep(POLL_SECONDS)
-        process.wait()
+            evaluator = self._start_evaluator(run_dir, settings, wait=False)
+        try:
+            process = evaluator.process
+            terminated_at: float | None = None
+            timed_out = cancelled = False
+            while process.poll() is None:
+                evaluator.channel.drain()
+                now = time.monotonic()
+                if terminated_at is None and (
+                    now - began > settings.eval_timeout_seconds or cancel.is_set()
+                ):
+                    timed_out, cancelled = not cancel.is_set(), cancel.is_set()
+                    process.terminate()
+                    terminated_at = now
+                elif terminated_at is not None and now - terminated_at > KILL_GRACE_SECONDS:
+                    process.kill()
+                time.sleep(POLL_SECONDS)
+            returncode = process.wait()
+            evaluator.channel.drain()
+        finally:
+            evaluator.end()
         result.eval_seconds = time.monotonic() - began
-        eval_tail = tail_lines(log_path, 20)
         if cancelled:
             result.status, result.failure_reason = "cancelled", "cancelled during evaluation"
             return
@@ -494,16 +574,51 @@ class ExperimentRunner:
                 "or hangs at inference"
             )
             return
-        report = _last_json_object(log_path)
+        self._accept_report(evaluator, returncode, result)
+
+    def _accept_report(self, evaluator: _Evaluator, returncode: int, result: RunResult) -> None:
+        """Record the evaluator's verdict if its report passes every rule, else reject the run.
+
+        Rules: exactly one JSON object on one line, at most REPORT_MAX_BYTES, on the report
+        channel; an exit code that agrees with the reported status (0 exactly for "ok"); output
+        that was not truncated; the expected hashes. A rejected run is a crash (integrity_fail
+        for the hashes) whose reason says which rule failed.
+        """
+        process = evaluator.process
+        report, problem = parse_report(evaluator.channel.data, evaluator.channel.overflow)
+        if returncode < 0:
+            ended = f"was killed by signal {-returncode}"
+            if process.limit_hit:
+                ended += f" ({process.limit_hit} limit hit while it ran the model)"
+        else:
+            ended = f"exited with code {returncode}"
         if report is None:
             result.status = "crash"
-            result.failure_reason = "the evaluator produced no report"
-            result.log_tail = (result.log_tail + "\n--- evaluator ---\n" + eval_tail).strip()
+            result.failure_reason = (
+                f"the evaluator {ended} without a valid report ({problem}); the run is not scored. "
+                "A model that is very large or slow at inference can cause this; otherwise tell the operator"
+            )
             return
-        result.metrics = {
-            k: v for k, v in report.items() if k not in ("hashes", "status", "reason")
-        }
-        reported = report.get("hashes", {})
+        status = report.get("status")
+        if (status == "ok") != (returncode == 0):
+            result.status = "crash"
+            result.failure_reason = (
+                f"the evaluator {ended} but reported status {str(status)[:40]!r}; the two must agree, so the "
+                "run is rejected"
+            )
+            return
+        if process.output_truncated:
+            result.status = "crash"
+            result.failure_reason = (
+                f"the evaluator's output passed its {format_bytes(process.output_cap)} cap while it ran the model; "
+                "the run is rejected (something in the model made the libraries print without end)"
+            )
+            return
+        # A consistency check that the evaluator read the files the server hashed at startup. It is
+        # NOT an authentication: these are hashes of readable files. The report is trusted
+        # because only the evaluator holds the report channel, never because of these values.
+        reported = report.get("hashes")
+        reported = reported if isinstance(reported, dict) else {}
         expected = {"evaluator": self.expected_hashes["evaluator"]}
         for key, name in (
             ("val", "val/tokens.bin"),
@@ -519,22 +634,248 @@ class ExperimentRunner:
                 f"the evaluator read different {', '.join(mismatched)} than the server trusts"
             )
             return
-        status = report.get("status")
+        reason = report.get("reason")
+        reason = reason[:2000] if isinstance(reason, str) and reason else None
         if status == "ok":
-            result.status, result.val_bpb, result.phase = "ok", float(report["val_bpb"]), "done"
+            if _finite(report.get("val_bpb")) is None:
+                result.status = "crash"
+                result.failure_reason = (
+                    "the evaluator reported status ok without a finite val_bpb; the run is rejected"
+                )
+                return
+            result.metrics = published_metrics(report)
+            result.status, result.phase = "ok", "done"
+            result.val_bpb = result.metrics["val_bpb"]
         elif status == "integrity_fail":
-            result.status, result.failure_reason = "integrity_fail", report.get("reason")
+            result.status = "integrity_fail"
+            result.failure_reason = reason or "the model broke a rule of the metric"
         elif status == "invalid_artifact":
-            result.status, result.failure_reason = (
-                "crash",
-                f"the model artifact was rejected: {report.get('reason')}",
+            result.status = "crash"
+            result.failure_reason = (
+                f"the model artifact was rejected: {reason or 'no reason given'}"
             )
         else:
-            result.status, result.failure_reason = (
-                "crash",
-                report.get("reason") or "the evaluator failed",
-            )
-            result.log_tail = (result.log_tail + "\n--- evaluator ---\n" + eval_tail).strip()
+            result.status = "crash"
+            result.failure_reason = reason or f"the evaluator failed (status {str(status)[:40]!r})"
+
+
+class ReportChannel:
+    """The pipe the evaluator writes its one-line report to; the runner reads it, bounded.
+
+    The write end goes to the evaluator's jail as an inherited descriptor (``--report-fd``);
+    the runner closes its copy once the jail has started, so the evaluator holds the only
+    one. Reads never block: ``drain`` takes what is there (called while the evaluator runs,
+    so it never blocks on a full pipe) and keeps at most ``REPORT_MAX_BYTES + 1`` bytes.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()  # both close-on-exec: no other child inherits them
+        os.set_blocking(self.read_fd, False)
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self.overflow = False
+
+    def close_write_end(self) -> None:
+        if self.write_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.write_fd)
+            self.write_fd = -1
+
+    def drain(self) -> None:
+        """Read whatever the pipe holds now; past the bound, read and discard (and remember)."""
+        if self.read_fd < 0:
+            return
+        while True:
+            try:
+                chunk = os.read(self.read_fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not chunk:
+                return
+            room = REPORT_MAX_BYTES + 1 - self._kept
+            if room > 0:
+                self._chunks.append(chunk[:room])
+                self._kept += min(room, len(chunk))
+            if self._kept > REPORT_MAX_BYTES:
+                self.overflow = True
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def close(self) -> None:
+        self.close_write_end()
+        if self.read_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.read_fd)
+            self.read_fd = -1
+
+
+@dataclass
+class _Evaluator:
+    """A started evaluator jail and its report channel."""
+
+    process: JailedProcess
+    channel: ReportChannel
+
+    def end(self) -> None:
+        """Kill it if it still runs (idempotent), take what it sent, close the channel."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.channel.drain()
+        self.channel.close()
+
+
+def parse_report(data: bytes, overflow: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The report if ``data`` is exactly one JSON object on one line ending in "\\n", else why not.
+
+    Only "\\n" ends a line here (no \\r, \\u2028 or other splitting), and nothing may come before
+    or after the one line.
+    """
+    if overflow or len(data) > REPORT_MAX_BYTES:
+        return None, f"its report was larger than {REPORT_MAX_BYTES // 1024} KiB"
+    if not data:
+        return None, "no report arrived on the report channel"
+    if not data.endswith(b"\n") or data.count(b"\n") != 1:
+        return None, "the report was not exactly one line"
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError):
+        return None, "the report was not valid JSON"
+    if not isinstance(value, dict):
+        return None, "the report was not a JSON object"
+    return value, None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number the report may carry")
+
+
+def published_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The whitelist of the report the lab stores and shows: rounded figures, counts, nothing else."""
+    metrics: dict[str, Any] = {"val_bpb": round(float(report["val_bpb"]), VAL_BPB_DECIMALS)}
+    for key in PUBLISHED_SECONDS:
+        seconds = _finite(report.get(key))
+        if seconds is not None:
+            metrics[key] = round(seconds, 2)
+    for key in PUBLISHED_COUNTS:
+        count = _finite(report.get(key))
+        if count is not None:
+            metrics[key] = int(count)
+    probe = report.get("causality")
+    if isinstance(probe, dict):
+        counts = {
+            key: int(count)
+            for key in PUBLISHED_PROBE_COUNTS
+            if (count := _finite(probe.get(key))) is not None
+        }
+        if counts:
+            metrics["causality"] = counts
+    return metrics
+
+
+def _finite(value: Any) -> float | None:
+    """A finite JSON number as a float; None for anything else (bools, strings, NaN, missing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class DirectoryUsage:
+    """What a walk of a run directory found: bytes on disk (or apparent, the larger) and entries."""
+
+    bytes: int
+    entries: int
+
+    def over(self, quota: int, max_entries: int) -> bool:
+        return self.bytes > quota or self.entries > max_entries
+
+
+def directory_usage(root: Path, stop_bytes: int, max_entries: int) -> DirectoryUsage:
+    """Size of everything under ``root`` without following links; stops early past the limits.
+
+    Each inode counts once, at the larger of its apparent size and its allocated blocks (a
+    sparse file counts at its apparent size). The walk stops as soon as it is over
+    ``stop_bytes`` or ``max_entries``: its cost is bounded whatever train.py created.
+    """
+    total = entries = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    entries += 1
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    key = (st.st_dev, st.st_ino)
+                    if key not in seen:
+                        seen.add(key)
+                        total += max(st.st_size, getattr(st, "st_blocks", 0) * 512)
+                    if total > stop_bytes or entries > max_entries:
+                        return DirectoryUsage(total, entries)
+        except OSError:
+            continue
+    return DirectoryUsage(total, entries)
+
+
+def format_bytes(count: int) -> str:
+    """1.5 GiB, 300 MiB, 64 KiB: for messages."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count} bytes"
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder train.py wrote in, even where it took permissions away (a chmod 000 folder)."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return
+    for folder, subfolders, _files in os.walk(path):  # links are not followed
+        for name in subfolders:
+            with contextlib.suppress(OSError):
+                sub = os.path.join(folder, name)
+                if not os.path.islink(sub):
+                    os.chmod(sub, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+#: What a kept run folder holds: the logs, and the submitted code under code/.
+KEPT_LOGS = ("train.log", "eval.log")
+
+
+def keep_only_logs_and_code(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Strip a kept run folder to what an operator needs: the two logs and the submitted code.
+
+    Everything train.py wrote goes (its code folder is rebuilt from the submitted bytes, so a
+    file it replaced or grew is not kept either); the logs are capped by the jail.
+    """
+    try:
+        entries = list(os.scandir(run_dir))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name in KEPT_LOGS and entry.is_file(follow_symlinks=False):
+            continue
+        remove_tree(Path(entry.path))
+    code = run_dir / "code"
+    try:
+        code.mkdir()
+        for name, content in files.items():
+            (code / name).write_bytes(content)
+    except OSError:
+        pass
 
 
 @functools.cache
@@ -573,21 +914,3 @@ def cpu_share(
     if len(windows) >= 3:
         return round(statistics.median(windows), 4)
     return round(cpu_total / max(wall_total * threads, 1e-9), 4)
-
-
-def _last_json_object(path: Path) -> dict[str, Any] | None:
-    """The evaluator prints one JSON object; warnings may precede it in the shared log."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return None

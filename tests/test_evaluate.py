@@ -436,8 +436,28 @@ def sympy_injection(entries: dict[str, bytes], marker: Path) -> dict[str, bytes]
     return {**entries, name: changed.encode()}
 
 
+def name_injection(entries: dict[str, bytes], marker: Path) -> dict[str, bytes]:
+    """A parameter renamed to Python code: torch.fx writes such a name unescaped into the code it
+    generates (`getattr(self, "NAME")`), so the payload would run at the first forward pass."""
+    name = entry(entries, "models/model.json")
+    config_name = entry(entries, "data/weights/model_weights_config.json")
+    model, config = json.loads(entries[name]), json.loads(entries[config_name])
+    code = f"open({str(marker)!r}, 'w').close()".encode().hex()  # no dots: fx splits names on them
+    payload = f'w") if exec(getattr(bytes, "fromhex")("{code}")) else getattr(self, "w'
+    (spec,) = [s for s in model["graph_module"]["signature"]["input_specs"] if "parameter" in s][:1]
+    old = spec["parameter"]["parameter_name"]
+    spec["parameter"]["parameter_name"] = payload
+    config["config"] = {payload if k == old else k: v for k, v in config["config"].items()}
+    return {
+        **entries,
+        name: json.dumps(model).encode(),
+        config_name: json.dumps(config).encode(),
+    }
+
+
 HOSTILE = {
     "extra .so entry": (add_shared_object, ["contains 'data/evil.so'", "may not contain"]),
+    "code in a parameter name": (name_injection, ["names must be plain identifiers"]),
     "use_pickle": (pickled_weights, ["stores tensors as pickles"]),
     "guards_code": (guard_code, ["carries guard code"]),
     "sympy expr_str": (sympy_injection, ["symbolic shape expression", "is not allowed"]),

@@ -587,3 +587,35 @@ def test_measure_start_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[st
             "\njail start -> first output line (median of 5): "
             + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in rows.items())
         )
+
+
+@pytest.mark.parametrize("level", [IsolationLevel.NAMESPACES, IsolationLevel.PROCESS])
+def test_jail_inherits_only_the_descriptors_passed(tmp_path: Path, level: IsolationLevel) -> None:
+    """A jail holds stdin/stdout/stderr and its pass_fds, nothing else of the server: an open
+    pipe of the server (e.g. an evaluator's report channel) is not in a training jail."""
+    if level is IsolationLevel.NAMESPACES:
+        assert detect_isolation() is IsolationLevel.NAMESPACES, "bubblewrap is unavailable"
+    read_end, write_end = os.pipe()
+    other_read, other_write = os.pipe()
+    os.set_inheritable(other_write, True)  # even an inheritable descriptor must not leak in
+    try:
+        code = f"""
+            import os
+            fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
+            print("FDS", fds, flush=True)
+            os.write({write_end}, b"through the channel")
+        """
+        res, log = _run(tmp_path, code, level=level, pass_fds=(write_end,))
+        assert res.returncode == 0, log
+        listed = [int(n) for n in log.split("FDS", 1)[1].split("]")[0].strip(" [").split(",")]
+        # 0, 1, 2, the passed one, and the descriptor listdir itself held.
+        assert write_end in listed and other_write not in listed, listed
+        assert len([fd for fd in listed if fd > 2 and fd != write_end]) <= 1, listed
+        os.close(write_end)
+        assert os.read(read_end, 100) == b"through the channel"
+        res, log = _run(tmp_path, code.split("os.write")[0], level=level)  # nothing passed
+        listed = [int(n) for n in log.split("FDS", 1)[1].split("]")[0].strip(" [").split(",")]
+        assert write_end not in listed and other_write not in listed, listed
+    finally:
+        for fd in (read_end, other_read, other_write):
+            os.close(fd)

@@ -240,10 +240,110 @@ def _check_model_json(model: dict) -> dict:
         # No text of the agent's survives into the program: torch echoes node metadata (stack
         # traces, module paths) in its warnings and errors.
         node["metadata"] = {}
+    _check_names(model)
     return model
 
 
+# Every name torch may write into the Python code it generates for the program (torch.fx
+# formats a non-identifier attribute name into `getattr(self, "NAME")` without escaping it:
+# a parameter named `c") if exec(...) else getattr(self, "c` runs code at the first forward,
+# inside the evaluator, which holds the report channel). So every key and every string value
+# of the program's JSON must be a plain dotted identifier, except the few fields below, each
+# checked by its own rule.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
+_MAX_NAME = 256
+_TORCH_VERSION = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
+_STRING_ARGUMENT = re.compile(r"[A-Za-z0-9_]{0,64}")  # e.g. gelu's approximate="tanh"
+
+
+def _is_name(text: Any) -> bool:
+    return isinstance(text, str) and len(text) <= _MAX_NAME and bool(_NAME.fullmatch(text))
+
+
+def _refuse_name(where: str, text: str) -> InvalidArtifact:
+    return InvalidArtifact(
+        f"the artifact holds the name {text[:60]!r} in {where}; names must be plain identifiers "
+        "(letters, digits, '_' and '.'): export the model with torch.export.export and save it "
+        "with torch.export.save, unedited"
+    )
+
+
+def _check_treespec(text: str, where: str) -> None:
+    """The input/output tree specs: JSON of known shape whose type names and keys are plain names."""
+    try:
+        spec = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidArtifact(f"the artifact's {where} is not a valid tree spec") from exc
+
+    def check(node: Any, depth: int) -> None:
+        if depth > 32:
+            raise InvalidArtifact(f"the artifact's {where} nests too deep")
+        if isinstance(node, list):
+            for item in node:
+                check(item, depth + 1)
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                if key not in ("type", "context", "children_spec"):
+                    raise _refuse_name(where, key)
+                if key == "type" and item is not None and not _is_name(item):
+                    raise _refuse_name(where, str(item))
+                if key == "context" and isinstance(item, str):
+                    try:
+                        context = json.loads(item)
+                    except (json.JSONDecodeError, RecursionError) as exc:
+                        raise InvalidArtifact(
+                            f"the artifact's {where} is not a valid tree spec"
+                        ) from exc
+                    for value in context if isinstance(context, list) else [context]:
+                        if isinstance(value, str) and not _is_name(value):
+                            raise _refuse_name(where, value)
+                        if not isinstance(value, str | int | type(None)):
+                            raise InvalidArtifact(
+                                f"the artifact's {where} is not a valid tree spec"
+                            )
+                elif key == "children_spec":
+                    check(item, depth + 1)
+        elif not isinstance(node, int | type(None)):
+            raise InvalidArtifact(f"the artifact's {where} is not a valid tree spec")
+
+    check(spec, 0)
+
+
+def _check_names(value: Any, field: str = "", depth: int = 0) -> None:
+    """Walk the program's JSON: every key and string value a plain name, or checked by its field's rule."""
+    if depth > 64:
+        raise InvalidArtifact("the artifact's program nests too deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _is_name(key):
+                raise _refuse_name("a key of the program", key)
+            _check_names(item, key, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_names(item, field, depth + 1)
+    elif isinstance(value, str):
+        if field in ("expr_str", "target"):
+            return  # checked by _check_sympy and _check_target
+        if field in ("in_spec", "out_spec"):
+            _check_treespec(value, field)
+        elif field == "fqn":
+            if value and not _is_name(value):
+                raise _refuse_name("a module path", value)
+        elif field == "torch_version":
+            if not _TORCH_VERSION.fullmatch(value):
+                raise _refuse_name("torch_version", value)
+        elif field == "as_string":
+            if not _STRING_ARGUMENT.fullmatch(value):
+                raise _refuse_name("a string argument", value)
+        elif not _is_name(value):
+            raise _refuse_name(f"field {field!r}", value)
+
+
 def _check_tensor_config(config: dict, folder: str, names: set[str]) -> None:
+    for key in config.get("config", {}):
+        if not _is_name(key):  # the tensor's name, as the program refers to it
+            raise _refuse_name("the tensor configuration", key)
+    _check_names(config)
     for entry in config.get("config", {}).values():
         if entry.get("use_pickle"):
             raise InvalidArtifact(

@@ -317,13 +317,14 @@ async def test_evaluation_has_its_own_budget(lab):
 
 async def test_evaluator_crash_is_recorded(lab):
     """Bad input: an artifact that loads but breaks the evaluator (exported with a static batch of
-    2; the evaluator runs batches of 16). Defence: the evaluator reports 'error', the runner
-    records a crash with the evaluator's reason and log."""
+    2; the evaluator runs batches of its own size). Defence: the evaluator rejects the artifact
+    with a reason that names only what it ran on a batch of zeros (no val data), the runner
+    records a crash with that reason, and the evaluator's own log stays with the operator."""
     received, row = await run_hack(
         lab, "mallory-static-batch", "static batch export", patches.STATIC_BATCH
     )
-    assert_failed(received, row, "crash", "the evaluator failed")
-    assert "--- evaluator ---" in (row["log_tail"] or "")
+    assert_failed(received, row, "crash", "the model raised an error", "no val data involved")
+    assert "--- evaluator ---" not in (row["log_tail"] or "")
 
 
 async def test_history_and_server_intact_after_the_attacks(lab, honest_bpb):
