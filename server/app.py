@@ -26,8 +26,8 @@ from sandbox import patch as patching
 from sandbox.patch import PatchRejected
 from sandbox.runner import RunRefused
 from sandbox.workspace import PathRefused
-from server.lab import Lab, LabError
-from server.ladder import PromotionRefused
+from server.lab import Lab, LabError, check_experiment_id
+from server.ladder import MAX_COMBINED, PromotionRefused
 from server.models import (
     CancelResult,
     CheckoutResult,
@@ -54,7 +54,8 @@ from server.papers import (
     PaperSearchResult,
     render_untrusted,
 )
-from server.store import FINAL_STATUSES
+from server.store import FINAL_STATUSES, MAX_ROW_ID
+from server.verdicts import published
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,13 @@ ONLINE = ToolAnnotations(
 T = TypeVar("T")
 
 
+def id_field(description: str) -> Any:
+    """An experiment-id argument: a whole number from 1 to MAX_ROW_ID (a clear refusal otherwise)."""
+    return Field(
+        description=f"{description} (a whole number from 1 to {MAX_ROW_ID})", ge=1, le=MAX_ROW_ID
+    )
+
+
 @contextmanager
 def refusals() -> Iterator[None]:
     """Turn every anticipated refusal into a ToolError whose text reaches the model."""
@@ -105,14 +113,22 @@ def refusals() -> Iterator[None]:
 
 
 @contextmanager
-def resource_refusals() -> Iterator[None]:
+def resource_refusals(uri: str) -> Iterator[None]:
     """The same refusals for resource reads. Only a ResourceError's message reaches the client:
-    anything else raised in a resource template arrives as a bare 'Error creating resource'."""
+    anything else raised in a resource template arrives as a bare 'Error creating resource', so
+    an unexpected error is logged and answered with a message that says what to read instead."""
     try:
         with refusals():
             yield
     except ToolError as exc:
         raise ResourceNotFoundError(str(exc)) from None
+    except Exception:
+        log.exception("reading resource %r failed", uri[:200])
+        raise ResourceNotFoundError(
+            f"{uri[:80]!r} could not be read; list_resources and list_resource_templates show what "
+            "exists (experiment://ID with an id from get_history, autoresearch://workspace/NAME with a "
+            "name from list_files)"
+        ) from None
 
 
 def program_text(lab: Lab, goal: str | None = None, stopping_policy: str | None = None) -> str:
@@ -160,12 +176,13 @@ def experiment_result(
     return ExperimentResult(
         id=row["id"],
         agent=row["agent"],
+        requested_by=row.get("requested_by"),
         kind=row.get("kind") or "experiment",
         status=row["status"],
         description=row.get("description") or "",
         val_bpb=row.get("val_bpb"),
-        delta_vs_parent=row.get("delta_parent"),
-        delta_vs_best=row.get("delta_best"),
+        delta_vs_parent=published(row.get("delta_parent")),
+        delta_vs_best=published(row.get("delta_best")),
         verdict=row.get("verdict"),
         verdict_note=metrics.get("verdict_note") if isinstance(metrics, dict) else None,
         parent_id=row.get("parent_id"),
@@ -195,7 +212,7 @@ def history_row(row: dict[str, Any]) -> HistoryRow:
         kind=row.get("kind") or "experiment",
         status=row["status"],
         val_bpb=row.get("val_bpb"),
-        delta_vs_parent=row.get("delta_parent"),
+        delta_vs_parent=published(row.get("delta_parent")),
         verdict=row.get("verdict"),
         description=row.get("description") or "",
         parent_id=row.get("parent_id"),
@@ -401,7 +418,7 @@ def build_server(
 
     @mcp.tool(annotations=READ_ONLY)
     async def wait_experiment(
-        experiment_id: Annotated[int, Field(description="the id run_experiment returned")],
+        experiment_id: Annotated[int, id_field("the id run_experiment returned")],
         ctx: Context,
         timeout_seconds: Annotated[
             float, Field(description=f"how long to wait, at most {wait_bound:g} s", gt=0)
@@ -415,7 +432,7 @@ def build_server(
 
     @mcp.tool(annotations=READ_ONLY)
     async def get_experiment(
-        experiment_id: Annotated[int, Field(description="an experiment id from get_history")],
+        experiment_id: Annotated[int, id_field("an experiment id from get_history")],
         include_diff: Annotated[
             bool, Field(description="include the diffs vs its parent and vs the baseline")
         ] = False,
@@ -450,7 +467,10 @@ def build_server(
     @mcp.tool(annotations=RUNS)
     def cancel_experiment(
         experiment_id: Annotated[
-            int, Field(description="one of your queued or running experiments")
+            int,
+            id_field(
+                "a queued or running run you asked for (yours, or a confirmation you asked for)"
+            ),
         ],
     ) -> CancelResult:
         """Cancel one of your queued or running experiments (it stays in history as cancelled)."""
@@ -466,11 +486,15 @@ def build_server(
     @mcp.tool(annotations=RUNS)
     def confirm_experiment(
         experiment_id: Annotated[
-            int, Field(description="a successful experiment to re-run with fresh seeds")
+            int,
+            id_field(
+                "a successful experiment (anyone's) to re-run with fresh seeds; the runs count against "
+                "your quota and credit its author"
+            ),
         ],
         repeats: Annotated[int, Field(description="how many more seeds (1-10)", ge=1, le=10)] = 2,
     ) -> list[ExperimentResult]:
-        """Queue more runs of an experiment's code with fresh seeds; its mean +- sd then ranks the leaderboard."""
+        """Re-run any experiment's code with fresh seeds (charged to you, credited to its author); its mean +- sd ranks the leaderboard."""
         with refusals():
             ids = lab.confirm(agent(), experiment_id, repeats)
             return [experiment_result(lab, lab.experiment(i)) for i in ids]
@@ -478,14 +502,14 @@ def build_server(
     @mcp.tool(annotations=RUNS)
     def promote(
         experiment_id: Annotated[
-            int, Field(description="a confirmed experiment (confirm_experiment first)")
+            int, id_field("one of your confirmed experiments (confirm_experiment first)")
         ],
         level: Annotated[
             str | None,
             Field(description="scale level to re-run at (default: the next one up)", max_length=16),
         ] = None,
     ) -> dict[str, Any]:
-        """Re-run a confirmed win at a larger scale (more budget, larger model) against that level's baseline."""
+        """Re-run one of your confirmed wins at a larger scale (more budget, larger model) against that level's baseline; charged to you."""
         with refusals():
             assert lab.ladder is not None
             promotion = lab.ladder.promote(agent(), experiment_id, level)
@@ -498,7 +522,7 @@ def build_server(
 
     @mcp.tool(annotations=READ_ONLY)
     async def get_ladder(
-        experiment_id: Annotated[int, Field(description="an experiment id")],
+        experiment_id: Annotated[int, id_field("an experiment id")],
     ) -> dict[str, Any]:
         """One idea's climb up the scale levels: its gain at each level and the transfer verdicts."""
         with refusals():
@@ -508,8 +532,11 @@ def build_server(
     @mcp.tool(annotations=RUNS)
     def combine(
         experiment_ids: Annotated[
-            list[int],
-            Field(description="two or more successful experiments whose changes to stack"),
+            list[Annotated[int, Field(ge=1, le=MAX_ROW_ID)]],
+            Field(
+                description=f"two to {MAX_COMBINED} successful experiments whose changes to stack",
+                max_length=MAX_COMBINED,
+            ),
         ],
         level: Annotated[
             str, Field(description="the scale level whose current best is the base", max_length=16)
@@ -562,11 +589,11 @@ def build_server(
         """The shared research record: compact rows, the leaderboard, the queue and open idea claims."""
         with refusals():
             name = agent()
-            mine = name if scope == "mine" else None
+            mine = name if scope == "mine" else None  # credited to you, or asked for by you
             if level is not None:
                 lab.level(level)
             rows = lab.store.list_experiments(
-                agent=mine,
+                involving=mine,
                 status=status,
                 query=query,
                 scale=level,
@@ -600,7 +627,7 @@ def build_server(
             return History(
                 rows=[history_row(r) for r in rows[:limit]],
                 total=lab.store.count_experiments(
-                    agent=mine, status=status, query=query, scale=level
+                    involving=mine, status=status, query=query, scale=level
                 ),
                 next_offset=offset + limit if more else None,
                 leaderboard=[
@@ -631,7 +658,7 @@ def build_server(
     @mcp.tool(annotations=EDITS)
     def checkout(
         experiment_id: Annotated[
-            int | None, Field(description="any experiment's id (yours or another agent's)")
+            int | None, id_field("any experiment's id (yours or another agent's)")
         ] = None,
         ref: Annotated[
             Literal["baseline", "best"] | None, Field(description="or: 'baseline' or 'best'")
@@ -757,7 +784,7 @@ def build_server(
         description="A file of your workspace (train.py) or a reference file",
     )
     def workspace_resource(name: str) -> str:
-        with resource_refusals():
+        with resource_refusals(f"autoresearch://workspace/{name}"):
             return lab.workspace(agent()).read_text(name)
 
     @mcp.resource(
@@ -767,10 +794,14 @@ def build_server(
         description="One experiment's full record",
     )
     def experiment_resource(experiment_id: str) -> str:
-        with resource_refusals():
-            if not experiment_id.isdigit():
-                raise ToolError(f"experiment id {experiment_id!r} is not a number")
-            row = lab.experiment(int(experiment_id))
+        with resource_refusals(f"experiment://{experiment_id}"):
+            if not experiment_id.isascii() or not experiment_id.isdigit():
+                shown = experiment_id if len(experiment_id) <= 40 else experiment_id[:40] + "..."
+                raise ToolError(
+                    f"experiment id {shown!r} is not a number; read experiment://ID with an id from "
+                    f"get_history (digits 0-9, from 1 to {MAX_ROW_ID})"
+                )
+            row = lab.experiment(check_experiment_id(experiment_id))
             return json.dumps({k: v for k, v in row.items() if k != "code"}, default=str)
 
     @mcp.prompt(

@@ -73,6 +73,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--max-live", type=int, default=1, help="queued + running experiments per agent"
     )
     parser.add_argument(
+        "--max-experiments",
+        type=int,
+        default=1000,
+        help="runs each agent may cause in all (experiments, confirmations, promotions); 0: no cap",
+    )
+    parser.add_argument(
         "--eval-timeout", type=float, default=180.0, help="seconds the evaluator may take"
     )
     parser.add_argument("--arxiv-url", default=None, help=argparse.SUPPRESS)
@@ -135,6 +141,7 @@ def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:
         call_wait_seconds=args.call_wait,
         require_isolation=args.require_isolation,
         max_live_per_agent=args.max_live,
+        max_experiments_per_agent=args.max_experiments or None,
         eval_timeout_seconds=args.eval_timeout,
         arxiv_url_format=args.arxiv_url,
         eval_windows=args.eval_windows,
@@ -488,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queued", type=int, default=None, help="live (queued + running) runs; 0: default"
     )
     p.add_argument(
-        "--max-experiments", type=int, default=None, help="experiments in all; 0: no limit"
+        "--max-experiments", type=int, default=None, help="experiments in all; 0: the server default (--max-experiments)"
     )
     p.add_argument(
         "--max-device-hours", type=float, default=None, help="device-hours in all; 0: no limit"

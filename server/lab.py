@@ -8,7 +8,7 @@ the --agent flag over stdio) and passed in as `agent`.
 
 from __future__ import annotations
 
-import difflib
+import hashlib
 import json
 import logging
 import os
@@ -18,14 +18,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 from sandbox.jail import IsolationLevel, detect_isolation, kill_orphans
 from sandbox.runner import ExperimentRunner, RunResult, RunSettings
 from sandbox.target import ResearchTarget, load_target
-from sandbox.workspace import PathPolicy, Workspace
+from sandbox.workspace import FileTooLarge, PathPolicy, Workspace
 from server.diff_review import is_seed_only, review_diff
+from server.diffs import unified_diff as bounded_unified_diff
 from server.papers import PaperSearch, ensure_paper_tables
 from server.scheduler import Executor, Job, LocalExecutor, Scheduler
 from server.store import (
@@ -34,26 +36,72 @@ from server.store import (
     FINAL_STATUSES,
     INTERRUPTED,
     LIVE_STATUSES,
+    MAX_ROW_ID,
     OK,
     QUEUED,
     RUNNING,
+    SERVER_AGENT,
     ExperimentNotFound,
     Store,
     utc_now,
 )
-from server.verdicts import BASELINE, IMPROVED, Noise, decide, mean_sd
+from server.verdicts import (
+    BASELINE,
+    IMPROVED,
+    Noise,
+    decide,
+    mean_sd,
+    over_budget_flag,
+    over_budget_reason,
+    over_budget_tolerance,
+    published,
+)
 
 log = logging.getLogger(__name__)
 
-SERVER_AGENT = "server"
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_DESCRIPTION = 500
 MAX_CLAIM = 300
 ARXIV_ID = re.compile(r"(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?")
 
 
+# Review flags that rule out `improved` on their own: a seed-only change measures luck, and a
+# change that embeds a large body of text or data (memorised documents, token tables) is not an
+# idea the metric can judge: the val documents are secret, but their text is public.
+DISQUALIFYING_FLAGS = ("seed_only", "embedded_data")
+
+
 class LabError(ValueError):
     """A refusal with an actionable message for the agent (becomes a ToolError / HTTP 4xx)."""
+
+
+class _Requester(Enum):
+    """`submit`'s default for who asked: the credited agent itself (nobody for the server's runs)."""
+
+    AGENT = "the agent"
+
+
+def _resolve_requester(agent: str, requested_by: str | _Requester | None) -> str | None:
+    if requested_by is _Requester.AGENT:
+        return None if agent == SERVER_AGENT else agent
+    return requested_by
+
+
+def check_experiment_id(value: Any, what: str = "experiment id") -> int:
+    """A well-formed row id (1 to MAX_ROW_ID) or a LabError that says what to send."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROW_ID:
+        shown = (
+            repr(value)
+            if not isinstance(value, str) or len(value) <= 40
+            else repr(value[:40]) + "..."
+        )
+        raise LabError(
+            f"{what} {shown} is not valid; send a whole number from 1 to {MAX_ROW_ID} "
+            "(get_history lists experiment ids)"
+        )
+    return value
 
 
 def default_home() -> Path:
@@ -123,7 +171,10 @@ class LabSettings:
     )
     call_wait_seconds: float = 45.0  # bound on one blocking tool call (clients cut long calls)
     max_live_per_agent: int = 1
-    max_experiments_per_agent: int | None = None
+    # Every run an agent asks for counts (experiments, confirmations, promotions, combinations).
+    # autoresearch's longest campaign ran ~700 experiments: 1000 fits a real one and still bounds
+    # what one agent can take (and read back through its scores). None or 0: no cap.
+    max_experiments_per_agent: int | None = 1000
     claim_ttl_minutes: float = 60.0
     require_isolation: bool = False
     keep_run_dirs: Literal["never", "failed", "always"] = "failed"
@@ -171,20 +222,9 @@ def hardware_fingerprint(device: str, threads: int) -> str:
 
 
 def unified_diff(old: dict[str, str], new: dict[str, str]) -> str:
-    """A unified diff between two sets of files (a/ and b/ prefixes, like git)."""
-    chunks: list[str] = []
-    for name in sorted(set(old) | set(new)):
-        a, b = old.get(name, ""), new.get(name, "")
-        if a != b:
-            chunks.extend(
-                difflib.unified_diff(
-                    a.splitlines(keepends=True),
-                    b.splitlines(keepends=True),
-                    f"a/{name}",
-                    f"b/{name}",
-                )
-            )
-    return "".join(line if line.endswith("\n") else line + "\n" for line in chunks)
+    """A unified diff between two sets of files (a/ and b/ prefixes, like git), bounded in time
+    and size by server.diffs: a pathological edit gets a coarse diff that says so."""
+    return bounded_unified_diff(old, new)
 
 
 class Lab:
@@ -223,9 +263,19 @@ class Lab:
             keep_run_dirs=s.keep_run_dirs,
             isolation=self.isolation,
         )
+        # Results compare only on the same evaluation data: the split is secret per installation
+        # (a re-prepared folder holds other val documents), so the fingerprint names the val set.
+        eval_data = sorted(
+            f"{name}={digest}"
+            for name, digest in self.runner.expected_hashes.items()
+            if name != "evaluator"
+        )
+        val_set = hashlib.sha256("\n".join(eval_data).encode()).hexdigest()[:8]
+        self.hardware = f"{self.hardware} | val {val_set}"
         self.executor: Executor = LocalExecutor(self.runner, self.slots)
         if s.executor == "ray":
             from server.ray_executor import RayExecutor
+            from trainer.prepare import read_split_secret
 
             self.executor = RayExecutor(
                 s.ray_address,
@@ -234,6 +284,7 @@ class Lab:
                 target_file=s.target_file,
                 expected_hashes=self.runner.expected_hashes,
                 keep_run_dirs=s.keep_run_dirs,
+                split_secret=read_split_secret(self.data_dir),
             )
         self.scheduler = Scheduler(
             self.store, self.executor, self.job_for, self.on_finish, slot_accepts=self.slot_accepts
@@ -245,6 +296,7 @@ class Lab:
         self._known_agents: set[str] = set()
         self._submit_lock = threading.RLock()  # quota check + insert are one step per server
         self.recovered = self.recover()
+        self.ladder.settle()  # promotions a crash (or an older server) left `running`
         if s.start_scheduler:
             self.scheduler.start()
 
@@ -321,6 +373,10 @@ class Lab:
             raise LabError(
                 f"agent name {agent!r} is invalid; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
+        if agent == SERVER_AGENT:  # its runs would pass as the server's own, charged to nobody
+            raise LabError(
+                f"agent name {agent!r} is reserved for the server's own runs; connect under another name"
+            )
         return agent
 
     def workspace(self, agent: str) -> Workspace:
@@ -354,21 +410,43 @@ class Lab:
 
     # ------------------------------------------------------------ submitting
 
-    def live_experiments(self, agent: str) -> list[dict[str, Any]]:
+    def live_experiments(self, requester: str) -> list[dict[str, Any]]:
+        """The queued and running runs `requester` asked for (its own, confirmations, promotions)."""
         return self.store.list_experiments(
-            agent=agent,
+            requested_by=requester,
             status=list(LIVE_STATUSES),
             order="oldest",
             limit=100,
             columns=["id", "status"],
         )
 
-    def submit(self, agent: str, description: str, **options: Any) -> tuple[int, int | None]:
-        """Queue a run (see `_submit`); serialized so that two concurrent calls cannot both pass the quota."""
-        with self._submit_lock:
-            return self._submit(agent, description, **options)
+    def submit(
+        self,
+        agent: str,
+        description: str,
+        *,
+        requested_by: str | _Requester | None = _Requester.AGENT,
+        check_quota: bool = True,
+        reuse: bool = True,
+        **options: Any,
+    ) -> tuple[int, int | None]:
+        """Queue a run of the agent's workspace (or of `files`); returns (experiment id, reused-from id).
 
-    def _submit(
+        `agent` is credited with the run; `requested_by` (by default the agent itself, or nobody
+        for the server's own runs) is charged for it. The code hash, the diffs and the review
+        flags are computed first, outside the submit lock: one agent's large diff never holds
+        up another agent's submit. Under the lock: the quota check, the dedupe and the insert.
+        When the same code already ran (or is running) with the same settings, nothing is
+        queued and the earlier experiment's id comes back as reused-from (confirmations always run).
+        """
+        requester = _resolve_requester(agent, requested_by)
+        planned = self.plan_run(agent, description, **options)
+        ((experiment_id, reused),) = self.queue_runs(
+            [planned], requester, check_quota=check_quota, reuse=reuse
+        )
+        return experiment_id, reused
+
+    def plan_run(
         self,
         agent: str,
         description: str,
@@ -381,15 +459,11 @@ class Lab:
         parent_id: int | None = None,
         confirms_id: int | None = None,
         seed: int | None = None,
-        check_quota: bool = True,
-        reuse: bool = True,
         scale: str = "S",
-    ) -> tuple[int, int | None]:
-        """Queue a run of the agent's workspace (or of `files`); returns (experiment id, reused-from id).
-
-        When the same code already ran (or is running) with the same settings, nothing is queued
-        and the earlier experiment's id comes back as reused-from (confirmations always run).
-        """
+    ) -> dict[str, Any]:
+        """Everything a new experiment row holds, computed without any lock: the description and
+        paper ids checked, the code (the agent's workspace unless `files`), its hash, the diffs
+        vs its parent and vs the baseline, and the review flags. Nothing is recorded yet."""
         description = " ".join((description or "").split())
         if not description:
             raise LabError(
@@ -407,22 +481,15 @@ class Lab:
                 for name, content in ws.snapshot().items()
             }
             parent_id = self.workspace_parent(agent) if parent_id is None else parent_id
-        if check_quota:
-            self._check_quota(agent)
+        elif kind == "experiment":
+            # New code that never passed through a workspace (combine's three-way merge) meets
+            # the same size cap as an edit; re-runs of recorded code (confirm, promote) do not.
+            for name, text in files.items():
+                try:
+                    self.policy.check_file_size(name, len(text.encode()))
+                except FileTooLarge as exc:
+                    raise LabError(str(exc)) from exc
         code_hash = Workspace.hash_files({k: v.encode() for k, v in files.items()})
-        budget_seconds = self.level_budget(scale)
-        settings_key = {
-            "hardware": self.hardware,
-            "budget_seconds": budget_seconds,
-            "budget_kind": self.settings.budget_kind,
-            "scale": scale,
-        }
-        if reuse and kind == "experiment":
-            earlier = self.store.find_by_code(code_hash, settings_key)
-            if earlier is not None:
-                self._set_workspace_parent(agent, earlier["id"])
-                self.store.release_claims(agent, earlier["id"])
-                return earlier["id"], earlier["id"]
         parent_code = self._code_of(parent_id) if parent_id is not None else self.baseline_files
         diff_parent = unified_diff(parent_code, files)
         diff_baseline = unified_diff(self.baseline_files, files)
@@ -436,36 +503,76 @@ class Lab:
                     "lines": [],
                 },
             )
-        if seed is None:
-            seed = self.settings.seed
-        experiment_id = self.store.create_experiment(
-            agent=agent,
-            kind=kind,
-            parent_id=parent_id,
-            confirms_id=confirms_id,
-            status=QUEUED,
-            description=description,
-            code_hash=code_hash,
-            code=files,
-            diff_parent=diff_parent,
-            diff_baseline=diff_baseline,
-            flags=flags,
-            disqualified=int(any(f["name"] == "seed_only" for f in flags)),
-            budget_seconds=budget_seconds,
-            budget_kind=self.settings.budget_kind,
-            device=self.device,
-            hardware=self.hardware,
-            torch_version=_torch_version(),
-            seed=seed,
-            isolation=self.isolation.value,
-            paper_ids=papers,
-            scale=scale,
-        )
-        if kind == "experiment":
-            self._set_workspace_parent(agent, experiment_id)
-            self.store.release_claims(agent, experiment_id)
+        return {
+            "agent": agent,
+            "kind": kind,
+            "parent_id": parent_id,
+            "confirms_id": confirms_id,
+            "status": QUEUED,
+            "description": description,
+            "code_hash": code_hash,
+            "code": files,
+            "diff_parent": diff_parent,
+            "diff_baseline": diff_baseline,
+            "flags": flags,
+            "disqualified": int(any(f["name"] in DISQUALIFYING_FLAGS for f in flags)),
+            "budget_seconds": self.level_budget(scale),
+            "budget_kind": self.settings.budget_kind,
+            "device": self.device,
+            "hardware": self.hardware,
+            "torch_version": _torch_version(),
+            "seed": self.settings.seed if seed is None else seed,
+            "isolation": self.isolation.value,
+            "paper_ids": papers,
+            "scale": scale,
+        }
+
+    def queue_runs(
+        self,
+        planned: Sequence[dict[str, Any]],
+        requester: str | None,
+        *,
+        check_quota: bool = True,
+        reuse: bool = True,
+    ) -> list[tuple[int, int | None]]:
+        """Record planned runs (see `plan_run`) as one step under the submit lock: the quota of
+        `requester` is checked for all of them at once, then each is deduplicated and inserted,
+        charged to `requester` (None: the server's own run, charged to nobody). Returns
+        (experiment id, reused-from id) per run. Only cheap reads and the inserts happen here."""
+        with self._submit_lock:
+            results: list[tuple[int, int | None]] = []
+            fresh: list[dict[str, Any]] = []
+            for run in planned:
+                earlier = None
+                if reuse and run["kind"] == "experiment":
+                    earlier = self.store.find_by_code(
+                        run["code_hash"],
+                        {
+                            "hardware": run["hardware"],
+                            "budget_seconds": run["budget_seconds"],
+                            "budget_kind": run["budget_kind"],
+                            "scale": run["scale"],
+                        },
+                    )
+                results.append((earlier["id"], earlier["id"]) if earlier else (0, None))
+                if earlier is None:
+                    fresh.append(run)
+            if fresh and check_quota and requester is not None:
+                self._check_quota(requester, len(fresh))
+            for index, run in enumerate(planned):
+                reused = results[index][1]
+                if reused is not None:
+                    if run["kind"] == "experiment":
+                        self._set_workspace_parent(run["agent"], reused)
+                        self.store.release_claims(run["agent"], reused)
+                    continue
+                experiment_id = self.store.create_experiment(**run, requested_by=requester)
+                results[index] = (experiment_id, None)
+                if run["kind"] == "experiment":
+                    self._set_workspace_parent(run["agent"], experiment_id)
+                    self.store.release_claims(run["agent"], experiment_id)
         self.scheduler.notify()
-        return experiment_id, None
+        return results
 
     def _check_arxiv_id(self, value: str) -> str:
         value = (value or "").strip()
@@ -477,9 +584,18 @@ class Lab:
             )
         return re.sub(r"v\d+$", "", value)
 
-    def _check_quota(self, agent: str) -> None:
-        live = self.live_experiments(agent)
-        row = self.store.agent(agent) or {}
+    def _check_quota(self, requester: str, new_runs: int = 1) -> None:
+        """Refuse a request that would take `requester` past its limits (LabError says which and what to do).
+
+        Every run an agent causes counts: its experiments, the confirmations and promotions it
+        asks for (including the baselines a promotion queues) and the merges it combines. A
+        request may queue a bounded batch (confirm: at most 10 runs; a promotion: its paired
+        runs and any missing baselines) when the agent has fewer live runs than its limit; the
+        experiments-in-all cap counts every run of the batch. Re-queues after a crash of the
+        server are not charged (they count as live, not in the totals).
+        """
+        live = self.live_experiments(requester)
+        row = self.store.agent(requester) or {}
         max_live = row.get("max_queued") or self.settings.max_live_per_agent
         if len(live) >= max_live:
             first = live[0]
@@ -488,21 +604,36 @@ class Lab:
                 f"Call wait_experiment({first['id']}) for its result, or cancel_experiment({first['id']})"
             )
         max_total = row.get("max_experiments") or self.settings.max_experiments_per_agent
-        if max_total and self.store.count_experiments(agent=agent) >= max_total:
-            raise LabError(
-                f"quota reached: agent {agent} may run {max_total} experiments in all; ask the operator to raise it"
-            )
+        if max_total:
+            used = self.charged_runs(requester)
+            if used + new_runs > max_total:
+                asked = f"; this request would queue {new_runs} runs" if new_runs > 1 else ""
+                raise LabError(
+                    f"quota reached: agent {requester} may run {max_total} experiments in all (confirmation "
+                    f"and promotion runs count too) and has run {used}{asked}; ask the operator to raise it"
+                )
         max_hours = row.get("max_device_hours")
         if max_hours:
-            used = self.device_hours(agent)
-            if used >= max_hours:
+            used_hours = self.device_hours(requester)
+            if used_hours >= max_hours:
                 raise LabError(
-                    f"quota reached: agent {agent} has used {used:.2f} of {max_hours:g} device-hours; ask the operator to raise it"
+                    f"quota reached: agent {requester} has used {used_hours:.2f} of {max_hours:g} device-hours "
+                    "(confirmation and promotion runs count too); ask the operator to raise it"
                 )
 
-    def device_hours(self, agent: str) -> float:
+    def charged_runs(self, requester: str) -> int:
+        """How many runs `requester` asked for, re-queues after a server crash not counted."""
+        row = self.store.db.execute(
+            "SELECT COUNT(*) FROM experiments WHERE requested_by = ? AND retry_of IS NULL",
+            [requester],
+        ).fetchone()
+        return int(row[0])
+
+    def device_hours(self, requester: str) -> float:
+        """Device-hours of the runs `requester` asked for, re-queues after a server crash not counted."""
         rows = self.store.db.execute(
-            "SELECT COALESCE(SUM(total_seconds), 0) FROM experiments WHERE agent = ?", [agent]
+            "SELECT COALESCE(SUM(total_seconds), 0) FROM experiments WHERE requested_by = ? AND retry_of IS NULL",
+            [requester],
         ).fetchone()
         return float(rows[0]) / 3600
 
@@ -541,7 +672,7 @@ class Lab:
             return
         experiment = self.store.get_experiment(experiment_id)
         flags = list(experiment.get("flags") or [])
-        disqualifications = [f["reason"] for f in flags if f.get("name") == "seed_only"]
+        disqualifications = [f["reason"] for f in flags if f.get("name") in DISQUALIFYING_FLAGS]
         if result.status == OK and self._contended(result):
             flags.append(
                 {
@@ -553,6 +684,11 @@ class Lab:
                 }
             )
             disqualifications.append("the CPU was contended during the run")
+        over_budget = float(getattr(result, "over_budget_seconds", 0.0) or 0.0)
+        budget = experiment.get("budget_seconds") or self.budget_seconds
+        if result.status == OK and over_budget > over_budget_tolerance(budget):
+            flags.append(over_budget_flag(over_budget, budget, self.settings.budget_kind))
+            disqualifications.append(over_budget_reason(over_budget, budget))
         # The incumbent: the leaderboard's top (confirmed means, the baseline as the mean of its runs).
         incumbent = [
             e
@@ -595,10 +731,12 @@ class Lab:
             val_bpb=val,
             verdict=verdict,
             metrics=metrics,
-            delta_parent=(parent_bpb - val)
+            delta_parent=published(parent_bpb - val)
             if (val is not None and parent_bpb is not None)
             else None,
-            delta_best=(best_bpb - val) if (val is not None and best_bpb is not None) else None,
+            delta_best=published(best_bpb - val)
+            if (val is not None and best_bpb is not None)
+            else None,
             train_seconds=result.train_seconds,
             eval_seconds=result.eval_seconds,
             total_seconds=result.total_seconds,
@@ -674,7 +812,11 @@ class Lab:
         drift = row["val_bpb"] - original["val_bpb"]
         threshold = self.settings.noise_k * self.noise(row.get("scale") or "S").sd
         metrics = dict(row.get("metrics") or {})
-        metrics.update(drift=drift, drift_threshold=threshold, drifted=abs(drift) > threshold)
+        metrics.update(
+            drift=published(drift),
+            drift_threshold=published(threshold),
+            drifted=abs(drift) > threshold,
+        )
         self.store.update_experiment(experiment_id, metrics=metrics)
         if abs(drift) > threshold:
             log.warning(
@@ -756,12 +898,27 @@ class Lab:
             sd=sd,
         )
 
-    def ensure_baseline(self, repeats: int | None = None, scale: str = "S") -> list[int]:
+    def ensure_baseline(
+        self, repeats: int | None = None, scale: str = "S", requested_by: str | None = None
+    ) -> list[int]:
         """Queue baseline runs until `repeats` exist (finished or live) for this hardware, budget and level.
 
         Seeds are the server's paired seeds seed, seed+1, ...: a promotion compares run n of an
-        idea with baseline run n of the same seed.
+        idea with baseline run n of the same seed. The runs are the server's (agent `server`);
+        `requested_by` is charged for them when a request caused them (a promotion to a level
+        whose baseline is missing), else nobody.
         """
+        with (
+            self._submit_lock
+        ):  # planning reads what exists: one planner at a time (cheap: no diff)
+            planned = self.plan_baselines(repeats, scale)
+            results = self.queue_runs(
+                planned, requested_by, check_quota=requested_by is not None, reuse=False
+            )
+        return [experiment_id for experiment_id, _ in results]
+
+    def plan_baselines(self, repeats: int | None = None, scale: str = "S") -> list[dict[str, Any]]:
+        """The baseline runs `ensure_baseline` would queue now (planned, not recorded)."""
         repeats = self.settings.baseline_repeats if repeats is None else repeats
         existing = [
             r
@@ -776,23 +933,27 @@ class Lab:
             and (r["scale"] or "S") == scale
             and r["status"] in (OK, QUEUED, RUNNING)
         ]
-        queued = []
+        if len(existing) >= repeats:
+            return []
+        # The baseline's diffs are empty: planning it once is cheap, the seeds are stamped per run.
+        template = self.plan_run(
+            SERVER_AGENT,
+            "baseline measurement",
+            kind="baseline",
+            files=dict(self.baseline_files),
+            parent_id=None,
+            scale=scale,
+        )
+        planned = []
         for n in range(len(existing), repeats):
-            experiment_id, _ = self.submit(
-                SERVER_AGENT,
+            seed = self.settings.seed + n
+            description = (
                 f"baseline measurement {n + 1}/{repeats}"
                 + (f" at level {scale}" if scale != "S" else "")
-                + f" (server-owned seed {self.settings.seed + n})",
-                kind="baseline",
-                files=dict(self.baseline_files),
-                parent_id=None,
-                seed=self.settings.seed + n,
-                check_quota=False,
-                reuse=False,
-                scale=scale,
+                + f" (server-owned seed {seed})"
             )
-            queued.append(experiment_id)
-        return queued
+            planned.append({**template, "seed": seed, "description": description})
+        return planned
 
     # ------------------------------------------------------------ recovery
 
@@ -855,9 +1016,11 @@ class Lab:
     # ------------------------------------------------------------ reading results
 
     def experiment(self, experiment_id: int) -> dict[str, Any]:
+        """One experiment's row; a LabError for an id that is malformed or does not exist."""
+        experiment_id = check_experiment_id(experiment_id)
         try:
-            return self.store.get_experiment(int(experiment_id))
-        except (ExperimentNotFound, ValueError, TypeError):
+            return self.store.get_experiment(experiment_id)
+        except ExperimentNotFound:
             raise LabError(
                 f"experiment #{experiment_id} does not exist; get_history lists experiment ids"
             ) from None
@@ -890,8 +1053,8 @@ class Lab:
         ]
         mean, sd = mean_sd(values)
         return {
-            "mean": mean,
-            "sd": sd,
+            "mean": published(mean),
+            "sd": published(sd),
             "n": len(values),
             "values": values,
             "run_ids": [r["id"] for r in rows],
@@ -943,8 +1106,8 @@ class Lab:
                     "id": baseline["experiment_ids"][0],
                     "agent": SERVER_AGENT,
                     "description": f"baseline (trainer/train.py as shipped; mean of {runs} run{'s' if runs > 1 else ''})",
-                    "val_bpb": baseline["mean"],
-                    "sd": baseline["sd"] if runs > 1 else None,
+                    "val_bpb": published(baseline["mean"]),
+                    "sd": published(baseline["sd"]) if runs > 1 else None,
                     "runs": runs,
                     "confirmed": runs >= 2,
                 }
@@ -986,11 +1149,11 @@ class Lab:
             "hardware": self.hardware,
             "budget_seconds": self.level_budget(scale),
             "budget_kind": self.settings.budget_kind,
-            "baseline_mean": noise.mean,
-            "sd": noise.sd,
+            "baseline_mean": published(noise.mean),
+            "sd": published(noise.sd),
             "runs": noise.runs,
             "measured": noise.measured,
-            "threshold": self.settings.noise_k * noise.sd,
+            "threshold": published(self.settings.noise_k * noise.sd),
             "last_drift_check": self.last_drift_check(),
         }
 
@@ -1035,17 +1198,33 @@ class Lab:
         self._set_workspace_parent(agent, source_id)
         return source_id, sorted(code)
 
-    def cancel(self, agent: str, experiment_id: int) -> str:
+    def cancel(self, agent: str | None, experiment_id: int) -> str:
+        """Cancel a live run. An agent may cancel only the runs it asked for (`requested_by`), never
+        a baseline the server shares between agents; `agent` None is the operator: any run."""
         experiment = self.experiment(experiment_id)
-        if experiment["agent"] != agent:
-            raise LabError(
-                f"experiment #{experiment_id} belongs to {experiment['agent']}; you can cancel only your own"
-            )
+        experiment_id = experiment["id"]
+        requester = experiment.get("requested_by") or (
+            None if experiment["agent"] == SERVER_AGENT else experiment["agent"]
+        )
+        if agent is not None:
+            if experiment["kind"] == "baseline":
+                raise LabError(
+                    f"experiment #{experiment_id} is a baseline measurement the server shares between agents; "
+                    "it cannot be cancelled by an agent"
+                )
+            if requester != agent:
+                raise LabError(
+                    f"experiment #{experiment_id} belongs to {requester or 'the server'}; you can cancel only your own"
+                )
         if experiment["status"] in FINAL_STATUSES:
             raise LabError(
                 f"experiment #{experiment_id} already finished ({experiment['status']}); nothing to cancel"
             )
-        return self.scheduler.cancel(experiment_id)
+        outcome = self.scheduler.cancel(experiment_id)
+        if outcome == "cancelled" and self.ladder is not None:
+            # A run cancelled while queued never reaches on_finish: settle promotions waiting on it.
+            self.ladder.on_run_finished(experiment_id)
+        return outcome
 
     def claim(self, agent: str, text: str) -> int:
         text = " ".join((text or "").split())
@@ -1065,11 +1244,19 @@ class Lab:
 
     # ------------------------------------------------------------ confirmation
 
-    def confirm(self, agent: str, experiment_id: int, repeats: int) -> list[int]:
-        """Queue `repeats` more runs of an experiment's code with fresh seeds (counted against the agent)."""
-        if not 1 <= repeats <= 10:
+    def confirm(self, agent: str | None, experiment_id: int, repeats: int) -> list[int]:
+        """Queue `repeats` more runs of an experiment's code with fresh seeds.
+
+        Anyone may confirm anyone's experiment (useful science): the runs are credited to the
+        experiment's author (the row's agent: its leaderboard entry, mean +- sd and verdict stay
+        the author's) and charged to `agent`, who asked (`requested_by` on each run), through
+        the same quota check as run_experiment. `agent` None is the operator (the CLI or the
+        Lab API; agents always have a name): charged to nobody.
+        """
+        if not isinstance(repeats, int) or not 1 <= repeats <= 10:
             raise LabError(f"repeats={repeats} is out of range; use 1 to 10")
         original = self.experiment(experiment_id)
+        experiment_id = original["id"]
         if original["status"] != OK:
             raise LabError(
                 f"experiment #{experiment_id} is {original['status']}; only a successful run can be confirmed"
@@ -1078,27 +1265,27 @@ class Lab:
             raise LabError(
                 f"experiment #{experiment_id} is a {original['kind']} run; confirm the experiment itself"
             )
-        existing = self.store.db.execute(
-            "SELECT COUNT(*) FROM experiments WHERE confirms_id = ?", [experiment_id]
-        ).fetchone()[0]
-        ids = []
-        for n in range(repeats):
-            seed = self.settings.seed + 1000 + existing + n  # fresh seeds, never the paired one
-            new_id, _ = self.submit(
-                agent,
-                f"confirm #{experiment_id} (seed {seed}): {original['description']}"[
-                    :MAX_DESCRIPTION
-                ],
-                kind="confirmation",
-                files=original["code"],
-                parent_id=experiment_id,
-                confirms_id=experiment_id,
-                seed=seed,
-                check_quota=False,
-                reuse=False,
-            )
-            ids.append(new_id)
-        return ids
+        template = self.plan_run(
+            original["agent"],
+            f"confirm #{experiment_id}",
+            kind="confirmation",
+            files=original["code"],
+            parent_id=experiment_id,
+            confirms_id=experiment_id,
+        )
+        with self._submit_lock:  # the seeds follow the confirmations already recorded
+            existing = self.store.db.execute(
+                "SELECT COUNT(*) FROM experiments WHERE confirms_id = ?", [experiment_id]
+            ).fetchone()[0]
+            planned = []
+            for n in range(repeats):
+                seed = self.settings.seed + 1000 + existing + n  # fresh seeds, never the paired one
+                description = f"confirm #{experiment_id} (seed {seed}): {original['description']}"
+                planned.append(
+                    {**template, "seed": seed, "description": description[:MAX_DESCRIPTION]}
+                )
+            results = self.queue_runs(planned, agent, check_quota=agent is not None, reuse=False)
+        return [new_id for new_id, _ in results]
 
     def improvement_count(self) -> int:
         return int(

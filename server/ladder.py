@@ -21,7 +21,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.store import FINAL_STATUSES, OK, utc_now, write_transaction
+from server.store import (
+    FINAL_STATUSES,
+    OK,
+    SERVER_AGENT,
+    ExperimentNotFound,
+    utc_now,
+    write_transaction,
+)
+from server.verdicts import PUBLISHED_DIGITS, published
 
 if TYPE_CHECKING:
     from server.lab import Lab, ScaleLevel
@@ -34,6 +42,11 @@ TRANSFERS, DOES_NOT_TRANSFER, WITHIN_NOISE, FAILED = (
     "within_noise",
     "failed",
 )
+
+
+MERGE_MAX_CHARS = 512 * 1024  # per text given to git merge-file
+MERGE_TIMEOUT_SECONDS = 10.0
+MAX_COMBINED = 8  # experiments per combine call
 
 
 class PromotionRefused(ValueError):
@@ -72,6 +85,11 @@ class PromotionLadder:
                     pk="id",
                 )
                 db.table("promotions").create_index(["experiment_id"])
+            if "requested_by" not in db.table("promotions").columns_dict:
+                # Who asked (charged for its runs); `agent` is the author credited with the idea.
+                # Older stores recorded the one who asked as `agent`.
+                db.execute("ALTER TABLE promotions ADD COLUMN requested_by TEXT")
+                db.execute("UPDATE promotions SET requested_by = agent")
 
     # ------------------------------------------------------------ levels
 
@@ -92,44 +110,54 @@ class PromotionLadder:
 
     # ------------------------------------------------------------ promote
 
-    def promote(self, agent: str, experiment_id: int, level: str | None = None) -> dict[str, Any]:
-        """Queue the paired runs that measure whether a confirmed win transfers to `level` (default: the next)."""
+    def promote(
+        self, agent: str | None, experiment_id: int, level: str | None = None
+    ) -> dict[str, Any]:
+        """Queue the paired runs that measure whether a confirmed win transfers to `level` (default: the next).
+
+        Only the experiment's author promotes it (or the operator: `agent` None, the CLI, the
+        Lab API and auto-promotion). The promotion's runs are credited to the author and
+        charged to whoever asked, through the same quota check as run_experiment: its paired
+        runs and any baseline runs the level still lacks, all at once.
+        """
         lab = self.lab
-        with self._lock:
-            experiment = lab.experiment(experiment_id)
-            from_level = experiment.get("scale") or "S"
-            if experiment["status"] != OK or experiment["kind"] not in ("experiment", "promotion"):
-                raise PromotionRefused(
-                    f"experiment #{experiment_id} is a {experiment['kind']} run with status {experiment['status']}; "
-                    "only a successful experiment can be promoted"
-                )
-            stats = lab.confirmation_stats(experiment_id)
-            if not stats or stats["n"] < 2:
-                raise PromotionRefused(
-                    f"experiment #{experiment_id} was never confirmed; run confirm_experiment({experiment_id}, repeats=2) "
-                    "first: only wins that survive more seeds are promoted"
-                )
-            names = [lv.name for lv in self.levels()]
-            if level is None:
-                target = self.next_level(from_level)
-                if target is None:
-                    raise PromotionRefused(
-                        f"#{experiment_id} is at the top level {from_level}; there is nothing above it"
-                    )
-            else:
-                if level not in names:
-                    raise PromotionRefused(
-                        f"level {level!r} does not exist; the levels are {', '.join(names)}"
-                    )
-                target = lab.level(level)
-                if names.index(level) <= names.index(from_level):
-                    raise PromotionRefused(
-                        f"level {level} is not above {from_level}; promote to one of "
-                        f"{', '.join(names[names.index(from_level) + 1 :]) or '(none)'}"
-                    )
+        experiment = lab.experiment(experiment_id)
+        experiment_id = experiment["id"]
+        author = experiment["agent"]
+        if agent is not None and agent != author:
+            raise PromotionRefused(
+                f"#{experiment_id} is {author}'s; ask {author} or the operator to promote it "
+                "(you may confirm_experiment it: confirmations credit the author)"
+            )
+        from_level = experiment.get("scale") or "S"
+        if experiment["status"] != OK or experiment["kind"] not in ("experiment", "promotion"):
+            raise PromotionRefused(
+                f"experiment #{experiment_id} is a {experiment['kind']} run with status {experiment['status']}; "
+                "only a successful experiment can be promoted"
+            )
+        stats = lab.confirmation_stats(experiment_id)
+        if not stats or stats["n"] < 2:
+            raise PromotionRefused(
+                f"experiment #{experiment_id} was never confirmed; run confirm_experiment({experiment_id}, repeats=2) "
+                "first: only wins that survive more seeds are promoted"
+            )
+        target = self._target_level(experiment_id, from_level, level)
+        repeats = max(1, lab.settings.promotion_repeats)
+        seeds = [lab.settings.seed + n for n in range(repeats)]
+        # Planned before any lock: the code's hash, its diffs and review (bounded, but not free).
+        template = lab.plan_run(
+            author,
+            f"promote #{experiment_id} {from_level}->{target.name}",
+            kind="promotion",
+            files=experiment["code"],
+            parent_id=experiment_id,
+            scale=target.name,
+        )
+        with self._lock, lab._submit_lock:
             existing = list(
                 lab.store.db.query(
-                    "SELECT * FROM promotions WHERE experiment_id = ? AND to_level = ? AND COALESCE(verdict, '') != 'failed'",
+                    "SELECT * FROM promotions WHERE experiment_id = ? AND to_level = ? "
+                    "AND COALESCE(verdict, '') != 'failed' AND status != 'failed'",
                     [experiment_id, target.name],
                 )
             )
@@ -142,35 +170,38 @@ class PromotionLadder:
                         f"level {target.name} has used {used:.2f} of its {target.device_hours_quota:g} device-hours; "
                         "ask the operator to raise the quota"
                     )
-            repeats = max(1, lab.settings.promotion_repeats)
-            lab.ensure_baseline(repeats, scale=target.name)
-            seeds = [lab.settings.seed + n for n in range(repeats)]
+            baselines = lab.plan_baselines(repeats, scale=target.name)
+            runs = [
+                {
+                    **template,
+                    "kind": "promotion" if n == 0 else "confirmation",
+                    "seed": seed,
+                    "description": f"promote #{experiment_id} {from_level}->{target.name} (seed {seed}): "
+                    f"{experiment['description']}"[:480],
+                }
+                for n, seed in enumerate(seeds)
+            ]
+            # One quota check for everything this promotion queues, then the inserts.
+            queued = lab.queue_runs(
+                baselines + runs, agent, check_quota=agent is not None, reuse=False
+            )
+            run_ids = [run_id for run_id, _ in queued[len(baselines) :]]
+            if len(run_ids) > 1:  # the later seeds are confirmations of the first promotion run
+                with write_transaction(lab.store.db):
+                    for run_id in run_ids[1:]:
+                        lab.store.db.execute(
+                            "UPDATE experiments SET confirms_id = ? WHERE id = ?",
+                            [run_ids[0], run_id],
+                        )
             baseline_ids = [self._baseline_for(target.name, seed) for seed in seeds]
-            run_ids: list[int] = []
-            for seed in seeds:
-                first = run_ids[0] if run_ids else None
-                run_id, _ = lab.submit(
-                    agent,
-                    f"promote #{experiment_id} {from_level}->{target.name} (seed {seed}): {experiment['description']}"[
-                        :480
-                    ],
-                    kind="promotion" if first is None else "confirmation",
-                    files=experiment["code"],
-                    parent_id=experiment_id,
-                    confirms_id=first,
-                    seed=seed,
-                    check_quota=False,
-                    reuse=False,
-                    scale=target.name,
-                )
-                run_ids.append(run_id)
             with write_transaction(lab.store.db):
                 promotion_id = (
                     lab.store.db.table("promotions")
                     .insert(
                         {
                             "experiment_id": experiment_id,
-                            "agent": agent,
+                            "agent": author,
+                            "requested_by": agent,
                             "from_level": from_level,
                             "to_level": target.name,
                             "status": "running",
@@ -183,6 +214,27 @@ class PromotionLadder:
                     .last_pk
                 )
             return self.promotion(int(promotion_id))  # type: ignore[arg-type]
+
+    def _target_level(self, experiment_id: int, from_level: str, level: str | None) -> ScaleLevel:
+        """The level to promote to: `level`, or the next one above `from_level`."""
+        names = [lv.name for lv in self.levels()]
+        if level is None:
+            target = self.next_level(from_level)
+            if target is None:
+                raise PromotionRefused(
+                    f"#{experiment_id} is at the top level {from_level}; there is nothing above it"
+                )
+            return target
+        if level not in names:
+            raise PromotionRefused(
+                f"level {level!r} does not exist; the levels are {', '.join(names)}"
+            )
+        if names.index(level) <= names.index(from_level):
+            raise PromotionRefused(
+                f"level {level} is not above {from_level}; promote to one of "
+                f"{', '.join(names[names.index(from_level) + 1 :]) or '(none)'}"
+            )
+        return self.lab.level(level)
 
     def _baseline_for(self, scale: str, seed: int) -> int:
         rows = list(
@@ -202,7 +254,20 @@ class PromotionLadder:
     # ------------------------------------------------------------ results
 
     def on_run_finished(self, experiment_id: int) -> None:
-        """Called by the lab after every finished run: completes promotions whose runs are all final."""
+        """Called by the lab after every finished (or cancelled) run: completes promotions whose runs are all final."""
+        with self._lock:
+            self.settle()
+            if self.lab.settings.auto_promote:
+                self._maybe_auto_promote(experiment_id)
+
+    def settle(self) -> list[int]:
+        """Finish every `running` promotion whose runs are all final; returns their ids.
+
+        Checked for all running promotions (there are few), not only the one whose run just
+        finished: a run cancelled while queued, or re-queued after a server crash (followed
+        to its retry), must not leave a promotion `running` forever. Also called at startup.
+        """
+        settled = []
         with self._lock:
             pending = [
                 self._decode(r)
@@ -211,62 +276,83 @@ class PromotionLadder:
                 )
             ]
             for promotion in pending:
-                ids = promotion["run_ids"] + promotion["baseline_ids"]
-                if experiment_id not in ids:
-                    continue
-                rows = [self.lab.store.get_experiment(i) for i in ids]
-                if all(r["status"] in FINAL_STATUSES for r in rows):
-                    self._finalize(
-                        promotion,
-                        rows[: len(promotion["run_ids"])],
-                        rows[len(promotion["run_ids"]) :],
-                    )
-            if self.lab.settings.auto_promote:
-                self._maybe_auto_promote(experiment_id)
+                rows = []
+                for run_id in promotion["run_ids"] + promotion["baseline_ids"]:
+                    try:
+                        rows.append(self.lab.resolve_retry(self.lab.store.get_experiment(run_id)))
+                    except ExperimentNotFound:
+                        rows.append({"id": run_id, "kind": "run", "status": "missing"})
+                if all(r["status"] in (*FINAL_STATUSES, "missing") for r in rows):
+                    count = len(promotion["run_ids"])
+                    self._finalize(promotion, rows[:count], rows[count:])
+                    settled.append(promotion["id"])
+        return settled
 
     def _finalize(
         self, promotion: dict[str, Any], runs: list[dict[str, Any]], baselines: list[dict[str, Any]]
     ) -> None:
-        lab, to_level = self.lab, promotion["to_level"]
+        """Record the transfer verdict; a promotion whose runs failed ends `failed` with the reason.
+
+        Never leaves the promotion `running`: whatever goes wrong while scoring it (an
+        unmeasured small-level baseline, a missing run) ends in a final state with a note.
+        """
+        try:
+            fields = self._score(promotion, runs, baselines)
+        except Exception as exc:  # never `running` forever
+            log.exception("promotion %s could not be scored", promotion["id"])
+            fields = {
+                "status": "failed",
+                "verdict": FAILED,
+                "note": f"the promotion could not be scored: {type(exc).__name__}",
+            }
+        fields.setdefault("finished_at", utc_now())
+        with write_transaction(self.lab.store.db):
+            self.lab.store.db.table("promotions").update(promotion["id"], fields)
+
+    def _score(
+        self, promotion: dict[str, Any], runs: list[dict[str, Any]], baselines: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        lab, to_level, from_level = self.lab, promotion["to_level"], promotion["from_level"]
         failed = [r for r in runs + baselines if r["status"] != OK]
-        small_gain = self._small_gain(promotion["experiment_id"], promotion["from_level"])
-        fields: dict[str, Any] = {
-            "status": "done",
-            "finished_at": utc_now(),
-            "small_gain": small_gain,
-        }
+        small_gain = published(self._small_gain(promotion["experiment_id"], from_level))
         if failed:
             first = failed[0]
             what = "the baseline" if first["kind"] == "baseline" else "the promoted code"
-            fields.update(
-                verdict=FAILED,
-                note=f"{what} failed at level {to_level}: run #{first['id']} {first['status']}: "
-                f"{first.get('failure_reason') or ''}".strip(),
-            )
+            reason = first.get("failure_reason") or ""
+            return {
+                "status": "failed",
+                "verdict": FAILED,
+                "small_gain": small_gain,
+                "note": f"{what} failed at level {to_level}: run #{first['id']} {first['status']}: {reason}".strip(),
+            }
+        differences = [
+            b["val_bpb"] - r["val_bpb"] for r, b in zip(runs, baselines, strict=True)
+        ]  # positive = better
+        large_gain = round(statistics.fmean(differences), PUBLISHED_DIGITS)  # as published
+        noise = lab.noise(to_level)
+        n = len(differences)
+        threshold = lab.settings.noise_k * noise.sd * math.sqrt(2.0 / n)
+        if large_gain > threshold:
+            verdict = TRANSFERS
+        elif large_gain < -threshold:
+            verdict = DOES_NOT_TRANSFER
         else:
-            differences = [
-                b["val_bpb"] - r["val_bpb"] for r, b in zip(runs, baselines, strict=True)
-            ]  # positive = better
-            large_gain = statistics.fmean(differences)
-            noise = lab.noise(to_level)
-            n = len(differences)
-            threshold = lab.settings.noise_k * noise.sd * math.sqrt(2.0 / n)
-            if large_gain > threshold:
-                verdict = TRANSFERS
-            elif large_gain < -threshold:
-                verdict = DOES_NOT_TRANSFER
-            else:
-                verdict = WITHIN_NOISE
-            fields.update(
-                large_gain=large_gain,
-                large_sd=statistics.stdev(differences) if n > 1 else None,
-                threshold=threshold,
-                verdict=verdict,
-                note=f"gain {small_gain:+.4f} at {promotion['from_level']} (confirmed mean vs its baseline), "
-                f"{large_gain:+.4f} at {to_level} (mean of {n} paired differences, threshold {threshold:.4f})",
-            )
-        with write_transaction(lab.store.db):
-            lab.store.db.table("promotions").update(promotion["id"], fields)
+            verdict = WITHIN_NOISE
+        small = (
+            f"gain {small_gain:+.4f} at {from_level} (confirmed mean vs its baseline)"
+            if small_gain is not None
+            else f"gain at {from_level} unknown (its baseline is not measured on this hardware and budget)"
+        )
+        return {
+            "status": "done",
+            "small_gain": small_gain,
+            "large_gain": large_gain,
+            "large_sd": published(statistics.stdev(differences)) if n > 1 else None,
+            "threshold": published(threshold),
+            "verdict": verdict,
+            "note": f"{small}, {large_gain:+.4f} at {to_level} (mean of {n} paired differences, "
+            f"threshold {threshold:.4f})",
+        }
 
     def _small_gain(self, experiment_id: int, scale: str) -> float | None:
         stats = self.lab.confirmation_stats(experiment_id)
@@ -295,7 +381,7 @@ class PromotionLadder:
         if noise.mean is None or noise.mean - stats["mean"] <= self.lab.settings.noise_k * noise.sd:
             return
         try:
-            self.promote(original["agent"], original_id)
+            self.promote(None, original_id)  # the operator's policy: charged to nobody
         except PromotionRefused as exc:
             log.info("not auto-promoting #%s: %s", original_id, exc)
 
@@ -312,6 +398,7 @@ class PromotionLadder:
     def ladder(self, experiment_id: int) -> dict[str, Any]:
         """One idea's climb: its result at its own level and every promotion with both gains."""
         experiment = self.lab.experiment(experiment_id)
+        experiment_id = experiment["id"]
         stats = self.lab.confirmation_stats(experiment_id)
         promotions = [
             self._decode(r)
@@ -339,15 +426,24 @@ class PromotionLadder:
 
     def combine(
         self,
-        agent: str,
+        agent: str | None,
         experiment_ids: list[int],
         scale: str = "S",
         description: str | None = None,
     ) -> dict[str, Any]:
-        """Three-way merge several experiments' diffs onto the best of `scale` and queue the result."""
+        """Three-way merge several experiments' diffs onto the best of `scale` and queue the result.
+
+        The combination is a new experiment of `agent` (who asks and is charged, through the
+        same quota check as run_experiment; None: the operator). The quota is looked at before
+        any merge work, and again when the run is queued.
+        """
         lab = self.lab
         if len(experiment_ids) < 2 or len(set(experiment_ids)) != len(experiment_ids):
             raise PromotionRefused("send two or more distinct experiment ids to combine")
+        if len(experiment_ids) > MAX_COMBINED:
+            raise PromotionRefused(
+                f"{len(experiment_ids)} experiments is too many to combine at once; send at most {MAX_COMBINED}"
+            )
         lab.level(scale)
         experiments = [lab.experiment(i) for i in experiment_ids]
         for e in experiments:
@@ -355,6 +451,8 @@ class PromotionLadder:
                 raise PromotionRefused(
                     f"experiment #{e['id']} is {e['status']}; combine only successful experiments"
                 )
+        if agent is not None:
+            lab._check_quota(agent)  # before the merges: a refused request costs no merge work
         board = lab.leaderboard(limit=1, scale=scale)
         base_id = board[0]["id"] if board else None
         merged = (
@@ -384,7 +482,14 @@ class PromotionLadder:
                     )
                 merged[name] = text
         label = description or "combine " + " + ".join(f"#{i}" for i in experiment_ids)
-        run_id, reused = lab.submit(agent, label, files=merged, parent_id=base_id, scale=scale)
+        run_id, reused = lab.submit(
+            agent or SERVER_AGENT,
+            label,
+            requested_by=agent,
+            files=merged,
+            parent_id=base_id,
+            scale=scale,
+        )
         return {
             "experiment_id": run_id,
             "reused_from": reused,
@@ -395,20 +500,47 @@ class PromotionLadder:
 
 
 def three_way_merge(ours: str, base: str, theirs: str) -> tuple[str, list[str]]:
-    """`git merge-file` on three texts: the merged text and, for a conflict, each conflicting hunk."""
+    """`git merge-file` on three texts: the merged text and, for a conflict, each conflicting hunk.
+
+    Bounded: each text at most MERGE_MAX_CHARS (editable files are capped well below that) and
+    the merge at most MERGE_TIMEOUT_SECONDS; it runs under no lock of the server's.
+    """
+    for label, text in (("current", ours), ("base", base), ("incoming", theirs)):
+        if len(text) > MERGE_MAX_CHARS:
+            raise PromotionRefused(
+                f"the {label} code is {len(text):,} characters, more than the {MERGE_MAX_CHARS:,} a merge "
+                "accepts; combine smaller changes"
+            )
     with tempfile.TemporaryDirectory(prefix="ar-merge-") as tmp:
         paths = []
         for label, text in (("ours", ours), ("base", base), ("theirs", theirs)):
             path = Path(tmp) / label
             path.write_text(text)
             paths.append(str(path))
-        proc = subprocess.run(
-            ["git", "merge-file", "-p", "-L", "current", "-L", "base", "-L", "incoming", *paths],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [
+                    "git",
+                    "merge-file",
+                    "-p",
+                    "-L",
+                    "current",
+                    "-L",
+                    "base",
+                    "-L",
+                    "incoming",
+                    *paths,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=MERGE_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise PromotionRefused(
+                f"the three-way merge took longer than {MERGE_TIMEOUT_SECONDS:g} s; nothing was queued. "
+                "Combine fewer or smaller changes, or apply one on top of the other by hand"
+            ) from None
     if proc.returncode < 0 or proc.returncode > 127:
         raise PromotionRefused(f"the merge failed: {proc.stderr.strip()[:200]}")
     conflicts: list[str] = []

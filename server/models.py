@@ -54,7 +54,11 @@ class ExperimentResult(BaseModel):
     """The compact result an agent reads after a run (full detail: get_experiment)."""
 
     id: int
-    agent: str
+    agent: str = Field(description="whose idea the code is: credited with the result")
+    requested_by: str | None = Field(
+        None,
+        description="who asked for this run (charged to their quota); null: the server's own run",
+    )
     kind: str
     status: str = Field(
         description="queued | running | ok | crash | timeout | integrity_fail | cancelled | interrupted"
@@ -76,7 +80,9 @@ class ExperimentResult(BaseModel):
     eval_seconds: float | None = None
     cpu_share: float | None = None
     flags: list[dict[str, Any]] = Field(
-        default_factory=list, description="parts of the contract the diff touches"
+        default_factory=list,
+        description="parts of the contract the diff touches, and what disqualified the run "
+        "(seed_only, contended, over_budget)",
     )
     failure_reason: str | None = None
     log_tail: str | None = Field(None, description="last log lines, on failure")

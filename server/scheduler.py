@@ -92,13 +92,20 @@ class LocalExecutor:
         )
 
 
+def turn_of(experiment: dict[str, Any]) -> str:
+    """Whose turn a queued run takes: the agent that asked for it, else the one it is credited to."""
+    return str(experiment.get("requested_by") or experiment["agent"])
+
+
 def round_robin_order(
     queued: Sequence[dict[str, Any]], last_served: dict[str, float]
 ) -> list[dict[str, Any]]:
     """The order in which `queued` experiments will be dispatched, given when each agent was last served.
 
     Priority experiments (`priority` > 0: server baselines) go first; then the agent served least
-    recently goes next, its oldest experiment first, and so on round by round.
+    recently goes next, its oldest experiment first, and so on round by round. Runs are turns
+    of the agent that asked for them (`requested_by`: a confirmation of someone else's idea is
+    the confirmer's turn, not the author's); the server's own runs share one turn.
     """
     served = dict(last_served)
     remaining = sorted(queued, key=lambda e: e["id"])
@@ -109,11 +116,11 @@ def round_robin_order(
         if priority:
             chosen = priority[0]
         else:
-            chosen = min(remaining, key=lambda e: (served.get(e["agent"], -1.0), e["id"]))
+            chosen = min(remaining, key=lambda e: (served.get(turn_of(e), -1.0), e["id"]))
         remaining.remove(chosen)
         order.append(chosen)
         clock += 1.0
-        served[chosen["agent"]] = clock
+        served[turn_of(chosen)] = clock
     return order
 
 
@@ -278,7 +285,7 @@ class Scheduler:
             return False
         with self._condition:
             self._progress[experiment_id] = LiveProgress(phase="training", slot=slot)
-            self._last_served[experiment["agent"]] = time.monotonic()
+            self._last_served[turn_of(experiment)] = time.monotonic()
         worker = threading.Thread(
             target=self._work,
             args=(experiment, slot, cancel),

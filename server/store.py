@@ -24,6 +24,12 @@ from typing import Any, cast
 import sqlite_utils
 
 BUSY_TIMEOUT_MS = 30_000
+SERVER_AGENT = (
+    "server"  # the name the server's own runs (baselines, drift checks) are recorded under
+)
+# The largest experiment or claim id the server accepts: SQLite's INTEGER is 64-bit signed, and
+# no research record comes near 2**31 rows; anything larger is a malformed id, refused early.
+MAX_ROW_ID = 2**31 - 1
 SCHEMA_VERSION = 1
 
 # Terminal and live states of an experiment.
@@ -41,8 +47,9 @@ FINAL_STATUSES = (OK, CRASH, TIMEOUT, INTEGRITY_FAIL, CANCELLED, INTERRUPTED)
 
 EXPERIMENT_COLUMNS: dict[str, type] = {
     "id": int,
-    "agent": str,
-    "kind": str,  # experiment | baseline | confirmation
+    "agent": str,  # whose idea the code is: credited on the leaderboard, in verdicts and history
+    "requested_by": str,  # who asked for this run: charged to their quota (NULL: the server's own)
+    "kind": str,  # experiment | baseline | confirmation | promotion | drift_check
     "parent_id": int,  # the experiment whose code the workspace started from
     "confirms_id": int,  # for confirmation runs: the experiment being confirmed
     "status": str,
@@ -93,6 +100,9 @@ READ_INDEXES = {
     # list_experiments(order='best') sorts by exactly these expressions.
     "idx_experiments_best": "CREATE INDEX IF NOT EXISTS idx_experiments_best "
     "ON experiments(val_bpb IS NULL, val_bpb, id)",
+    # Every submit counts the requester's live and total runs (the quota).
+    "idx_experiments_requested_by": "CREATE INDEX IF NOT EXISTS idx_experiments_requested_by "
+    "ON experiments(requested_by, status)",
 }
 
 
@@ -256,6 +266,7 @@ class Store:
             if "meta" not in db.table_names():
                 db.table("meta").create({"key": str, "value": str}, pk="key")
                 db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+        self._migrate_requested_by()
         if not db.table("experiments").detect_fts():
             with write_transaction(db):
                 db.table("experiments").enable_fts(
@@ -274,6 +285,24 @@ class Store:
             with write_transaction(db):
                 for sql in missing.values():
                     db.execute(sql)
+
+    def _migrate_requested_by(self) -> None:
+        """Stores written before `requested_by` existed: add the column and fill it in.
+
+        Those stores recorded every run an agent caused under its own name (confirmations and
+        promotions under the agent that asked), so `agent` is who asked, except for the
+        server's own runs (baselines, drift checks), which are charged to nobody.
+        """
+        db = self.db
+        if "requested_by" in db.table("experiments").columns_dict:
+            return
+        with write_transaction(db):
+            db.execute("ALTER TABLE experiments ADD COLUMN requested_by TEXT")
+            db.execute(
+                "UPDATE experiments SET requested_by = agent "
+                "WHERE agent != ? AND kind NOT IN ('baseline', 'drift_check')",
+                [SERVER_AGENT],
+            )
 
     # ------------------------------------------------------------ experiments
 
@@ -336,6 +365,8 @@ class Store:
         self,
         *,
         agent: str | None = None,
+        requested_by: str | None = None,
+        involving: str | None = None,
         status: str | Sequence[str] | None = None,
         order: str = "recent",
         query: str | None = None,
@@ -346,12 +377,22 @@ class Store:
         columns: Sequence[str] | None = None,
         before_id: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Filtered, ordered rows (`recent`: newest first; `best`: lowest val_bpb first; `oldest`)."""
+        """Filtered, ordered rows (`recent`: newest first; `best`: lowest val_bpb first; `oldest`).
+
+        `agent`: credited to that agent; `requested_by`: asked for (charged to) that agent;
+        `involving`: either of the two.
+        """
         where: list[str] = []
         params: list[Any] = []
         if agent:
             where.append("e.agent = ?")
             params.append(agent)
+        if requested_by:
+            where.append("e.requested_by = ?")
+            params.append(requested_by)
+        if involving:
+            where.append("(e.agent = ? OR e.requested_by = ?)")
+            params.extend([involving, involving])
         if status:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"e.status IN ({', '.join('?' for _ in statuses)})")
@@ -383,13 +424,22 @@ class Store:
         return [_decode(r) for r in self.db.query(sql, [*params, limit, offset])]
 
     def count_experiments(self, **filters: Any) -> int:
-        """How many experiments match: agent, status, kind, scale and query as in list_experiments."""
+        """How many experiments match: agent, requested_by, involving, status (one or several),
+        kind, scale and query as in list_experiments."""
         where: list[str] = []
         params: list[Any] = []
-        for key in ("agent", "status", "kind"):
+        for key in ("agent", "requested_by", "kind"):
             if filters.get(key):
                 where.append(f"{key} = ?")
                 params.append(filters[key])
+        if filters.get("involving"):
+            where.append("(agent = ? OR requested_by = ?)")
+            params.extend([filters["involving"], filters["involving"]])
+        status = filters.get("status")
+        if status:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(statuses)
         if filters.get("scale"):
             where.append("COALESCE(scale, 'S') = ?")
             params.append(filters["scale"])

@@ -210,7 +210,8 @@ def test_confirmation_aggregates_and_ranks_the_leaderboard(quiet_lab: Lab) -> No
         len(seeds) == 2 and quiet_lab.settings.seed not in seeds
     )  # fresh seeds, not the paired one
     stats = quiet_lab.confirmation_stats(lucky)
-    assert stats["n"] == 3 and stats["mean"] == pytest.approx((2.80 + 2.95 + 2.99) / 3)
+    # published to 5 decimals: a mean of 4-decimal values carries no more information
+    assert stats["n"] == 3 and stats["mean"] == round((2.80 + 2.95 + 2.99) / 3, 5)
     board = quiet_lab.leaderboard()
     assert [e["id"] for e in board[:2]] == [
         steady,
