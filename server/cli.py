@@ -495,7 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queued", type=int, default=None, help="live (queued + running) runs; 0: default"
     )
     p.add_argument(
-        "--max-experiments", type=int, default=None, help="experiments in all; 0: the server default (--max-experiments)"
+        "--max-experiments",
+        type=int,
+        default=None,
+        help="experiments in all; 0: the server default (--max-experiments)",
     )
     p.add_argument(
         "--max-device-hours", type=float, default=None, help="device-hours in all; 0: no limit"
