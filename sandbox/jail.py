@@ -655,6 +655,24 @@ def _ro_bind_paths(spec: JailSpec, argv0: str) -> list[Path]:
     return out
 
 
+def _aliases_in_jail(hidden: Path, bound: Sequence[Path]) -> list[Path]:
+    """Every path under which a hidden folder is visible in the jail: its real path, and the
+    same folder under each bound path that is (or passes through) a symlink to its parent.
+
+    A bind follows the link, so a venv reached through a symlink is mounted twice, once per
+    name: hiding only the real path would leave the package readable under the other one.
+    """
+    real = hidden.resolve()
+    aliases = [real]
+    for path in bound:
+        target = path.resolve()
+        if target != path and real.is_relative_to(target):
+            alias = path / real.relative_to(target)
+            if alias not in aliases:
+                aliases.append(alias)
+    return aliases
+
+
 def _build_bwrap_argv(
     bwrap: str, argv: Sequence[str], spec: JailSpec, data_fds: dict[str, int]
 ) -> list[str]:
@@ -694,13 +712,14 @@ def _build_bwrap_argv(
                 Path(extra).is_relative_to(d) for d in _SYSTEM_DIRS
             ):
                 a += ["--ro-bind", extra, extra]
-    for p in _ro_bind_paths(spec, argv[0]):
-        if p.exists():  # a workdir under a read-only path is bound over it below
-            a += ["--ro-bind", str(p), str(p)]
+    bound = [p for p in _ro_bind_paths(spec, argv[0]) if p.exists()]
+    for p in bound:  # a workdir under a read-only path is bound over it below
+        a += ["--ro-bind", str(p), str(p)]
     a += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
     for hidden in spec.hidden_paths:
         if hidden.exists():
-            a += ["--tmpfs", str(hidden.resolve()), "--remount-ro", str(hidden.resolve())]
+            for alias in _aliases_in_jail(hidden, bound):
+                a += ["--tmpfs", str(alias), "--remount-ro", str(alias)]
     a += ["--remount-ro", "/"]  # bwrap's own root tmpfs (mount points like /root) too
     a += ["--", *argv]
     return a

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -256,6 +257,7 @@ class ExperimentRunner:
             (run_dir / "code").mkdir(parents=True, exist_ok=False)
             (run_dir / "code" / "out").mkdir()
             (run_dir / "eval").mkdir()
+            (run_dir / ARTIFACT_DIR).mkdir()
             for name, content in files.items():
                 (run_dir / "code" / name).write_bytes(content)
         except OSError as exc:
@@ -451,6 +453,11 @@ class ExperimentRunner:
                 f"train.py exited 0 but saved no {self.target.artifact} in $AR_OUT_DIR"
             )
             return
+        try:
+            hand_over_artifact(out_dir, self.target.artifact, run_dir / ARTIFACT_DIR)
+        except ArtifactRefused as exc:
+            result.status, result.failure_reason = "crash", str(exc)
+            return
         result.phase = "evaluate"
 
     def _start_evaluator(self, run_dir: Path, settings: RunSettings, *, wait: bool) -> _Evaluator:
@@ -463,10 +470,13 @@ class ExperimentRunner:
         report comes on a pipe of its own (``--report-fd N``), the one descriptor its jail
         inherits. The training jail never holds it: jails inherit no descriptor of the server.
         """
-        out_dir = run_dir / "code" / "out"
+        # The evaluator reads the runner's own copy of the artifact, never training's folder:
+        # code/ is training's to rewrite while the evaluator's jail is being set up beside it
+        # (a symlink swapped in for out/ at that moment would mount another run's model).
+        artifact_dir = run_dir / ARTIFACT_DIR
         eval_dir = run_dir / "eval"
         eval_dir.chmod(0o555)  # the evaluator's working directory: nothing may be written
-        artifact = out_dir / self.target.artifact
+        artifact = artifact_dir / self.target.artifact
         evaluator = self._evaluator_path()
         channel = ReportChannel()
         argv = [
@@ -487,7 +497,7 @@ class ExperimentRunner:
         spec = JailSpec(
             workdir=eval_dir,
             readonly_paths=(
-                out_dir,
+                artifact_dir,
                 evaluator,
                 *(self.data_dir / sub for sub in self.target.eval_data),
             ),
@@ -853,6 +863,51 @@ def remove_tree(path: Path) -> None:
 
 #: What a kept run folder holds: the logs, and the submitted code under code/.
 KEPT_LOGS = ("train.log", "eval.log")
+
+
+ARTIFACT_DIR = "artifact"  # in the run folder, beside code/: written by the runner only
+
+
+class ArtifactRefused(Exception):
+    """Training's artifact cannot be handed to the evaluator; the message says why."""
+
+
+def hand_over_artifact(out_dir: Path, name: str, artifact_dir: Path) -> Path:
+    """Copy training's artifact into the runner's own folder, which only the evaluator mounts.
+
+    Training has exited (its process tree is gone). The folder and the file are opened without
+    following links and must be a directory and a regular file; the bytes are copied, so the
+    evaluator scores exactly what this run's training left, whatever happens to code/ later.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        folder = os.open(out_dir, flags | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ArtifactRefused(
+            "train.py replaced $AR_OUT_DIR with a link or a file; save the model as a regular "
+            "file inside the $AR_OUT_DIR folder it was given"
+        ) from exc
+    try:
+        try:
+            source = os.open(name, flags | os.O_NONBLOCK, dir_fd=folder)
+        except OSError as exc:
+            raise ArtifactRefused(
+                f"$AR_OUT_DIR/{name} is a link or cannot be opened; train.py must save the model "
+                "there as a regular file"
+            ) from exc
+        with os.fdopen(source, "rb") as reader:
+            info = os.fstat(reader.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ArtifactRefused(
+                    f"$AR_OUT_DIR/{name} is not a regular file; train.py must save the model there"
+                )
+            target = artifact_dir / name
+            with target.open("xb") as writer:
+                shutil.copyfileobj(reader, writer, 4 << 20)
+            target.chmod(0o444)
+            return target
+    finally:
+        os.close(folder)
 
 
 def keep_only_logs_and_code(run_dir: Path, files: dict[str, bytes]) -> None:

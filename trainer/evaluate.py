@@ -168,6 +168,15 @@ _DENIED_ATEN = {
     "resize_",
     "_assert_async",
 }
+# Uninitialised allocations hand the program whatever the allocator last freed: the evaluator's
+# own buffers (val windows, scoring temporaries) or a stash the program left in an earlier call,
+# i.e. state carried from scoring to probing. A model has no use for them (zeros/full do).
+_UNINITIALISED = ("empty", "new_empty", "_empty")
+
+
+def _denied_aten(name: str) -> bool:
+    return name in _DENIED_ATEN or name.startswith(_UNINITIALISED)
+
 
 
 def _check_sympy(expr: str) -> None:
@@ -203,7 +212,7 @@ def _check_target(target: str) -> None:
     parts = target.split(".")
     if len(parts) != 5 or parts[:3] != ["torch", "ops", "aten"]:
         raise InvalidArtifact(f"the graph calls {target!r}; only ATen operators are allowed")
-    if parts[3] in _DENIED_ATEN or parts[3].endswith("_"):
+    if _denied_aten(parts[3]) or parts[3].endswith("_"):
         raise InvalidArtifact(
             f"the graph calls {target!r}, which is not allowed (I/O, in-place or data-dependent)"
         )
@@ -479,7 +488,7 @@ def load_program(path: Path | io.BytesIO):
                 raise InvalidArtifact(
                     f"the program calls {target} with randomness on; the model must be deterministic"
                 )
-            if target._schema.name.split("::")[-1] in _DENIED_ATEN:
+            if _denied_aten(target._schema.name.split("::")[-1]):
                 raise InvalidArtifact(f"the program calls {target}, which is not allowed")
         elif target not in (
             operator.getitem,
