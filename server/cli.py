@@ -362,7 +362,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
             store.ensure_agent(args.name)
         rows = [store.agent(args.name) or {}]
     else:
-        rows = list(store.db.query("SELECT * FROM agents ORDER BY name"))
+        rows = store.list_agents()
     for row in rows:
         print(
             f"{row.get('name'):<20} max_queued={row.get('max_queued') or 'default'} "

@@ -11,28 +11,21 @@ of a level and queues the result; a conflict is reported with its hunks, never g
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from server.store import (
-    FINAL_STATUSES,
-    OK,
-    SERVER_AGENT,
-    ExperimentNotFound,
-    utc_now,
-    write_transaction,
-)
-from server.verdicts import PUBLISHED_DIGITS, published
-
-if TYPE_CHECKING:
-    from server.lab import Lab, ScaleLevel
+from server.record import FINAL_STATUSES, OK, SERVER_AGENT, Kind
+from server.settings import LabSettings, ScaleLevel
+from server.store import ExperimentNotFound, Store, utc_now
+from server.verdicts import PUBLISHED_DIGITS, Noise, published
 
 log = logging.getLogger(__name__)
 
@@ -53,43 +46,73 @@ class PromotionRefused(ValueError):
     """A promotion or combination that cannot be done; the message says what to do instead."""
 
 
+class LadderLab(Protocol):
+    """What the ladder needs from the lab (server.lab.Lab provides it; the ladder never imports it)."""
+
+    settings: LabSettings
+    store: Store
+    hardware: str
+    baseline_files: dict[str, str]
+    _submit_lock: AbstractContextManager[Any]
+
+    def experiment(self, experiment_id: int) -> dict[str, Any]: ...
+    def level(self, scale: str | None) -> ScaleLevel: ...
+    def level_budget(self, scale: str | None) -> float: ...
+    def noise(self, scale: str = "S") -> Noise: ...
+    def confirmation_stats(self, experiment_id: int) -> dict[str, Any] | None: ...
+    def leaderboard(self, limit: int = 10, scale: str = "S") -> list[dict[str, Any]]: ...
+    def resolve_retry(self, experiment: dict[str, Any]) -> dict[str, Any]: ...
+    def plan_run(
+        self,
+        agent: str,
+        description: str,
+        *,
+        paper_ids: Sequence[str] = (),
+        kind: Kind = "experiment",
+        files: dict[str, str] | None = None,
+        parent_id: int | None = None,
+        confirms_id: int | None = None,
+        seed: int | None = None,
+        scale: str = "S",
+    ) -> dict[str, Any]: ...
+    def plan_baselines(
+        self, repeats: int | None = None, scale: str = "S"
+    ) -> list[dict[str, Any]]: ...
+    def queue_runs(
+        self,
+        planned: Sequence[dict[str, Any]],
+        requester: str | None,
+        *,
+        check_quota: bool = True,
+        reuse: bool = True,
+    ) -> list[tuple[int, int | None]]: ...
+    def submit(
+        self,
+        agent: str,
+        description: str,
+        *,
+        requested_by: Any = ...,
+        check_quota: bool = True,
+        reuse: bool = True,
+        paper_ids: Sequence[str] = (),
+        kind: Kind = "experiment",
+        files: dict[str, str] | None = None,
+        parent_id: int | None = None,
+        confirms_id: int | None = None,
+        seed: int | None = None,
+        scale: str = "S",
+    ) -> tuple[int, int | None]: ...
+    def _check_quota(self, requester: str, new_runs: int = 1) -> None: ...
+
+
 class PromotionLadder:
     """Promotions between scale levels and the transfer record, stored in the `promotions` table."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: LadderLab) -> None:
         self.lab = lab
         self._lock = threading.RLock()
-        db = lab.store.db
-        with write_transaction(db):
-            if "promotions" not in db.table_names():
-                db.table("promotions").create(
-                    {
-                        "id": int,
-                        "experiment_id": int,
-                        "agent": str,
-                        "from_level": str,
-                        "to_level": str,
-                        "status": str,
-                        "run_ids": str,
-                        "baseline_ids": str,
-                        "seeds": str,
-                        "small_gain": float,
-                        "large_gain": float,
-                        "large_sd": float,
-                        "threshold": float,
-                        "verdict": str,
-                        "note": str,
-                        "created_at": str,
-                        "finished_at": str,
-                    },
-                    pk="id",
-                )
-                db.table("promotions").create_index(["experiment_id"])
-            if "requested_by" not in db.table("promotions").columns_dict:
-                # Who asked (charged for its runs); `agent` is the author credited with the idea.
-                # Older stores recorded the one who asked as `agent`.
-                db.execute("ALTER TABLE promotions ADD COLUMN requested_by TEXT")
-                db.execute("UPDATE promotions SET requested_by = agent")
+        self.promotions = lab.store.promotions
+        self.promotions.ensure_table()
 
     # ------------------------------------------------------------ levels
 
@@ -102,11 +125,7 @@ class PromotionLadder:
         return self.levels()[index + 1] if index + 1 < len(names) else None
 
     def level_device_hours(self, scale: str) -> float:
-        row = self.lab.store.db.execute(
-            "SELECT COALESCE(SUM(total_seconds), 0) FROM experiments WHERE COALESCE(scale, 'S') = ?",
-            [scale],
-        ).fetchone()
-        return float(row[0]) / 3600
+        return self.lab.store.seconds_at_scale(scale) / 3600
 
     # ------------------------------------------------------------ promote
 
@@ -154,15 +173,9 @@ class PromotionLadder:
             scale=target.name,
         )
         with self._lock, lab._submit_lock:
-            existing = list(
-                lab.store.db.query(
-                    "SELECT * FROM promotions WHERE experiment_id = ? AND to_level = ? "
-                    "AND COALESCE(verdict, '') != 'failed' AND status != 'failed'",
-                    [experiment_id, target.name],
-                )
-            )
+            existing = self.promotions.live_for(experiment_id, target.name)
             if existing:
-                return self._decode(existing[0])
+                return existing
             if target.device_hours_quota is not None:
                 used = self.level_device_hours(target.name)
                 if used >= target.device_hours_quota:
@@ -187,33 +200,19 @@ class PromotionLadder:
             )
             run_ids = [run_id for run_id, _ in queued[len(baselines) :]]
             if len(run_ids) > 1:  # the later seeds are confirmations of the first promotion run
-                with write_transaction(lab.store.db):
-                    for run_id in run_ids[1:]:
-                        lab.store.db.execute(
-                            "UPDATE experiments SET confirms_id = ? WHERE id = ?",
-                            [run_ids[0], run_id],
-                        )
+                lab.store.set_confirms(run_ids[1:], run_ids[0])
             baseline_ids = [self._baseline_for(target.name, seed) for seed in seeds]
-            with write_transaction(lab.store.db):
-                promotion_id = (
-                    lab.store.db.table("promotions")
-                    .insert(
-                        {
-                            "experiment_id": experiment_id,
-                            "agent": author,
-                            "requested_by": agent,
-                            "from_level": from_level,
-                            "to_level": target.name,
-                            "status": "running",
-                            "run_ids": json.dumps(run_ids),
-                            "baseline_ids": json.dumps(baseline_ids),
-                            "seeds": json.dumps(seeds),
-                            "created_at": utc_now(),
-                        }
-                    )
-                    .last_pk
-                )
-            return self.promotion(int(promotion_id))  # type: ignore[arg-type]
+            promotion_id = self.promotions.add(
+                experiment_id=experiment_id,
+                agent=author,
+                requested_by=agent,
+                from_level=from_level,
+                to_level=target.name,
+                run_ids=run_ids,
+                baseline_ids=baseline_ids,
+                seeds=seeds,
+            )
+            return self.promotion(promotion_id)
 
     def _target_level(self, experiment_id: int, from_level: str, level: str | None) -> ScaleLevel:
         """The level to promote to: `level`, or the next one above `from_level`."""
@@ -237,19 +236,17 @@ class PromotionLadder:
         return self.lab.level(level)
 
     def _baseline_for(self, scale: str, seed: int) -> int:
-        rows = list(
-            self.lab.store.db.query(
-                "SELECT id FROM experiments WHERE kind = 'baseline' AND COALESCE(scale, 'S') = ? AND seed = ? "
-                "AND hardware = ? AND budget_seconds = ? AND status NOT IN ('crash', 'timeout', 'integrity_fail', "
-                "'cancelled', 'interrupted') ORDER BY id DESC LIMIT 1",
-                [scale, seed, self.lab.hardware, self.lab.level_budget(scale)],
-            )
+        run_id = self.lab.store.baseline_run_for(
+            scale=scale,
+            seed=seed,
+            hardware=self.lab.hardware,
+            budget_seconds=self.lab.level_budget(scale),
         )
-        if not rows:
+        if run_id is None:
             raise PromotionRefused(
                 f"no baseline run at level {scale} for seed {seed}; the baseline could not be queued"
             )
-        return int(rows[0]["id"])
+        return run_id
 
     # ------------------------------------------------------------ results
 
@@ -269,12 +266,7 @@ class PromotionLadder:
         """
         settled = []
         with self._lock:
-            pending = [
-                self._decode(r)
-                for r in self.lab.store.db.query(
-                    "SELECT * FROM promotions WHERE status = 'running'"
-                )
-            ]
+            pending = self.promotions.running()
             for promotion in pending:
                 rows = []
                 for run_id in promotion["run_ids"] + promotion["baseline_ids"]:
@@ -306,8 +298,7 @@ class PromotionLadder:
                 "note": f"the promotion could not be scored: {type(exc).__name__}",
             }
         fields.setdefault("finished_at", utc_now())
-        with write_transaction(self.lab.store.db):
-            self.lab.store.db.table("promotions").update(promotion["id"], fields)
+        self.promotions.update(promotion["id"], fields)
 
     def _score(
         self, promotion: dict[str, Any], runs: list[dict[str, Any]], baselines: list[dict[str, Any]]
@@ -369,10 +360,7 @@ class PromotionLadder:
         original = self.lab.store.get_experiment(original_id)
         if original["kind"] != "experiment":
             return
-        live = self.lab.store.db.execute(
-            "SELECT COUNT(*) FROM experiments WHERE confirms_id = ? AND status IN ('queued', 'running')",
-            [original_id],
-        ).fetchone()[0]
+        live = self.lab.store.live_confirmation_count(original_id)
         stats = self.lab.confirmation_stats(original_id)
         if live or not stats or stats["n"] < 2:
             return
@@ -388,24 +376,17 @@ class PromotionLadder:
     # ------------------------------------------------------------ reading
 
     def promotion(self, promotion_id: int) -> dict[str, Any]:
-        rows = list(
-            self.lab.store.db.query("SELECT * FROM promotions WHERE id = ?", [promotion_id])
-        )
-        if not rows:
+        promotion = self.promotions.get(promotion_id)
+        if promotion is None:
             raise PromotionRefused(f"promotion {promotion_id} does not exist")
-        return self._decode(rows[0])
+        return promotion
 
     def ladder(self, experiment_id: int) -> dict[str, Any]:
         """One idea's climb: its result at its own level and every promotion with both gains."""
         experiment = self.lab.experiment(experiment_id)
         experiment_id = experiment["id"]
         stats = self.lab.confirmation_stats(experiment_id)
-        promotions = [
-            self._decode(r)
-            for r in self.lab.store.db.query(
-                "SELECT * FROM promotions WHERE experiment_id = ? ORDER BY id", [experiment_id]
-            )
-        ]
+        promotions = self.promotions.of_experiment(experiment_id)
         return {
             "experiment_id": experiment_id,
             "description": experiment["description"],
@@ -414,13 +395,6 @@ class PromotionLadder:
             "confirmed": stats,
             "promotions": promotions,
         }
-
-    @staticmethod
-    def _decode(row: dict[str, Any]) -> dict[str, Any]:
-        row = dict(row)
-        for key in ("run_ids", "baseline_ids", "seeds"):
-            row[key] = json.loads(row.get(key) or "[]")
-        return row
 
     # ------------------------------------------------------------ combine
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from sandbox.runner import RunResult, RunSettings
 from server.scheduler import Job, ProgressFn
+from server.settings import default_home
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ class ProgressBoard:
 
 def worker_home() -> Path:
     """The worker node's state folder: $AUTORESEARCH_HOME or ~/.cache/autoresearch-mcp."""
-    from server.lab import default_home
-
     return default_home().expanduser().resolve()
 
 

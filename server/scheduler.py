@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sandbox.runner import ExperimentRunner, RunResult, RunSettings
-from server.store import QUEUED, RUNNING, Store, utc_now
+from server.record import QUEUED, RUNNING
+from server.store import Store, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-IMPROVED, WITHIN_NOISE, WORSE, FAILED, BASELINE = (
-    "improved",
-    "within_noise",
-    "worse",
-    "failed",
-    "baseline",
-)
+from server.record import BASELINE, FAILED, IMPROVED, WITHIN_NOISE, WORSE
+from server.record import Verdict as VerdictValue
+
 # Used until the baseline has been measured twice on this hardware: the seed-to-seed sd of
-# val_bpb seen on a 2-core CPU at 60 s (LIBRARY-NOTES). Replaced by the measured value.
+# val_bpb seen on a 2-core CPU at 60 s (bench/results/README.md). Replaced by the measured value.
 ASSUMED_SD = 0.02
 MIN_SD = 1e-4  # a perfectly deterministic machine still gets a non-zero threshold
 
@@ -50,7 +46,7 @@ class Noise:
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str
+    verdict: VerdictValue
     note: str
     threshold: float
 
@@ -158,3 +154,23 @@ def decide(
         "call confirm_experiment to run more seeds" + ruled_out,
         threshold,
     )
+
+
+__all__ = [
+    "ASSUMED_SD",
+    "BASELINE",
+    "FAILED",
+    "IMPROVED",
+    "MIN_SD",
+    "PUBLISHED_DIGITS",
+    "WITHIN_NOISE",
+    "WORSE",
+    "Noise",
+    "Verdict",
+    "decide",
+    "mean_sd",
+    "over_budget_flag",
+    "over_budget_reason",
+    "over_budget_tolerance",
+    "published",
+]

@@ -1,191 +1,33 @@
-"""The history store: one SQLite file (WAL) through sqlite-utils, shared by every agent.
-
-Every write runs inside `write_transaction()`, which starts with BEGIN IMMEDIATE: with
-deferred transactions several writer processes hit "database is locked" even with a
-busy timeout (LIBRARY-NOTES). Tables are named for a reader: open the file with any
-SQLite tool (datasette works) and `experiments` is the whole research record.
+"""The research record's experiments, agents, tokens, claims and noise baselines: every
+read and write of those tables is a named method of `Store`.
 
 Nothing in this module deletes an experiment: history is append-and-update only.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
 
 import sqlite_utils
 
-BUSY_TIMEOUT_MS = 30_000
-SERVER_AGENT = (
-    "server"  # the name the server's own runs (baselines, drift checks) are recorded under
-)
-# The largest experiment or claim id the server accepts: SQLite's INTEGER is 64-bit signed, and
-# no research record comes near 2**31 rows; anything larger is a malformed id, refused early.
-MAX_ROW_ID = 2**31 - 1
-SCHEMA_VERSION = 1
-
-# Terminal and live states of an experiment.
-QUEUED, RUNNING = "queued", "running"
-OK, CRASH, TIMEOUT, INTEGRITY_FAIL, CANCELLED, INTERRUPTED = (
-    "ok",
-    "crash",
-    "timeout",
-    "integrity_fail",
-    "cancelled",
-    "interrupted",
-)
-LIVE_STATUSES = (QUEUED, RUNNING)
-FINAL_STATUSES = (OK, CRASH, TIMEOUT, INTEGRITY_FAIL, CANCELLED, INTERRUPTED)
-
-EXPERIMENT_COLUMNS: dict[str, type] = {
-    "id": int,
-    "agent": str,  # whose idea the code is: credited on the leaderboard, in verdicts and history
-    "requested_by": str,  # who asked for this run: charged to their quota (NULL: the server's own)
-    "kind": str,  # experiment | baseline | confirmation | promotion | drift_check
-    "parent_id": int,  # the experiment whose code the workspace started from
-    "confirms_id": int,  # for confirmation runs: the experiment being confirmed
-    "status": str,
-    "verdict": str,  # improved | within_noise | worse | failed (set when final)
-    "description": str,
-    "code_hash": str,
-    "code": str,  # JSON {file name: text} of the editable files
-    "diff_parent": str,
-    "diff_baseline": str,
-    "val_bpb": float,
-    "delta_parent": float,  # improvement over the parent (positive = better)
-    "delta_best": float,  # improvement over the best at the time it finished
-    "metrics": str,  # JSON: everything the evaluator reported
-    "train_seconds": float,
-    "eval_seconds": float,
-    "total_seconds": float,
-    "overhead_seconds": float,
-    "cpu_seconds": float,
-    "cpu_share": float,
-    "peak_memory_mb": float,
-    "budget_seconds": float,
-    "budget_kind": str,
-    "device": str,
-    "hardware": str,  # fingerprint: device name | torch version | threads
-    "torch_version": str,
-    "seed": int,
-    "isolation": str,
-    "flags": str,  # JSON list of contract-touching findings in the diff
-    "disqualified": int,  # 1: may not count as an improvement (seed-only change, contended CPU)
-    "failure_reason": str,
-    "log_tail": str,
-    "hashes": str,  # JSON: evaluator / tokenizer / val sha256 used for this run
-    "paper_ids": str,  # JSON list of arXiv ids that motivated it
-    "attempt": int,
-    "retry_of": int,  # re-queued after an interruption: the interrupted experiment
-    "scale": str,
-    "created_at": str,
-    "started_at": str,
-    "finished_at": str,
-}
-
-
-READ_INDEXES = {
-    "idx_experiments_confirms_id": "CREATE INDEX IF NOT EXISTS idx_experiments_confirms_id "
-    "ON experiments(confirms_id)",
-    "idx_experiments_status_val_bpb": "CREATE INDEX IF NOT EXISTS idx_experiments_status_val_bpb "
-    "ON experiments(status, val_bpb)",
-    # list_experiments(order='best') sorts by exactly these expressions.
-    "idx_experiments_best": "CREATE INDEX IF NOT EXISTS idx_experiments_best "
-    "ON experiments(val_bpb IS NULL, val_bpb, id)",
-    # Every submit counts the requester's live and total runs (the quota).
-    "idx_experiments_requested_by": "CREATE INDEX IF NOT EXISTS idx_experiments_requested_by "
-    "ON experiments(requested_by, status)",
-}
-
-
-def utc_now() -> str:
-    """An ISO-8601 UTC timestamp with seconds precision, as stored in every table."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def open_database(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating if needed) a SQLite file in WAL mode with a busy timeout.
-
-    The connection may be shared by threads; writes go through `write_transaction`.
-    """
-    conn = sqlite3.connect(
-        str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
-    )
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    return sqlite_utils.Database(conn)
-
-
-_locks: dict[int, threading.RLock] = {}
-_locks_guard = threading.Lock()
-
-
-def _lock_for(db: sqlite_utils.Database) -> threading.RLock:
-    with _locks_guard:
-        return _locks.setdefault(id(db.conn), threading.RLock())
-
-
-@contextmanager
-def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """Run the block as one BEGIN IMMEDIATE transaction: committed on success, rolled back on error.
-
-    Re-entrant within a thread (an inner call joins the outer transaction); other threads
-    sharing the connection wait their turn.
-    """
-    lock = _lock_for(db)
-    with lock:
-        if db.conn.in_transaction:
-            yield db
-            return
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if db.conn.in_transaction:
-                db.conn.execute("ROLLBACK")
-            raise
-        else:
-            if db.conn.in_transaction:
-                db.conn.execute("COMMIT")
-
-
-class ThreadLocalDatabase:
-    """One sqlite-utils Database per thread over the same file, behind one object.
-
-    sqlite-utils 4 wraps reads in SAVEPOINTs: two threads sharing one connection break each
-    other's transactions. Each thread (MCP worker threads, the scheduler, the web server)
-    gets its own connection; WAL and BEGIN IMMEDIATE keep them consistent.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.local()
-
-    def get(self) -> sqlite_utils.Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = open_database(self._path)
-            self._local.db = db
-        return db
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.get(), name)
+from server.record import INTERRUPTED, QUEUED
+from server.store.counts import ExperimentCounts
+from server.store.database import ThreadLocalDatabase, utc_now, write_transaction
+from server.store.exports import experiments_csv, results_tsv
+from server.store.papers import PaperStore
+from server.store.promotions import PromotionStore
+from server.store.schema import EXPERIMENT_COLUMNS, create_tables
 
 
 class ExperimentNotFound(KeyError):
     """No experiment with that id."""
 
 
-class Store:
+class Store(ExperimentCounts):
     """The research record: agents, tokens, experiments (with full-text search), claims, baselines."""
 
     def __init__(self, path: Path | str) -> None:
@@ -193,116 +35,11 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db: sqlite_utils.Database = cast(sqlite_utils.Database, ThreadLocalDatabase(self.path))
         self._create_tables()
-
-    # ------------------------------------------------------------ schema
+        self.promotions = PromotionStore(self.db)
+        self.papers = PaperStore(self.db)
 
     def _create_tables(self) -> None:
-        db = self.db
-        with write_transaction(db):
-            if "experiments" not in db.table_names():
-                db.table("experiments").create(
-                    EXPERIMENT_COLUMNS, pk="id", not_null={"agent", "status", "created_at"}
-                )
-                db.table("experiments").create_index(["status"])
-                db.table("experiments").create_index(["agent", "id"])
-                db.table("experiments").create_index(["code_hash"])
-                db.table("experiments").create_index(["val_bpb"])
-            if "agents" not in db.table_names():
-                db.table("agents").create(
-                    {
-                        "name": str,
-                        "created_at": str,
-                        "max_queued": int,
-                        "max_experiments": int,
-                        "max_device_hours": float,
-                        "workspace_parent_id": int,
-                    },
-                    pk="name",
-                )
-            if "tokens" not in db.table_names():
-                db.table("tokens").create(
-                    {
-                        "token_sha256": str,
-                        "agent": str,
-                        "role": str,
-                        "created_at": str,
-                        "revoked_at": str,
-                    },
-                    pk="token_sha256",
-                )
-            if "claims" not in db.table_names():
-                db.table("claims").create(
-                    {
-                        "id": int,
-                        "agent": str,
-                        "text": str,
-                        "created_at": str,
-                        "expires_at": str,
-                        "released_at": str,
-                        "released_by_experiment": int,
-                    },
-                    pk="id",
-                )
-            if "baselines" not in db.table_names():
-                db.table("baselines").create(
-                    {
-                        "hardware": str,
-                        "scale": str,
-                        "budget_kind": str,
-                        "budget_seconds": float,
-                        "runs": int,
-                        "mean": float,
-                        "sd": float,
-                        "values": str,
-                        "experiment_ids": str,
-                        "updated_at": str,
-                    },
-                    pk=("hardware", "scale", "budget_kind", "budget_seconds"),
-                )
-            if "experiment_papers" not in db.table_names():
-                db.table("experiment_papers").create(
-                    {"experiment_id": int, "arxiv_id": str}, pk=("experiment_id", "arxiv_id")
-                )
-            if "meta" not in db.table_names():
-                db.table("meta").create({"key": str, "value": str}, pk="key")
-                db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
-        self._migrate_requested_by()
-        if not db.table("experiments").detect_fts():
-            with write_transaction(db):
-                db.table("experiments").enable_fts(
-                    ["description", "diff_parent"], tokenize="porter", create_triggers=True
-                )
-        # Every get_history call reads the leaderboard (ok runs by val_bpb, each one's
-        # confirmations). val_bpb and the filter columns sit behind the code and diff text in
-        # each row, so without these indexes each of those reads scans the whole table
-        # (bench/tools.py: 1.7 s at 10,000 experiments). Created on old files too.
-        missing = {
-            name: sql
-            for name, sql in READ_INDEXES.items()
-            if name not in {index.name for index in db.table("experiments").indexes}
-        }
-        if missing:
-            with write_transaction(db):
-                for sql in missing.values():
-                    db.execute(sql)
-
-    def _migrate_requested_by(self) -> None:
-        """Stores written before `requested_by` existed: add the column and fill it in.
-
-        Those stores recorded every run an agent caused under its own name (confirmations and
-        promotions under the agent that asked), so `agent` is who asked, except for the
-        server's own runs (baselines, drift checks), which are charged to nobody.
-        """
-        db = self.db
-        if "requested_by" in db.table("experiments").columns_dict:
-            return
-        with write_transaction(db):
-            db.execute("ALTER TABLE experiments ADD COLUMN requested_by TEXT")
-            db.execute(
-                "UPDATE experiments SET requested_by = agent "
-                "WHERE agent != ? AND kind NOT IN ('baseline', 'drift_check')",
-                [SERVER_AGENT],
-            )
+        create_tables(self.db)
 
     # ------------------------------------------------------------ experiments
 
@@ -549,6 +286,30 @@ class Store:
             )
         ]
 
+    def record_version(self) -> str:
+        """A short fingerprint of the record: count, last id, last finish, live runs."""
+        row = self.db.execute(
+            "SELECT COUNT(*), MAX(id), MAX(finished_at), SUM(status = 'running') FROM experiments"
+        ).fetchone()
+        return ":".join(str(v or 0) for v in row)
+
+    def agents_by_first_experiment(self) -> list[str]:
+        """Every agent with an experiment, in order of its first one."""
+        rows = self.db.execute(
+            "SELECT agent FROM experiments GROUP BY agent ORDER BY MIN(id)"
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def finished_for_chart(self) -> list[dict[str, Any]]:
+        """Every finished experiment in id order, with the columns the progress chart plots."""
+        return list(
+            self.db.query(
+                "SELECT id, agent, kind, status, val_bpb, verdict, description, disqualified, "
+                "hardware, budget_seconds FROM experiments "
+                "WHERE status NOT IN ('queued', 'running') ORDER BY id"
+            )
+        )
+
     def lineage(self, experiment_id: int, limit: int = 200) -> list[dict[str, Any]]:
         """The chain of parents from this experiment back to the baseline (this one first)."""
         chain: list[dict[str, Any]] = []
@@ -577,6 +338,17 @@ class Store:
     def agent(self, name: str) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM agents WHERE name = ?", [name]))
         return rows[0] if rows else None
+
+    def set_workspace_parent(self, agent: str, experiment_id: int | None) -> None:
+        """The experiment the agent's workspace now holds (the parent of its next run)."""
+        with write_transaction(self.db):
+            self.db.execute(
+                "UPDATE agents SET workspace_parent_id = ? WHERE name = ?", [experiment_id, agent]
+            )
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent row (name, quotas, creation time), by name."""
+        return list(self.db.query("SELECT * FROM agents ORDER BY name"))
 
     def set_quota(self, name: str, **quota: Any) -> None:
         self.ensure_agent(name)
@@ -713,38 +485,14 @@ class Store:
     # ------------------------------------------------------------ exports
 
     def export_results_tsv(self) -> str:
-        """autoresearch's results.tsv: `commit val_bpb memory_gb status description`, tab-separated.
-
-        commit = the experiment's code hash (7 chars) or `baseline`; status keep/discard/crash
-        (keep = it improved on the best before it); crashes logged as 0.000000 like autoresearch.
-        """
-        out = io.StringIO()
-        out.write("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n")
-        rows = self.db.query(
-            "SELECT id, kind, code_hash, val_bpb, peak_memory_mb, status, verdict, description FROM experiments "
-            "WHERE status NOT IN ('queued', 'running') ORDER BY id"
-        )
-        for row in rows:
-            commit = "baseline" if row["kind"] == "baseline" else (row["code_hash"] or "")[:7]
-            if row["status"] == OK:
-                status = "keep" if row["verdict"] in ("improved", "baseline") else "discard"
-                bpb, memory = row["val_bpb"] or 0.0, (row["peak_memory_mb"] or 0.0) / 1024
-            else:
-                status, bpb, memory = "crash", 0.0, 0.0
-            description = " ".join((row["description"] or "").split())
-            out.write(f"{commit}\t{bpb:.6f}\t{memory:.1f}\t{status}\t{description}\n")
-        return out.getvalue()
+        """autoresearch's results.tsv (see server.store.exports.results_tsv)."""
+        return results_tsv(self.db)
 
     def export_rows(self) -> list[dict[str, Any]]:
         return [_decode(r) for r in self.db.query("SELECT * FROM experiments ORDER BY id")]
 
     def export_csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(EXPERIMENT_COLUMNS))
-        writer.writeheader()
-        for row in self.db.query("SELECT * FROM experiments ORDER BY id"):
-            writer.writerow(row)
-        return out.getvalue()
+        return experiments_csv(self.db)
 
     def export_json(self) -> str:
         return json.dumps(self.export_rows(), indent=1)

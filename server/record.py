@@ -1,0 +1,102 @@
+"""The record's vocabulary: every experiment status, kind and verdict, named once.
+
+Each list the code and the API use (the live and final statuses, the kinds the JSON API
+filters by, the verdicts) derives from these Literals, and `ExperimentRow` is the shape of
+one decoded row of the `experiments` table as it travels through the lab.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict, get_args
+
+Status = Literal[
+    "queued", "running", "ok", "crash", "timeout", "integrity_fail", "cancelled", "interrupted"
+]
+# experiment: an agent's idea; baseline: the shipped code, measured by the server;
+# confirmation: a re-run with a fresh seed; promotion: a re-run at a larger level;
+# drift_check: the server re-running the best to catch a drifting machine.
+# The JSON API and the dashboard filter the history by the first three (ListedKind).
+ListedKind = Literal["experiment", "baseline", "confirmation"]
+Kind = Literal[ListedKind, "promotion", "drift_check"]
+Verdict = Literal["improved", "within_noise", "worse", "failed", "baseline"]
+
+STATUSES: tuple[Status, ...] = get_args(Status)
+KINDS: tuple[Kind, ...] = get_args(Kind)  # flattened: the listed kinds, then the others
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
+
+IMPROVED: Verdict = "improved"
+WITHIN_NOISE: Verdict = "within_noise"
+WORSE: Verdict = "worse"
+FAILED: Verdict = "failed"
+BASELINE: Verdict = "baseline"
+
+QUEUED: Status = "queued"
+RUNNING: Status = "running"
+OK: Status = "ok"
+CRASH: Status = "crash"
+TIMEOUT: Status = "timeout"
+INTEGRITY_FAIL: Status = "integrity_fail"
+CANCELLED: Status = "cancelled"
+INTERRUPTED: Status = "interrupted"
+LIVE_STATUSES: tuple[Status, ...] = (QUEUED, RUNNING)
+FINAL_STATUSES: tuple[Status, ...] = tuple(s for s in STATUSES if s not in LIVE_STATUSES)
+# A failed run: every final status but `ok`.
+FAILED_STATUSES: tuple[Status, ...] = tuple(s for s in FINAL_STATUSES if s != OK)
+
+LISTED_KINDS: tuple[ListedKind, ...] = get_args(ListedKind)
+# The kinds ranked on the leaderboard and the kinds whose best the chart's running line follows.
+RANKED_KINDS: tuple[Kind, ...] = ("experiment", "promotion")
+CHARTED_BEST_KINDS: tuple[Kind, ...] = ("experiment", "baseline")
+
+
+class ExperimentRow(TypedDict, total=False):
+    """One decoded row of `experiments` (JSON columns as Python values); see EXPERIMENT_COLUMNS."""
+
+    id: int
+    agent: str
+    requested_by: str | None
+    kind: Kind
+    parent_id: int | None
+    confirms_id: int | None
+    status: Status
+    verdict: Verdict | None
+    description: str
+    code_hash: str
+    code: dict[str, str]
+    diff_parent: str
+    diff_baseline: str
+    val_bpb: float | None
+    delta_parent: float | None
+    delta_best: float | None
+    metrics: dict[str, Any]
+    train_seconds: float | None
+    eval_seconds: float | None
+    total_seconds: float | None
+    overhead_seconds: float | None
+    cpu_seconds: float | None
+    cpu_share: float | None
+    peak_memory_mb: float | None
+    budget_seconds: float
+    budget_kind: str
+    device: str
+    hardware: str
+    torch_version: str
+    seed: int
+    isolation: str
+    flags: list[dict[str, Any]]
+    disqualified: int
+    failure_reason: str | None
+    log_tail: str | None
+    hashes: dict[str, str]
+    paper_ids: list[str]
+    attempt: int
+    retry_of: int | None
+    scale: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+SERVER_AGENT = (
+    "server"  # the name the server's own runs (baselines, drift checks) are recorded under
+)

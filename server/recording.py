@@ -1,0 +1,159 @@
+"""What the record says about a finished run: its flags, its verdict and its deltas, decided
+from the row, the runner's result, the incumbent, the parent and the noise.
+
+A pure function: `finished_run_fields` reads nothing and writes nothing. The Lab gathers its
+inputs (the incumbent from the leaderboard, the parent's val_bpb, the level's noise) and
+writes its output in one compare-and-set from `running` (Lab.on_finish). The verdict rule
+itself is server.verdicts.decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox.runner import RunResult
+from server.diff_review import is_seed_only, review_diff
+from server.record import OK, ExperimentRow, Verdict
+from server.settings import LabSettings
+from server.verdicts import (
+    BASELINE,
+    FAILED,
+    Noise,
+    decide,
+    over_budget_flag,
+    over_budget_reason,
+    over_budget_tolerance,
+    published,
+)
+
+# Review flags that rule out `improved` on their own: a seed-only change measures luck, and a
+# change that embeds a large body of text or data (memorised documents, token tables) is not an
+# idea the metric can judge: the val documents are secret, but their text is public.
+DISQUALIFYING_FLAGS = ("seed_only", "embedded_data")
+
+
+def review_flags(diff_parent: str, diff_baseline: str, kind: str) -> list[dict[str, Any]]:
+    """The review's findings on a planned run's code (server.diff_review), and `seed_only` for an
+    experiment whose only change from its parent is the seed."""
+    flags = [f.as_dict() for f in review_diff(diff_baseline)]
+    if kind == "experiment" and is_seed_only(diff_parent):
+        flags.insert(
+            0,
+            {
+                "name": "seed_only",
+                "reason": "the only change is the seed: it measures luck, not an idea, and can never count as an improvement",
+                "lines": [],
+            },
+        )
+    return flags
+
+
+def is_disqualified(flags: list[dict[str, Any]]) -> bool:
+    """True when a flag rules out `improved` on its own (DISQUALIFYING_FLAGS)."""
+    return any(f["name"] in DISQUALIFYING_FLAGS for f in flags)
+
+
+def contended_threshold(settings: LabSettings) -> float:
+    """The CPU share below which a CPU run counts as contended."""
+    # A CPU-time budget is robust to load by construction: only a starved run is contended.
+    if settings.budget_kind == "wall":
+        return settings.contended_share
+    return settings.contended_share_cpu_budget
+
+
+def is_contended(result: RunResult, device: str, settings: LabSettings) -> bool:
+    if device.startswith("cuda") or result.cpu_share is None:
+        return False
+    return result.cpu_share < contended_threshold(settings)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """The columns to write when a run finishes, and its verdict (also among the columns)."""
+
+    fields: dict[str, Any]
+    verdict: Verdict
+
+
+def finished_run_fields(
+    experiment: ExperimentRow,
+    result: RunResult,
+    *,
+    best_bpb: float | None,
+    parent_bpb: float | None,
+    noise: Noise,
+    settings: LabSettings,
+    device: str,
+    default_budget: float,
+    finished_at: str,
+) -> FinishedRun:
+    """Figures, flags, verdict and deltas of a finished run, against the incumbent `best_bpb`
+    (the leaderboard's top, this run excluded) and its parent's val_bpb."""
+    flags = list(experiment.get("flags") or [])
+    disqualifications = [f["reason"] for f in flags if f.get("name") in DISQUALIFYING_FLAGS]
+    if result.status == OK and is_contended(result, device, settings):
+        flags.append(
+            {
+                "name": "contended",
+                "reason": f"the run got {result.cpu_share:.0%} of its CPU threads (below "
+                f"{contended_threshold(settings):.0%}): on a busy machine a {settings.budget_kind}-clock "
+                "budget measures the neighbours",
+                "lines": [],
+            }
+        )
+        disqualifications.append("the CPU was contended during the run")
+    over_budget = float(getattr(result, "over_budget_seconds", 0.0) or 0.0)
+    budget = experiment.get("budget_seconds") or default_budget
+    if result.status == OK and over_budget > over_budget_tolerance(budget):
+        flags.append(over_budget_flag(over_budget, budget, settings.budget_kind))
+        disqualifications.append(over_budget_reason(over_budget, budget))
+    if experiment["kind"] == "baseline":
+        verdict, note = (
+            (BASELINE, "baseline measurement")
+            if result.status == OK
+            else (FAILED, result.failure_reason or "")
+        )
+    else:
+        v = decide(
+            status=result.status,
+            val_bpb=result.val_bpb,
+            best_bpb=best_bpb,
+            noise=noise,
+            k=settings.noise_k,
+            disqualifications=disqualifications,
+        )
+        verdict, note = v.verdict, v.note
+    metrics = dict(result.metrics)
+    metrics["verdict_note"] = note
+    metrics["phase"] = result.phase
+    if result.first_output_seconds is not None:
+        metrics["first_output_seconds"] = round(result.first_output_seconds, 3)
+    val = result.val_bpb
+    fields = {
+        "status": result.status,
+        "val_bpb": val,
+        "verdict": verdict,
+        "metrics": metrics,
+        "delta_parent": published(parent_bpb - val)
+        if (val is not None and parent_bpb is not None)
+        else None,
+        "delta_best": published(best_bpb - val)
+        if (val is not None and best_bpb is not None)
+        else None,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "total_seconds": result.total_seconds,
+        "overhead_seconds": result.overhead_seconds,
+        "cpu_seconds": result.cpu_seconds,
+        "cpu_share": result.cpu_share,
+        "peak_memory_mb": result.peak_memory_mb,
+        "isolation": result.isolation,
+        "failure_reason": result.failure_reason,
+        "log_tail": result.log_tail,
+        "hashes": result.hashes,
+        "finished_at": finished_at,
+        "flags": flags,
+        "disqualified": int(bool(disqualifications)),
+    }
+    return FinishedRun(fields=fields, verdict=verdict)

@@ -1,0 +1,313 @@
+"""What happens to a run once it is queued: the job the scheduler runs, recording it when it
+finishes (server.recording decides what the row says), the checks a finish triggers (the
+baseline's noise, promotions, drift), re-queueing after a crash, and the runs the server
+queues itself (baseline measurements, drift checks).
+
+`RunLifecycle` works on the Lab through `LifecycleLab`, the part of the Lab it needs: it never
+imports server.lab.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from sandbox.runner import RunResult, RunSettings
+from server import baselines, drift
+from server.record import INTERRUPTED, RUNNING, SERVER_AGENT, ExperimentRow, Kind
+from server.recording import finished_run_fields
+from server.recovery import kill_leftover_processes, retry_row
+from server.scheduler import Job, Scheduler
+from server.settings import LabSettings
+from server.store import ExperimentNotFound, Store, utc_now
+from server.verdicts import Noise
+
+log = logging.getLogger("server.lab")
+
+
+class RunFinishedListener(Protocol):
+    """Told after every finished (or cancelled) run: the promotion ladder subscribes."""
+
+    def on_run_finished(self, experiment_id: int) -> None: ...
+
+
+class LifecycleLab(Protocol):
+    """The part of the Lab a run's lifecycle needs (server.lab.Lab provides it)."""
+
+    settings: LabSettings
+    store: Store
+    home: Path
+    device: str
+    hardware: str
+    budget_seconds: float
+    baseline_files: dict[str, str]
+    scheduler: Scheduler
+    _submit_lock: AbstractContextManager[Any]
+
+    @property
+    def ladder(self) -> RunFinishedListener | None: ...
+    def experiment(self, experiment_id: int) -> dict[str, Any]: ...
+    def level_budget(self, scale: str | None) -> float: ...
+    def leaderboard(self, limit: int = 10, scale: str = "S") -> list[dict[str, Any]]: ...
+    def run_settings(
+        self, seed: int, budget_seconds: float | None = None, scale: str | None = None
+    ) -> RunSettings: ...
+    def _set_workspace_parent(self, agent: str, experiment_id: int | None) -> None: ...
+    def plan_run(
+        self,
+        agent: str,
+        description: str,
+        *,
+        paper_ids: Sequence[str] = (),
+        kind: Kind = "experiment",
+        files: dict[str, str] | None = None,
+        parent_id: int | None = None,
+        confirms_id: int | None = None,
+        seed: int | None = None,
+        scale: str = "S",
+    ) -> dict[str, Any]: ...
+    def queue_runs(
+        self,
+        planned: Sequence[dict[str, Any]],
+        requester: str | None,
+        *,
+        check_quota: bool = True,
+        reuse: bool = True,
+    ) -> list[tuple[int, int | None]]: ...
+    def submit(
+        self,
+        agent: str,
+        description: str,
+        *,
+        requested_by: Any = ...,
+        check_quota: bool = True,
+        reuse: bool = True,
+        paper_ids: Sequence[str] = (),
+        kind: Kind = "experiment",
+        files: dict[str, str] | None = None,
+        parent_id: int | None = None,
+        confirms_id: int | None = None,
+        seed: int | None = None,
+        scale: str = "S",
+    ) -> tuple[int, int | None]: ...
+
+
+class RunLifecycle:
+    """The scheduler's callbacks, recovery, and the server's own runs, for one Lab."""
+
+    def __init__(self, lab: LifecycleLab) -> None:
+        self.lab = lab
+
+    def job_for(self, experiment: dict[str, Any]) -> Job:
+        code = (
+            experiment["code"]
+            if isinstance(experiment["code"], dict)
+            else json.loads(experiment["code"])
+        )
+        return Job(
+            experiment_id=experiment["id"],
+            files={name: text.encode() for name, text in code.items()},
+            settings=self.lab.run_settings(
+                int(experiment["seed"]), experiment.get("budget_seconds"), experiment.get("scale")
+            ),
+        )
+
+    def on_finish(self, experiment_id: int, result: RunResult) -> None:
+        """Record a finished run: figures, verdict and deltas, in one compare-and-set from `running`."""
+        if result.status == INTERRUPTED:  # lost with its machine (a Ray node): re-queue once
+            if self.lab.store.transition(
+                experiment_id,
+                [RUNNING],
+                status=INTERRUPTED,
+                finished_at=utc_now(),
+                failure_reason=result.failure_reason or "the machine running it was lost",
+                log_tail=result.log_tail,
+            ):
+                self.requeue_interrupted(experiment_id)
+            return
+        experiment = self.lab.store.get_experiment(experiment_id)
+        scale = experiment.get("scale") or "S"
+        # The incumbent: the leaderboard's top (confirmed means, the baseline as the mean of its runs).
+        incumbent = [
+            e for e in self.lab.leaderboard(limit=2, scale=scale) if e["id"] != experiment_id
+        ]
+        parent_bpb = None
+        if experiment.get("parent_id") is not None:
+            try:
+                parent_bpb = self.lab.store.get_experiment(experiment["parent_id"]).get("val_bpb")
+            except ExperimentNotFound:
+                parent_bpb = None
+        finished = finished_run_fields(
+            cast(ExperimentRow, experiment),
+            result,
+            best_bpb=incumbent[0]["val_bpb"] if incumbent else None,
+            parent_bpb=parent_bpb,
+            noise=self.noise(scale),
+            settings=self.lab.settings,
+            device=self.lab.device,
+            default_budget=self.lab.budget_seconds,
+            finished_at=utc_now(),
+        )
+        verdict, val = finished.verdict, result.val_bpb
+        updated = self.lab.store.transition(experiment_id, [RUNNING], **finished.fields)
+        if not updated:
+            log.warning("experiment %s was no longer running when it finished", experiment_id)
+        else:
+            log.info(
+                "#%s %s (%s) finished: %s%s, verdict %s (train %.1f s, eval %.1f s)",
+                experiment_id,
+                experiment["kind"],
+                experiment["agent"],
+                result.status,
+                f", val_bpb {val:.4f}" if val is not None else f": {result.failure_reason}",
+                verdict,
+                result.train_seconds,
+                result.eval_seconds,
+            )
+        if experiment["kind"] == "baseline":
+            self._update_baseline_stats(experiment.get("scale") or "S")
+        if self.lab.ladder is not None:
+            self.lab.ladder.on_run_finished(experiment_id)
+        if experiment["kind"] == "drift_check":
+            self._record_drift(experiment_id)
+        elif experiment["kind"] == "experiment" and self.lab.settings.drift_check_every:
+            self._maybe_check_drift()
+
+    # ------------------------------------------------------------ drift
+
+    def _maybe_check_drift(self) -> None:
+        """Every N finished experiments, re-run the incumbent best with its own seed (server.drift)."""
+        every = self.lab.settings.drift_check_every
+        if not drift.drift_check_due(self.lab.store.finished_experiment_count(), every):
+            return
+        board = [
+            e
+            for e in self.lab.leaderboard(limit=5)
+            if self.lab.experiment(e["id"])["kind"] == "experiment"
+        ]
+        if not board:
+            return
+        best = self.lab.experiment(board[0]["id"])
+        self.lab.submit(
+            SERVER_AGENT,
+            f"drift check: re-run #{best['id']} with its seed {best['seed']}",
+            kind="drift_check",
+            files=best["code"],
+            parent_id=best["id"],
+            confirms_id=best["id"],
+            seed=best["seed"],
+            check_quota=False,
+            reuse=False,
+        )
+
+    def _record_drift(self, experiment_id: int) -> None:
+        row = self.lab.experiment(experiment_id)
+        original = self.lab.experiment(row["confirms_id"])
+        threshold = self.lab.settings.noise_k * self.noise(row.get("scale") or "S").sd
+        metrics = drift.drift_metrics(row, original, threshold)
+        if metrics is None:
+            return
+        self.lab.store.update_experiment(experiment_id, metrics=metrics)
+        if metrics["drifted"]:
+            log.warning(
+                "drift: #%s re-ran %+.4f from its original %.4f (threshold %.4f)",
+                original["id"],
+                row["val_bpb"] - original["val_bpb"],
+                original["val_bpb"],
+                threshold,
+            )
+
+    # ------------------------------------------------------------ noise and the baseline
+
+    def noise(self, scale: str = "S") -> Noise:
+        return baselines.noise(self.lab.store, **self._setting(scale))
+
+    def _setting(self, scale: str) -> dict[str, Any]:
+        """This lab's hardware, budget kind and the level's budget: what results compare within."""
+        return {
+            "hardware": self.lab.hardware,
+            "scale": scale,
+            "budget_kind": self.lab.settings.budget_kind,
+            "budget_seconds": self.lab.level_budget(scale),
+        }
+
+    def _update_baseline_stats(self, scale: str = "S") -> None:
+        baselines.update_baseline_stats(self.lab.store, **self._setting(scale))
+
+    def ensure_baseline(
+        self, repeats: int | None = None, scale: str = "S", requested_by: str | None = None
+    ) -> list[int]:
+        """Queue baseline runs until `repeats` exist (finished or live) for this hardware, budget and level.
+
+        Seeds are the server's paired seeds seed, seed+1, ...: a promotion compares run n of an
+        idea with baseline run n of the same seed. The runs are the server's (agent `server`);
+        `requested_by` is charged for them when a request caused them (a promotion to a level
+        whose baseline is missing), else nobody.
+        """
+        with (
+            self.lab._submit_lock
+        ):  # planning reads what exists: one planner at a time (cheap: no diff)
+            planned = self.plan_baselines(repeats, scale)
+            results = self.lab.queue_runs(
+                planned, requested_by, check_quota=requested_by is not None, reuse=False
+            )
+        return [experiment_id for experiment_id, _ in results]
+
+    def plan_baselines(self, repeats: int | None = None, scale: str = "S") -> list[dict[str, Any]]:
+        """The baseline runs `ensure_baseline` would queue now (planned, not recorded)."""
+        repeats = self.lab.settings.baseline_repeats if repeats is None else repeats
+        existing = baselines.live_or_ok_baseline_runs(
+            self.lab.store,
+            hardware=self.lab.hardware,
+            scale=scale,
+            budget_seconds=self.lab.level_budget(scale),
+        )
+        if len(existing) >= repeats:
+            return []
+        # The baseline's diffs are empty: planning it once is cheap, the seeds are stamped per run.
+        template = self.lab.plan_run(
+            SERVER_AGENT,
+            "baseline measurement",
+            kind="baseline",
+            files=dict(self.lab.baseline_files),
+            parent_id=None,
+            scale=scale,
+        )
+        return baselines.baseline_run_plans(
+            template,
+            existing=len(existing),
+            repeats=repeats,
+            seed=self.lab.settings.seed,
+            scale=scale,
+        )
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self) -> list[int]:
+        """After a crash: runs left `running` become `interrupted` and are re-queued once (a new row).
+
+        First, any process a killed server's jails left behind under this home's runs
+        directory is killed (the jails normally die with the server: PR_SET_PDEATHSIG).
+        """
+        kill_leftover_processes(self.lab.home / "runs")
+        self.lab.store.mark_interrupted_runs()
+        # Every interrupted run without a retry yet: also those whose re-queue a crash cut short.
+        pending = self.lab.store.interrupted_without_retry()
+        requeued = [self.requeue_interrupted(experiment_id) for experiment_id in pending]
+        return [new_id for new_id in requeued if new_id is not None]
+
+    def requeue_interrupted(self, experiment_id: int) -> int | None:
+        """Queue an `interrupted` experiment again, once (a new row, retry_of it); the new id or None."""
+        old = self.lab.store.get_experiment(experiment_id)
+        row = retry_row(old)
+        if row is None:
+            return None
+        new_id = self.lab.store.create_experiment(**row)
+        if old["kind"] == "experiment":
+            self.lab._set_workspace_parent(old["agent"], new_id)
+        self.lab.scheduler.notify()
+        return new_id

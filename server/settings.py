@@ -1,0 +1,148 @@
+"""Operator settings: everything an agent cannot change (the budget, the device, the seeds,
+the noise rule, the quotas, the promotion ladder's scale levels), and the hardware fingerprint
+results are compared within.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from server.refusals import LabError
+
+
+def default_home() -> Path:
+    return Path(
+        os.environ.get("AUTORESEARCH_HOME") or Path.home() / ".cache" / "autoresearch-mcp"
+    ).expanduser()
+
+
+def detect_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+@dataclass(frozen=True)
+class ScaleLevel:
+    """A named rung of the promotion ladder: a budget multiple and a model size (AR_SCALE)."""
+
+    name: str
+    budget_factor: float = 1.0
+    model_scale: int = 1
+    slots: tuple[str, ...] = ()  # devices reserved for this level (empty: any slot)
+    device_hours_quota: float | None = None  # promotions stop when the level has used this much
+
+    @classmethod
+    def parse(cls, text: str) -> ScaleLevel:
+        """'M=5x1' (budget x5, model scale 1), optionally '@cuda:1+cuda:2' and ':quota=2.5' (device-hours)."""
+        match = re.fullmatch(
+            r"([A-Za-z][\w-]{0,15})=([0-9.]+)x(\d+)(?:@([\w:+]+))?(?::quota=([0-9.]+))?",
+            text.strip(),
+        )
+        if not match:
+            raise ValueError(
+                f"scale level {text!r} is malformed; use NAME=BUDGETxMODEL[@slot+slot][:quota=HOURS], e.g. M=5x1"
+            )
+        name, factor, model, slots, quota = match.groups()
+        return cls(
+            name,
+            float(factor),
+            int(model),
+            tuple(slots.split("+")) if slots else (),
+            float(quota) if quota else None,
+        )
+
+
+DEFAULT_SCALES = (ScaleLevel("S", 1.0, 1), ScaleLevel("M", 5.0, 1), ScaleLevel("L", 5.0, 2))
+
+
+@dataclass
+class LabSettings:
+    """Operator settings: everything an agent cannot change."""
+
+    home: Path = field(default_factory=default_home)
+    device: str = "auto"  # auto | cpu | cuda
+    budget_seconds: float | None = None  # default: 60 on CPU, 300 on CUDA
+    budget_kind: Literal["wall", "cpu"] = "wall"
+    cpu_slots: int = 1
+    seed: int = 1337  # the paired-comparison seed; repeats use seed + n
+    noise_k: float = 2.0
+    baseline_repeats: int = 3
+    contended_share: float = 0.7  # CPU share below this marks a wall-clock CPU run `contended`
+    contended_share_cpu_budget: float = (
+        0.3  # the same under a CPU-time budget (only starvation matters)
+    )
+    call_wait_seconds: float = 45.0  # bound on one blocking tool call (clients cut long calls)
+    max_live_per_agent: int = 1
+    # Every run an agent asks for counts (experiments, confirmations, promotions, combinations).
+    # autoresearch's longest campaign ran ~700 experiments: 1000 fits a real one and still bounds
+    # what one agent can take (and read back through its scores). None or 0: no cap.
+    max_experiments_per_agent: int | None = 1000
+    claim_ttl_minutes: float = 60.0
+    require_isolation: bool = False
+    keep_run_dirs: Literal["never", "failed", "always"] = "failed"
+    eval_timeout_seconds: float = 180.0
+    eval_windows: int | None = None  # fewer val windows: only for tests and smoke runs
+    arxiv_url_format: str | None = None  # tests point arXiv at loopback
+    arxiv_min_interval_s: float = 3.0
+    target_file: Path | None = None
+    scales: tuple[ScaleLevel, ...] = DEFAULT_SCALES  # the promotion ladder, smallest first
+    auto_promote: bool = False  # promote confirmed improvements to the next level automatically
+    promotion_repeats: int = 2  # paired runs (seeds) per side at the larger level
+    drift_check_every: int = 10  # re-run the best after this many experiments (0: never)
+    start_scheduler: bool = True
+    executor: Literal["local", "ray"] = "local"  # ray: experiments as tasks on a Ray cluster
+    ray_address: str | None = None  # e.g. HEAD:6379; None: RAY_ADDRESS or a local Ray
+    ray_cpus_per_slot: int = 1  # on a CPU-only Ray cluster: CPUs per experiment (one slot each)
+
+    def level(self, scale: str | None) -> ScaleLevel:
+        """The operator's definition of a scale level ('S' is the default budget and model)."""
+        name = scale or "S"
+        for level in self.scales:
+            if level.name == name:
+                return level
+        known = ", ".join(level.name for level in self.scales)
+        raise LabError(f"scale level {name!r} does not exist; the levels are {known}")
+
+    def slot_accepts(self, slot: str, scale: str) -> bool:
+        """A level with reserved slots runs only there; reserved slots serve only their level."""
+        reserved = {s: level.name for level in self.scales for s in level.slots}
+        own = self.level(scale).slots if any(lv.name == scale for lv in self.scales) else ()
+        if own:
+            return slot in own
+        return slot not in reserved
+
+    def resolved_device(self) -> str:
+        return detect_device() if self.device == "auto" else self.device
+
+    def resolved_budget(self) -> float:
+        if self.budget_seconds is not None:
+            return float(self.budget_seconds)
+        return 300.0 if self.resolved_device().startswith("cuda") else 60.0
+
+
+def hardware_fingerprint(device: str, threads: int) -> str:
+    """Device name | torch version | threads: results are only compared within one fingerprint."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+    else:
+        import platform
+
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return f"{name} | torch {torch.__version__} | {threads} threads"

@@ -1,0 +1,159 @@
+"""Counts and rankings over the `experiments` table: quotas, standings, confirmations and
+recovery lookups, each a named query (mixed into `Store`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlite_utils
+
+from server.store.database import write_transaction
+
+
+class ExperimentCounts:
+    """The aggregate and lookup queries `Store` offers over its `db`."""
+
+    db: sqlite_utils.Database
+
+    def charged_runs(self, requester: str) -> int:
+        """How many runs `requester` asked for, re-queues after a server crash not counted."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM experiments WHERE requested_by = ? AND retry_of IS NULL",
+            [requester],
+        ).fetchone()
+        return int(row[0])
+
+    def charged_seconds(self, requester: str) -> float:
+        """Device-seconds of the runs `requester` asked for, re-queues after a crash not counted."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(total_seconds), 0) FROM experiments WHERE requested_by = ? AND retry_of IS NULL",
+            [requester],
+        ).fetchone()
+        return float(row[0])
+
+    def seconds_at_scale(self, scale: str) -> float:
+        """Device-seconds of every run at one scale level."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(total_seconds), 0) FROM experiments WHERE COALESCE(scale, 'S') = ?",
+            [scale],
+        ).fetchone()
+        return float(row[0])
+
+    def finished_experiment_count(self) -> int:
+        """How many agents' experiments (kind `experiment`) have finished."""
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM experiments WHERE kind = 'experiment' AND status NOT IN ('queued', 'running')"
+            ).fetchone()[0]
+        )
+
+    def confirmation_count(self, experiment_id: int) -> int:
+        """Every run recorded as confirming this experiment (any status)."""
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM experiments WHERE confirms_id = ?", [experiment_id]
+            ).fetchone()[0]
+        )
+
+    def live_confirmation_count(self, experiment_id: int) -> int:
+        """The runs confirming this experiment that are still queued or running."""
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM experiments WHERE confirms_id = ? AND status IN ('queued', 'running')",
+                [experiment_id],
+            ).fetchone()[0]
+        )
+
+    def ok_confirmations(self, experiment_id: int) -> list[dict[str, Any]]:
+        """id, val_bpb and seed of each successful confirmation run of an experiment."""
+        return list(
+            self.db.query(
+                "SELECT id, val_bpb, seed FROM experiments WHERE confirms_id = ? AND kind = 'confirmation' AND status = 'ok'",
+                [experiment_id],
+            )
+        )
+
+    def set_confirms(self, run_ids: Sequence[int], confirms_id: int) -> None:
+        """Mark runs as confirmations of `confirms_id` (a promotion's later seeds)."""
+        with write_transaction(self.db):
+            for run_id in run_ids:
+                self.db.execute(
+                    "UPDATE experiments SET confirms_id = ? WHERE id = ?", [confirms_id, run_id]
+                )
+
+    def ranked_candidates(
+        self, *, hardware: str, budget_seconds: float, scale: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """The best `limit` successful, qualified experiment and promotion runs of one setting."""
+        return list(
+            self.db.query(
+                "SELECT id, agent, description, val_bpb FROM experiments WHERE status = 'ok' "
+                "AND kind IN ('experiment', 'promotion') "
+                "AND COALESCE(disqualified, 0) = 0 AND val_bpb IS NOT NULL AND hardware = ? AND budget_seconds = ? "
+                "AND COALESCE(scale, 'S') = ? ORDER BY val_bpb ASC LIMIT ?",
+                [hardware, budget_seconds, scale, limit],
+            )
+        )
+
+    def per_agent_totals(self) -> list[tuple[str, int, int | None, float | None]]:
+        """(agent, experiments, improvements, best qualified val_bpb) per agent, best first."""
+        return [
+            (row[0], row[1], row[2], row[3])
+            for row in self.db.execute(
+                "SELECT agent, COUNT(*) AS n, SUM(verdict = 'improved') AS wins, "
+                "MIN(CASE WHEN status = 'ok' AND COALESCE(disqualified, 0) = 0 THEN val_bpb END) AS best "
+                "FROM experiments WHERE kind = 'experiment' GROUP BY agent ORDER BY best IS NULL, best"
+            ).fetchall()
+        ]
+
+    def first_ok_with_value(self, agent: str, val_bpb: float) -> int | None:
+        """The first successful run of `agent` that scored exactly `val_bpb`."""
+        hit = self.db.execute(
+            "SELECT id FROM experiments WHERE agent = ? AND val_bpb = ? AND status = 'ok' ORDER BY id LIMIT 1",
+            [agent, val_bpb],
+        ).fetchone()
+        return hit[0] if hit else None
+
+    def verdict_count(self, verdict: str) -> int:
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM experiments WHERE verdict = ?", [verdict]
+            ).fetchone()[0]
+        )
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(
+            self.db.execute("SELECT status, COUNT(*) FROM experiments GROUP BY status").fetchall()
+        )
+
+    def baseline_run_for(
+        self, *, scale: str, seed: int, hardware: str, budget_seconds: float
+    ) -> int | None:
+        """The latest baseline run of this level, seed and setting that has not failed."""
+        rows = list(
+            self.db.query(
+                "SELECT id FROM experiments WHERE kind = 'baseline' AND COALESCE(scale, 'S') = ? AND seed = ? "
+                "AND hardware = ? AND budget_seconds = ? AND status NOT IN ('crash', 'timeout', 'integrity_fail', "
+                "'cancelled', 'interrupted') ORDER BY id DESC LIMIT 1",
+                [scale, seed, hardware, budget_seconds],
+            )
+        )
+        return int(rows[0]["id"]) if rows else None
+
+    # ------------------------------------------------------------ recovery
+
+    def interrupted_without_retry(self) -> list[int]:
+        """Interrupted first attempts not re-queued yet (also those whose re-queue a crash cut short)."""
+        return [
+            row["id"]
+            for row in self.db.query(
+                "SELECT id FROM experiments e WHERE status = 'interrupted' AND COALESCE(attempt, 1) < 2 "
+                "AND NOT EXISTS (SELECT 1 FROM experiments r WHERE r.retry_of = e.id) ORDER BY id"
+            )
+        ]
+
+    def retry_of(self, experiment_id: int) -> int | None:
+        """The id of the run that re-queued this interrupted experiment, if any."""
+        rows = list(self.db.query("SELECT id FROM experiments WHERE retry_of = ?", [experiment_id]))
+        return int(rows[0]["id"]) if rows else None

@@ -1,0 +1,96 @@
+"""SQLite connections for the record: WAL, a busy timeout, one connection per thread, and
+`write_transaction`, the one way to write.
+
+Every write runs inside `write_transaction()`, which starts with BEGIN IMMEDIATE: with
+deferred transactions several writer processes hit "database is locked" even with a
+busy timeout (measured: 22-42 of 240 writes from 6 processes failed; with BEGIN IMMEDIATE, none).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def utc_now() -> str:
+    """An ISO-8601 UTC timestamp with seconds precision, as stored in every table."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def open_database(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating if needed) a SQLite file in WAL mode with a busy timeout.
+
+    The connection may be shared by threads; writes go through `write_transaction`.
+    """
+    conn = sqlite3.connect(
+        str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
+    )
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return sqlite_utils.Database(conn)
+
+
+_locks: dict[int, threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(db: sqlite_utils.Database) -> threading.RLock:
+    with _locks_guard:
+        return _locks.setdefault(id(db.conn), threading.RLock())
+
+
+@contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """Run the block as one BEGIN IMMEDIATE transaction: committed on success, rolled back on error.
+
+    Re-entrant within a thread (an inner call joins the outer transaction); other threads
+    sharing the connection wait their turn.
+    """
+    lock = _lock_for(db)
+    with lock:
+        if db.conn.in_transaction:
+            yield db
+            return
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+            raise
+        else:
+            if db.conn.in_transaction:
+                db.conn.execute("COMMIT")
+
+
+class ThreadLocalDatabase:
+    """One sqlite-utils Database per thread over the same file, behind one object.
+
+    sqlite-utils 4 wraps reads in SAVEPOINTs: two threads sharing one connection break each
+    other's transactions. Each thread (MCP worker threads, the scheduler, the web server)
+    gets its own connection; WAL and BEGIN IMMEDIATE keep them consistent.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+
+    def get(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = open_database(self._path)
+            self._local.db = db
+        return db
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)

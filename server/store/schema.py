@@ -1,0 +1,187 @@
+"""The tables of the research record and their migrations: what each column of `experiments`
+holds, the read indexes, and the upgrades that keep old SQLite files working.
+
+Tables are named for a reader: open the file with any SQLite tool (datasette works) and
+`experiments` is the whole research record.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+from server.record import SERVER_AGENT
+from server.store.database import write_transaction
+
+# The largest experiment or claim id the server accepts: SQLite's INTEGER is 64-bit signed, and
+# no research record comes near 2**31 rows; anything larger is a malformed id, refused early.
+MAX_ROW_ID = 2**31 - 1
+SCHEMA_VERSION = 1
+
+EXPERIMENT_COLUMNS: dict[str, type] = {
+    "id": int,
+    "agent": str,  # whose idea the code is: credited on the leaderboard, in verdicts and history
+    "requested_by": str,  # who asked for this run: charged to their quota (NULL: the server's own)
+    "kind": str,  # server.record.Kind
+    "parent_id": int,  # the experiment whose code the workspace started from
+    "confirms_id": int,  # for confirmation runs: the experiment being confirmed
+    "status": str,  # server.record.Status
+    "verdict": str,  # server.record.Verdict (set when final)
+    "description": str,
+    "code_hash": str,
+    "code": str,  # JSON {file name: text} of the editable files
+    "diff_parent": str,
+    "diff_baseline": str,
+    "val_bpb": float,
+    "delta_parent": float,  # improvement over the parent (positive = better)
+    "delta_best": float,  # improvement over the best at the time it finished
+    "metrics": str,  # JSON: everything the evaluator reported
+    "train_seconds": float,
+    "eval_seconds": float,
+    "total_seconds": float,
+    "overhead_seconds": float,
+    "cpu_seconds": float,
+    "cpu_share": float,
+    "peak_memory_mb": float,
+    "budget_seconds": float,
+    "budget_kind": str,
+    "device": str,
+    "hardware": str,  # fingerprint: device name | torch version | threads
+    "torch_version": str,
+    "seed": int,
+    "isolation": str,
+    "flags": str,  # JSON list of contract-touching findings in the diff
+    "disqualified": int,  # 1: may not count as an improvement (seed-only change, contended CPU)
+    "failure_reason": str,
+    "log_tail": str,
+    "hashes": str,  # JSON: evaluator / tokenizer / val sha256 used for this run
+    "paper_ids": str,  # JSON list of arXiv ids that motivated it
+    "attempt": int,
+    "retry_of": int,  # re-queued after an interruption: the interrupted experiment
+    "scale": str,
+    "created_at": str,
+    "started_at": str,
+    "finished_at": str,
+}
+
+
+READ_INDEXES = {
+    "idx_experiments_confirms_id": "CREATE INDEX IF NOT EXISTS idx_experiments_confirms_id "
+    "ON experiments(confirms_id)",
+    "idx_experiments_status_val_bpb": "CREATE INDEX IF NOT EXISTS idx_experiments_status_val_bpb "
+    "ON experiments(status, val_bpb)",
+    # list_experiments(order='best') sorts by exactly these expressions.
+    "idx_experiments_best": "CREATE INDEX IF NOT EXISTS idx_experiments_best "
+    "ON experiments(val_bpb IS NULL, val_bpb, id)",
+    # Every submit counts the requester's live and total runs (the quota).
+    "idx_experiments_requested_by": "CREATE INDEX IF NOT EXISTS idx_experiments_requested_by "
+    "ON experiments(requested_by, status)",
+}
+
+
+def create_tables(db: sqlite_utils.Database) -> None:
+    """Create the record's tables, indexes and full-text search where missing; migrate old files."""
+    with write_transaction(db):
+        if "experiments" not in db.table_names():
+            db.table("experiments").create(
+                EXPERIMENT_COLUMNS, pk="id", not_null={"agent", "status", "created_at"}
+            )
+            db.table("experiments").create_index(["status"])
+            db.table("experiments").create_index(["agent", "id"])
+            db.table("experiments").create_index(["code_hash"])
+            db.table("experiments").create_index(["val_bpb"])
+        if "agents" not in db.table_names():
+            db.table("agents").create(
+                {
+                    "name": str,
+                    "created_at": str,
+                    "max_queued": int,
+                    "max_experiments": int,
+                    "max_device_hours": float,
+                    "workspace_parent_id": int,
+                },
+                pk="name",
+            )
+        if "tokens" not in db.table_names():
+            db.table("tokens").create(
+                {
+                    "token_sha256": str,
+                    "agent": str,
+                    "role": str,
+                    "created_at": str,
+                    "revoked_at": str,
+                },
+                pk="token_sha256",
+            )
+        if "claims" not in db.table_names():
+            db.table("claims").create(
+                {
+                    "id": int,
+                    "agent": str,
+                    "text": str,
+                    "created_at": str,
+                    "expires_at": str,
+                    "released_at": str,
+                    "released_by_experiment": int,
+                },
+                pk="id",
+            )
+        if "baselines" not in db.table_names():
+            db.table("baselines").create(
+                {
+                    "hardware": str,
+                    "scale": str,
+                    "budget_kind": str,
+                    "budget_seconds": float,
+                    "runs": int,
+                    "mean": float,
+                    "sd": float,
+                    "values": str,
+                    "experiment_ids": str,
+                    "updated_at": str,
+                },
+                pk=("hardware", "scale", "budget_kind", "budget_seconds"),
+            )
+        if "experiment_papers" not in db.table_names():
+            db.table("experiment_papers").create(
+                {"experiment_id": int, "arxiv_id": str}, pk=("experiment_id", "arxiv_id")
+            )
+        if "meta" not in db.table_names():
+            db.table("meta").create({"key": str, "value": str}, pk="key")
+            db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+    _migrate_requested_by(db)
+    if not db.table("experiments").detect_fts():
+        with write_transaction(db):
+            db.table("experiments").enable_fts(
+                ["description", "diff_parent"], tokenize="porter", create_triggers=True
+            )
+    # Every get_history call reads the leaderboard (ok runs by val_bpb, each one's
+    # confirmations). val_bpb and the filter columns sit behind the code and diff text in
+    # each row, so without these indexes each of those reads scans the whole table
+    # (bench/tools.py: 1.7 s at 10,000 experiments). Created on old files too.
+    missing = {
+        name: sql
+        for name, sql in READ_INDEXES.items()
+        if name not in {index.name for index in db.table("experiments").indexes}
+    }
+    if missing:
+        with write_transaction(db):
+            for sql in missing.values():
+                db.execute(sql)
+
+
+def _migrate_requested_by(db: sqlite_utils.Database) -> None:
+    """Stores written before `requested_by` existed: add the column and fill it in.
+
+    Those stores recorded every run an agent caused under its own name (confirmations and
+    promotions under the agent that asked), so `agent` is who asked, except for the
+    server's own runs (baselines, drift checks), which are charged to nobody.
+    """
+    if "requested_by" in db.table("experiments").columns_dict:
+        return
+    with write_transaction(db):
+        db.execute("ALTER TABLE experiments ADD COLUMN requested_by TEXT")
+        db.execute(
+            "UPDATE experiments SET requested_by = agent "
+            "WHERE agent != ? AND kind NOT IN ('baseline', 'drift_check')",
+            [SERVER_AGENT],
+        )
