@@ -24,7 +24,9 @@ import pytest
 import uvicorn
 
 from server.auth import issue_token
-from server.dashboard import chart_data, diff_html, y_range
+from server.dashboard.chart import y_range
+from server.dashboard.data import chart_data
+from server.dashboard.pages import diff_html
 from server.lab import Lab, LabSettings
 from server.models import NoiseInfo
 from server.web import COOKIE, build_app

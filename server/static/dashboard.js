@@ -47,7 +47,7 @@
     return Math.max(0, Math.min(6, -Math.floor(Math.log10(step)) + (step / Math.pow(10, Math.floor(Math.log10(step))) === 2.5 ? 1 : 0)));
   }
 
-  // The same range rule as progress.png (server/dashboard.py y_range).
+  // The same range rule as progress.png (server/dashboard/chart.py y_range).
   function yRange(values, noise) {
     const band = noise.baseline_mean != null && noise.measured
       ? [noise.baseline_mean - noise.threshold, noise.baseline_mean + noise.threshold] : [];
