@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as `python bench/agents.py`: the repository's packages
+
+from tests.support import free_port, wait_for_healthz
 
 EXE = str(Path(sys.executable).with_name("autoresearch-mcp"))
 CALLS = (
@@ -37,12 +39,6 @@ CALLS = (
     ("get_history", {"limit": 10}),
     ("list_files", {}),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
@@ -64,18 +60,12 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit((home / "server.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("the server did not start")
+    try:
+        wait_for_healthz(f"http://127.0.0.1:{port}", proc, timeout=180, log=home / "server.log")
+    except AssertionError as failure:
+        proc.kill()
+        raise SystemExit(str(failure)) from None
+    return proc
 
 
 async def agent(

@@ -17,11 +17,9 @@ import argparse
 import json
 import logging
 import random
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import httpx
-import uvicorn
 
 from server.auth import issue_token
 from server.lab import Lab, LabSettings
 from server.web import build_app
+from tests.support import free_port, serve_app
 from trainer import prepare as prepare_module
 
 CHROMIUM = "/usr/bin/chromium"
@@ -109,12 +107,6 @@ def add_experiments(lab: Lab, count: int, rng: random.Random) -> None:
         )
         if verdict == "improved" and value is not None:
             best = value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def page_loads(
@@ -214,33 +206,21 @@ def main() -> None:
         lab = Lab(LabSettings(home=home, budget_seconds=300, start_scheduler=False))
         token = issue_token(lab.store, "bench", role="viewer")
         port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                build_app(lab, host="127.0.0.1", port=port),
-                host="127.0.0.1",
-                port=port,
-                log_level="warning",
-            )
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
         try:
-            results = []
-            add_experiments(lab, args.reference, rng)
-            results.append(measure(lab, url, token, args.loads, args.repeats))
-            add_experiments(lab, args.experiments - args.reference, rng)
-            results.append(measure(lab, url, token, args.loads, args.repeats, args.screenshot))
-            if args.screenshot:
-                png = httpx.get(f"{url}/progress.png", headers={"Authorization": f"Bearer {token}"})
-                args.screenshot.with_name(args.screenshot.stem + "-progress.png").write_bytes(
-                    png.content
-                )
+            with serve_app(build_app(lab, host="127.0.0.1", port=port), port) as url:
+                results = []
+                add_experiments(lab, args.reference, rng)
+                results.append(measure(lab, url, token, args.loads, args.repeats))
+                add_experiments(lab, args.experiments - args.reference, rng)
+                results.append(measure(lab, url, token, args.loads, args.repeats, args.screenshot))
+                if args.screenshot:
+                    png = httpx.get(
+                        f"{url}/progress.png", headers={"Authorization": f"Bearer {token}"}
+                    )
+                    args.screenshot.with_name(args.screenshot.stem + "-progress.png").write_bytes(
+                        png.content
+                    )
         finally:
-            server.should_exit = True
-            thread.join(30)
             lab.close()
     print(f"dashboard benchmark ({len(AGENTS)} agents; medians over {args.loads} cold loads)")
     header = "".join(f"{r['experiments']:>14} exp" for r in results)

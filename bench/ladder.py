@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as `python bench/x.py`: the package, not bench/trainer.py
 
 from server.lab import Lab, LabSettings, ScaleLevel
+from tests.support import wait_until_finished
 from trainer.prepare import default_data_dir, prepare
+
+WAIT_DEADLINE_S = 6 * 3600  # a bench waits as long as the runs take; this only ends a hung one
 
 CHANGES = {
     "lr3": (
@@ -37,11 +40,7 @@ CHANGES = {
 
 
 def wait(lab: Lab, ids: list[int]) -> list[dict]:
-    while True:
-        rows = [lab.experiment(i) for i in ids]
-        if all(r["status"] not in ("queued", "running") for r in rows):
-            return rows
-        time.sleep(1)
+    return wait_until_finished(lab, ids, timeout=WAIT_DEADLINE_S, interval=1)
 
 
 def main() -> None:

@@ -26,6 +26,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support import wait_until
+
 PORT = 6391
 
 
@@ -87,11 +90,7 @@ def inside(n: int, budget: float) -> int:
             f"127.0.0.1:{PORT}", cpus_per_slot=1, expected_hashes=runner.expected_hashes,
             keep_run_dirs="never",
         )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while not ray_exec.slots():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Ray worker did not join")
-            time.sleep(1)
+        wait_until(ray_exec.slots, timeout=120, interval=1, message="the Ray worker did not join")
         local = LocalExecutor(runner, ["cpu"])
         files = target.baseline_files()
         settings = RunSettings(

@@ -21,11 +21,9 @@ import logging
 import os
 import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -37,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 import anyio
 import httpx2
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -47,6 +44,7 @@ from server.auth import issue_token
 from server.lab import Lab, LabSettings, unified_diff
 from server.store import utc_now, write_transaction
 from server.web import build_app
+from tests.support import free_port, serve_app
 from trainer import prepare as prepare_module
 
 GOAL_MS = {"in-memory": 5.0, "http": 20.0}
@@ -145,43 +143,17 @@ async def in_memory(lab: Lab) -> AsyncIterator[Client]:
         yield client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @asynccontextmanager
 async def over_http(lab: Lab) -> AsyncIterator[Client]:
     """The real app under uvicorn in a thread, and an authenticated streamable-HTTP client."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(lab, host="127.0.0.1", port=port, auth=True),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the HTTP server did not start")
-        await anyio.sleep(0.05)
     token = issue_token(lab.store, "bench")
-    try:
+    with serve_app(build_app(lab, host="127.0.0.1", port=port, auth=True), port) as url:
         async with (
             httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
-            Client(
-                streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
-            ) as client,
+            Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
         ):
             yield client
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 # ---------------------------------------------------------------- timing

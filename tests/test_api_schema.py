@@ -8,18 +8,15 @@ match the schema; without a token every operation answers 401.
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.schemas import OpenApiSchema
+from support import free_port, serve_app
 
 from server.auth import issue_token
 from server.lab import Lab, LabSettings
@@ -33,12 +30,6 @@ SETTINGS = settings(
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def add_rows(lab: Lab) -> None:
@@ -80,25 +71,10 @@ def live(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[d
     add_rows(lab)
     token = issue_token(lab.store, "reader", role="viewer")
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(lab, host="127.0.0.1", port=port),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "token": token}
+        with serve_app(build_app(lab, host="127.0.0.1", port=port), port, lifespan="auto") as url:
+            yield {"url": url, "token": token}
     finally:
-        server.should_exit = True
-        thread.join(30)
         lab.close()
 
 

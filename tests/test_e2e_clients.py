@@ -20,16 +20,15 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import free_port, wait_for_healthz
 
 from server.store import FINAL_STATUSES, Store
 
@@ -123,12 +122,6 @@ def run(
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def make_home(data_dir: Path, target: Path) -> Path:
     """A server state folder whose data is already prepared (the server then skips preparing)."""
     target.mkdir(parents=True, exist_ok=True)
@@ -157,18 +150,9 @@ def http_server(home: Path) -> Iterator[str]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"the HTTP server exited ({process.returncode}):\n{(home / f'server-{port}.log').read_text()[-4000:]}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail("the HTTP server did not answer /healthz within 180 s")
-            time.sleep(0.5)
+        wait_for_healthz(
+            f"http://127.0.0.1:{port}", process, timeout=180, log=home / f"server-{port}.log"
+        )
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         kill_group(process)

@@ -4,11 +4,11 @@ combining diffs by three-way merge, and the refusals."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_until_finished
 
 from server.lab import Lab, LabSettings, ScaleLevel
 from server.ladder import PromotionRefused, three_way_merge
@@ -45,13 +45,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[La
 
 
 def wait_all(lab: Lab, ids: list[int], timeout: float = 900) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = [lab.experiment(i) for i in ids]
-        if all(r["status"] not in ("queued", "running") for r in rows):
-            return rows
-        time.sleep(0.5)
-    raise AssertionError(f"experiments {ids} did not finish in {timeout} s")
+    return wait_until_finished(lab, ids, timeout=timeout)
 
 
 def variant(lab: Lab, old: str, new: str) -> dict[str, str]:

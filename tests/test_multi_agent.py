@@ -23,11 +23,9 @@ from __future__ import annotations
 import itertools
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -37,22 +35,19 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from support import free_port, wait_for_healthz
+
+from server.store import FINAL_STATUSES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXE = str(Path(sys.executable).with_name("autoresearch-mcp"))
-FINAL = {"ok", "crash", "timeout", "integrity_fail", "cancelled", "interrupted"}
+FINAL = frozenset(FINAL_STATUSES)
 AGENTS = [f"agent{i}" for i in range(6)]
 STARTUP_S = 180.0
 
 
 # ---------------------------------------------------------------- a real server process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(home: Path, *args: str) -> str:
@@ -76,16 +71,7 @@ class Server:
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_S
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError("the server did not start:\n" + self.log.read_text()[-3000:])
+        wait_for_healthz(self.url, self.proc, timeout=STARTUP_S, log=self.log)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

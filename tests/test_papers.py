@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import arxiv
 import pytest
 import sqlite_utils
 from arxiv_fake import FIXTURES, FakeArxiv, feed  # noqa: F401
+from support import free_port
 
 from server.papers import (
     UNTRUSTED_NOTICE,
@@ -28,7 +28,6 @@ from server.papers import (
     PaperSearchError,
     build_arxiv_query,
     papers_for_ids,
-    parse_arxiv_id,
     render_untrusted,
 )
 from server.store import open_database, write_transaction
@@ -54,10 +53,7 @@ def db(tmp_path: Path) -> Iterator[sqlite_utils.Database]:
 @pytest.fixture
 def closed_port_url() -> str:
     """A loopback URL on which nothing listens: connections are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/api/query?{{}}"
+    return f"http://127.0.0.1:{free_port()}/api/query?{{}}"
 
 
 def make_search(db: sqlite_utils.Database, url_format: str, **overrides: Any) -> PaperSearch:
@@ -191,24 +187,6 @@ def test_malformed_query_is_refused_before_any_request(
         search.search(**kwargs)
     assert fake_arxiv.count == 0
     assert search.requests_made == 0
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("2401.01234", ("2401.01234", None)),
-        ("2401.01234v2", ("2401.01234", 2)),
-        ("arXiv:2401.01234v12", ("2401.01234", 12)),
-        ("0704.0001", ("0704.0001", None)),
-        ("cs/0112017", ("cs/0112017", None)),
-        ("math.GT/0309136v1", ("math.GT/0309136", 1)),
-        ("hep-th/9901001", ("hep-th/9901001", None)),
-    ],
-)
-def test_parse_arxiv_id_accepts_new_and_old_style(
-    text: str, expected: tuple[str, int | None]
-) -> None:
-    assert parse_arxiv_id(text) == expected
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import time
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_multi_agent import FINAL, Server, call, cli, connect, free_port, make_home, rows
+from support import free_port, wait_until
+from test_multi_agent import FINAL, Server, call, cli, connect, make_home, rows
 
 from sandbox.jail import JAIL_DIR_ENV
 
@@ -74,24 +75,28 @@ async def test_sigkill_mid_run_then_restart(tmp_path: Path, data_dir: Path) -> N
                 ids.append(result["id"])
 
         # Wait for a run to be training (its process is up), then kill the server outright.
-        deadline = time.monotonic() + 300
-        killed_id = None
-        while time.monotonic() < deadline:
+        def training_id() -> int | None:
             running = rows(home, "SELECT id FROM experiments WHERE status = 'running'")
             if running and any("train.py" in cmd for _, cmd in jail_processes(runs)):
-                killed_id = running[0]["id"]
-                break
-            time.sleep(0.1)
-        assert killed_id is not None, "no run reached training"
+                return int(running[0]["id"])
+            return None
+
+        killed_id = wait_until(
+            training_id, timeout=300, interval=0.1, message="no run reached training"
+        )
         assert server.proc is not None
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(30)
 
         # No training process outlives the server (allow the kernel a moment to deliver).
-        deadline = time.monotonic() + 20
-        while jail_processes(runs) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert jail_processes(runs) == [], "processes of the killed server's jails are alive"
+        wait_until(
+            lambda: jail_processes(runs) == [],
+            timeout=20,
+            interval=0.2,
+            message=lambda: (
+                f"processes of the killed server's jails are alive: {jail_processes(runs)}"
+            ),
+        )
         assert (
             rows(home, "SELECT status FROM experiments WHERE id = ?", (killed_id,))[0]["status"]
             == "running"
@@ -106,14 +111,15 @@ async def test_sigkill_mid_run_then_restart(tmp_path: Path, data_dir: Path) -> N
         assert retry["attempt"] == 2 and retry["code_hash"] == killed["code_hash"]
         assert retry["agent"] == killed["agent"]
 
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            live = rows(home, "SELECT id FROM experiments WHERE status IN ('queued', 'running')")
-            if not live:
-                break
-            time.sleep(1.0)
-        else:
-            raise AssertionError(f"runs did not finish after the restart: {live}")
+        def live() -> list[dict[str, Any]]:
+            return rows(home, "SELECT id FROM experiments WHERE status IN ('queued', 'running')")
+
+        wait_until(
+            lambda: not live(),
+            timeout=900,
+            interval=1.0,
+            message=lambda: f"runs did not finish after the restart: {live()}",
+        )
     finally:
         server.stop()
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import wait_until
 
 from sandbox.jail import (
     BACKGROUND_NICE,
@@ -118,11 +118,11 @@ def test_background_jail_starts_at_the_lowest_cpu_weight(tmp_path: Path) -> None
         JailSpec(workdir=workdir, background=True, stdin_pipe=True),
         tmp_path / "log.txt",
     )
-    deadline = time.monotonic() + 20
     log = tmp_path / "log.txt"
-    while not log.read_text().strip() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    niceness = int(log.read_text().split()[0])
+    first_line = wait_until(
+        lambda: log.read_text().strip(), timeout=20, message="the jail printed nothing"
+    )
+    niceness = int(first_line.split()[0])
     weight = process.cpu_weight()
     if weight is None:  # no cpu cgroup on this machine: the fallback is a niceness
         assert niceness == BACKGROUND_NICE

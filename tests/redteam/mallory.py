@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from mcp import Client
+from support import wait_until_finished
 
 from server.app import build_server
 from server.lab import Lab, LabSettings
+from server.store import FINAL_STATUSES
 
 from .patches import AFTER_CONTRACT, Edit, after, unified_diff
 
 RUN_DEADLINE_SECONDS = 900  # generous: the machine is shared; never a timing assertion
-FINAL = {"ok", "crash", "timeout", "integrity_fail", "cancelled", "interrupted"}
+FINAL = frozenset(FINAL_STATUSES)
 
 
 def make_lab(home: Path, data_dir: Path, **overrides: Any) -> Lab:
@@ -101,10 +103,7 @@ async def experiment_log(lab: Lab, agent: str, experiment_id: int) -> str:
 
 
 def wait_rows(lab: Lab, ids: list[int]) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + RUN_DEADLINE_SECONDS * max(1, len(ids))
-    while True:
-        rows = [lab.experiment(i) for i in ids]
-        if all(r["status"] in FINAL for r in rows):
-            return rows
-        assert time.monotonic() < deadline, f"experiments {ids} never finished"
-        time.sleep(1)
+    """The rows of these experiments once all have finished (a deadline per run, never timing)."""
+    return wait_until_finished(
+        lab, ids, timeout=RUN_DEADLINE_SECONDS * max(1, len(ids)), interval=1
+    )

@@ -12,9 +12,7 @@ import hashlib
 import itertools
 import json
 import shutil
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
@@ -25,9 +23,9 @@ import anyio
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from support import free_port, serve_app
 
 from server.app import build_server
 from server.auth import issue_token
@@ -60,31 +58,12 @@ DEADLINE_S = 60.0
 # ---------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def served(lab: Lab, **options: Any) -> Iterator[str]:
     """build_app(lab, **options) under uvicorn on a free loopback port; yields its URL."""
     port = free_port()
-    app = build_app(lab, host="127.0.0.1", port=port, **options)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + DEADLINE_S
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_app(build_app(lab, host="127.0.0.1", port=port, **options), port) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -197,3 +197,64 @@ def test_uninitialised_allocations_are_refused() -> None:
     buffer.seek(0)
     with pytest.raises(evaluate_module.InvalidArtifact, match="empty"):
         evaluate_module.load_program(buffer)
+
+
+# ---------------------------------------------------------------- paper searches and the thread pool
+
+
+@pytest.mark.anyio
+async def test_paper_searches_cannot_hold_every_worker_thread(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """Hack: fire 48 concurrent search_papers calls while arXiv (here: a loopback server that
+    never answers) keeps each one waiting on the shared rate-limit gate; in anyio's shared pool of
+    40 worker threads they held every thread, so every other agent's edits and runs waited.
+    Defence: the paper tools run on a few threads of their own; the rest wait without a thread.
+    Checked by order, not by time: Alice's write_file returns before any search has returned
+    (with the shared pool it could only run once a search had freed a thread)."""
+    import shutil
+
+    import anyio
+    from arxiv_fake import FakeArxiv
+    from mcp import Client
+
+    from server.app import build_server
+    from server.lab import Lab, LabSettings
+
+    fake = FakeArxiv()
+    fake.mode = "stall"
+    shutil.copytree(data_dir, tmp_path / "data")
+    lab = Lab(
+        LabSettings(
+            home=tmp_path,
+            budget_seconds=60,
+            start_scheduler=False,
+            arxiv_url_format=fake.url_format,
+            arxiv_min_interval_s=0.1,
+        )
+    )
+    finished: list[str] = []
+    try:
+        server = build_server(lab, default_agent="agent")
+        async with Client(server) as mallory, Client(server) as alice:
+
+            async def search(i: int) -> None:
+                await mallory.call_tool("search_papers", {"query": f"stall {i}"})
+                finished.append("search")
+
+            async with anyio.create_task_group() as group:
+                for i in range(48):
+                    group.start_soon(search, i)
+                with anyio.fail_after(120):
+                    while fake.count < 1:  # the searches are under way
+                        await anyio.sleep(0.05)
+                result = await alice.call_tool(
+                    "write_file", {"path": "train.py", "content": "print(1)\n"}
+                )
+                finished.append("alice")
+                assert not result.is_error, result.content
+                group.cancel_scope.cancel()
+    finally:
+        fake.stop()
+        lab.close()
+    assert finished and finished[0] == "alice", finished

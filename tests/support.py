@@ -1,0 +1,152 @@
+"""What the tests and the benchmarks share: free loopback ports, polling with a deadline, an ASGI
+app served under uvicorn in a thread, a server process awaited on its /healthz, and experiments
+awaited until they finish.
+
+Tests import it as `support` (pytest puts tests/ on sys.path); benchmarks, which put the
+repository first on sys.path, as `tests.support`. Of the server it imports only the record's
+vocabulary (the live statuses), so a test that only starts processes does not import the lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import uvicorn
+
+from server.store import LIVE_STATUSES
+
+__all__ = [
+    "free_port",
+    "serve_app",
+    "wait_for_healthz",
+    "wait_until",
+    "wait_until_finished",
+]
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "the condition did not hold",
+) -> T:
+    """Call `condition` every `interval` seconds until it returns a truthy value, and return it.
+
+    Raises AssertionError with `message` (called, if a function, for the latest state) when
+    `timeout` seconds pass first. The condition is checked once more at the deadline, so a
+    slow machine fails only when the condition is really false.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text} (waited {timeout:g} s)")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def serve_app(
+    app: Any, port: int | None = None, *, startup_timeout: float = 60.0, **config: Any
+) -> Iterator[str]:
+    """Run an ASGI app under uvicorn in a daemon thread on 127.0.0.1; yield its base URL.
+
+    `port` defaults to a free one (pass the port the app was built for, if it needs to know).
+    Extra keyword arguments go to uvicorn.Config. The server is stopped on exit.
+    """
+    port = free_port() if port is None else port
+    options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_until(
+            lambda: server.started or not thread.is_alive(),
+            timeout=startup_timeout,
+            message="the server did not start",
+        )
+        assert server.started, "the server thread ended before it started serving"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def wait_for_healthz(
+    url: str,
+    process: subprocess.Popen[Any] | None = None,
+    *,
+    timeout: float,
+    log: Path | None = None,
+) -> None:
+    """Poll `url`/healthz until it answers 200; fail at once if `process` exits meanwhile.
+
+    The assertion carries the end of `log` (the server's output), when given.
+    """
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""
+
+    def healthy() -> bool:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited ({process.returncode}):\n{tail()}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(
+        healthy,
+        timeout=timeout,
+        interval=0.5,
+        message=lambda: f"the server at {url} did not answer /healthz:\n{tail()}",
+    )
+
+
+class ExperimentSource(Protocol):
+    """Anything that reads an experiment row by id (the Lab does)."""
+
+    def experiment(self, experiment_id: int) -> dict[str, Any]: ...
+
+
+def wait_until_finished(
+    lab: ExperimentSource, ids: Iterable[int], *, timeout: float, interval: float = 0.5
+) -> list[dict[str, Any]]:
+    """The rows of these experiments once none is queued or running (in the order given)."""
+    wanted = list(ids)
+    latest: list[dict[str, Any]] = []
+
+    def finished() -> bool:
+        latest[:] = [lab.experiment(i) for i in wanted]
+        return all(row["status"] not in LIVE_STATUSES for row in latest)
+
+    wait_until(
+        finished,
+        timeout=timeout,
+        interval=interval,
+        message=lambda: (
+            f"experiments {wanted} did not finish: "
+            + ", ".join(f"{row['id']} {row['status']}" for row in latest)
+        ),
+    )
+    return latest
