@@ -178,7 +178,6 @@ def _denied_aten(name: str) -> bool:
     return name in _DENIED_ATEN or name.startswith(_UNINITIALISED)
 
 
-
 def _check_sympy(expr: str) -> None:
     """Sympy strings are eval'd by the loader: accept only symbols, integers and arithmetic.
 
