@@ -17,12 +17,12 @@ import statistics
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from server.record import FINAL_STATUSES, OK, SERVER_AGENT, Kind
+from server.record import FINAL_STATUSES, OK, SERVER_AGENT
+from server.run_queue import RunQueue
 from server.settings import LabSettings, ScaleLevel
 from server.store import ExperimentNotFound, Store, utc_now
 from server.verdicts import PUBLISHED_DIGITS, Noise, published
@@ -46,7 +46,7 @@ class PromotionRefused(ValueError):
     """A promotion or combination that cannot be done; the message says what to do instead."""
 
 
-class LadderLab(Protocol):
+class LadderLab(RunQueue, Protocol):
     """What the ladder needs from the lab (server.lab.Lab provides it; the ladder never imports it)."""
 
     settings: LabSettings
@@ -58,50 +58,13 @@ class LadderLab(Protocol):
     def experiment(self, experiment_id: int) -> dict[str, Any]: ...
     def level(self, scale: str | None) -> ScaleLevel: ...
     def level_budget(self, scale: str | None) -> float: ...
+    def plan_baselines(
+        self, repeats: int | None = None, scale: str = "S"
+    ) -> list[dict[str, Any]]: ...
     def noise(self, scale: str = "S") -> Noise: ...
     def confirmation_stats(self, experiment_id: int) -> dict[str, Any] | None: ...
     def leaderboard(self, limit: int = 10, scale: str = "S") -> list[dict[str, Any]]: ...
     def resolve_retry(self, experiment: dict[str, Any]) -> dict[str, Any]: ...
-    def plan_run(
-        self,
-        agent: str,
-        description: str,
-        *,
-        paper_ids: Sequence[str] = (),
-        kind: Kind = "experiment",
-        files: dict[str, str] | None = None,
-        parent_id: int | None = None,
-        confirms_id: int | None = None,
-        seed: int | None = None,
-        scale: str = "S",
-    ) -> dict[str, Any]: ...
-    def plan_baselines(
-        self, repeats: int | None = None, scale: str = "S"
-    ) -> list[dict[str, Any]]: ...
-    def queue_runs(
-        self,
-        planned: Sequence[dict[str, Any]],
-        requester: str | None,
-        *,
-        check_quota: bool = True,
-        reuse: bool = True,
-    ) -> list[tuple[int, int | None]]: ...
-    def submit(
-        self,
-        agent: str,
-        description: str,
-        *,
-        requested_by: Any = ...,
-        check_quota: bool = True,
-        reuse: bool = True,
-        paper_ids: Sequence[str] = (),
-        kind: Kind = "experiment",
-        files: dict[str, str] | None = None,
-        parent_id: int | None = None,
-        confirms_id: int | None = None,
-        seed: int | None = None,
-        scale: str = "S",
-    ) -> tuple[int, int | None]: ...
     def _check_quota(self, requester: str, new_runs: int = 1) -> None: ...
 
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from sandbox.runner import RunResult, RunSettings
 from server import baselines, drift
-from server.record import INTERRUPTED, RUNNING, SERVER_AGENT, ExperimentRow, Kind
+from server.record import INTERRUPTED, RUNNING, SERVER_AGENT, ExperimentRow
 from server.recording import finished_run_fields
 from server.recovery import kill_leftover_processes, retry_row
+from server.run_queue import RunQueue
 from server.scheduler import Job, Scheduler
 from server.settings import LabSettings
 from server.store import ExperimentNotFound, Store, utc_now
@@ -35,7 +35,7 @@ class RunFinishedListener(Protocol):
     def on_run_finished(self, experiment_id: int) -> None: ...
 
 
-class LifecycleLab(Protocol):
+class LifecycleLab(RunQueue, Protocol):
     """The part of the Lab a run's lifecycle needs (server.lab.Lab provides it)."""
 
     settings: LabSettings
@@ -57,43 +57,6 @@ class LifecycleLab(Protocol):
         self, seed: int, budget_seconds: float | None = None, scale: str | None = None
     ) -> RunSettings: ...
     def _set_workspace_parent(self, agent: str, experiment_id: int | None) -> None: ...
-    def plan_run(
-        self,
-        agent: str,
-        description: str,
-        *,
-        paper_ids: Sequence[str] = (),
-        kind: Kind = "experiment",
-        files: dict[str, str] | None = None,
-        parent_id: int | None = None,
-        confirms_id: int | None = None,
-        seed: int | None = None,
-        scale: str = "S",
-    ) -> dict[str, Any]: ...
-    def queue_runs(
-        self,
-        planned: Sequence[dict[str, Any]],
-        requester: str | None,
-        *,
-        check_quota: bool = True,
-        reuse: bool = True,
-    ) -> list[tuple[int, int | None]]: ...
-    def submit(
-        self,
-        agent: str,
-        description: str,
-        *,
-        requested_by: Any = ...,
-        check_quota: bool = True,
-        reuse: bool = True,
-        paper_ids: Sequence[str] = (),
-        kind: Kind = "experiment",
-        files: dict[str, str] | None = None,
-        parent_id: int | None = None,
-        confirms_id: int | None = None,
-        seed: int | None = None,
-        scale: str = "S",
-    ) -> tuple[int, int | None]: ...
 
 
 class RunLifecycle:

@@ -172,6 +172,21 @@ class HostPolicy:
         )
 
 
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    """One complete JSON response on a raw ASGI `send`."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
     """A refusal before any route: JSON-RPC shaped on /mcp, `{"detail": ...}` elsewhere."""
     if scope["type"] == "websocket":
@@ -184,17 +199,7 @@ async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
     else:
         payload = {"detail": message}
     body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _send_json(send, status, body)
 
 
 class HostAndOriginGuard:
@@ -381,17 +386,7 @@ async def _refuse_json_rpc(send: Send, status: int, message: str) -> None:
         .model_dump_json(by_alias=True, exclude_unset=True)
         .encode()
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _send_json(send, status, body)
 
 
 class Access:
