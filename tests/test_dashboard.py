@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 import statistics
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+import support
 
 from server.auth import issue_token
 from server.dashboard.chart import y_range
@@ -147,20 +144,18 @@ def add_measured_baseline(lab: Lab, values: list[float]) -> None:
 
 def wait_idle(lab: Lab, seconds: float = REAL_RUN_DEADLINE_S) -> None:
     """Until nothing is queued or running (the lab may queue runs of its own: drift checks)."""
-    deadline = time.monotonic() + seconds
-    while lab.store.list_experiments(status=["queued", "running"], limit=1, columns=["id"]):
-        assert time.monotonic() < deadline, "the lab did not go idle in time"
-        time.sleep(0.5)
+    support.wait_until(
+        lambda: (
+            not lab.store.list_experiments(status=["queued", "running"], limit=1, columns=["id"])
+        ),
+        timeout=seconds,
+        interval=0.5,
+        message="the lab did not go idle in time",
+    )
 
 
 def finished_rows(lab: Lab) -> list[dict[str, Any]]:
     return [r for r in lab.store.export_rows() if r["status"] not in ("queued", "running")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -173,23 +168,9 @@ class LiveServer:
 
 def serve(lab: Lab) -> Iterator[str]:
     """Run build_app(lab) under uvicorn in a thread on a free loopback port; yields its URL."""
-    port = free_port()
-    app = build_app(lab, host="127.0.0.1", port=port, auth=True)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the dashboard server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    port = support.free_port()
+    with support.serve_app(build_app(lab, host="127.0.0.1", port=port, auth=True), port) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
