@@ -51,7 +51,7 @@ from server.presentation import (
     READ_DEFAULT_LINES,
     READ_MAX_LINES,
 )
-from server.record import FINAL_STATUSES, Status
+from server.record import FINAL_STATUSES, ExperimentRow, Status
 from server.store import MAX_ROW_ID
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class PaperThreads:
 
 async def wait_for(
     lab: Lab, experiment_id: int, bound: float, ctx: Context | None
-) -> dict[str, Any]:
+) -> ExperimentRow:
     """Poll until the experiment is final or `bound` seconds pass, sending progress notifications."""
     deadline = time.monotonic() + bound
     last_message = None

@@ -267,7 +267,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             while lab.experiment(experiment_id)["status"] in ("queued", "running"):
                 time.sleep(0.5)
             row = lab.experiment(experiment_id)
-            if row["status"] == "ok":
+            if row["status"] == "ok" and row["val_bpb"] is not None:
                 values.append(row["val_bpb"])
                 metrics = row.get("metrics") or {}
                 print(

@@ -5,6 +5,7 @@ module decides when one is due and what its result says."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from server.record import OK
@@ -18,7 +19,7 @@ def drift_check_due(finished_experiments: int, every: int) -> bool:
 
 
 def drift_metrics(
-    row: dict[str, Any], original: dict[str, Any], threshold: float
+    row: Mapping[str, Any], original: Mapping[str, Any], threshold: float
 ) -> dict[str, Any] | None:
     """The drift check's metrics with drift, threshold and drifted added; None when it failed
     or the original has no val_bpb (nothing to compare)."""

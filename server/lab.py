@@ -38,6 +38,7 @@ from server.record import (
     OK,
     QUEUED,
     SERVER_AGENT,
+    ExperimentRow,
     Kind,
 )
 from server.recording import is_contended, is_disqualified, review_flags
@@ -416,7 +417,7 @@ class Lab:
 
     # ------------------------------------------------------------ reading results
 
-    def experiment(self, experiment_id: int) -> dict[str, Any]:
+    def experiment(self, experiment_id: int) -> ExperimentRow:
         """One experiment's row; a LabError for an id that is malformed or does not exist."""
         experiment_id = check_experiment_id(experiment_id)
         try:
@@ -426,7 +427,7 @@ class Lab:
                 f"experiment #{experiment_id} does not exist; get_history lists experiment ids"
             ) from None
 
-    def resolve_retry(self, experiment: dict[str, Any]) -> dict[str, Any]:
+    def resolve_retry(self, experiment: ExperimentRow) -> ExperimentRow:
         """An interrupted experiment that was re-queued: follow it to the new attempt."""
         if experiment["status"] == INTERRUPTED:
             retry_id = self.store.retry_of(experiment["id"])

@@ -17,11 +17,12 @@ import statistics
 import subprocess
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from server.record import FINAL_STATUSES, OK, SERVER_AGENT
+from server.record import FINAL_STATUSES, OK, SERVER_AGENT, ExperimentRow
 from server.run_queue import RunQueue
 from server.settings import LabSettings, ScaleLevel
 from server.store import ExperimentNotFound, Store, utc_now
@@ -55,7 +56,7 @@ class LadderLab(RunQueue, Protocol):
     baseline_files: dict[str, str]
     _submit_lock: AbstractContextManager[Any]
 
-    def experiment(self, experiment_id: int) -> dict[str, Any]: ...
+    def experiment(self, experiment_id: int) -> ExperimentRow: ...
     def level(self, scale: str | None) -> ScaleLevel: ...
     def level_budget(self, scale: str | None) -> float: ...
     def plan_baselines(
@@ -64,7 +65,7 @@ class LadderLab(RunQueue, Protocol):
     def noise(self, scale: str = "S") -> Noise: ...
     def confirmation_stats(self, experiment_id: int) -> dict[str, Any] | None: ...
     def leaderboard(self, limit: int = 10, scale: str = "S") -> list[dict[str, Any]]: ...
-    def resolve_retry(self, experiment: dict[str, Any]) -> dict[str, Any]: ...
+    def resolve_retry(self, experiment: ExperimentRow) -> ExperimentRow: ...
     def _check_quota(self, requester: str, new_runs: int = 1) -> None: ...
 
 
@@ -231,7 +232,7 @@ class PromotionLadder:
         with self._lock:
             pending = self.promotions.running()
             for promotion in pending:
-                rows = []
+                rows: list[Mapping[str, Any]] = []
                 for run_id in promotion["run_ids"] + promotion["baseline_ids"]:
                     try:
                         rows.append(self.lab.resolve_retry(self.lab.store.get_experiment(run_id)))
@@ -244,7 +245,10 @@ class PromotionLadder:
         return settled
 
     def _finalize(
-        self, promotion: dict[str, Any], runs: list[dict[str, Any]], baselines: list[dict[str, Any]]
+        self,
+        promotion: dict[str, Any],
+        runs: Sequence[Mapping[str, Any]],
+        baselines: Sequence[Mapping[str, Any]],
     ) -> None:
         """Record the transfer verdict; a promotion whose runs failed ends `failed` with the reason.
 
@@ -264,10 +268,13 @@ class PromotionLadder:
         self.promotions.update(promotion["id"], fields)
 
     def _score(
-        self, promotion: dict[str, Any], runs: list[dict[str, Any]], baselines: list[dict[str, Any]]
+        self,
+        promotion: dict[str, Any],
+        runs: Sequence[Mapping[str, Any]],
+        baselines: Sequence[Mapping[str, Any]],
     ) -> dict[str, Any]:
         lab, to_level, from_level = self.lab, promotion["to_level"], promotion["from_level"]
-        failed = [r for r in runs + baselines if r["status"] != OK]
+        failed = [r for r in [*runs, *baselines] if r["status"] != OK]
         small_gain = published(self._small_gain(promotion["experiment_id"], from_level))
         if failed:
             first = failed[0]
@@ -402,9 +409,10 @@ class PromotionLadder:
             stats = lab.confirmation_stats(experiment["id"])
             if not stats or stats["n"] < 2:
                 unconfirmed.append(experiment["id"])
+            parent_id = experiment.get("parent_id")
             parent_code = (
-                lab.experiment(experiment["parent_id"])["code"]
-                if experiment.get("parent_id") is not None
+                lab.experiment(parent_id)["code"]
+                if parent_id is not None
                 else dict(lab.baseline_files)
             )
             for name, theirs in experiment["code"].items():

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def kill_leftover_processes(runs_dir: Path) -> None:
         )
 
 
-def retry_row(old: dict[str, Any]) -> dict[str, Any] | None:
+def retry_row(old: Mapping[str, Any]) -> dict[str, Any] | None:
     """The new row that queues an interrupted run again, or None after its second attempt."""
     if (old.get("attempt") or 1) >= 2:
         return None

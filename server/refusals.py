@@ -5,6 +5,7 @@ descriptions, ideas, paper ids)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from server.arxiv_ids import parse_arxiv_id
@@ -99,7 +100,7 @@ def check_checkout_request(experiment_id: int | None, ref: str | None) -> None:
         raise LabError(f"ref {ref!r} is unknown; use 'baseline' or 'best', or pass experiment_id")
 
 
-def check_cancellable(agent: str | None, experiment: dict[str, Any]) -> None:
+def check_cancellable(agent: str | None, experiment: Mapping[str, Any]) -> None:
     """An agent may cancel only the live runs it asked for (`requested_by`), never a baseline the
     server shares between agents; `agent` None is the operator: any live run."""
     experiment_id = experiment["id"]
@@ -129,7 +130,7 @@ def check_confirm_repeats(repeats: Any) -> int:
     return repeats
 
 
-def check_confirmable(original: dict[str, Any]) -> None:
+def check_confirmable(original: Mapping[str, Any]) -> None:
     """Only a successful agent experiment can be confirmed (not a baseline, confirmation, ...)."""
     experiment_id = original["id"]
     if original["status"] != OK:

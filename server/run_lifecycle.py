@@ -50,7 +50,7 @@ class LifecycleLab(RunQueue, Protocol):
 
     @property
     def ladder(self) -> RunFinishedListener | None: ...
-    def experiment(self, experiment_id: int) -> dict[str, Any]: ...
+    def experiment(self, experiment_id: int) -> ExperimentRow: ...
     def level_budget(self, scale: str | None) -> float: ...
     def leaderboard(self, limit: int = 10, scale: str = "S") -> list[dict[str, Any]]: ...
     def run_settings(
@@ -99,9 +99,10 @@ class RunLifecycle:
             e for e in self.lab.leaderboard(limit=2, scale=scale) if e["id"] != experiment_id
         ]
         parent_bpb = None
-        if experiment.get("parent_id") is not None:
+        parent_id = experiment.get("parent_id")
+        if parent_id is not None:
             try:
-                parent_bpb = self.lab.store.get_experiment(experiment["parent_id"]).get("val_bpb")
+                parent_bpb = self.lab.store.get_experiment(parent_id).get("val_bpb")
             except ExperimentNotFound:
                 parent_bpb = None
         finished = finished_run_fields(
@@ -169,7 +170,10 @@ class RunLifecycle:
 
     def _record_drift(self, experiment_id: int) -> None:
         row = self.lab.experiment(experiment_id)
-        original = self.lab.experiment(row["confirms_id"])
+        confirms_id = row.get("confirms_id")
+        if confirms_id is None:
+            return  # not a drift check of anything
+        original = self.lab.experiment(confirms_id)
         threshold = self.lab.settings.noise_k * self.noise(row.get("scale") or "S").sd
         metrics = drift.drift_metrics(row, original, threshold)
         if metrics is None:
@@ -179,7 +183,7 @@ class RunLifecycle:
             log.warning(
                 "drift: #%s re-ran %+.4f from its original %.4f (threshold %.4f)",
                 original["id"],
-                row["val_bpb"] - original["val_bpb"],
+                metrics["drift"],
                 original["val_bpb"],
                 threshold,
             )

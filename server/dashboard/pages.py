@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def _fmt(value: Any, spec: str = "", suffix: str = "") -> str:
     return html.escape(f"{value}{suffix}")
 
 
-def experiment_body(lab: Lab, detail: ExperimentDetail, row: dict[str, Any]) -> str:
+def experiment_body(lab: Lab, detail: ExperimentDetail, row: Mapping[str, Any]) -> str:
     """The experiment page: figures, verdict, integrity, diff, log, lineage, papers."""
     e = html.escape
     colors = lab_agent_colors(lab)

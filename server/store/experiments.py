@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import sqlite_utils
 
-from server.record import INTERRUPTED, QUEUED
+from server.record import INTERRUPTED, QUEUED, ExperimentRow
 from server.store.counts import ExperimentCounts
 from server.store.database import ThreadLocalDatabase, utc_now, write_transaction
 from server.store.exports import experiments_csv, results_tsv
@@ -88,12 +88,12 @@ class Store(ExperimentCounts):
             )
             return cursor.rowcount == 1
 
-    def get_experiment(self, experiment_id: int) -> dict[str, Any]:
-        """One experiment as a dict with JSON columns decoded; ExperimentNotFound if absent."""
+    def get_experiment(self, experiment_id: int) -> ExperimentRow:
+        """One experiment with JSON columns decoded; ExperimentNotFound if absent."""
         rows = list(self.db.query("SELECT * FROM experiments WHERE id = ?", [experiment_id]))
         if not rows:
             raise ExperimentNotFound(experiment_id)
-        return _decode(rows[0])
+        return cast(ExperimentRow, _decode(rows[0]))
 
     def experiment_exists(self, experiment_id: int) -> bool:
         return bool(list(self.db.query("SELECT 1 FROM experiments WHERE id = ?", [experiment_id])))
