@@ -8,6 +8,7 @@ waits are bounded (MCP clients cut tool calls that run long): `run_experiment` a
 progress meanwhile.
 """
 
+import functools
 import json
 import logging
 import time
@@ -51,7 +52,7 @@ from server.presentation import (
     READ_DEFAULT_LINES,
     READ_MAX_LINES,
 )
-from server.record import FINAL_STATUSES, ExperimentRow, Status
+from server.record import CANDIDATE, FINAL_STATUSES, ExperimentRow, Status
 from server.store import MAX_ROW_ID
 
 log = logging.getLogger(__name__)
@@ -142,20 +143,31 @@ class PaperThreads:
 async def wait_for(
     lab: Lab, experiment_id: int, bound: float, ctx: Context | None
 ) -> ExperimentRow:
-    """Poll until the experiment is final or `bound` seconds pass, sending progress notifications."""
+    """Poll until the experiment is final and its verdict settled (a candidate waits for the
+    server's fresh-seed runs) or `bound` seconds pass, sending progress notifications."""
     deadline = time.monotonic() + bound
     last_message = None
     while True:
         row = await in_thread(lambda: lab.resolve_retry(lab.experiment(experiment_id)))
-        if row["status"] in FINAL_STATUSES or time.monotonic() >= deadline:
+        settled = row["status"] in FINAL_STATUSES and row.get("verdict") != CANDIDATE
+        if settled or time.monotonic() >= deadline:
             return row
-        live = lab.scheduler.progress(row["id"])
-        if ctx is not None and live is not None:
-            message = live.message()
-            if message != last_message:
-                total = live.total or None
-                await ctx.report_progress(live.done, total, f"#{row['id']} {message}")
-                last_message = message
+        message: str | None = None
+        progress: tuple[float, float] = (0.0, 0.0)
+        if row["status"] in FINAL_STATUSES:  # a candidate: report its confirmation runs
+            runs = await in_thread(functools.partial(lab.store.confirmation_runs, int(row["id"])))
+            done = sum(1 for r in runs if r["status"] in FINAL_STATUSES)
+            message, progress = (
+                f"candidate: {done} of {len(runs)} fresh-seed confirmation runs done",
+                (float(done), float(len(runs) or 1)),
+            )
+        else:
+            live = lab.scheduler.progress(row["id"])
+            if live is not None:
+                message, progress = live.message(), (live.done, live.total or 0.0)
+        if ctx is not None and message is not None and message != last_message:
+            await ctx.report_progress(progress[0], progress[1] or None, f"#{row['id']} {message}")
+            last_message = message
         await anyio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
 
 

@@ -36,8 +36,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget-kind",
         choices=("wall", "cpu"),
-        default="wall",
-        help="wall: seconds on the clock; cpu: CPU seconds of the run (robust to a busy CPU)",
+        default=None,
+        help="wall: seconds on the clock; cpu: CPU seconds of the run, every thread counted (robust "
+        "to a busy CPU). Default: cpu on the CPU (60 s per thread), wall on a GPU",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument(

@@ -38,6 +38,7 @@ from server.record import (
     OK,
     QUEUED,
     SERVER_AGENT,
+    SERVER_CONFIRMATION,
     ExperimentRow,
     Kind,
 )
@@ -67,7 +68,7 @@ from server.settings import (
     hardware_fingerprint,
 )
 from server.store import ExperimentNotFound, Store
-from server.verdicts import IMPROVED, Noise, published
+from server.verdicts import IMPROVED, Noise, Reference, describe_rule, fresh_seed
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,12 @@ class Lab:
         self.target: ResearchTarget = load_target(s.target_file) if s.target_file else load_target()
         self.data_dir = self.home / "data"
         self.device = s.resolved_device()
-        self.budget_seconds = s.resolved_budget()
+        s.budget_kind = (
+            s.resolved_budget_kind()
+        )  # settled once: every comparison is within one kind
         self.slots = run_slots(self.device, s.cpu_slots)
         self.threads = threads_per_run(self.slots)
+        self.budget_seconds = s.resolved_budget(self.threads)
         self.hardware = hardware_fingerprint(self.device, self.threads)
         self.isolation: IsolationLevel = detect_isolation()
         if s.require_isolation and self.isolation != IsolationLevel.NAMESPACES:
@@ -163,7 +167,7 @@ class Lab:
         return RunSettings(
             extra_env={"AR_SCALE": str(level.model_scale)},
             budget_seconds=budget_seconds or self.level_budget(scale),
-            budget_kind=self.settings.budget_kind,
+            budget_kind=self.settings.resolved_budget_kind(),
             device=self.device if not self.device.startswith("cuda") else self.slots[0],
             seed=seed,
             threads=self.threads,
@@ -289,7 +293,7 @@ class Lab:
         parent_code = self._code_of(parent_id) if parent_id is not None else self.baseline_files
         diff_parent = unified_diff(parent_code, files)
         diff_baseline = unified_diff(self.baseline_files, files)
-        flags = review_flags(diff_parent, diff_baseline, kind)
+        flags = review_flags(diff_parent, diff_baseline, kind, files, self.baseline_files)
         return {
             "agent": agent,
             "kind": kind,
@@ -436,12 +440,12 @@ class Lab:
         return experiment
 
     def confirmation_stats(self, experiment_id: int) -> dict[str, Any] | None:
-        """Mean and sd of an experiment's val_bpb over itself and its confirmation runs."""
+        """Mean and sd of an experiment's val_bpb over its fresh-seed confirmation runs."""
         return standings.confirmation_stats(self.store, experiment_id)
 
-    def leaderboard_value(self, experiment: dict[str, Any]) -> float | None:
-        stats = self.confirmation_stats(experiment["id"])
-        return stats["mean"] if stats else experiment.get("val_bpb")
+    def reference(self, scale: str = "S", exclude_id: int | None = None) -> Reference | None:
+        """What a new result must beat: the baseline's mean or the best confirmed idea's (server.standings)."""
+        return self.lifecycle.reference(scale, exclude_id)
 
     def leaderboard(self, limit: int = 10, scale: str = "S") -> list[dict[str, Any]]:
         """Ranked by confirmed mean where confirmations exist, else the single run (server.standings)."""
@@ -449,7 +453,7 @@ class Lab:
             self.store,
             hardware=self.hardware,
             budget_seconds=self.level_budget(scale),
-            budget_kind=self.settings.budget_kind,
+            budget_kind=self.settings.resolved_budget_kind(),
             scale=scale,
             limit=limit,
         )
@@ -458,16 +462,12 @@ class Lab:
         return standings.per_agent(self.store)
 
     def noise_info(self, scale: str = "S") -> dict[str, Any]:
-        noise = self.noise(scale)
+        """The noise, the reference and the rule in plain words (the leaderboard and program.md show it)."""
         return {
             "hardware": self.hardware,
             "budget_seconds": self.level_budget(scale),
             "budget_kind": self.settings.budget_kind,
-            "baseline_mean": published(noise.mean),
-            "sd": published(noise.sd),
-            "runs": noise.runs,
-            "measured": noise.measured,
-            "threshold": published(self.settings.noise_k * noise.sd),
+            **describe_rule(self.noise(scale), self.reference(scale), self.settings.error_budget()),
             "last_drift_check": self.last_drift_check(),
         }
 
@@ -529,19 +529,24 @@ class Lab:
 
     # ------------------------------------------------------------ confirmation
 
-    def confirm(self, agent: str | None, experiment_id: int, repeats: int) -> list[int]:
+    def confirm(
+        self, agent: str | None, experiment_id: int, repeats: int, *, by_server: bool = False
+    ) -> list[int]:
         """Queue `repeats` more runs of an experiment's code with fresh seeds.
 
         Anyone may confirm anyone's experiment (useful science): the runs are credited to the
         experiment's author (the row's agent: its leaderboard entry, mean +- sd and verdict stay
         the author's) and charged to `agent`, who asked (`requested_by` on each run), through
         the same quota check as run_experiment. `agent` None is the operator (the CLI or the
-        Lab API; agents always have a name): charged to nobody.
+        Lab API; agents always have a name): charged to nobody. `by_server`: the server's own
+        runs of a candidate, charged to whoever asked for it, without a quota check (it passed
+        one). Seeds are random (verdicts.fresh_seed): code must not know them in advance.
         """
         check_confirm_repeats(repeats)
         original = self.experiment(experiment_id)
         experiment_id = original["id"]
         check_confirmable(original)
+        requester = (original.get("requested_by") or original["agent"]) if by_server else agent
         template = self.plan_run(
             original["agent"],
             f"confirm #{experiment_id}",
@@ -550,16 +555,18 @@ class Lab:
             parent_id=experiment_id,
             confirms_id=experiment_id,
         )
-        with self._submit_lock:  # the seeds follow the confirmations already recorded
-            existing = self.store.confirmation_count(experiment_id)
+        with self._submit_lock:
             planned = []
-            for n in range(repeats):
-                seed = self.settings.seed + 1000 + existing + n  # fresh seeds, never the paired one
-                description = f"confirm #{experiment_id} (seed {seed}): {original['description']}"
+            for _ in range(repeats):
+                seed = fresh_seed(self.settings.seed)
+                who = SERVER_CONFIRMATION if by_server else "confirm"
+                description = f"{who} #{experiment_id} (seed {seed}): {original['description']}"
                 planned.append(
                     {**template, "seed": seed, "description": description[:MAX_DESCRIPTION]}
                 )
-            results = self.queue_runs(planned, agent, check_quota=agent is not None, reuse=False)
+            results = self.queue_runs(
+                planned, requester, check_quota=requester is not None and not by_server, reuse=False
+            )
         return [new_id for new_id, _ in results]
 
     def improvement_count(self) -> int:

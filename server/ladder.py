@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from server.record import FINAL_STATUSES, OK, SERVER_AGENT, ExperimentRow
+from server.record import FINAL_STATUSES, IMPROVED, OK, SERVER_AGENT, ExperimentRow
 from server.run_queue import RunQueue
 from server.settings import LabSettings, ScaleLevel
 from server.store import ExperimentNotFound, Store, utc_now
@@ -322,21 +322,16 @@ class PromotionLadder:
         return None if mean is None or base is None else base - mean
 
     def _maybe_auto_promote(self, experiment_id: int) -> None:
-        """After a confirmation run: promote the confirmed experiment if its mean beats the best by the noise."""
+        """After a confirmation run: promote the experiment it confirms once the server's
+        confirmation turned it `improved` (server.verdicts: fresh seeds, the campaign's error budget)."""
         row = self.lab.store.get_experiment(experiment_id)
         original_id = row.get("confirms_id")
         if row["kind"] != "confirmation" or original_id is None:
             return
         original = self.lab.store.get_experiment(original_id)
-        if original["kind"] != "experiment":
+        if original["kind"] != "experiment" or original.get("verdict") != IMPROVED:
             return
-        live = self.lab.store.live_confirmation_count(original_id)
-        stats = self.lab.confirmation_stats(original_id)
-        if live or not stats or stats["n"] < 2:
-            return
-        scale = original.get("scale") or "S"
-        noise = self.lab.noise(scale)
-        if noise.mean is None or noise.mean - stats["mean"] <= self.lab.settings.noise_k * noise.sd:
+        if self.lab.store.live_confirmation_count(original_id):
             return
         try:
             self.promote(None, original_id)  # the operator's policy: charged to nobody

@@ -136,11 +136,24 @@ class LeaderboardEntry(BaseModel):
     agent: str
     description: str
     val_bpb: float = Field(
-        description="the confirmed mean where confirmation runs exist, else the single run"
+        description="the mean of its fresh-seed confirmation runs where they exist (the screening "
+        "run, selected for looking good, is not in it), else the single run"
     )
     sd: float | None = None
-    runs: int = Field(description="1 = a single run, not confirmed")
-    confirmed: bool
+    runs: int = Field(description="runs in the mean; 1 = a single run, not confirmed")
+    confirmed: bool = Field(
+        description="the baseline, or an improvement the server confirmed on fresh seeds: "
+        "confirmed entries rank before single runs"
+    )
+    verdict: str | None = None
+    holdout_bpb: float | None = Field(
+        None,
+        description="the sealed holdout's mean over this entry's holdout-scored runs (never shown per experiment)",
+    )
+    holdout_runs: int = 0
+    holdout_flag: str | None = Field(
+        None, description="set when the entry's val gain does not show on the holdout"
+    )
 
 
 class AgentBest(BaseModel):
@@ -168,8 +181,16 @@ class NoiseInfo(BaseModel):
     runs: int
     measured: bool
     threshold: float = Field(
-        description="k x sd: the improvement an experiment needs to count as improved"
+        description="the gain one run needs over the reference to become a candidate (confirmed next on fresh seeds)"
     )
+    degrees_of_freedom: float | None = Field(
+        None, description="of the pooled sd: fewer means the thresholds ask for more"
+    )
+    reference: dict[str, Any] | None = Field(
+        None,
+        description="what a result must beat: the baseline's mean or the best confirmed idea's (label, val_bpb, runs)",
+    )
+    rule: str | None = Field(None, description="the verdict rule in plain words")
     last_drift_check: dict[str, Any] | None = Field(
         None,
         description="the latest re-run of the best with its own seed: drift = new - original val_bpb",

@@ -95,8 +95,13 @@ def next_step_for(row: Mapping[str, Any], call_wait: float) -> str:
         return "read failure_reason and log_tail, fix train.py (your workspace still holds this code), then run_experiment again"
     if row.get("kind") == "confirmation":
         return f"confirmation run: get_experiment({row.get('confirms_id')}) shows the mean and sd over all seeds"
+    if verdict == "candidate":
+        return (
+            f"a candidate: the server is re-running it on fresh seeds; call wait_experiment({experiment_id}) "
+            "for the verdict (improved only if their mean holds up). Meanwhile you may try another idea"
+        )
     if verdict == "improved":
-        return f"improved beyond the noise: keep building on it (your workspace holds this code); confirm_experiment({experiment_id}) makes it solid"
+        return "improved, confirmed on fresh seeds: it is the reference now; keep building on it (your workspace holds this code)"
     if verdict == "within_noise":
         return f"not distinguishable from the best: confirm_experiment({experiment_id}, repeats=2) to find out, or checkout(ref='best') and try another idea"
     if verdict == "worse":

@@ -19,7 +19,7 @@ def live_runs(store: Store, requester: str) -> list[dict[str, Any]]:
         status=list(LIVE_STATUSES),
         order="oldest",
         limit=100,
-        columns=["id", "status"],
+        columns=["id", "status", "kind", "confirms_id"],
     )
 
 
@@ -38,6 +38,13 @@ def check_quota(store: Store, settings: LabSettings, requester: str, new_runs: i
     max_live = row.get("max_queued") or settings.max_live_per_agent
     if len(live) >= max_live:
         first = live[0]
+        if first.get("kind") == "confirmation" and first.get("confirms_id") is not None:
+            of = first["confirms_id"]
+            raise LabError(
+                f"experiment #{of} is being confirmed on fresh seeds (run #{first['id']} is {first['status']}); "
+                f"you may have {max_live} live at a time and its confirmation runs count. Call "
+                f"wait_experiment({of}) for its verdict"
+            )
         raise LabError(
             f"experiment #{first['id']} is still {first['status']}; you may have {max_live} live at a time. "
             f"Call wait_experiment({first['id']}) for its result, or cancel_experiment({first['id']})"

@@ -18,13 +18,15 @@ Status = Literal[
 # The JSON API and the dashboard filter the history by the first three (ListedKind).
 ListedKind = Literal["experiment", "baseline", "confirmation"]
 Kind = Literal[ListedKind, "promotion", "drift_check"]
-Verdict = Literal["improved", "within_noise", "worse", "failed", "baseline"]
+# candidate: one run beat the reference by the screen; the server is confirming it on fresh seeds.
+Verdict = Literal["improved", "candidate", "within_noise", "worse", "failed", "baseline"]
 
 STATUSES: tuple[Status, ...] = get_args(Status)
 KINDS: tuple[Kind, ...] = get_args(Kind)  # flattened: the listed kinds, then the others
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 
 IMPROVED: Verdict = "improved"
+CANDIDATE: Verdict = "candidate"
 WITHIN_NOISE: Verdict = "within_noise"
 WORSE: Verdict = "worse"
 FAILED: Verdict = "failed"
@@ -96,6 +98,10 @@ class ExperimentRow(TypedDict, total=False):
     started_at: str | None
     finished_at: str | None
 
+
+# How the server's own confirmation runs of a candidate are described (agents cannot set a
+# confirmation's description): the runs it may cancel once the candidate is decided.
+SERVER_CONFIRMATION = "server confirmation of candidate"
 
 SERVER_AGENT = (
     "server"  # the name the server's own runs (baselines, drift checks) are recorded under

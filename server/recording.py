@@ -2,41 +2,54 @@
 from the row, the runner's result, the incumbent, the parent and the noise.
 
 A pure function: `finished_run_fields` reads nothing and writes nothing. The Lab gathers its
-inputs (the incumbent from the leaderboard, the parent's val_bpb, the level's noise) and
-writes its output in one compare-and-set from `running` (Lab.on_finish). The verdict rule
-itself is server.verdicts.decide.
+inputs (the incumbent's reference mean, the parent's val_bpb, the level's noise) and writes its
+output in one compare-and-set from `running` (Lab.on_finish). The verdict rule itself is
+server.verdicts: an experiment's own run is only screened here (`candidate` at best); the
+server then confirms candidates on fresh seeds (server.run_lifecycle).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sandbox.runner import RunResult
 from server.diff_review import is_seed_only, review_diff
 from server.record import OK, ExperimentRow, Verdict
+from server.seed_checks import SEED_FLAGS, review_seed_code
 from server.settings import LabSettings
 from server.verdicts import (
     BASELINE,
     FAILED,
+    ErrorBudget,
     Noise,
-    decide,
+    Reference,
     over_budget_flag,
     over_budget_reason,
     over_budget_tolerance,
     published,
+    screen,
 )
 
 # Review flags that rule out `improved` on their own: a seed-only change measures luck, and a
 # change that embeds a large body of text or data (memorised documents, token tables) is not an
 # idea the metric can judge: the val documents are secret, but their text is public.
-DISQUALIFYING_FLAGS = ("seed_only", "embedded_data")
+DISQUALIFYING_FLAGS = ("seed_only", "embedded_data", *SEED_FLAGS)
 
 
-def review_flags(diff_parent: str, diff_baseline: str, kind: str) -> list[dict[str, Any]]:
-    """The review's findings on a planned run's code (server.diff_review), and `seed_only` for an
-    experiment whose only change from its parent is the seed."""
+def review_flags(
+    diff_parent: str,
+    diff_baseline: str,
+    kind: str,
+    files: Mapping[str, str],
+    baseline_files: Mapping[str, str],
+) -> list[dict[str, Any]]:
+    """The review's findings on a planned run's code: the diff review (server.diff_review), the
+    seed review of the whole new files (server.seed_checks: seed_source, rng_shift), and
+    `seed_only` for an experiment whose only change from its parent is the seed."""
     flags = [f.as_dict() for f in review_diff(diff_baseline)]
+    flags += [f.as_dict() for f in review_seed_code(files, baseline_files)]
     if kind == "experiment" and is_seed_only(diff_parent):
         flags.insert(
             0,
@@ -73,25 +86,29 @@ class FinishedRun:
     """The columns to write when a run finishes, and its verdict (also among the columns)."""
 
     fields: dict[str, Any]
-    verdict: Verdict
+    verdict: Verdict | None
 
 
 def finished_run_fields(
     experiment: ExperimentRow,
     result: RunResult,
     *,
-    best_bpb: float | None,
+    reference: Reference | None,
     parent_bpb: float | None,
     noise: Noise,
+    budget: ErrorBudget,
     settings: LabSettings,
     device: str,
     default_budget: float,
     finished_at: str,
 ) -> FinishedRun:
-    """Figures, flags, verdict and deltas of a finished run, against the incumbent `best_bpb`
-    (the leaderboard's top, this run excluded) and its parent's val_bpb."""
+    """Figures, flags, verdict and deltas of a finished run, against the incumbent's reference
+    mean (`reference`: the baseline or the best confirmed idea, this run excluded) and its
+    parent's val_bpb. Only an experiment's run gets a screening verdict; a confirmation run is
+    judged with its group (server.run_lifecycle), a baseline run is a measurement."""
     flags = list(experiment.get("flags") or [])
     disqualifications = [f["reason"] for f in flags if f.get("name") in DISQUALIFYING_FLAGS]
+    not_comparable = None
     if result.status == OK and is_contended(result, device, settings):
         flags.append(
             {
@@ -102,28 +119,33 @@ def finished_run_fields(
                 "lines": [],
             }
         )
-        disqualifications.append("the CPU was contended during the run")
-    over_budget = float(getattr(result, "over_budget_seconds", 0.0) or 0.0)
-    budget = experiment.get("budget_seconds") or default_budget
-    if result.status == OK and over_budget > over_budget_tolerance(budget):
-        flags.append(over_budget_flag(over_budget, budget, settings.budget_kind))
-        disqualifications.append(over_budget_reason(over_budget, budget))
-    if experiment["kind"] == "baseline":
-        verdict, note = (
-            (BASELINE, "baseline measurement")
-            if result.status == OK
-            else (FAILED, result.failure_reason or "")
+        not_comparable = (
+            f"the CPU was contended during the run ({result.cpu_share:.0%} of its threads)"
         )
+    over_budget = float(getattr(result, "over_budget_seconds", 0.0) or 0.0)
+    budget_seconds = experiment.get("budget_seconds") or default_budget
+    if result.status == OK and over_budget > over_budget_tolerance(budget_seconds):
+        flags.append(over_budget_flag(over_budget, budget_seconds, settings.resolved_budget_kind()))
+        disqualifications.append(over_budget_reason(over_budget, budget_seconds))
+    verdict: Verdict | None
+    if experiment["kind"] == "baseline":
+        verdict, note = BASELINE, "baseline measurement"
+    elif experiment["kind"] == "confirmation":
+        confirms = experiment.get("confirms_id")
+        verdict, note = None, f"a fresh-seed run of #{confirms}: judged with its group there"
     else:
-        v = decide(
+        v = screen(
             status=result.status,
             val_bpb=result.val_bpb,
-            best_bpb=best_bpb,
+            reference=reference,
             noise=noise,
-            k=settings.noise_k,
+            budget=budget,
             disqualifications=disqualifications,
+            not_comparable=not_comparable,
         )
         verdict, note = v.verdict, v.note
+    if result.status != OK and experiment["kind"] in ("baseline", "confirmation"):
+        verdict, note = FAILED, result.failure_reason or ""
     metrics = dict(result.metrics)
     metrics["verdict_note"] = note
     metrics["phase"] = result.phase
@@ -138,8 +160,8 @@ def finished_run_fields(
         "delta_parent": published(parent_bpb - val)
         if (val is not None and parent_bpb is not None)
         else None,
-        "delta_best": published(best_bpb - val)
-        if (val is not None and best_bpb is not None)
+        "delta_best": published(reference.mean - val)
+        if (val is not None and reference is not None)
         else None,
         "train_seconds": result.train_seconds,
         "eval_seconds": result.eval_seconds,
@@ -154,6 +176,6 @@ def finished_run_fields(
         "hashes": result.hashes,
         "finished_at": finished_at,
         "flags": flags,
-        "disqualified": int(bool(disqualifications)),
+        "disqualified": int(bool(disqualifications) or not_comparable is not None),
     }
     return FinishedRun(fields=fields, verdict=verdict)

@@ -9,22 +9,40 @@ imports server.lab.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from sandbox.runner import RunResult, RunSettings
-from server import baselines, drift
-from server.record import INTERRUPTED, RUNNING, SERVER_AGENT, ExperimentRow
-from server.recording import finished_run_fields
+from server import baselines, drift, standings
+from server.baselines import is_comparable
+from server.record import (
+    CANDIDATE,
+    IMPROVED,
+    INTERRUPTED,
+    OK,
+    QUEUED,
+    RUNNING,
+    SERVER_AGENT,
+    SERVER_CONFIRMATION,
+    TIMEOUT,
+    WITHIN_NOISE,
+    ExperimentRow,
+)
+from server.recording import DISQUALIFYING_FLAGS, finished_run_fields
 from server.recovery import kill_leftover_processes, retry_row
+from server.refusals import LabError
 from server.run_queue import RunQueue
 from server.scheduler import Job, Scheduler
+from server.seed_checks import seed_ignored_flag
 from server.settings import LabSettings
 from server.store import ExperimentNotFound, Store, utc_now
-from server.verdicts import Noise
+from server.verdicts import Noise, Reference, Verdict, judge_confirmation, published
 
 log = logging.getLogger("server.lab")
 
@@ -57,6 +75,10 @@ class LifecycleLab(RunQueue, Protocol):
         self, seed: int, budget_seconds: float | None = None, scale: str | None = None
     ) -> RunSettings: ...
     def _set_workspace_parent(self, agent: str, experiment_id: int | None) -> None: ...
+    def confirm(
+        self, agent: str | None, experiment_id: int, repeats: int, *, by_server: bool = False
+    ) -> list[int]: ...
+    def cancel(self, agent: str | None, experiment_id: int) -> str: ...
 
 
 class RunLifecycle:
@@ -64,6 +86,8 @@ class RunLifecycle:
 
     def __init__(self, lab: LifecycleLab) -> None:
         self.lab = lab
+        # Two confirmation runs of one candidate can finish at once (two slots): one judge at a time.
+        self._judging = threading.RLock()
 
     def job_for(self, experiment: dict[str, Any]) -> Job:
         code = (
@@ -71,13 +95,65 @@ class RunLifecycle:
             if isinstance(experiment["code"], dict)
             else json.loads(experiment["code"])
         )
+        settings = self.lab.run_settings(
+            int(experiment["seed"]), experiment.get("budget_seconds"), experiment.get("scale")
+        )
+        if self.scores_holdout(experiment) and hasattr(settings, "score_holdout"):
+            settings = dataclasses.replace(settings, score_holdout=True)
         return Job(
             experiment_id=experiment["id"],
             files={name: text.encode() for name, text in code.items()},
-            settings=self.lab.run_settings(
-                int(experiment["seed"]), experiment.get("budget_seconds"), experiment.get("scale")
-            ),
+            settings=settings,
         )
+
+    # ------------------------------------------------------------ the sealed holdout
+
+    def scores_holdout(self, experiment: Mapping[str, Any]) -> bool:
+        """Whether this run's evaluation also scores the sealed holdout: only runs behind a
+        leaderboard entry (the baseline's, a promotion's, the holdout runs of a confirmed
+        improvement), and only while the operator's bound on holdout reads is not reached."""
+        sealed = self.lab.store.sealed
+        if sealed.holdout_reads() >= self.lab.settings.holdout_max_reads:
+            return False
+        kind = experiment.get("kind")
+        if kind in ("baseline", "promotion"):
+            return True
+        if kind != "confirmation":
+            return False
+        if sealed.holdout_wanted(int(experiment["id"])):
+            return True
+        confirms = experiment.get("confirms_id")
+        if confirms is None:
+            return False
+        try:
+            return self.lab.store.get_experiment(confirms)["kind"] == "promotion"
+        except ExperimentNotFound:
+            return False
+
+    def _record_sealed(self, experiment_id: int, result: RunResult) -> None:
+        """Keep what no agent reads per experiment: full-precision val_bpb, a holdout score."""
+        exact = getattr(result, "val_bpb_exact", None)
+        holdout = getattr(result, "holdout_bpb", None)
+        note = getattr(result, "holdout_note", None)
+        if exact is None and holdout is None and not note:
+            return
+        self.lab.store.sealed.record(
+            experiment_id, val_bpb_exact=exact, holdout_bpb=holdout, holdout_note=note
+        )
+
+    def _queue_holdout_runs(self, experiment_id: int) -> list[int]:
+        """A confirmed improvement: the server's own fresh-seed runs that also score the holdout."""
+        count = self.lab.settings.holdout_runs
+        if count <= 0:
+            return []
+        try:
+            run_ids = self.lab.confirm(None, experiment_id, count)
+        except LabError as exc:
+            log.warning("could not queue holdout runs for #%s: %s", experiment_id, exc)
+            return []
+        for run_id in run_ids:
+            self.lab.store.sealed.want_holdout(run_id)
+        return run_ids
 
     def on_finish(self, experiment_id: int, result: RunResult) -> None:
         """Record a finished run: figures, verdict and deltas, in one compare-and-set from `running`."""
@@ -94,10 +170,8 @@ class RunLifecycle:
             return
         experiment = self.lab.store.get_experiment(experiment_id)
         scale = experiment.get("scale") or "S"
-        # The incumbent: the leaderboard's top (confirmed means, the baseline as the mean of its runs).
-        incumbent = [
-            e for e in self.lab.leaderboard(limit=2, scale=scale) if e["id"] != experiment_id
-        ]
+        if self._requeue_if_squeezed(experiment, result):
+            return
         parent_bpb = None
         parent_id = experiment.get("parent_id")
         if parent_id is not None:
@@ -108,9 +182,10 @@ class RunLifecycle:
         finished = finished_run_fields(
             cast(ExperimentRow, experiment),
             result,
-            best_bpb=incumbent[0]["val_bpb"] if incumbent else None,
+            reference=self.reference(scale, exclude_id=experiment_id),
             parent_bpb=parent_bpb,
             noise=self.noise(scale),
+            budget=self.lab.settings.error_budget(),
             settings=self.lab.settings,
             device=self.lab.device,
             default_budget=self.lab.budget_seconds,
@@ -118,6 +193,8 @@ class RunLifecycle:
         )
         verdict, val = finished.verdict, result.val_bpb
         updated = self.lab.store.transition(experiment_id, [RUNNING], **finished.fields)
+        if updated:
+            self._record_sealed(experiment_id, result)
         if not updated:
             log.warning("experiment %s was no longer running when it finished", experiment_id)
         else:
@@ -133,13 +210,175 @@ class RunLifecycle:
                 result.eval_seconds,
             )
         if experiment["kind"] == "baseline":
-            self._update_baseline_stats(experiment.get("scale") or "S")
+            self._update_baseline_stats(scale)
+            if updated and result.status == OK and not is_comparable(finished.fields):
+                self.ensure_baseline(scale=scale)  # re-measured with its seed, never the reference
+        elif updated and verdict == CANDIDATE:
+            self.confirm_candidate(experiment_id)
+        elif experiment["kind"] == "confirmation" and (of := experiment.get("confirms_id")):
+            self.judge_candidate(of)
         if self.lab.ladder is not None:
             self.lab.ladder.on_run_finished(experiment_id)
         if experiment["kind"] == "drift_check":
             self._record_drift(experiment_id)
         elif experiment["kind"] == "experiment" and self.lab.settings.drift_check_every:
             self._maybe_check_drift()
+
+    def _requeue_if_squeezed(self, experiment: Mapping[str, Any], result: RunResult) -> bool:
+        """A first attempt that timed out because other load took its CPU is not its code's
+        fault: it is recorded `interrupted` and queued again once (a program that idles on
+        purpose is not squeezed: the machine was free, and its retry times out the same)."""
+        if result.status != TIMEOUT or not getattr(result, "squeezed", False):
+            return False
+        if int(experiment.get("attempt") or 1) >= 2:
+            return False
+        reason = (
+            "squeezed: the machine's other processes took the CPU this run needed, and it ran past "
+            f"budget + grace ({result.failure_reason or 'timeout'}); queued again once"
+        )
+        if self.lab.store.transition(
+            experiment["id"],
+            [RUNNING],
+            status=INTERRUPTED,
+            finished_at=utc_now(),
+            failure_reason=reason,
+            log_tail=result.log_tail,
+        ):
+            self.requeue_interrupted(experiment["id"])
+        return True
+
+    # ------------------------------------------------------------ candidates
+
+    def confirm_candidate(self, experiment_id: int) -> list[int]:
+        """Queue the server's fresh-seed runs of a candidate (server.verdicts, step 2)."""
+        with self._judging:
+            return self._confirm_candidate(experiment_id)
+
+    def _confirm_candidate(self, experiment_id: int) -> list[int]:
+        runs = self.lab.settings.confirm_runs
+        have = [
+            r
+            for r in self.lab.store.confirmation_runs(experiment_id)
+            if r["status"] in (QUEUED, RUNNING) or (r["status"] == OK and is_comparable(r))
+        ]
+        missing = runs - len(have)
+        if missing <= 0:
+            return []
+        try:
+            return self.lab.confirm(None, experiment_id, missing, by_server=True)
+        except LabError as exc:  # e.g. the experiment is gone: the candidate stays a candidate
+            log.warning("could not confirm candidate #%s: %s", experiment_id, exc)
+            return []
+
+    def judge_candidate(self, experiment_id: int) -> Verdict | None:
+        """After one of its fresh-seed runs finished: decide a candidate once enough are in.
+
+        Confirmation runs that failed or ran under other conditions (contended) are replaced, up
+        to twice the planned number; if they keep failing the candidate ends `within_noise`.
+        """
+        with self._judging:
+            return self._judge_candidate(experiment_id)
+
+    def _judge_candidate(self, experiment_id: int) -> Verdict | None:
+        original = self.lab.store.get_experiment(experiment_id)
+        if original["kind"] != "experiment" or original.get("verdict") != CANDIDATE:
+            return None
+        scale = original.get("scale") or "S"
+        budget = self.lab.settings.error_budget()
+        runs = self.lab.store.confirmation_runs(experiment_id)
+        good = [
+            r for r in runs if r["status"] == OK and r["val_bpb"] is not None and is_comparable(r)
+        ]
+        live = [r for r in runs if r["status"] in (QUEUED, RUNNING)]
+        flags = list(original.get("flags") or [])
+        ignored = self._seed_ignored(original, good)
+        if ignored and not any(f.get("name") == "seed_ignored" for f in flags):
+            flags.append(ignored)
+        disqualifications = [f["reason"] for f in flags if f.get("name") in DISQUALIFYING_FLAGS]
+        reference = self.reference(scale, exclude_id=experiment_id)
+        if reference is None:
+            return None
+        decided = judge_confirmation(
+            values=[r["val_bpb"] for r in good],
+            reference=reference,
+            noise=self.noise(scale),
+            budget=budget,
+            disqualifications=disqualifications,
+        )
+        if decided is None:
+            if not live:
+                if len(runs) >= 2 * budget.confirm_runs:
+                    decided = Verdict(
+                        WITHIN_NOISE,
+                        f"could not be confirmed: {len(runs) - len(good)} of its {len(runs)} fresh-seed "
+                        "runs failed or ran on a contended machine",
+                        0.0,
+                    )
+                else:
+                    self._confirm_candidate(experiment_id)
+                    return None
+            else:
+                return None
+        for run in live:  # decided early (no gain at all): the server's other runs are not needed
+            if run["status"] == QUEUED and str(run.get("description", "")).startswith(
+                SERVER_CONFIRMATION
+            ):
+                with suppress(LabError):
+                    self.lab.cancel(None, run["id"])
+        metrics = dict(original.get("metrics") or {})
+        metrics["verdict_note"] = decided.note
+        metrics["confirmation"] = {
+            "runs": len(good[: budget.confirm_runs]),
+            "z": None if decided.z is None else round(decided.z, 2),
+            "needed": published(decided.threshold),
+            "reference": reference.label,
+        }
+        mean = sum(r["val_bpb"] for r in good[: budget.confirm_runs]) / max(
+            1, len(good[: budget.confirm_runs])
+        )
+        self.lab.store.update_experiment(
+            experiment_id,
+            verdict=decided.verdict,
+            metrics=metrics,
+            flags=flags,
+            disqualified=int(bool(original.get("disqualified")) or bool(disqualifications)),
+            delta_best=published(reference.mean - mean) if good else original.get("delta_best"),
+        )
+        log.info("#%s candidate judged: %s (%s)", experiment_id, decided.verdict, decided.note)
+        if decided.verdict == IMPROVED:
+            self._queue_holdout_runs(experiment_id)
+        return decided
+
+    def _seed_ignored(
+        self, original: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The `seed_ignored` flag when one code's runs at different seeds gave identical
+        val_bpb: compared at full precision (sealed) where the runner kept it; from the 4-decimal
+        published figures only when every one of three or more runs agrees (honest runs tie at 4
+        decimals now and then, never all of them)."""
+        rows = [original, *runs]
+        exact = self.lab.store.sealed.exact_values([int(r["id"]) for r in rows])
+        if len(exact) == len(rows):
+            by_seed: dict[int, float | None] = {int(r["seed"]): exact[int(r["id"])] for r in rows}
+            return seed_ignored_flag(by_seed)
+        published_values = {
+            int(r["seed"]): r.get("val_bpb") for r in rows if r.get("val_bpb") is not None
+        }
+        if len(published_values) >= 3 and len(set(published_values.values())) == 1:
+            return seed_ignored_flag(published_values)
+        return None
+
+    def reference(self, scale: str = "S", exclude_id: int | None = None) -> Reference | None:
+        """What a new result at this level must beat (server.standings.reference)."""
+        setting = self._setting(scale)
+        return standings.reference(
+            self.lab.store,
+            hardware=setting["hardware"],
+            budget_seconds=setting["budget_seconds"],
+            budget_kind=setting["budget_kind"],
+            scale=scale,
+            exclude_id=exclude_id,
+        )
 
     # ------------------------------------------------------------ drift
 
@@ -198,7 +437,7 @@ class RunLifecycle:
         return {
             "hardware": self.lab.hardware,
             "scale": scale,
-            "budget_kind": self.lab.settings.budget_kind,
+            "budget_kind": self.lab.settings.resolved_budget_kind(),
             "budget_seconds": self.lab.level_budget(scale),
         }
 
@@ -233,7 +472,9 @@ class RunLifecycle:
             scale=scale,
             budget_seconds=self.lab.level_budget(scale),
         )
-        if len(existing) >= repeats:
+        seeds = [int(r["seed"]) for r in existing]
+        wanted = range(self.lab.settings.seed, self.lab.settings.seed + repeats)
+        if all(s in seeds for s in wanted):
             return []
         # The baseline's diffs are empty: planning it once is cheap, the seeds are stamped per run.
         template = self.lab.plan_run(
@@ -246,7 +487,7 @@ class RunLifecycle:
         )
         return baselines.baseline_run_plans(
             template,
-            existing=len(existing),
+            existing_seeds=seeds,
             repeats=repeats,
             seed=self.lab.settings.seed,
             scale=scale,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from server.refusals import LabError
+from server.verdicts import ErrorBudget
 
 
 def default_home() -> Path:
@@ -70,11 +71,27 @@ class LabSettings:
     home: Path = field(default_factory=default_home)
     device: str = "auto"  # auto | cpu | cuda
     budget_seconds: float | None = None  # default: 60 on CPU, 300 on CUDA
-    budget_kind: Literal["wall", "cpu"] = "wall"
+    # None: by device. On the CPU a CPU-time budget (per thread), so that a busy neighbour slows
+    # a run down without shortening its training (bench/noise.py: sd 0.0065 beside a busy
+    # process vs 0.0063 idle; a wall budget's sd is 0.018 idle and follows the load); on a GPU
+    # the wall clock (the GPU is not shared with the neighbours' CPU load).
+    budget_kind: Literal["wall", "cpu"] | None = None
     cpu_slots: int = 1
     seed: int = 1337  # the paired-comparison seed; repeats use seed + n
-    noise_k: float = 2.0
-    baseline_repeats: int = 3
+    noise_k: float = 2.0  # drift checks and the ladder's transfer verdicts: k x sd
+    baseline_repeats: int = 4
+    # The verdict rule's error budget (server.verdicts): over `campaign_experiments` changes that do
+    # nothing, `false_wins_per_campaign` false improvements are expected; `screen_share` of them
+    # become candidates, each re-run on `confirm_runs` fresh seeds.
+    campaign_experiments: int = 700
+    false_wins_per_campaign: float = 0.5
+    screen_share: float = 0.16
+    confirm_runs: int = 4
+    # The sealed holdout (prepare's third split): scored only for leaderboard entries -- the
+    # baseline's runs, `holdout_runs` extra fresh-seed runs of each confirmed improvement, and
+    # promotions -- at most `holdout_max_reads` times over the record (each scoring is a read).
+    holdout_runs: int = 2
+    holdout_max_reads: int = 200
     contended_share: float = 0.7  # CPU share below this marks a wall-clock CPU run `contended`
     contended_share_cpu_budget: float = (
         0.3  # the same under a CPU-time budget (only starvation matters)
@@ -122,10 +139,29 @@ class LabSettings:
     def resolved_device(self) -> str:
         return detect_device() if self.device == "auto" else self.device
 
-    def resolved_budget(self) -> float:
+    def resolved_budget_kind(self) -> Literal["wall", "cpu"]:
+        """The budget's clock: as set, else CPU time on the CPU and the wall clock on a GPU."""
+        if self.budget_kind is not None:
+            return self.budget_kind
+        return "wall" if self.resolved_device().startswith("cuda") else "cpu"
+
+    def resolved_budget(self, threads: int = 1) -> float:
+        """The budget in seconds of its clock: as set, else 300 s on a GPU and 60 s on the CPU
+        (a CPU-time budget counts every thread: 60 s per thread)."""
         if self.budget_seconds is not None:
             return float(self.budget_seconds)
-        return 300.0 if self.resolved_device().startswith("cuda") else 60.0
+        if self.resolved_device().startswith("cuda"):
+            return 300.0
+        return 60.0 * (max(1, threads) if self.resolved_budget_kind() == "cpu" else 1)
+
+    def error_budget(self) -> ErrorBudget:
+        """The verdict rule's error budget (server.verdicts.ErrorBudget) from these settings."""
+        return ErrorBudget(
+            campaign_experiments=self.campaign_experiments,
+            false_wins=self.false_wins_per_campaign,
+            screen_share=self.screen_share,
+            confirm_runs=self.confirm_runs,
+        )
 
 
 def hardware_fingerprint(device: str, threads: int) -> str:

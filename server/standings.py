@@ -3,22 +3,30 @@ experiment's confirmation statistics, and every agent's totals. Reads only."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
-from server.record import SERVER_AGENT
+from server.baselines import comparable_baseline_runs, is_comparable
+from server.record import IMPROVED, SERVER_AGENT
 from server.store import Store
-from server.verdicts import mean_sd, published
+from server.verdicts import Reference, mean_sd, published
 
 
 def confirmation_stats(store: Store, experiment_id: int) -> dict[str, Any] | None:
-    """Mean and sd of an experiment's val_bpb over itself and its confirmation runs."""
-    rows = store.ok_confirmations(experiment_id)
+    """Mean and sd of an experiment's val_bpb over its fresh-seed confirmation runs.
+
+    The experiment's own run is not in the mean: it was compared first and selected for looking
+    good (a candidate), so it is biased; it is reported beside the mean as `screening_run`.
+    """
+    rows = [
+        r
+        for r in store.confirmation_runs(experiment_id)
+        if r["status"] == "ok" and r["val_bpb"] is not None and is_comparable(r)
+    ]
     if not rows:
         return None  # the common case (every leaderboard row asks): no need to read the row
     original = store.get_experiment(experiment_id)
-    values = ([original["val_bpb"]] if original.get("val_bpb") is not None else []) + [
-        r["val_bpb"] for r in rows
-    ]
+    values = [r["val_bpb"] for r in rows]
     mean, sd = mean_sd(values)
     return {
         "mean": published(mean),
@@ -26,7 +34,64 @@ def confirmation_stats(store: Store, experiment_id: int) -> dict[str, Any] | Non
         "n": len(values),
         "values": values,
         "run_ids": [r["id"] for r in rows],
+        "screening_run": original.get("val_bpb"),
     }
+
+
+def fresh_seed_values(store: Store, experiment_id: int) -> list[float]:
+    """val_bpb of an experiment's successful, comparable confirmation runs (fresh seeds), oldest first."""
+    return [
+        r["val_bpb"]
+        for r in store.confirmation_runs(experiment_id)
+        if r["status"] == "ok" and r["val_bpb"] is not None and is_comparable(r)
+    ]
+
+
+def reference(
+    store: Store,
+    *,
+    hardware: str,
+    budget_seconds: float,
+    budget_kind: str,
+    scale: str,
+    exclude_id: int | None = None,
+) -> Reference | None:
+    """The incumbent a new result must beat: the lowest of the baseline's mean (its comparable
+    runs) and each confirmed improvement's fresh-seed mean (never a single or screening run)."""
+    options: list[Reference] = []
+    baseline = comparable_baseline_runs(
+        store,
+        hardware=hardware,
+        scale=scale,
+        budget_kind=budget_kind,
+        budget_seconds=budget_seconds,
+    )
+    if baseline:
+        n = len(baseline)
+        options.append(
+            Reference(
+                mean=mean_sd([r["val_bpb"] for r in baseline])[0],
+                runs=n,
+                experiment_id=None,
+                label=f"the baseline (mean of {n} run{'s' if n > 1 else ''})",
+            )
+        )
+    for experiment_id in store.experiments_with_verdict(
+        IMPROVED, hardware=hardware, budget_seconds=budget_seconds, scale=scale
+    ):
+        if experiment_id == exclude_id:
+            continue
+        values = fresh_seed_values(store, experiment_id)
+        if values:
+            options.append(
+                Reference(
+                    mean=mean_sd(values)[0],
+                    runs=len(values),
+                    experiment_id=experiment_id,
+                    label=f"the best confirmed, #{experiment_id} (mean of its {len(values)} fresh-seed runs)",
+                )
+            )
+    return min(options, key=lambda r: r.mean) if options else None
 
 
 def leaderboard(
@@ -38,10 +103,12 @@ def leaderboard(
     scale: str,
     limit: int,
 ) -> list[dict[str, Any]]:
-    """Ranked by confirmed mean where confirmations exist, else the single run; disqualified runs excluded.
+    """Confirmed entries first (the baseline and the server-confirmed improvements, by their
+    fresh-seed means), then single runs not confirmed (yet), each part best first; disqualified
+    runs excluded.
 
-    The baseline is one entry: the mean of its runs on this hardware, budget and level (its
-    runs are repeats of the same code with the server's seeds).
+    The baseline is one entry: the mean of its comparable runs on this hardware, budget and level
+    (its runs are repeats of the same code with the server's seeds).
     """
     rows = store.ranked_candidates(
         hardware=hardware, budget_seconds=budget_seconds, scale=scale, limit=max(limit * 5, 50)
@@ -55,9 +122,13 @@ def leaderboard(
                 "agent": row["agent"],
                 "description": row["description"],
                 "val_bpb": stats["mean"] if stats else row["val_bpb"],
-                "sd": stats["sd"] if stats else None,
+                "sd": stats["sd"] if stats and stats["n"] > 1 else None,
                 "runs": stats["n"] if stats else 1,
-                "confirmed": bool(stats and stats["n"] >= 2),
+                # an experiment counts once the server confirmed it; a promotion run by its seeds
+                "confirmed": row.get("verdict") == IMPROVED
+                if row.get("kind") == "experiment"
+                else bool(stats and stats["n"] >= 2),
+                "verdict": row.get("verdict"),
             }
         )
     baseline = store.baseline(
@@ -74,12 +145,43 @@ def leaderboard(
                 "sd": published(baseline["sd"]) if runs > 1 else None,
                 "runs": runs,
                 "confirmed": runs >= 2,
+                "verdict": "baseline",
             }
         )
-    entries.sort(key=lambda e: (e["val_bpb"], e["id"]))
+    _add_holdout(store, entries, baseline)
+    entries.sort(key=lambda e: (not e["confirmed"], e["val_bpb"], e["id"]))
     for rank, entry in enumerate(entries[:limit], start=1):
         entry["rank"] = rank
     return entries[:limit]
+
+
+def _add_holdout(
+    store: Store, entries: list[dict[str, Any]], baseline: dict[str, Any] | None
+) -> None:
+    """Each entry's sealed holdout mean beside its val mean, and a flag where a val gain over the
+    baseline does not show on the holdout (less than half of it): fitting the val set by selection."""
+    base_ids = list(baseline["experiment_ids"]) if baseline else []
+    base_holdout = list(store.sealed.holdout_values(base_ids).values())
+    base_mean = statistics.fmean(base_holdout) if base_holdout else None
+    for entry in entries:
+        if entry["agent"] == SERVER_AGENT and entry.get("verdict") == "baseline":
+            values = base_holdout
+        elif entry.get("confirmed"):
+            stats = confirmation_stats(store, entry["id"])
+            values = list(store.sealed.holdout_values(stats["run_ids"] if stats else []).values())
+        else:
+            values = []
+        entry["holdout_bpb"] = published(statistics.fmean(values)) if values else None
+        entry["holdout_runs"] = len(values)
+        entry["holdout_flag"] = None
+        if values and base_mean is not None and baseline and entry.get("verdict") != "baseline":
+            val_gain = float(baseline["mean"]) - float(entry["val_bpb"])
+            holdout_gain = base_mean - statistics.fmean(values)
+            if val_gain > 0 and holdout_gain < val_gain / 2:
+                entry["holdout_flag"] = (
+                    f"its val gain ({val_gain:+.4f} vs the baseline) does not show on the sealed "
+                    f"holdout ({holdout_gain:+.4f}): it may fit the val set rather than the task"
+                )
 
 
 def per_agent(store: Store) -> list[dict[str, Any]]:

@@ -10,57 +10,100 @@ import pytest
 from sandbox.runner import RunResult, cpu_share
 from server.diff_review import is_seed_only, review_diff
 from server.lab import Lab, LabSettings, unified_diff
-from server.verdicts import ASSUMED_SD, IMPROVED, WITHIN_NOISE, WORSE, Noise, decide
+from server.verdicts import (
+    ASSUMED_SD,
+    CANDIDATE,
+    IMPROVED,
+    WITHIN_NOISE,
+    WORSE,
+    ErrorBudget,
+    Noise,
+    Reference,
+    judge_confirmation,
+    screen,
+    t_cdf,
+    t_quantile,
+)
+
+BUDGET = ErrorBudget()  # 0.5 false wins per 700 null changes, 16% screened, 4 fresh seeds
+REFERENCE = Reference(mean=1.0, runs=4, experiment_id=None, label="the baseline (mean of 4 runs)")
+KNOWN = Noise(sd=0.01, runs=4, mean=1.0, measured=True, df=30)
+
+
+def test_student_t_matches_tables() -> None:
+    for p, df, table in [(0.975, 10, 2.228), (0.99, 5, 3.365), (0.995, 2, 9.925), (0.9, 30, 1.310)]:
+        assert t_quantile(p, df) == pytest.approx(table, abs=1e-3)
+        assert t_cdf(t_quantile(p, df), df) == pytest.approx(p, abs=1e-9)
+    assert t_quantile(0.975, float("inf")) == pytest.approx(1.95996, abs=1e-4)
+    assert t_quantile(0.1, 7) == pytest.approx(-t_quantile(0.9, 7))
 
 
 def test_noise_from_values_measured_and_assumed() -> None:
     measured = Noise.from_values([1.00, 1.02, 1.04])
-    assert measured.measured and measured.runs == 3
+    assert measured.measured and measured.runs == 3 and measured.df == 2
     assert measured.sd == pytest.approx(0.02)
     assert measured.mean == pytest.approx(1.02)
     single = Noise.from_values([1.0])
     assert not single.measured and single.sd == ASSUMED_SD
 
 
-@pytest.mark.parametrize(
-    ("val", "best", "expected"),
-    [
-        (0.95, 1.00, IMPROVED),  # 0.05 better, threshold 2 x 0.01 = 0.02
-        (0.99, 1.00, WITHIN_NOISE),  # 0.01 better: inside the noise
-        (1.01, 1.00, WITHIN_NOISE),
-        (1.05, 1.00, WORSE),
-    ],
-)
-def test_verdict_thresholds(val: float, best: float, expected: str) -> None:
-    noise = Noise(sd=0.01, runs=3, mean=1.0, measured=True)
-    verdict = decide(status="ok", val_bpb=val, best_bpb=best, noise=noise, k=2.0)
-    assert verdict.verdict == expected
-    assert verdict.threshold == pytest.approx(0.02)
+def test_pooled_noise_leaves_a_disturbed_run_out() -> None:
+    """Pooled over groups of repeated runs; once the pool has the degrees of freedom to judge, a
+    run far from its group's others is left out instead of inflating the sd."""
+    groups = [[2.62, 2.63, 2.61, 2.62], [2.50, 2.51, 2.49, 2.50], [2.55, 2.56, 2.54, 3.10]]
+    ids = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    noise = Noise.pooled(groups, baseline=groups[0], ids=ids)
+    assert noise.left_out == (12,) and noise.sd == pytest.approx(0.0082, abs=0.001)
+    assert noise.df == 8 and noise.mean == pytest.approx(2.62)
+    naive = Noise.pooled([g for g in groups], baseline=groups[0])
+    assert naive.sd < 0.02  # still robust without ids (the id is simply not reported)
 
 
-def test_failed_runs_and_first_results() -> None:
-    noise = Noise(sd=0.01, runs=3, mean=1.0, measured=True)
-    assert decide(status="crash", val_bpb=None, best_bpb=1.0, noise=noise, k=2).verdict == "failed"
-    assert (
-        decide(status="ok", val_bpb=float("nan"), best_bpb=1.0, noise=noise, k=2).verdict
-        == "failed"
+def test_screen_makes_candidates_never_improvements() -> None:
+    spread = 0.01 * (1 + 1 / 4) ** 0.5
+    at = t_quantile(1 - BUDGET.screen_share, 30) * spread
+    just_over = screen(
+        status="ok", val_bpb=1.0 - at - 1e-4, reference=REFERENCE, noise=KNOWN, budget=BUDGET
     )
-    first = decide(status="ok", val_bpb=0.9, best_bpb=None, noise=noise, k=2)
-    assert first.verdict == WITHIN_NOISE and "no earlier result" in first.note
-
-
-def test_disqualified_run_is_never_improved() -> None:
-    noise = Noise(sd=0.001, runs=3, mean=1.0, measured=True)
-    verdict = decide(
-        status="ok",
-        val_bpb=0.5,
-        best_bpb=1.0,
-        noise=noise,
-        k=2,
-        disqualifications=["seed-only change"],
+    assert just_over.verdict == CANDIDATE and "fresh seeds" in just_over.note
+    far = screen(status="ok", val_bpb=0.5, reference=REFERENCE, noise=KNOWN, budget=BUDGET)
+    assert far.verdict == CANDIDATE  # however good one run looks, it is only a candidate
+    inside = screen(
+        status="ok", val_bpb=1.0 - at + 1e-4, reference=REFERENCE, noise=KNOWN, budget=BUDGET
     )
-    assert verdict.verdict == WITHIN_NOISE
-    assert "cannot count as an improvement" in verdict.note
+    assert inside.verdict == WITHIN_NOISE
+    worse = screen(status="ok", val_bpb=1.05, reference=REFERENCE, noise=KNOWN, budget=BUDGET)
+    assert worse.verdict == WORSE
+
+
+def test_failed_runs_first_results_and_disqualified_runs() -> None:
+    kwargs = dict(reference=REFERENCE, noise=KNOWN, budget=BUDGET)
+    assert screen(status="crash", val_bpb=None, **kwargs).verdict == "failed"
+    assert screen(status="ok", val_bpb=float("nan"), **kwargs).verdict == "failed"
+    first = screen(status="ok", val_bpb=0.9, reference=None, noise=KNOWN, budget=BUDGET)
+    assert first.verdict == WITHIN_NOISE and "nothing measured yet" in first.note
+    seed_only = screen(status="ok", val_bpb=0.5, disqualifications=["seed-only change"], **kwargs)
+    assert seed_only.verdict == WITHIN_NOISE and "cannot count as an improvement" in seed_only.note
+    contended = screen(status="ok", val_bpb=1.5, not_comparable="the CPU was contended", **kwargs)
+    assert contended.verdict == WITHIN_NOISE and "not compared" in contended.note  # nor worse
+
+
+def test_confirmation_decides_on_fresh_seeds_alone() -> None:
+    """The candidate's mean over its fresh-seed runs is tested at the campaign's level; two runs
+    that show no gain at all end it early; fewer runs than planned decide nothing else."""
+    kwargs = dict(reference=REFERENCE, noise=KNOWN, budget=BUDGET)
+    assert judge_confirmation(values=[0.98], **kwargs) is None
+    assert judge_confirmation(values=[0.95, 0.96, 0.95], **kwargs) is None
+    futile = judge_confirmation(values=[1.01, 1.00], **kwargs)
+    assert futile is not None and futile.verdict == WITHIN_NOISE and "did not hold up" in futile.note
+    spread = 0.01 * (1 / 4 + 1 / 4) ** 0.5
+    needed = t_quantile(1 - BUDGET.confirm_alpha, 30) * spread
+    good = judge_confirmation(values=[1.0 - needed - 0.001] * 4, **kwargs)
+    assert good is not None and good.verdict == IMPROVED and "1 in" not in good.note
+    assert "fresh seeds" in good.note and "error budget" in good.note
+    short = judge_confirmation(values=[1.0 - needed + 0.001] * 4, **kwargs)
+    assert short is not None and short.verdict == WITHIN_NOISE and "not confirmed" in short.note
+    assert BUDGET.confirm_alpha == pytest.approx(0.5 / (700 * 0.16))
 
 
 BASE = "SEED = int(os.environ.get('AR_SEED', '0'))\nLR = 0.02\ntorch.manual_seed(SEED)\n"
@@ -144,28 +187,73 @@ def _baseline(lab: Lab, values: list[float]) -> None:
         _finish(lab, experiment_id, value)
 
 
-def test_stored_results_get_noise_aware_verdicts(quiet_lab: Lab) -> None:
-    _baseline(quiet_lab, [3.00, 3.02, 3.04])  # sd 0.02 -> threshold 0.04
+def _confirmations(lab: Lab, experiment_id: int) -> list[dict]:
+    return lab.store.confirmation_runs(experiment_id)
+
+
+def test_a_single_run_is_a_candidate_and_fresh_seeds_decide(quiet_lab: Lab) -> None:
+    """One run can only make a candidate; the server queues fresh-seed runs (random seeds, never the
+    paired one, charged to whoever asked) and their mean alone turns it improved."""
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])  # sd 0.0163, df 3
     noise = quiet_lab.noise_info()
-    assert (
-        noise["measured"]
-        and noise["sd"] == pytest.approx(0.02)
-        and noise["threshold"] == pytest.approx(0.04)
-    )
-    within = _finish(quiet_lab, _submit(quiet_lab, "alice", "0.021"), 2.99)
-    assert (
-        within["verdict"] == WITHIN_NOISE
-        and "confirm_experiment" in within["metrics"]["verdict_note"]
-    )
-    better = _finish(quiet_lab, _submit(quiet_lab, "alice", "0.03"), 2.90)
-    assert better["verdict"] == IMPROVED and better["delta_best"] == pytest.approx(
-        0.09
-    )  # vs 2.99, the best so far
+    assert noise["measured"] and noise["sd"] == pytest.approx(0.01633, abs=1e-5)
+    assert noise["reference"]["runs"] == 4 and "fresh seeds" in noise["rule"]
+    within = _finish(quiet_lab, _submit(quiet_lab, "alice", "0.021"), 3.01)
+    assert within["verdict"] == WITHIN_NOISE and _confirmations(quiet_lab, within["id"]) == []
+    idea = _submit(quiet_lab, "alice", "0.03")
+    quiet_lab.store.update_experiment(idea, requested_by="carol")
+    row = _finish(quiet_lab, idea, 2.90)
+    assert row["verdict"] == CANDIDATE and "fresh seeds" in row["metrics"]["verdict_note"]
+    runs = _confirmations(quiet_lab, idea)
+    assert len(runs) == quiet_lab.settings.confirm_runs == 4
+    seeds = {r["seed"] for r in runs}
+    assert len(seeds) == 4 and all(abs(s - quiet_lab.settings.seed) > 10_000 for s in seeds)
+    assert {r["requested_by"] for r in runs} == {"carol"}  # charged to who asked for the idea
+    assert all(quiet_lab.experiment(r["id"])["agent"] == "alice" for r in runs)  # credited
+    for run, value in zip(runs, (2.93, 2.91, 2.95, 2.92), strict=True):
+        _finish(quiet_lab, run["id"], value)
+    judged = quiet_lab.experiment(idea)
+    assert judged["verdict"] == IMPROVED, judged["metrics"]["verdict_note"]
+    assert "not the screening run" in judged["metrics"]["verdict_note"]
+    assert judged["delta_best"] == pytest.approx(3.02 - 2.9275, abs=1e-4)
+    reference = quiet_lab.reference()
+    assert reference.experiment_id == idea and reference.mean == pytest.approx(2.9275)
+    assert reference.runs == 4  # its fresh-seed runs, not the lucky screening run (2.90)
     worse = _finish(quiet_lab, _submit(quiet_lab, "bob", "0.001"), 3.10)
-    assert worse["verdict"] == WORSE
+    assert worse["verdict"] == WORSE and "#%d" % idea in worse["metrics"]["verdict_note"]
 
 
-def test_seed_only_change_never_becomes_improved(quiet_lab: Lab) -> None:
+def test_a_lucky_run_that_does_not_hold_up_stops_early(quiet_lab: Lab) -> None:
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
+    idea = _submit(quiet_lab, "alice", "0.03")
+    assert _finish(quiet_lab, idea, 2.95)["verdict"] == CANDIDATE
+    runs = _confirmations(quiet_lab, idea)
+    _finish(quiet_lab, runs[0]["id"], 3.03)
+    assert quiet_lab.experiment(idea)["verdict"] == CANDIDATE  # one run decides nothing
+    _finish(quiet_lab, runs[1]["id"], 3.02)
+    judged = quiet_lab.experiment(idea)
+    assert judged["verdict"] == WITHIN_NOISE and "did not hold up" in judged["metrics"]["verdict_note"]
+    # the two runs not needed any more are cancelled before they cost anything
+    assert [quiet_lab.experiment(r["id"])["status"] for r in runs[2:]] == ["cancelled", "cancelled"]
+    assert quiet_lab.reference().experiment_id is None  # the baseline is still the reference
+
+
+def test_failed_confirmation_runs_are_replaced_then_given_up(quiet_lab: Lab) -> None:
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
+    idea = _submit(quiet_lab, "alice", "0.03")
+    _finish(quiet_lab, idea, 2.90)
+    for _ in range(3):
+        live = [r for r in _confirmations(quiet_lab, idea) if r["status"] == "queued"]
+        for run in live:
+            quiet_lab.store.update_experiment(run["id"], status="running")
+            quiet_lab.on_finish(run["id"], RunResult(status="crash", failure_reason="boom"))
+    runs = _confirmations(quiet_lab, idea)
+    assert len(runs) == 8  # the planned 4, replaced once
+    judged = quiet_lab.experiment(idea)
+    assert judged["verdict"] == WITHIN_NOISE and "could not be confirmed" in judged["metrics"]["verdict_note"]
+
+
+def test_seed_only_change_never_becomes_a_candidate(quiet_lab: Lab) -> None:
     _baseline(quiet_lab, [3.00, 3.01])
     text = quiet_lab.baseline_files["train.py"].replace(
         "torch.manual_seed(SEED)", "torch.manual_seed(137)"
@@ -174,50 +262,82 @@ def test_seed_only_change_never_becomes_improved(quiet_lab: Lab) -> None:
     experiment_id, _ = quiet_lab.submit(
         "mallory", "lucky seed", files={"train.py": text}, check_quota=False
     )
-    row = _finish(
-        quiet_lab, experiment_id, 2.50
-    )  # far better than the noise: still not an improvement
-    assert row["verdict"] == WITHIN_NOISE
-    assert next(f["name"] for f in row["flags"]) == "seed_only"
+    row = _finish(quiet_lab, experiment_id, 2.50)  # far better than the noise: not even a candidate
+    assert row["verdict"] == WITHIN_NOISE and _confirmations(quiet_lab, experiment_id) == []
+    assert {"seed_only", "seed_source"} & {f["name"] for f in row["flags"]}
     assert all(e["id"] != experiment_id for e in quiet_lab.leaderboard())
 
 
-def test_contended_run_is_flagged_and_cannot_improve(quiet_lab: Lab) -> None:
+def test_seed_ignoring_code_is_caught_by_its_confirmation(quiet_lab: Lab) -> None:
+    """Runs of one code at different seeds with bitwise-identical val_bpb: the code ignores the
+    seed whatever it says, so it is flagged seed_ignored and never improved."""
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
+    idea = _submit(quiet_lab, "alice", "0.03")
+    _finish(quiet_lab, idea, 2.90)
+    for run in _confirmations(quiet_lab, idea):
+        _finish(quiet_lab, run["id"], 2.90)
+    judged = quiet_lab.experiment(idea)
+    assert judged["verdict"] == WITHIN_NOISE and judged["disqualified"] == 1
+    assert "seed_ignored" in [f["name"] for f in judged["flags"]]
+    assert quiet_lab.reference().experiment_id is None
+    assert quiet_lab.noise().runs == 4  # its zero spread is not taken for the noise
+
+
+def test_contended_runs_are_not_compared_and_never_the_reference(quiet_lab: Lab) -> None:
+    quiet_lab.settings.budget_kind = "wall"
     _baseline(quiet_lab, [3.00, 3.01])
-    row = _finish(quiet_lab, _submit(quiet_lab, "alice", "0.05"), 2.50, share=0.4)
+    row = _finish(quiet_lab, _submit(quiet_lab, "alice", "0.05"), 3.50, share=0.4)
     assert "contended" in [f["name"] for f in row["flags"]]
-    assert row["verdict"] == WITHIN_NOISE and row["disqualified"] == 1
+    assert row["verdict"] == WITHIN_NOISE and row["disqualified"] == 1  # not compared: nor worse
+    assert "not compared" in row["metrics"]["verdict_note"]
+    # a contended baseline run is re-measured with its own seed, and is not in the reference
+    (rerun_of,) = quiet_lab.ensure_baseline(3)
+    seed = quiet_lab.experiment(rerun_of)["seed"]
+    _finish(quiet_lab, rerun_of, 2.20, share=0.3)
+    queued = quiet_lab.store.list_experiments(kind="baseline", status="queued")
+    assert seed in [r["seed"] for r in queued]  # measured again with the same paired seed
+    assert quiet_lab.reference().runs == 2 and quiet_lab.reference().mean == pytest.approx(3.005)
     # under a CPU-time budget only a starved run is contended
     quiet_lab.settings.budget_kind = "cpu"
     assert not quiet_lab._contended(RunResult(status="ok", cpu_share=0.4))
     assert quiet_lab._contended(RunResult(status="ok", cpu_share=0.2))
 
 
-def test_confirmation_aggregates_and_ranks_the_leaderboard(quiet_lab: Lab) -> None:
-    _baseline(quiet_lab, [3.00, 3.02])
+def test_a_squeezed_timeout_is_queued_again_once(quiet_lab: Lab) -> None:
+    """A run the runner measured as squeezed by other load is not its code's timeout: it is
+    re-queued once; the retry's outcome is recorded whatever it is."""
+    _baseline(quiet_lab, [3.00, 3.01])
+    idea = _submit(quiet_lab, "alice", "0.05")
+    quiet_lab.store.update_experiment(idea, status="running")
+    squeezed = RunResult(status="timeout", failure_reason="ran past budget")
+    squeezed.squeezed = True
+    quiet_lab.on_finish(idea, squeezed)
+    first = quiet_lab.experiment(idea)
+    assert first["status"] == "interrupted" and "squeezed" in first["failure_reason"]
+    retry = quiet_lab.store.retry_of(idea)
+    assert retry is not None and quiet_lab.experiment(retry)["status"] == "queued"
+    quiet_lab.store.update_experiment(retry, status="running")
+    quiet_lab.on_finish(retry, squeezed)
+    assert quiet_lab.experiment(retry)["status"] == "timeout"  # once, not forever
+
+
+def test_leaderboard_ranks_confirmed_means_first(quiet_lab: Lab) -> None:
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
     lucky = _submit(quiet_lab, "alice", "0.03")
-    _finish(quiet_lab, lucky, 2.80)  # a lucky single run...
-    steady = _submit(quiet_lab, "bob", "0.04")
-    _finish(quiet_lab, steady, 2.85)
-    for run_id, value in zip(quiet_lab.confirm("alice", lucky, 2), (2.95, 2.99), strict=True):
-        _finish(quiet_lab, run_id, value)
-    seeds = {
-        quiet_lab.experiment(i)["seed"]
-        for i in quiet_lab.store.list_experiments(kind="confirmation", columns=["id"])
-        for i in [i["id"]]
-    }
-    assert (
-        len(seeds) == 2 and quiet_lab.settings.seed not in seeds
-    )  # fresh seeds, not the paired one
+    _finish(quiet_lab, lucky, 2.80)  # a lucky single run: a candidate...
+    for run, value in zip(_confirmations(quiet_lab, lucky), (2.951, 2.96, 2.94, 2.949), strict=True):
+        _finish(quiet_lab, run["id"], value)
+    assert quiet_lab.experiment(lucky)["verdict"] == IMPROVED
+    single = _submit(quiet_lab, "bob", "0.04")
+    _finish(quiet_lab, single, 2.93)  # within the noise of the new reference
     stats = quiet_lab.confirmation_stats(lucky)
-    # published to 5 decimals: a mean of 4-decimal values carries no more information
-    assert stats["n"] == 3 and stats["mean"] == round((2.80 + 2.95 + 2.99) / 3, 5)
+    # the fresh-seed runs only, published to 5 decimals; the screening run beside them
+    assert stats["n"] == 4 and stats["mean"] == 2.95 and stats["screening_run"] == 2.80
     board = quiet_lab.leaderboard()
-    assert [e["id"] for e in board[:2]] == [
-        steady,
-        lucky,
-    ]  # the confirmed mean (2.913) ranks below 2.85
-    assert board[1]["confirmed"] and board[1]["runs"] == 3 and not board[0]["confirmed"]
+    assert [e["id"] for e in board[:3]] == [lucky, board[1]["id"], single]
+    assert board[0]["confirmed"] and board[0]["runs"] == 4
+    assert board[1]["agent"] == "server" and board[1]["confirmed"]  # the baseline
+    assert not board[2]["confirmed"] and board[2]["runs"] == 1
 
 
 def test_the_best_is_re_measured_now_and_then_to_catch_drift(quiet_lab: Lab) -> None:

@@ -10,6 +10,7 @@ are named for a reader: open the file with any SQLite tool (datasette works) and
 - schema: the tables, their columns and the migrations of old files
 - experiments: `Store`, every read and write of the record; counts: its aggregate queries
 - promotions, papers: the ladder's table and the paper cache; exports: results.tsv and CSV
+- sealed: figures no agent reads per experiment (full-precision val_bpb, holdout scores)
 
 Nothing in this package deletes an experiment: history is append-and-update only.
 """
@@ -38,6 +39,7 @@ from server.store.experiments import ExperimentNotFound, Store
 from server.store.papers import PaperStore
 from server.store.promotions import PromotionStore
 from server.store.schema import EXPERIMENT_COLUMNS, MAX_ROW_ID, READ_INDEXES, SCHEMA_VERSION
+from server.store.sealed import SealedStore
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -59,6 +61,7 @@ __all__ = [
     "ExperimentNotFound",
     "PaperStore",
     "PromotionStore",
+    "SealedStore",
     "Store",
     "ThreadLocalDatabase",
     "open_database",

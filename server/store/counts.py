@@ -3,6 +3,7 @@ recovery lookups, each a named query (mixed into `Store`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,7 +89,7 @@ class ExperimentCounts:
         """The best `limit` successful, qualified experiment and promotion runs of one setting."""
         return list(
             self.db.query(
-                "SELECT id, agent, description, val_bpb FROM experiments WHERE status = 'ok' "
+                "SELECT id, agent, kind, verdict, description, val_bpb FROM experiments WHERE status = 'ok' "
                 "AND kind IN ('experiment', 'promotion') "
                 "AND COALESCE(disqualified, 0) = 0 AND val_bpb IS NOT NULL AND hardware = ? AND budget_seconds = ? "
                 "AND COALESCE(scale, 'S') = ? ORDER BY val_bpb ASC LIMIT ?",
@@ -140,6 +141,51 @@ class ExperimentCounts:
             )
         )
         return int(rows[0]["id"]) if rows else None
+
+    # ------------------------------------------------------------ repeated runs and verdicts
+
+    def repeated_runs(
+        self, *, hardware: str, budget_seconds: float, budget_kind: str, scale: str
+    ) -> list[dict[str, Any]]:
+        """Every successful baseline and confirmation run of one setting, oldest first: the
+        repeated runs of one code that the noise is pooled over (flags decoded), each with
+        `original_disqualified`: whether the experiment it confirms can never count."""
+        return [
+            {**row, "flags": json.loads(row["flags"]) if row["flags"] else []}
+            for row in self.db.query(
+                "SELECT e.id, e.kind, e.confirms_id, e.val_bpb, e.seed, e.flags, e.cpu_share, "
+                "COALESCE(o.disqualified, 0) AS original_disqualified FROM experiments e "
+                "LEFT JOIN experiments o ON o.id = e.confirms_id "
+                "WHERE e.kind IN ('baseline', 'confirmation') AND e.status = 'ok' AND e.val_bpb IS NOT NULL "
+                "AND e.hardware = ? AND e.budget_seconds = ? AND COALESCE(e.budget_kind, 'wall') = ? "
+                "AND COALESCE(e.scale, 'S') = ? ORDER BY e.id",
+                [hardware, budget_seconds, budget_kind, scale],
+            )
+        ]
+
+    def experiments_with_verdict(
+        self, verdict: str, *, hardware: str, budget_seconds: float, scale: str
+    ) -> list[int]:
+        """The ids of one setting's experiments whose verdict is `verdict`, oldest first."""
+        return [
+            int(row["id"])
+            for row in self.db.query(
+                "SELECT id FROM experiments WHERE kind = 'experiment' AND verdict = ? AND hardware = ? "
+                "AND budget_seconds = ? AND COALESCE(scale, 'S') = ? ORDER BY id",
+                [verdict, hardware, budget_seconds, scale],
+            )
+        ]
+
+    def confirmation_runs(self, experiment_id: int) -> list[dict[str, Any]]:
+        """Every confirmation run of an experiment, oldest first: id, status, val_bpb, seed, flags."""
+        return [
+            {**row, "flags": json.loads(row["flags"]) if row["flags"] else []}
+            for row in self.db.query(
+                "SELECT id, status, val_bpb, seed, flags, requested_by, description FROM experiments "
+                "WHERE confirms_id = ? AND kind = 'confirmation' ORDER BY id",
+                [experiment_id],
+            )
+        ]
 
     # ------------------------------------------------------------ recovery
 

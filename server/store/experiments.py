@@ -21,6 +21,7 @@ from server.store.exports import experiments_csv, results_tsv
 from server.store.papers import PaperStore
 from server.store.promotions import PromotionStore
 from server.store.schema import EXPERIMENT_COLUMNS, create_tables
+from server.store.sealed import SealedStore
 
 
 class ExperimentNotFound(KeyError):
@@ -37,6 +38,8 @@ class Store(ExperimentCounts):
         self._create_tables()
         self.promotions = PromotionStore(self.db)
         self.papers = PaperStore(self.db)
+        self.sealed = SealedStore(self.db)
+        self.sealed.ensure_table()
 
     def _create_tables(self) -> None:
         create_tables(self.db)

@@ -7,12 +7,29 @@ import pytest
 
 from sandbox.target import load_target
 from server.diff_review import is_seed_only, review_diff
-from server.verdicts import IMPROVED, WITHIN_NOISE, Noise, decide
+from server.seed_checks import RNG_SHIFT, SEED_FLAGS, review_seed_code
+from server.verdicts import (
+    CANDIDATE,
+    IMPROVED,
+    WITHIN_NOISE,
+    ErrorBudget,
+    Noise,
+    Reference,
+    judge_confirmation,
+    screen,
+)
 
 from . import patches
 
 BASELINE = (load_target().target_dir / "train.py").read_text()
-MEASURED = Noise.from_values([3.70, 3.72, 3.71])  # sd 0.01: threshold 0.02 at k=2
+MEASURED = Noise.from_values([3.70, 3.72, 3.71])  # sd 0.01, 2 degrees of freedom
+REFERENCE = Reference(mean=3.7, runs=3, experiment_id=None, label="the baseline (mean of 3 runs)")
+BUDGET = ErrorBudget()
+
+
+def decide(**kwargs):
+    """One run screened against the baseline's mean (the first step of the verdict rule)."""
+    return screen(reference=REFERENCE, noise=MEASURED, budget=BUDGET, **kwargs)
 
 
 def patched(edits) -> str:
@@ -67,47 +84,57 @@ def test_seed_plus_real_change_is_not_seed_only():
     )
 
 
-def test_disguised_seed_change_is_not_flagged_NOT_CAUGHT():
-    """NOT CAUGHT by the diff review: consuming random numbers before the model is built (or any
-    other no-op that shifts the RNG stream) is a seed change in disguise, without the word 'seed'.
-    What still protects the metric: the server's fixed paired seed, improved only beyond k x sd
-    of the measured baseline noise, and confirm_experiment (fresh seeds) for the leaderboard mean.
-    An agent that tries many disguised seeds will still get a lucky 'improved' now and then."""
+def test_disguised_seed_change_is_flagged():
+    """Hack: consume random numbers before the model is built (`torch.randn(7)`): it shifts the
+    RNG stream, a seed change in disguise without the word 'seed'; try many such no-ops under the
+    server's fixed seed and keep the lucky one.
+    Defence: the seed review (server/seed_checks.py) reads the whole new train.py: a draw whose
+    value reaches nothing kept is flagged `rng_shift` (one of SEED_FLAGS, which rule out
+    'improved'), with the line and what to do instead. Behind it: confirmation at fresh seeds,
+    and `seed_ignored` when runs at different seeds agree to the last bit."""
     disguise = [("model = GPT().to(DEVICE)\n", "torch.randn(7)\nmodel = GPT().to(DEVICE)\n")]
-    assert not is_seed_only(diff_of(disguise))
-    assert review_diff(diff_of(disguise)) == []
+    assert not is_seed_only(diff_of(disguise))  # the diff review alone does not see it
+    flags = review_seed_code({"train.py": patched(disguise)}, {"train.py": BASELINE})
+    assert [f.name for f in flags] == [RNG_SHIFT]
+    assert RNG_SHIFT in SEED_FLAGS
+    assert (
+        "torch.randn(7)" in flags[0].reason
+        and "can never count as an improvement" in flags[0].reason
+    )
+    assert review_seed_code({"train.py": BASELINE}, {"train.py": BASELINE}) == []
 
 
 def test_disqualified_run_never_improves_even_when_far_better():
-    """decide(): a seed-only (or contended) run that beats the best by far is within_noise, with the reason."""
-    verdict = decide(
-        status="ok",
-        val_bpb=3.0,
-        best_bpb=3.7,
-        noise=MEASURED,
-        k=2.0,
-        disqualifications=["the only change is the seed"],
-    )
+    """A seed-only (or otherwise disqualified) run that beats the reference by far is not even a
+    candidate (within_noise, with the reason); an honest one is a candidate, never `improved` on
+    one run; confirmation with disqualifications never improves either."""
+    verdict = decide(status="ok", val_bpb=3.0, disqualifications=["the only change is the seed"])
     assert verdict.verdict == WITHIN_NOISE
     assert "cannot count as an improvement" in verdict.note and "seed" in verdict.note
-    honest = decide(status="ok", val_bpb=3.0, best_bpb=3.7, noise=MEASURED, k=2.0)
-    assert honest.verdict == IMPROVED
+    honest = decide(status="ok", val_bpb=3.0)
+    assert honest.verdict == CANDIDATE
+    kept = judge_confirmation(
+        values=[3.0, 3.01, 2.99, 3.0],
+        reference=REFERENCE,
+        noise=MEASURED,
+        budget=BUDGET,
+        disqualifications=["its runs ignore the seed"],
+    )
+    assert kept is not None and kept.verdict == WITHIN_NOISE
+    clean = judge_confirmation(
+        values=[3.0, 3.01, 2.99, 3.0], reference=REFERENCE, noise=MEASURED, budget=BUDGET
+    )
+    assert clean is not None and clean.verdict == IMPROVED
 
 
 @pytest.mark.parametrize("status", ["crash", "timeout", "integrity_fail", "cancelled"])
 def test_failed_runs_never_improve(status):
-    assert (
-        decide(status=status, val_bpb=0.001, best_bpb=3.7, noise=MEASURED, k=2.0).verdict
-        == "failed"
-    )
+    assert decide(status=status, val_bpb=0.001).verdict == "failed"
 
 
 def test_non_finite_val_bpb_never_improves():
     for value in (float("nan"), float("-inf")):
-        assert (
-            decide(status="ok", val_bpb=value, best_bpb=3.7, noise=MEASURED, k=2.0).verdict
-            == "failed"
-        )
+        assert decide(status="ok", val_bpb=value).verdict == "failed"
 
 
 def test_contract_touching_hacks_are_flagged():
