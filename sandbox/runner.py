@@ -6,6 +6,17 @@ seconds of the process tree), sends SIGTERM at budget + grace and SIGKILL a few 
 later. Training sees the train split and the tokenizer only; the evaluator sees the
 artifact, the val split and the tokenizer, and can write nothing. Everything target-specific
 comes from the `ResearchTarget` description.
+
+The sealed holdout. Only for a run the server asks to (`RunSettings.score_holdout`), the
+evaluator's jail also mounts the holdout split (`ResearchTarget.holdout_data`) and the
+evaluator, told so by its command line (nothing the artifact controls), scores it in the same
+trusted process after val. The figure comes back on `RunResult.holdout_bpb` at full precision
+and nowhere else: not in `metrics`, the log tail, the failure reason or the status, which all
+come from val alone. Training never mounts it; a normal evaluation does not either.
+
+Squeezed runs. While training runs, the runner samples the busy CPU time of the CPUs it may
+use (/proc/stat) beside the run's own CPU time, so that a run that got little CPU can be told
+apart: starved by other processes (`squeezed`), or idle by its own doing (see `squeeze_verdict`).
 """
 
 from __future__ import annotations
@@ -89,6 +100,9 @@ class RunSettings:
     # What train.py may write in its run directory (checked every second while it runs, and
     # per file by RLIMIT_FSIZE); more stops the run as a crash. None: no quota.
     disk_quota_bytes: int | None = 2 * GIB
+    # Also score the sealed holdout (leaderboard entries only): its jail mounts the holdout and
+    # the result carries holdout_bpb, for the server's own table; never shown to the agent.
+    score_holdout: bool = False
 
     def validated(self) -> RunSettings:
         if not (MIN_BUDGET_SECONDS <= self.budget_seconds <= MAX_BUDGET_SECONDS):
@@ -141,6 +155,27 @@ class RunResult:
     # CPU budget), inside the grace period or beyond it; 0.0 when training stopped in time.
     # An honest train.py stops by itself within its budget: the lab flags such a run.
     over_budget_seconds: float = 0.0
+    # The share of the run's CPUs that other processes kept busy while it trained (0..1; see
+    # other_load); None where /proc/stat cannot be read.
+    other_load: float | None = None
+    # The run timed out or got too little CPU (cpu_share < SQUEEZE_SHARE) because other
+    # processes held the CPUs it could have used (squeeze_verdict); False for a program that
+    # idled or spun by itself. The lab re-queues a squeezed timeout once.
+    squeezed: bool = False
+    # The share of the run's threads that were ready to run but waited for a CPU (0..1), from
+    # the threads' states sampled in /proc; None where they could not be sampled.
+    cpu_wait_share: float | None = None
+    # SEALED: the holdout's bits per byte at full precision, only for a run with
+    # settings.score_holdout whose val scoring passed; for the server's own table, never for
+    # the agent (no metrics, log or reason carries it). holdout_windows: how many it scored.
+    holdout_bpb: float | None = None
+    # SEALED like holdout_bpb: val_bpb at full precision (agents get 4 decimals). The server keeps
+    # it to see runs at different seeds agree to the last bit (code that ignores the seed).
+    val_bpb_exact: float | None = None
+    holdout_windows: int | None = None
+    # Why holdout_bpb is None for a run that asked for it (operator text, e.g. "not available:
+    # ... re-run prepare"); None when it was scored or not asked for. Sealed like the figure.
+    holdout_note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +219,10 @@ class ExperimentRunner:
         self.keep_run_dirs = keep_run_dirs
         self.isolation = isolation or detect_isolation()
         self.expected_hashes = self._trusted_hashes()
+        #: sha256 of each holdout file by its path in the data folder (from the manifest, like
+        #: the eval hashes, but kept apart: the val-set fingerprint does not change when a
+        #: folder gains its holdout); empty when the folder was prepared without one.
+        self.expected_holdout_hashes = self._trusted_holdout_hashes()
 
     # ------------------------------------------------------------ integrity of the fixed parts
 
@@ -197,6 +236,20 @@ class ExperimentRunner:
         is refused here, before any run trusts it.
         """
         hashes = {"evaluator": sha256_file(self._evaluator_path())}
+        for name, entry in self._manifest_files().items():
+            if name.split("/")[0] in self.target.eval_data:
+                hashes[name] = entry["sha256"]
+        return hashes
+
+    def _trusted_holdout_hashes(self) -> dict[str, str]:
+        """Hashes of the holdout's files from prepare's manifest; empty if it has none."""
+        return {
+            name: entry["sha256"]
+            for name, entry in self._manifest_files().items()
+            if name.split("/")[0] in self.target.holdout_data
+        }
+
+    def _manifest_files(self) -> dict[str, Any]:
         manifest_path = self.data_dir / "manifest.json"
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -204,10 +257,35 @@ class ExperimentRunner:
             raise RunRefused(
                 f"the data in {self.data_dir} is not prepared (no valid manifest.json); run `autoresearch-mcp prepare`"
             ) from exc
-        for name, entry in manifest.get("files", {}).items():
-            if name.split("/")[0] in self.target.eval_data:
-                hashes[name] = entry["sha256"]
-        return hashes
+        files = manifest.get("files", {})
+        return files if isinstance(files, dict) else {}
+
+    def holdout_unavailable(self) -> str | None:
+        """Why this runner cannot score the holdout now (a text for the operator), or None if it can.
+
+        The holdout's files must be the ones prepare's manifest listed when the runner started:
+        a folder prepared before the holdout existed has none, and a file changed since is not
+        trusted. Either way the run itself goes ahead on val; only holdout_bpb stays None.
+        """
+        if not self.target.holdout_data:
+            return "not available: the research target declares no holdout data (holdout_data)"
+        if not self.expected_holdout_hashes:
+            return (
+                f"not available: the data in {self.data_dir} was prepared without a holdout "
+                "split; re-run `autoresearch-mcp prepare` (it adds one and keeps val and the "
+                "tokenizer as they are) and restart the server"
+            )
+        changed = [
+            name
+            for name, digest in self.expected_holdout_hashes.items()
+            if not (self.data_dir / name).is_file() or sha256_file(self.data_dir / name) != digest
+        ]
+        if changed:
+            return (
+                f"not available: {', '.join(changed)} changed on disk since the server started; "
+                "re-run `autoresearch-mcp prepare` and restart the server"
+            )
+        return None
 
     def verify_fixed_parts(self) -> dict[str, str]:
         """Re-hash the evaluator and the eval data; RunRefused if any changed since startup."""
@@ -266,16 +344,24 @@ class ExperimentRunner:
             result.total_seconds = time.monotonic() - started
             return result
 
+        holdout = False
+        if settings.score_holdout:
+            result.holdout_note = self.holdout_unavailable()
+            holdout = result.holdout_note is None
         evaluator: _Evaluator | None = None
         try:
             if settings.prewarm_evaluator:
-                evaluator = self._start_evaluator(run_dir, settings, wait=True)
-            self._train(run_dir, settings, result, progress, cancel)
+                evaluator = self._start_evaluator(run_dir, settings, wait=True, holdout=holdout)
+            self._train(run_dir, settings, result, progress, cancel, evaluator)
             if result.phase == "evaluate":
-                self._evaluate(run_dir, settings, result, progress, cancel, evaluator)
+                self._evaluate(run_dir, settings, result, progress, cancel, evaluator, holdout)
         finally:
             if evaluator is not None:
                 evaluator.end()  # training failed or was cancelled: nothing to score
+            if holdout and result.holdout_bpb is None and result.holdout_note is None:
+                result.holdout_note = (
+                    f"not scored: the run ended {result.status} in its {result.phase} phase"
+                )
             result.total_seconds = time.monotonic() - started
             result.overhead_seconds = max(0.0, result.total_seconds - settings.budget_seconds)
             keep = self.keep_run_dirs == "always" or (
@@ -327,7 +413,10 @@ class ExperimentRunner:
         result: RunResult,
         progress: ProgressCallback,
         cancel: threading.Event,
+        evaluator: _Evaluator | None = None,
     ) -> None:
+        """Train under the runner's clock; ``evaluator`` is this run's prewarmed one (its CPU
+        is the run's own, not other load)."""
         code_dir = run_dir / "code"
         out_dir = code_dir / "out"
         log_path = run_dir / "train.log"
@@ -355,6 +444,7 @@ class ExperimentRunner:
         reason: str | None = None
         last_report = 0.0
         cpu_samples: list[tuple[float, float]] = []  # (elapsed, cpu seconds) after the first output
+        load = LoadSampler(process, evaluator.process if evaluator is not None else None)
         quota = settings.disk_quota_bytes
         next_disk_check = 0.0
         used = 0.0
@@ -381,6 +471,8 @@ class ExperimentRunner:
             ):
                 cpu_samples.append((elapsed, process.cpu_seconds()))
             if terminated_at is None:
+                load.sample(elapsed)
+            if terminated_at is None:
                 if cancel.is_set():
                     reason = "cancelled"
                 elif used > limit or elapsed > wall_limit:
@@ -401,6 +493,15 @@ class ExperimentRunner:
         result.over_budget_seconds = round(max(0.0, used - settings.budget_seconds), 2)
         threads = settings.threads or os.cpu_count() or 1
         result.cpu_share = cpu_share(cpu_samples, threads, result.cpu_seconds, result.train_seconds)
+        squeeze = load.measure(threads, since=result.first_output_seconds)
+        if squeeze is not None:
+            result.other_load, result.cpu_wait_share = squeeze.other_load, squeeze.wait_share
+            result.squeezed = squeeze_verdict(
+                timed_out=reason == "timeout",
+                cpu_share=result.cpu_share,
+                other_load=squeeze.other_load,
+                wait_share=squeeze.wait_share,
+            )
         peak = process.peak_memory_bytes()
         result.peak_memory_mb = round(peak / 2**20, 1) if peak else None
         result.output_truncated = process.output_truncated
@@ -460,8 +561,14 @@ class ExperimentRunner:
             return
         result.phase = "evaluate"
 
-    def _start_evaluator(self, run_dir: Path, settings: RunSettings, *, wait: bool) -> _Evaluator:
+    def _start_evaluator(
+        self, run_dir: Path, settings: RunSettings, *, wait: bool, holdout: bool = False
+    ) -> _Evaluator:
         """Start the trusted evaluator in its own jail: it sees the artifact folder read-only.
+
+        With ``holdout`` (the server's choice, never the agent's) the jail also mounts the
+        holdout data and the evaluator is told to score it; without, the holdout is not in the
+        jail at all.
 
         With ``wait`` it warms up, then blocks on stdin until ``send("go\\n")``; it starts
         beside training in the background (the lowest CPU weight: it takes only CPU the
@@ -490,6 +597,8 @@ class ExperimentRunner:
         ] + ["--device", settings.device, "--report-fd", str(channel.write_fd)]
         if settings.eval_windows:
             argv += ["--windows", str(settings.eval_windows)]
+        if holdout:
+            argv.append("--holdout")
         if wait:
             argv.append("--wait")
             if settings.device.startswith("cuda") and gpu_takes_two_processes(settings.device):
@@ -500,6 +609,7 @@ class ExperimentRunner:
                 artifact_dir,
                 evaluator,
                 *(self.data_dir / sub for sub in self.target.eval_data),
+                *(self.data_dir / sub for sub in (self.target.holdout_data if holdout else ())),
             ),
             env={
                 "AR_DEVICE": settings.device,
@@ -530,6 +640,7 @@ class ExperimentRunner:
         progress: ProgressCallback,
         cancel: threading.Event,
         prewarmed: _Evaluator | None = None,
+        holdout: bool = False,
     ) -> None:
         """Score the artifact: tell the prewarmed evaluator to go, or start a cold one.
 
@@ -552,7 +663,7 @@ class ExperimentRunner:
                     result.log_tail
                     + "\n--- the prewarmed evaluator exited early; a cold one scored the run ---"
                 ).strip()
-            evaluator = self._start_evaluator(run_dir, settings, wait=False)
+            evaluator = self._start_evaluator(run_dir, settings, wait=False, holdout=holdout)
         try:
             process = evaluator.process
             terminated_at: float | None = None
@@ -584,9 +695,11 @@ class ExperimentRunner:
                 "or hangs at inference"
             )
             return
-        self._accept_report(evaluator, returncode, result)
+        self._accept_report(evaluator, returncode, result, holdout)
 
-    def _accept_report(self, evaluator: _Evaluator, returncode: int, result: RunResult) -> None:
+    def _accept_report(
+        self, evaluator: _Evaluator, returncode: int, result: RunResult, holdout: bool = False
+    ) -> None:
         """Record the evaluator's verdict if its report passes every rule, else reject the run.
 
         Rules: exactly one JSON object on one line, at most REPORT_MAX_BYTES, on the report
@@ -656,6 +769,9 @@ class ExperimentRunner:
             result.metrics = published_metrics(report)
             result.status, result.phase = "ok", "done"
             result.val_bpb = result.metrics["val_bpb"]
+            result.val_bpb_exact = float(report["val_bpb"])
+            if holdout:
+                self._accept_holdout(report, reported, result)
         elif status == "integrity_fail":
             result.status = "integrity_fail"
             result.failure_reason = reason or "the model broke a rule of the metric"
@@ -667,6 +783,31 @@ class ExperimentRunner:
         else:
             result.status = "crash"
             result.failure_reason = reason or f"the evaluator failed (status {str(status)[:40]!r})"
+
+    def _accept_holdout(
+        self, report: dict[str, Any], reported_hashes: dict[str, Any], result: RunResult
+    ) -> None:
+        """Keep the sealed holdout figure on ``result`` (holdout_bpb, full precision), or say why not.
+
+        The holdout never changes the run's status or anything the agent reads: a missing or
+        failed entry, or a holdout file other than the one the server trusts, leaves
+        holdout_bpb None and holdout_note set (for the operator).
+        """
+        expected = self.expected_holdout_hashes.get("holdout/tokens.bin")
+        if expected is None or reported_hashes.get("holdout") != expected:
+            result.holdout_note = "the evaluator read a different holdout than the server trusts"
+            return
+        entry = report.get("holdout")
+        if not isinstance(entry, dict):
+            result.holdout_note = "the evaluator sent no holdout entry"
+            return
+        bpb, windows = _finite(entry.get("bpb")), _finite(entry.get("windows"))
+        if entry.get("status") == "ok" and bpb is not None and windows is not None:
+            result.holdout_bpb, result.holdout_windows = bpb, int(windows)
+            return
+        reason = entry.get("reason")
+        reason = reason[:400] if isinstance(reason, str) else "no reason given"
+        result.holdout_note = f"{str(entry.get('status'))[:20]}: {reason}"
 
 
 class ReportChannel:
@@ -969,3 +1110,144 @@ def cpu_share(
     if len(windows) >= 3:
         return round(statistics.median(windows), 4)
     return round(cpu_total / max(wall_total * threads, 1e-9), 4)
+
+
+# ---------------------------------------------------------------- squeezed runs
+
+#: Below this share of its threads' CPU a run is starved enough to ask why (the wall budget's
+#: ``contended`` threshold); a timed-out run is always asked.
+SQUEEZE_SHARE = 0.7
+#: Other processes must have kept at least this share of the run's CPUs busy ...
+SQUEEZE_MIN_OTHER_LOAD = 0.25
+#: ... while at least this share of the run's threads were ready to run and waited for a CPU.
+SQUEEZE_MIN_WAIT_SHARE = 0.25
+#: Seconds between two load samples (busy CPU time, the run's CPU time, its threads' states).
+LOAD_SAMPLE_SECONDS = 0.5
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def squeeze_verdict(
+    *, timed_out: bool, cpu_share: float | None, other_load: float, wait_share: float
+) -> bool:
+    """Whether a run was squeezed by other load: it timed out or got less than SQUEEZE_SHARE of
+    its threads' CPU, other processes kept at least SQUEEZE_MIN_OTHER_LOAD of its CPUs busy,
+    and at least SQUEEZE_MIN_WAIT_SHARE of its threads were ready to run yet waiting for a CPU.
+
+    The last condition is what tells a starved program from one that idles on purpose: a
+    thread that sleeps is not waiting for a CPU, whatever the machine's load, so a train.py
+    that sleeps (or blocks) past its budget is never squeezed, on an idle machine or a busy
+    one, and its timeout stays its own. A program that spins beside other load is squeezed at
+    most as any honest one is: the lab re-runs a squeezed timeout once, and a second timeout
+    is recorded as it is; there is no score to gain.
+    """
+    starved = timed_out or (cpu_share is not None and cpu_share < SQUEEZE_SHARE)
+    return starved and other_load >= SQUEEZE_MIN_OTHER_LOAD and wait_share >= SQUEEZE_MIN_WAIT_SHARE
+
+
+@dataclass(frozen=True)
+class LoadMeasure:
+    """What the load samples say about a training run (medians over ~1 s windows)."""
+
+    other_load: float  # share of the run's CPUs kept busy by other processes, 0..1
+    wait_share: float  # share of the run's threads ready to run but waiting for a CPU, 0..1
+
+
+class LoadSampler:
+    """Samples, while training runs, what the run needs to tell a squeeze from idling.
+
+    Every LOAD_SAMPLE_SECONDS: the busy CPU time of the CPUs the run may use (/proc/stat:
+    user, nice, system, irq, softirq and steal, i.e. time a hypervisor gave to others), the
+    CPU time of the run's own processes (training, and its prewarmed evaluator, which is the
+    run's own load), and how many of the training's threads are runnable (state R: running
+    or waiting for a CPU). Each reading is cheap (a few /proc files).
+    """
+
+    def __init__(self, training: JailedProcess, evaluator: JailedProcess | None) -> None:
+        self.training, self.evaluator = training, evaluator
+        self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.samples: list[tuple[float, float, float, int]] = []  # elapsed, own, busy, runnable
+        self._next = 0.0
+
+    def sample(self, elapsed: float) -> None:
+        if elapsed < self._next:
+            return
+        self._next = elapsed + LOAD_SAMPLE_SECONDS
+        busy = busy_cpu_seconds(self.cpus)
+        if busy is None:
+            return
+        own = self.training.cpu_seconds()
+        if self.evaluator is not None:
+            own += self.evaluator.cpu_seconds()
+        self.samples.append((elapsed, own, busy, runnable_threads(self.training.pid)))
+
+    def measure(self, threads: int, since: float | None) -> LoadMeasure | None:
+        """Medians over windows of ~1 s, after ``since`` (the first output line) where at
+        least three such windows exist, else over all of them; None with fewer than 2 samples.
+        """
+        if len(self.samples) < 2 or not self.cpus:
+            return None
+        later = [s for s in self.samples if since is not None and s[0] >= since]
+        samples = later if len(later) >= 5 else self.samples
+        threads = max(1, min(threads, len(self.cpus)))
+        other, wait = [], []
+        step = 2 if len(samples) >= 3 else 1
+        for first, last in zip(samples, samples[step:], strict=False):
+            seconds = last[0] - first[0]
+            if seconds <= 0:
+                continue
+            own_rate = (last[1] - first[1]) / seconds  # CPUs' worth the run used
+            busy_rate = (last[2] - first[2]) / seconds  # CPUs' worth busy in all
+            runnable = statistics.mean(
+                min(s[3], threads) for s in samples if first[0] <= s[0] <= last[0]
+            )
+            other.append(min(1.0, max(0.0, (busy_rate - own_rate) / len(self.cpus))))
+            wait.append(min(1.0, max(0.0, (runnable - own_rate) / threads)))
+        if not other:
+            return None
+        return LoadMeasure(
+            other_load=round(statistics.median(other), 4),
+            wait_share=round(statistics.median(wait), 4),
+        )
+
+
+def busy_cpu_seconds(cpus: list[int]) -> float | None:
+    """Busy CPU seconds since boot of these CPUs, from /proc/stat; None where it cannot be read."""
+    try:
+        text = Path("/proc/stat").read_text()
+    except OSError:
+        return None
+    wanted, ticks, found = set(cpus), 0, 0
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in wanted):
+            continue
+        fields = [int(x) for x in rest.split()[:8]] + [0] * 8
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+        ticks += user + nice + system + irq + softirq + steal
+        found += 1
+    return ticks / _CLOCK_TICKS if found else None
+
+
+def runnable_threads(root: int) -> int:
+    """Threads in state R (running, or ready and waiting for a CPU) in the process tree under ``root``."""
+    count, todo, seen = 0, [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_bytes()
+                children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            end = stat.rfind(b")")
+            if stat[end + 2 : end + 3] == b"R":
+                count += 1
+            todo.extend(int(child) for child in children if child.isdigit())
+    return count

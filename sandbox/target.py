@@ -30,6 +30,9 @@ class ResearchTarget:
     hidden_from_training: tuple[
         str, ...
     ] = ()  # Python packages (e.g. the raw corpus) training must not see
+    # Subfolders of the data directory holding the sealed holdout: mounted into the evaluator's
+    # jail only for a run that scores it (RunSettings.score_holdout), never into training.
+    holdout_data: tuple[str, ...] = ()
 
     def hidden_paths(self) -> tuple[Path, ...]:
         """Where the hidden packages are installed, found without importing them."""
@@ -78,4 +81,5 @@ def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
         eval_data=tuple(raw.get("eval_data", [])),
         eval_context=int(raw.get("eval_context", 256)),
         hidden_from_training=tuple(raw.get("hidden_from_training", [])),
+        holdout_data=tuple(raw.get("holdout_data", [])),
     )

@@ -65,6 +65,7 @@ def make_executor(
         cpus_per_slot=settings.ray_cpus_per_slot,
         target_file=settings.target_file,
         expected_hashes=runner.expected_hashes,
+        expected_holdout_hashes=runner.expected_holdout_hashes,
         keep_run_dirs=settings.keep_run_dirs,
         split_secret=read_split_secret(data_dir),
     )

@@ -132,6 +132,7 @@ def run_on_worker(
     keep_run_dirs: str,
     cpus: int | None,
     split_secret: bytes | None = None,
+    expected_holdout_hashes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Ray task: prepare the node's data, run the job in the node's jail, return the result as a dict."""
     ray = _import_ray()
@@ -177,6 +178,11 @@ def run_on_worker(
 
     settings = job.settings
     changes: dict[str, Any] = {}
+    holdout_note = None
+    if settings.score_holdout and runner.expected_holdout_hashes != (expected_holdout_hashes or {}):
+        # Never a holdout figure from other data than the server's: the run is scored on val only.
+        changes["score_holdout"] = False
+        holdout_note = f"node {node[:12]} holds a different holdout split than the server"
     if settings.device.startswith("cuda"):
         # The jail scrubs CUDA_VISIBLE_DEVICES: name the physical GPU Ray gave this task instead.
         gpu_ids = ray.get_gpu_ids()
@@ -211,6 +217,8 @@ def run_on_worker(
     finally:
         finished.set()
     result.metrics = {**result.metrics, "ray_node": node}
+    if holdout_note:
+        result.holdout_note = holdout_note
     return result.as_dict()
 
 
@@ -228,6 +236,7 @@ class RayExecutor:
         cpus_per_slot: int = 1,
         target_file: Path | None = None,
         expected_hashes: dict[str, str] | None = None,
+        expected_holdout_hashes: dict[str, str] | None = None,
         keep_run_dirs: str = "failed",
         cancel_grace_seconds: float = CANCEL_GRACE_SECONDS,
         split_secret: bytes | None = None,
@@ -238,6 +247,7 @@ class RayExecutor:
         self.cpus_per_slot = max(1, int(cpus_per_slot))
         self.target_file = str(Path(target_file).resolve()) if target_file else None
         self.expected_hashes = dict(expected_hashes or {})
+        self.expected_holdout_hashes = dict(expected_holdout_hashes or {})
         self.keep_run_dirs = keep_run_dirs
         self.cancel_grace_seconds = cancel_grace_seconds
         self.split_secret = split_secret  # the server's: nodes prepare the same val split
@@ -320,6 +330,7 @@ class RayExecutor:
             self.keep_run_dirs,
             None if self.gpu else self.cpus_per_slot,
             self.split_secret,
+            self.expected_holdout_hashes,
         )
         on_progress("starting", 0.0, 0.0)
         last: tuple[str, float, float] | None = None

@@ -98,7 +98,7 @@ class RunLifecycle:
         settings = self.lab.run_settings(
             int(experiment["seed"]), experiment.get("budget_seconds"), experiment.get("scale")
         )
-        if self.scores_holdout(experiment) and hasattr(settings, "score_holdout"):
+        if self.scores_holdout(experiment):
             settings = dataclasses.replace(settings, score_holdout=True)
         return Job(
             experiment_id=experiment["id"],
@@ -132,9 +132,7 @@ class RunLifecycle:
 
     def _record_sealed(self, experiment_id: int, result: RunResult) -> None:
         """Keep what no agent reads per experiment: full-precision val_bpb, a holdout score."""
-        exact = getattr(result, "val_bpb_exact", None)
-        holdout = getattr(result, "holdout_bpb", None)
-        note = getattr(result, "holdout_note", None)
+        exact, holdout, note = result.val_bpb_exact, result.holdout_bpb, result.holdout_note
         if exact is None and holdout is None and not note:
             return
         self.lab.store.sealed.record(
@@ -228,7 +226,7 @@ class RunLifecycle:
         """A first attempt that timed out because other load took its CPU is not its code's
         fault: it is recorded `interrupted` and queued again once (a program that idles on
         purpose is not squeezed: the machine was free, and its retry times out the same)."""
-        if result.status != TIMEOUT or not getattr(result, "squeezed", False):
+        if result.status != TIMEOUT or not result.squeezed:
             return False
         if int(experiment.get("attempt") or 1) >= 2:
             return False

@@ -114,6 +114,7 @@ def test_prepare_twice_gives_identical_files(data_dir: Path, tmp_path: Path) -> 
         "tokenizer/token_bytes.bin",
         "train/tokens.bin",
         "val/tokens.bin",
+        "holdout/tokens.bin",
     }
     for key in ("corpus", "documents", "split_key_id", "tokens", "bytes", "vocab_size"):
         assert second[key] == first[key], key
@@ -207,16 +208,16 @@ def test_train_and_val_documents_are_disjoint(data_dir: Path) -> None:
     documents = default_documents()
     secret = read_split_secret(data_dir)
     assert secret is not None
-    train, val = split_documents(documents, secret)
+    train, val, holdout = split_documents(documents, secret)
     train_keys, val_keys = {d.key for d in train}, {d.key for d in val}
     assert not train_keys & val_keys
-    assert train_keys | val_keys == {d.key for d in documents}
-    assert len(train) + len(val) == len(documents)
+    assert train_keys | val_keys | {d.key for d in holdout} == {d.key for d in documents}
+    assert len(train) + len(val) + len(holdout) == len(documents)
     assert 0.01 <= len(val) / len(documents) <= 0.04
     manifest_text = (data_dir / "manifest.json").read_text()
     manifest = json.loads(manifest_text)
     assert not [key for key in val_keys if key in manifest_text]
-    assert manifest["documents"] == {"train": len(train), "val": len(val)}
+    assert manifest["documents"] == {"train": len(train), "val": len(val), "holdout": len(holdout)}
     assert manifest["bytes"]["val"] == sum(len(d.text.encode()) for d in val)
     encoding = load_encoding(data_dir)
     val_tokens = np.fromfile(data_dir / "val" / "tokens.bin", dtype="<u2")
@@ -428,18 +429,18 @@ def test_custom_corpus_folder(corpus: Path, tmp_path: Path) -> None:
     documents = prepare_module.corpus_documents(corpus)
     secret = read_split_secret(target)
     assert secret is not None
-    train, val = split_documents(documents, secret)
+    train, val, holdout = split_documents(documents, secret)
     keys = [d.key for d in documents]
     assert any(k.startswith("doc") and ".txt#" in k for k in keys)
     assert any(k.startswith("notes/") and ".md#" in k for k in keys)
     assert any(k.startswith("rows.jsonl:") for k in keys)
     assert manifest["vocab_size"] == 512
     assert manifest["corpus"].startswith(f"path:{corpus.resolve()}#sha256:")
-    assert manifest["documents"] == {"train": len(train), "val": len(val)}
+    assert manifest["documents"] == {"train": len(train), "val": len(val), "holdout": len(holdout)}
     assert 280_000 <= manifest["corpus_bytes"] <= 320_000
     encoding = load_encoding(target)
     assert encoding.n_vocab == 512
-    for split, docs in (("train", train), ("val", val)):
+    for split, docs in (("train", train), ("val", val), ("holdout", holdout)):
         tokens = np.fromfile(target / split / "tokens.bin", dtype="<u2")
         assert tokens.max() < 512
         assert tokens[0] == encoding.eot_token

@@ -95,7 +95,9 @@ def test_confirmation_decides_on_fresh_seeds_alone() -> None:
     assert judge_confirmation(values=[0.98], **kwargs) is None
     assert judge_confirmation(values=[0.95, 0.96, 0.95], **kwargs) is None
     futile = judge_confirmation(values=[1.01, 1.00], **kwargs)
-    assert futile is not None and futile.verdict == WITHIN_NOISE and "did not hold up" in futile.note
+    assert (
+        futile is not None and futile.verdict == WITHIN_NOISE and "did not hold up" in futile.note
+    )
     spread = 0.01 * (1 / 4 + 1 / 4) ** 0.5
     needed = t_quantile(1 - BUDGET.confirm_alpha, 30) * spread
     good = judge_confirmation(values=[1.0 - needed - 0.001] * 4, **kwargs)
@@ -232,7 +234,9 @@ def test_a_lucky_run_that_does_not_hold_up_stops_early(quiet_lab: Lab) -> None:
     assert quiet_lab.experiment(idea)["verdict"] == CANDIDATE  # one run decides nothing
     _finish(quiet_lab, runs[1]["id"], 3.02)
     judged = quiet_lab.experiment(idea)
-    assert judged["verdict"] == WITHIN_NOISE and "did not hold up" in judged["metrics"]["verdict_note"]
+    assert (
+        judged["verdict"] == WITHIN_NOISE and "did not hold up" in judged["metrics"]["verdict_note"]
+    )
     # the two runs not needed any more are cancelled before they cost anything
     assert [quiet_lab.experiment(r["id"])["status"] for r in runs[2:]] == ["cancelled", "cancelled"]
     assert quiet_lab.reference().experiment_id is None  # the baseline is still the reference
@@ -250,7 +254,10 @@ def test_failed_confirmation_runs_are_replaced_then_given_up(quiet_lab: Lab) -> 
     runs = _confirmations(quiet_lab, idea)
     assert len(runs) == 8  # the planned 4, replaced once
     judged = quiet_lab.experiment(idea)
-    assert judged["verdict"] == WITHIN_NOISE and "could not be confirmed" in judged["metrics"]["verdict_note"]
+    assert (
+        judged["verdict"] == WITHIN_NOISE
+        and "could not be confirmed" in judged["metrics"]["verdict_note"]
+    )
 
 
 def test_seed_only_change_never_becomes_a_candidate(quiet_lab: Lab) -> None:
@@ -325,7 +332,9 @@ def test_leaderboard_ranks_confirmed_means_first(quiet_lab: Lab) -> None:
     _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
     lucky = _submit(quiet_lab, "alice", "0.03")
     _finish(quiet_lab, lucky, 2.80)  # a lucky single run: a candidate...
-    for run, value in zip(_confirmations(quiet_lab, lucky), (2.951, 2.96, 2.94, 2.949), strict=True):
+    for run, value in zip(
+        _confirmations(quiet_lab, lucky), (2.951, 2.96, 2.94, 2.949), strict=True
+    ):
         _finish(quiet_lab, run["id"], value)
     assert quiet_lab.experiment(lucky)["verdict"] == IMPROVED
     single = _submit(quiet_lab, "bob", "0.04")
@@ -358,3 +367,48 @@ def test_the_best_is_re_measured_now_and_then_to_catch_drift(quiet_lab: Lab) -> 
         and drift["drift"] == pytest.approx(0.20)
         and drift["drifted"] is True
     )
+
+
+def test_leaderboard_flags_a_val_gain_the_holdout_does_not_show(quiet_lab: Lab) -> None:
+    """Each entry's sealed holdout mean sits beside its val mean; a val gain over the baseline that
+    does not show (less than half of it) on the holdout is flagged: fitting the val set."""
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
+    base_ids = [r["id"] for r in quiet_lab.store.list_experiments(kind="baseline", limit=10)]
+    for run_id, value in zip(base_ids, (3.01, 3.03, 3.02, 3.02), strict=True):
+        quiet_lab.store.sealed.record(run_id, val_bpb_exact=None, holdout_bpb=value)
+    ideas = []
+    for lr, screening, fresh in (
+        ("0.03", 2.90, (2.903, 2.91, 2.897, 2.90)),
+        ("0.04", 2.80, (2.801, 2.81, 2.79, 2.799)),
+    ):
+        idea = _submit(quiet_lab, "alice", lr)
+        _finish(quiet_lab, idea, screening)
+        for run, value in zip(_confirmations(quiet_lab, idea), fresh, strict=True):
+            _finish(quiet_lab, run["id"], value)
+        assert quiet_lab.experiment(idea)["verdict"] == IMPROVED
+        holdout_runs = [r for r in _confirmations(quiet_lab, idea) if r["status"] == "queued"]
+        assert len(holdout_runs) == quiet_lab.settings.holdout_runs
+        assert all(
+            quiet_lab.lifecycle.scores_holdout(quiet_lab.experiment(r["id"])) for r in holdout_runs
+        )
+        ideas.append((idea, holdout_runs))
+    (transfers, transfer_runs), (overfits, overfit_runs) = ideas
+    for run, holdout in zip(transfer_runs, (2.91, 2.92), strict=True):
+        _finish(quiet_lab, run["id"], 2.90)
+        quiet_lab.store.sealed.record(run["id"], val_bpb_exact=None, holdout_bpb=holdout)
+    for run, holdout in zip(overfit_runs, (3.01, 3.00), strict=True):
+        _finish(quiet_lab, run["id"], 2.80)
+        quiet_lab.store.sealed.record(run["id"], val_bpb_exact=None, holdout_bpb=holdout)
+    board = {e["id"]: e for e in quiet_lab.leaderboard()}
+    assert (
+        board[transfers]["holdout_bpb"] == pytest.approx(2.915)
+        and board[transfers]["holdout_flag"] is None
+    )
+    assert (
+        board[overfits]["holdout_runs"] == 2 and "does not show" in board[overfits]["holdout_flag"]
+    )
+    assert quiet_lab.store.sealed.holdout_reads() == 8
+    # an experiment's own run never scores the holdout; the operator's bound stops all reads
+    assert not quiet_lab.lifecycle.scores_holdout(quiet_lab.experiment(transfers))
+    quiet_lab.settings.holdout_max_reads = 8
+    assert not quiet_lab.lifecycle.scores_holdout(quiet_lab.experiment(base_ids[0]))

@@ -18,7 +18,9 @@ What it does, in order:
    of equal batches (batch_rows) by a secret random permutation drawn for this run.
 4. Probes causality (changing tokens after position t must not change logits at <= t)
    and batch independence (a row's logits must not depend on the other rows or on its row).
-5. Writes ONE JSON report: on stdout, or with --report-fd N only on fd N (stdout then goes
+5. With --holdout only (the runner's argument, for leaderboard entries): scores the sealed
+   holdout split the same way, in this same process, after the probes (see "The holdout").
+6. Writes ONE JSON report: on stdout, or with --report-fd N only on fd N (stdout then goes
    to stderr, the log). The exit code is 0 only for status ok.
 
 The probe, and how strong it is. Everything random is drawn from os.urandom in every run (no
@@ -63,7 +65,20 @@ are silenced while the artifact is loaded, scored and probed, and node metadata 
 traces) is dropped from the program, so nothing model- or data-dependent reaches the log.
 The report holds only: status (and reason), hashes, val_bpb (full precision: the runner
 rounds what it publishes), windows, context, vocab_size, causality {probes: cuts checked,
-passes, passed}, load/score/probe/total_seconds (and warmup_seconds with --wait).
+passes, passed}, load/score/probe/total_seconds (and warmup_seconds with --wait), and with
+--holdout the sealed "holdout" object (read by the runner only).
+
+The holdout. prepare writes a third split (holdout/), drawn from the same secret keyed hash as
+val, that training never sees and a normal evaluation does not mount. With --holdout the runner
+mounts it and this process scores as many windows of it as of val (EVAL_WINDOWS), spread the
+same way, at the same batch shape, in a fresh secret layout, once val is scored and probed. It
+is not probed again: the program is a pure function of its input (no state, no randomness,
+checked above), the probes showed on val that its logits at a position read nothing after it
+and nothing of other rows, and val and holdout documents are alike to the model (both unseen,
+split by a secret hash), so it cannot tell which of the two it scores. The holdout never changes
+the run's status: it is reported apart ("holdout": {status, bpb at full precision, windows,
+seconds}, or status "unavailable" / "failed" with a fixed reason), the runner keeps it out of
+everything the agent reads, and the run's timings (total_seconds) do not include it.
 
 With --wait it starts early (the runner starts it beside the training run): it imports
 torch, loads the val windows, warms the loader (and with --warm-cuda the CUDA context), waits for a
@@ -639,12 +654,17 @@ def _run(module, x, vocab_size: int):
 
 
 class ValSet:
-    """The fixed val windows and the byte count of every token, on the evaluation device."""
+    """The fixed windows of a split (val, or the holdout) and the byte count of every token."""
 
     def __init__(
-        self, data_dir: Path, device: str, windows: int | None, load_to: str | None = None
+        self,
+        data_dir: Path,
+        device: str,
+        windows: int | None,
+        load_to: str | None = None,
+        split: str = "val",
     ) -> None:
-        """Windows sized for ``device``; held on ``load_to`` (default: ``device``) until ``to``."""
+        """Windows of ``split`` sized for ``device``; held on ``load_to`` (default: ``device``) until ``to``."""
         import torch
 
         meta = json.loads((data_dir / "tokenizer" / "tokenizer.json").read_text())
@@ -652,7 +672,7 @@ class ValSet:
         self.token_bytes = torch.from_numpy(
             np.fromfile(data_dir / "tokenizer" / "token_bytes.bin", dtype="<i4").astype(np.int64)
         )
-        val_tokens = np.fromfile(data_dir / "val" / "tokens.bin", dtype="<u2")
+        val_tokens = np.fromfile(data_dir / split / "tokens.bin", dtype="<u2")
         count = windows or EVAL_WINDOWS["cuda" if device.startswith("cuda") else "cpu"]
         self.data = torch.from_numpy(val_windows(val_tokens, EVAL_CONTEXT, count))
         self.to(load_to or device)
@@ -723,11 +743,14 @@ def evaluate(
     device: str = "cpu",
     windows: int | None = None,
     val_set: ValSet | None = None,
+    holdout: ValSet | str | None = None,
 ) -> dict:
     """Score the artifact on the fixed val windows; raise InvalidArtifact / IntegrityFailure.
 
     Returns only what the runner needs (the report, in the module docstring): val_bpb at full
-    precision, the shape of the evaluation, the probe summary and timings.
+    precision, the shape of the evaluation, the probe summary and timings. With ``holdout``
+    (its windows, or why there are none) the program, once scored and probed on val, also
+    scores the holdout: the sealed "holdout" entry (``score_holdout``), which never raises.
     """
     from torch.export.passes import move_to_device_pass
 
@@ -759,14 +782,65 @@ def evaluate(
             raise EvaluatorFailed(
                 f"the evaluator failed while scoring ({type(exc).__name__})"
             ) from None
-    timings["total_seconds"] = time.perf_counter() - started
+        timings["total_seconds"] = time.perf_counter() - started  # the holdout is not in it
+        report: dict[str, Any] = {
+            "val_bpb": scoring.val_bpb,
+            "windows": int(val.inputs.size(0)),
+            "context": EVAL_CONTEXT,
+            "vocab_size": val.vocab_size,
+            "causality": causality,
+            **{k: round(v, 3) for k, v in timings.items()},
+        }
+        del scoring  # its logits: the holdout's take their place
+        if holdout is not None:
+            report["holdout"] = score_holdout(module, holdout, device)
+    return report
+
+
+HOLDOUT = "holdout"  # the sealed split's folder under the data directory
+HOLDOUT_MISSING = (
+    "not available: the data folder holds no holdout split (prepared before it existed); "
+    "re-run `autoresearch-mcp prepare`, which adds it and keeps val and the tokenizer as they are"
+)
+HOLDOUT_TOO_SHORT = "not available: the holdout split is shorter than one evaluation window; prepare a larger corpus"
+
+
+def load_holdout(
+    data_dir: Path, device: str, windows: int | None, load_to: str | None = None
+) -> ValSet | str:
+    """The holdout's windows (as many as val's, spread alike), or a fixed text saying why there are none."""
+    if not (data_dir / HOLDOUT / "tokens.bin").is_file():
+        return HOLDOUT_MISSING
+    try:
+        return ValSet(data_dir, device, windows, load_to=load_to, split=HOLDOUT)
+    except RuntimeError:
+        return HOLDOUT_TOO_SHORT
+
+
+def score_holdout(module, holdout: ValSet | str, device: str) -> dict[str, Any]:
+    """The sealed holdout entry: the program's bits per byte on the holdout windows, or why not.
+
+    Scored like val (fresh secret layout, the same batch shape and per-pass checks) but not
+    probed again (see the module docstring). Never raises: a failure here is reported in the
+    entry with a fixed text and leaves the run's status to val.
+    """
+    if isinstance(holdout, str):
+        return {"status": "unavailable", "reason": holdout}
+    began = time.perf_counter()
+    try:
+        scoring = score(module, holdout.to(device))
+    except (InvalidArtifact, IntegrityFailure) as exc:  # fixed texts (see _run)
+        return {"status": "failed", "reason": str(exc)}
+    except Exception as exc:
+        return {
+            "status": "failed",
+            "reason": f"the evaluator failed while scoring the holdout ({type(exc).__name__})",
+        }
     return {
-        "val_bpb": scoring.val_bpb,
-        "windows": int(val.inputs.size(0)),
-        "context": EVAL_CONTEXT,
-        "vocab_size": val.vocab_size,
-        "causality": causality,
-        **{k: round(v, 3) for k, v in timings.items()},
+        "status": "ok",
+        "bpb": scoring.val_bpb,
+        "windows": int(holdout.inputs.size(0)),
+        "seconds": round(time.perf_counter() - began, 3),
     }
 
 
@@ -900,14 +974,16 @@ def _raise_broken_rule(module, val: ValSet, scoring: Scoring, window: int, row, 
     raise IntegrityFailure(BATCH_FAILED)
 
 
-def file_hashes(data_dir: Path) -> dict[str, str]:
-    """sha256 of the evaluator itself, the tokenizer and the val split: stored with every run."""
+def file_hashes(data_dir: Path, holdout: bool = False) -> dict[str, str]:
+    """sha256 of the evaluator itself, the tokenizer and the val split (and the holdout's, when scored)."""
     paths = {
         "evaluator": Path(__file__).resolve(),
         "tokenizer": data_dir / "tokenizer" / "tokenizer.tiktoken",
         "token_bytes": data_dir / "tokenizer" / "token_bytes.bin",
         "val": data_dir / "val" / "tokens.bin",
     }
+    if holdout:
+        paths[HOLDOUT] = data_dir / HOLDOUT / "tokens.bin"
     return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in paths.items()}
 
 
@@ -928,6 +1004,11 @@ def main(argv: list[str] | None = None) -> int:
         "--warm-cuda",
         action="store_true",
         help="with --wait: start CUDA during the warm-up too (only where the GPU is shared)",
+    )
+    parser.add_argument(
+        "--holdout",
+        action="store_true",
+        help="also score the sealed holdout split (the runner's choice, for leaderboard entries)",
     )
     parser.add_argument(
         "--report-fd",
@@ -977,12 +1058,17 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     report: dict[str, Any] = {}
     try:
         val_set = None
+        holdout: ValSet | str | None = None
         if args.wait:
             began = time.perf_counter()
             # CUDA starts now only when the runner says the GPU may hold two contexts (its
             # compute mode is Default): in an exclusive mode the training must get it first.
             warm_device = args.device if args.warm_cuda or args.device == "cpu" else "cpu"
             val_set = ValSet(args.data_dir, args.device, args.windows, load_to=warm_device)
+            if args.holdout:
+                holdout = load_holdout(
+                    args.data_dir, args.device, args.windows, load_to=warm_device
+                )
             with silenced():
                 warm_up(warm_device)
             warm = time.perf_counter() - began
@@ -993,9 +1079,18 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                 )
                 return report, EXIT_NOT_STARTED
             report["warmup_seconds"] = round(warm, 3)
-        report["hashes"] = file_hashes(args.data_dir)
+        if args.holdout and holdout is None:
+            holdout = load_holdout(args.data_dir, args.device, args.windows)
+        report["hashes"] = file_hashes(args.data_dir, holdout=isinstance(holdout, ValSet))
         report.update(
-            evaluate(args.artifact, args.data_dir, args.device, args.windows, val_set=val_set)
+            evaluate(
+                args.artifact,
+                args.data_dir,
+                args.device,
+                args.windows,
+                val_set=val_set,
+                holdout=holdout,
+            )
         )
         report["status"] = "ok"
         return report, EXIT_OK

@@ -1,4 +1,4 @@
-"""Prepare the data once, offline: corpus -> documents -> train/val split -> BPE tokenizer -> token shards.
+"""Prepare the data once, offline: corpus -> documents -> train/val/holdout split -> BPE tokenizer -> token shards.
 
 FIXED PART OF THE RESEARCH TARGET: agents can read this file but never edit it.
 
@@ -11,7 +11,9 @@ Layout written under the data directory (`$AUTORESEARCH_HOME/data`, default
     tokenizer/token_bytes.bin      int32[V]: UTF-8 byte length of each token (0 = special)
     train/tokens.bin               uint16 token ids of the train documents, each led by <|endoftext|>,
                                    in an order drawn from the secret (not corpus order)
-    val/tokens.bin                 uint16 token ids of the held-out documents (never shown to training)
+    val/tokens.bin                 uint16 token ids of the val documents (never shown to training)
+    holdout/tokens.bin             uint16 token ids of the sealed holdout documents: never shown to
+                                   training, scored only when the runner asks (leaderboard entries)
     manifest.json                  sizes and sha256 of every file above, written LAST
 
 The split is secret per installation. Which documents are held out is decided by an HMAC of
@@ -28,6 +30,16 @@ AUTORESEARCH_SPLIT_SECRET (at least 16 bytes of hex); every node of a cluster mu
 the same one. Each split is a range of one keyed hash bucket (SPLIT_PERMILLE), so a further
 held-out split is a new range of the same buckets under the same secret: adding it never
 moves a document between the existing splits' ranges.
+
+The sealed holdout is such a range (HOLDOUT_PERMILLE), taken from what was train: the val
+documents stay exactly the ones they were. The tokenizer is trained on every document but the
+val ones, train and holdout together, i.e. on exactly the documents it was trained on before
+the holdout existed: the tokenizer, and so the val tokens and every baseline measured on them,
+stay byte-identical when an existing folder gains its holdout (`prepare` adds it; nothing else
+changes but train/tokens.bin, which loses the holdout documents). It also means the tokenizer,
+which training reads, says nothing about which documents are holdout and which are train.
+A folder prepared before the holdout existed (no holdout/ in its manifest) stays valid for
+runs; only holdout scoring reports it unavailable until prepare is run again.
 
 The whole folder is built beside the target and renamed into place after the manifest is
 written, so an interrupted run leaves nothing a later run trusts. A second run with the same
@@ -51,19 +63,28 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 MANIFEST_VERSION = 2  # 2: the split is keyed by the installation's secret (split.key)
+# The holdout is a compatible addition to version 2 (holdout/ in files, documents, tokens and
+# bytes): a folder without it stays valid for runs, and prepare adds it in place.
 # Chosen by bench/vocab.py (60 s CPU budget, 2 seeds, val_bpb is per byte so sizes compare):
 # 2048 -> 2.171, 4096 -> 2.130, 8192 -> 2.113 +- 0.027: 8192 is within the noise of 4096 with
 # 40% more parameters, 22% fewer tokens/s and 22% slower evaluation, so 4096.
 DEFAULT_VOCAB_SIZE = 4096
 VAL_PERMILLE = 20  # ~2% of documents go to the held-out val split
+# ~2% more to the sealed holdout: the same size class as val (the evaluator scores as many
+# windows of it as of val), taken from train's buckets so that val's range does not move.
+HOLDOUT_PERMILLE = 20
 # The held-out splits as consecutive ranges of a document's keyed hash bucket (0..999), in
-# order; every other bucket is train. A further split (e.g. a holdout) is appended here.
-SPLIT_PERMILLE: tuple[tuple[str, int], ...] = (("val", VAL_PERMILLE),)
+# order; every other bucket is train. A further split is appended here, never inserted.
+SPLIT_PERMILLE: tuple[tuple[str, int], ...] = (
+    ("val", VAL_PERMILLE),
+    ("holdout", HOLDOUT_PERMILLE),
+)
+HOLDOUT = "holdout"  # the sealed split's name: its subfolder and its key in the manifest
 SPLIT_KEY_FILE = "split.key"  # in the data folder itself, outside every mounted subfolder
 SPLIT_SECRET_ENV = "AUTORESEARCH_SPLIT_SECRET"
 SPLIT_SECRET_BYTES = 32  # drawn per installation
@@ -81,6 +102,14 @@ CHUNK_BYTES = 8_000  # a single big text file is cut into documents of about thi
 
 class PrepareError(Exception):
     """A problem with the input that the user can fix; the message says how."""
+
+
+class Splits(NamedTuple):
+    """The documents of each split, each list in the secret's order (see `secret_order`)."""
+
+    train: list[Document]
+    val: list[Document]
+    holdout: list[Document]
 
 
 @dataclass(frozen=True)
@@ -301,24 +330,41 @@ def secret_order(documents: Sequence[Document], secret: bytes) -> list[Document]
     return sorted(documents, key=lambda d: _keyed_digest(secret, "order", d.key))
 
 
-def split_documents(
-    documents: Sequence[Document], secret: bytes
-) -> tuple[list[Document], list[Document]]:
-    """Split into (train, val) by document under `secret`; never overlapping, at least one val document.
+def split_documents(documents: Sequence[Document], secret: bytes) -> Splits:
+    """Split into (train, val, holdout) by document under `secret`; never overlapping.
 
-    Both lists come in the secret's order (see `secret_order`).
+    At least one val document, and at least one holdout document where SPLIT_PERMILLE names a
+    holdout. Every list comes in the secret's order (see `secret_order`).
     """
     keys = [d.key for d in documents]
     if len(set(keys)) != len(keys):
         raise PrepareError("two documents share a key; the corpus has duplicate file names or rows")
     ordered = secret_order(documents, secret)
-    train = [d for d in ordered if split_of(d.key, secret) == "train"]
-    val = [d for d in ordered if split_of(d.key, secret) == "val"]
-    if not val:  # tiny corpora: take the document with the smallest keyed hash
+    split = {d.key: split_of(d.key, secret) for d in documents}
+    if "val" not in split.values():  # tiny corpora: the document with the smallest keyed hash
         chosen = min(documents, key=lambda d: _keyed_digest(secret, "split", d.key))
-        val = [chosen]
-        train = [d for d in train if d.key != chosen.key]
-    return train, val
+        split[chosen.key] = "val"
+    wants_holdout = any(name == HOLDOUT for name, _ in SPLIT_PERMILLE)
+    if wants_holdout and HOLDOUT not in split.values():  # the same, among the train documents
+        chosen = min(
+            (d for d in documents if split[d.key] == "train"),
+            key=lambda d: _keyed_digest(secret, "split", d.key),
+        )
+        split[chosen.key] = HOLDOUT
+    return Splits(
+        train=[d for d in ordered if split[d.key] == "train"],
+        val=[d for d in ordered if split[d.key] == "val"],
+        holdout=[d for d in ordered if split[d.key] == HOLDOUT],
+    )
+
+
+def tokenizer_documents(splits: Splits, secret: bytes) -> list[Document]:
+    """What the tokenizer learns from: every document but the val ones, in the secret's order.
+
+    Train and holdout together: exactly the documents (and the order) the tokenizer learnt from
+    before the holdout existed, so that adding a holdout leaves the tokenizer byte-identical.
+    """
+    return secret_order([*splits.train, *splits.holdout], secret)
 
 
 def train_tokenizer(train: Sequence[Document], vocab_size: int) -> tuple[dict[bytes, int], str]:
@@ -441,6 +487,16 @@ def read_manifest(data_dir: Path) -> dict | None:
     return manifest
 
 
+def holdout_wanted() -> bool:
+    """Whether this version of prepare writes a sealed holdout split (SPLIT_PERMILLE names one)."""
+    return any(name == HOLDOUT for name, _ in SPLIT_PERMILLE)
+
+
+def has_holdout(manifest: dict) -> bool:
+    """Whether a prepared folder holds the sealed holdout (folders prepared before it do not)."""
+    return f"{HOLDOUT}/tokens.bin" in manifest.get("files", {})
+
+
 def _corpus_fingerprint(corpus: Path | None) -> str:
     """Identifies the corpus by content: a changed file means a rebuild, not a stale no-op."""
     if corpus is None:
@@ -504,6 +560,7 @@ def prepare(
         and existing["corpus"] == fingerprint
         and existing.get("split_key_id") == split_key_id(secret)
         and read_split_secret(data_dir) == secret
+        and (has_holdout(existing) or not holdout_wanted())
     ):
         if not quiet:
             print(f"data ready in {data_dir} (manifest verified)", file=sys.stderr)
@@ -512,6 +569,11 @@ def prepare(
     log = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
     started = time.perf_counter()
     log(f"preparing data in {data_dir} (vocab {vocab_size}, corpus {fingerprint})")
+    if existing and not has_holdout(existing) and holdout_wanted():
+        log(
+            "  this folder predates the sealed holdout split: adding it (the val documents and "
+            "the tokenizer stay as they are; train loses the holdout documents)"
+        )
     documents = default_documents() if corpus is None else corpus_documents(corpus)
     documents = [d for d in documents if d.text.strip()]
     corpus_bytes = sum(len(d.text.encode("utf-8")) for d in documents)
@@ -520,17 +582,21 @@ def prepare(
             f"the corpus is too small ({corpus_bytes:,} bytes in {len(documents)} documents); "
             f"give at least {MIN_CORPUS_BYTES:,} bytes in {MIN_DOCUMENTS}+ documents"
         )
-    train, val = split_documents(documents, secret)
+    splits = split_documents(documents, secret)
+    written = {name: docs for name, docs in splits._asdict().items() if docs or name != HOLDOUT}
     log(
-        f"  {len(documents)} documents, {corpus_bytes:,} bytes: {len(train)} train / {len(val)} val"
+        f"  {len(documents)} documents, {corpus_bytes:,} bytes: "
+        + " / ".join(f"{len(docs)} {name}" for name, docs in written.items())
     )
 
     t = time.perf_counter()
-    ranks, pattern = train_tokenizer(train, vocab_size)
+    ranks, pattern = train_tokenizer(tokenizer_documents(splits, secret), vocab_size)
     log(f"  tokenizer          done in {time.perf_counter() - t:.1f} s")
     encoding = build_encoding(ranks, pattern)
-    train_tokens = encode_documents(encoding, train, "encoding train", quiet)
-    val_tokens = encode_documents(encoding, val, "encoding val", quiet)
+    tokens = {
+        name: encode_documents(encoding, docs, f"encoding {name}", quiet)
+        for name, docs in written.items()
+    }
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in data_dir.parent.glob(f"{data_dir.name}.partial-*"):
@@ -539,7 +605,7 @@ def prepare(
             shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
     staging = data_dir.parent / f"{data_dir.name}.partial-{os.getpid()}"
     try:
-        for sub in ("tokenizer", "train", "val"):
+        for sub in ("tokenizer", *tokens):
             (staging / sub).mkdir(parents=True)
         key_fd = os.open(staging / SPLIT_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(key_fd, "w") as key_file:
@@ -557,8 +623,8 @@ def prepare(
             )
         )
         token_byte_lengths(ranks, vocab_size).tofile(staging / "tokenizer" / "token_bytes.bin")
-        train_tokens.astype("<u2").tofile(staging / "train" / "tokens.bin")
-        val_tokens.astype("<u2").tofile(staging / "val" / "tokens.bin")
+        for name, split_tokens in tokens.items():
+            split_tokens.astype("<u2").tofile(staging / name / "tokens.bin")
         files = {
             str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(staging.rglob("*"))
@@ -568,12 +634,11 @@ def prepare(
             "manifest_version": MANIFEST_VERSION,
             "corpus": fingerprint,
             "corpus_bytes": corpus_bytes,
-            "documents": {"train": len(train), "val": len(val)},
+            "documents": {name: len(docs) for name, docs in written.items()},
             "split_key_id": split_key_id(secret),  # which secret; never the secret or the val keys
-            "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size)},
+            "tokens": {name: int(split_tokens.size) for name, split_tokens in tokens.items()},
             "bytes": {
-                "train": sum(len(d.text.encode()) for d in train),
-                "val": sum(len(d.text.encode()) for d in val),
+                name: sum(len(d.text.encode()) for d in docs) for name, docs in written.items()
             },
             "vocab_size": vocab_size,
             "files": files,
@@ -590,8 +655,9 @@ def prepare(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log(
-        f"  wrote {manifest['tokens']['train']:,} train / {manifest['tokens']['val']:,} val tokens "
-        f"in {manifest['prepare_seconds']:.1f} s"
+        "  wrote "
+        + " / ".join(f"{count:,} {name}" for name, count in manifest["tokens"].items())
+        + f" tokens in {manifest['prepare_seconds']:.1f} s"
     )
     return manifest
 
@@ -617,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--split-secret",
         metavar="HEX",
-        help="fix the train/val split for reproducible research (default: this folder's "
+        help="fix the train/val/holdout split for reproducible research (default: this folder's "
         f"split.key, ${SPLIT_SECRET_ENV}, else a new random secret)",
     )
     args = parser.parse_args(argv)

@@ -61,7 +61,7 @@ def index_body(lab: Lab) -> str:
   </section>
   <div class=columns>
     <section><h2>Leaderboard</h2><table id=leaderboard class=rows>
-      <thead><tr><th>#</th><th>id</th><th>agent</th><th class=num>val_bpb</th><th class=num>± sd</th><th class=num>runs</th><th>description</th></tr></thead>
+      <thead><tr><th>#</th><th>id</th><th>agent</th><th class=num>val_bpb</th><th class=num>± sd</th><th class=num>runs</th><th class=num title="the sealed holdout: scored only for leaderboard entries">holdout</th><th>description</th></tr></thead>
       <tbody></tbody></table></section>
     <section><h2>Per agent</h2><table id=per-agent class=rows>
       <thead><tr><th>agent</th><th class=num>best val_bpb</th><th>best</th><th class=num>experiments</th><th class=num>improved</th></tr></thead>

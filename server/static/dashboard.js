@@ -216,10 +216,13 @@
       `<tr data-id=${e.id}><td>${e.rank}</td><td><a href="/experiments/${e.id}">#${e.id}</a></td>` +
       `<td><span class=swatch style="background:${esc(agentColor(e.agent))}"></span>${esc(e.agent)}</td>` +
       `<td class="num val">${fmt(e.val_bpb, 6)}</td><td class=num>${e.sd == null ? "—" : fmt(e.sd, 6)}</td>` +
-      `<td class=num>${e.runs}${e.confirmed ? " ✓" : ""}</td><td class=desc>${esc(e.description)}</td></tr>`
+      `<td class=num>${e.runs}${e.confirmed ? " ✓" : ""}</td>` +
+      `<td class="num holdout"${e.holdout_flag ? ` title="${esc(e.holdout_flag)}"` : ""}>` +
+      `${e.holdout_bpb == null ? "—" : fmt(e.holdout_bpb, 6)}${e.holdout_flag ? " ⚠" : ""}</td>` +
+      `<td class=desc>${esc(e.description)}</td></tr>`
     ).join("");
     document.querySelector("#leaderboard tbody").innerHTML =
-      rows || `<tr><td colspan=7 class=muted>no successful experiment yet on this hardware and budget</td></tr>`;
+      rows || `<tr><td colspan=8 class=muted>no successful experiment yet on this hardware and budget</td></tr>`;
     const agents = board.per_agent.map((a) =>
       `<tr data-agent="${esc(a.agent)}"${a.best_id != null ? ` data-id=${a.best_id}` : ""}>` +
       `<td><span class=swatch style="background:${esc(agentColor(a.agent))}"></span>${esc(a.agent)}</td>` +

@@ -88,7 +88,8 @@ async def run_hack(
                 await call(client, "edit_file", path="train.py", old=anchor, new=replacement)
         received = await call(client, "run_experiment", description=description, wait=True)
         deadline = time.monotonic() + RUN_DEADLINE_SECONDS
-        while received["status"] not in FINAL:
+        # A candidate's verdict waits for the server's fresh-seed runs: wait for it too.
+        while received["status"] not in FINAL or received.get("verdict") == "candidate":
             assert time.monotonic() < deadline, f"experiment #{received['id']} never finished"
             received = await call(client, "wait_experiment", experiment_id=received["id"])
         assert received.get("reused_from") is None, "the run was reused: make the patch unique"

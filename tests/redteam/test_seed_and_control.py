@@ -1,15 +1,22 @@
 """Red team, the verdict side: a seed-only change is flagged and never an improvement, and the
 control -- an honest improvement -- still counts, against a baseline measured in this module.
 
-One lab for the module, its baseline measured twice (server seeds 1337 and 1338) before any
+One lab for the module, its baseline measured four times (server seeds 1337..1340) before any
 test. The budget is 15 CPU seconds (one thread per run): at 6 s, on the shared 2-core machine
 these tests were written on, the baseline takes 0 training steps (importing torch and exporting
 the model use the whole budget), so no honest change can win there (see the red-team notes).
+One run at a time (cpu_slots=1): two runs side by side on two cores train fewer steps per CPU
+second than one alone, and the verdict compares runs made under the same conditions.
 """
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from mcp import Client
+
+from server.app import build_server
 
 from . import patches
 from .mallory import call, make_lab, run_hack, wait_rows
@@ -36,9 +43,10 @@ def lab(tmp_path_factory, data_dir):
         data_dir,
         budget_seconds=CONTROL_BUDGET_CPU_SECONDS,
         eval_windows=CONTROL_EVAL_WINDOWS,
+        cpu_slots=1,
     )
-    rows = wait_rows(lab, lab.ensure_baseline(3))
-    assert [r["status"] for r in rows] == ["ok", "ok", "ok"], [r["failure_reason"] for r in rows]
+    rows = wait_rows(lab, lab.ensure_baseline(4))
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["failure_reason"] for r in rows]
     yield lab
     lab.close()
 
@@ -48,8 +56,9 @@ async def test_honest_improvement_counts(lab):
     Defence under test: none -- the defences must not stop honest research: the run is ok, carries
     no flag, is not disqualified, and beats the baseline run with the same (server) seed.
 
-    It must also count: verdict 'improved' against the incumbent (the baseline, as the mean of
-    its runs) by more than k x the measured sd."""
+    It must also count: one run makes it a candidate, the server re-runs it on fresh seeds, and
+    the verdict turns 'improved' only on those runs' mean against the reference (the baseline's
+    mean), at the campaign's error budget."""
     received, row = await run_hack(
         lab,
         "alice-lr",
@@ -57,7 +66,7 @@ async def test_honest_improvement_counts(lab):
         CONTROL_EDITS,
     )
     noise = lab.noise_info()
-    assert noise["measured"] and noise["runs"] == 3
+    assert noise["measured"] and noise["runs"] >= 4
     assert received["status"] == row["status"] == "ok", received["failure_reason"]
     assert received["flags"] == [] and not row["disqualified"]
     paired = next(
@@ -67,7 +76,11 @@ async def test_honest_improvement_counts(lab):
     )
     assert row["val_bpb"] < paired["val_bpb"], (row["val_bpb"], paired["val_bpb"])
     assert received["verdict"] == row["verdict"] == "improved", received["verdict_note"]
-    assert received["delta_vs_best"] > noise["threshold"]
+    assert "fresh seeds" in received["verdict_note"]
+    runs = lab.store.confirmation_runs(row["id"])
+    assert [r["status"] for r in runs] == ["ok"] * lab.settings.confirm_runs
+    assert row["seed"] not in {r["seed"] for r in runs}
+    assert lab.reference().experiment_id == row["id"]
 
 
 @pytest.mark.parametrize(
@@ -83,17 +96,52 @@ async def test_seed_only_change_is_flagged_and_never_improves(lab, edits):
     assert "can never count as an improvement" in received["flags"][0]["reason"]
     assert row["disqualified"] == 1
     assert received["verdict"] == row["verdict"] != "improved"
+    assert lab.store.confirmation_runs(row["id"]) == []  # never a candidate: no runs spent
     if (
         received["status"] == "ok"
         and (received["delta_vs_best"] or 0) > lab.noise_info()["threshold"]
     ):
         assert "cannot count as an improvement" in received["verdict_note"]
-    from mcp import Client
-
-    from server.app import build_server
-
     async with Client(build_server(lab, default_agent=agent)) as client:
         board = await call(client, "get_leaderboard", limit=50)
         history = await call(client, "get_history", scope="mine")
     assert row["id"] not in {e["id"] for e in board["entries"]}
     assert "seed_only" in history["rows"][0]["flags"]
+
+
+async def test_holdout_is_sealed_per_experiment_and_shown_on_the_leaderboard(lab):
+    """Hack: read the sealed holdout's score per experiment (get_experiment, get_history, the
+    log) to select changes on it too.
+    Defence: the holdout is scored only for leaderboard entries (the baseline's runs and the
+    server's holdout runs of a confirmed improvement), kept in the sealed table, and shown only as
+    each entry's mean beside its val mean on the leaderboard; every scoring is a recorded read."""
+    (control,) = lab.store.experiments_with_verdict(
+        "improved", hardware=lab.hardware, budget_seconds=lab.budget_seconds, scale="S"
+    )
+    runs = wait_rows(lab, [r["id"] for r in lab.store.confirmation_runs(control)])
+    assert len(runs) == lab.settings.confirm_runs + lab.settings.holdout_runs
+    holdout_runs = [r["id"] for r in runs if lab.store.sealed.holdout_wanted(r["id"])]
+    baseline_ids = [r["id"] for r in lab.store.list_experiments(kind="baseline", limit=10)]
+    scored = lab.store.sealed.holdout_values(holdout_runs + baseline_ids)
+    assert len(holdout_runs) == lab.settings.holdout_runs and set(scored) == set(
+        holdout_runs + baseline_ids
+    ), lab.store.sealed.holdout_log()
+    assert lab.store.sealed.holdout_reads() == len(scored)
+    async with Client(build_server(lab, default_agent="alice-lr")) as client:
+        board = await call(client, "get_leaderboard", limit=10)
+        details = [
+            await call(
+                client, "get_experiment", experiment_id=i, include_log=True, include_diff=True
+            )
+            for i in [control, *holdout_runs, *baseline_ids]
+        ]
+        history = await call(client, "get_history", limit=50)
+    entries = {e["id"]: e for e in board["entries"]}
+    assert entries[control]["holdout_runs"] == 2 and entries[control]["holdout_bpb"] is not None
+    base = next(e for e in board["entries"] if e["agent"] == "server")
+    assert base["holdout_runs"] == 4 and base["holdout_bpb"] is not None
+    assert abs(base["holdout_bpb"] - base["val_bpb"]) < 0.5  # same distribution as val
+    published = json.dumps([details, history])
+    assert "holdout" not in published.lower()
+    for value in scored.values():
+        assert repr(value) not in published and f"{value:.6f}" not in published
