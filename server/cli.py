@@ -47,14 +47,38 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baseline-repeats",
         type=int,
-        default=3,
-        help="baseline runs that measure the noise on first use",
+        default=4,
+        help="baseline runs that measure the noise on first use (default 4)",
     )
     parser.add_argument(
         "--noise-k",
         type=float,
         default=2.0,
-        help="improved = better than the best by more than k x sd",
+        help="drift checks and the ladder's transfer verdicts: k x sd (default 2)",
+    )
+    parser.add_argument(
+        "--campaign-experiments",
+        type=int,
+        default=700,
+        help="the campaign the error budget covers, in experiments (default 700)",
+    )
+    parser.add_argument(
+        "--false-wins",
+        type=float,
+        default=0.5,
+        help="expected false improvements per campaign of changes that do nothing (default 0.5)",
+    )
+    parser.add_argument(
+        "--confirm-runs",
+        type=int,
+        default=4,
+        help="fresh-seed runs the server spends on each candidate (default 4)",
+    )
+    parser.add_argument(
+        "--holdout-reads",
+        type=int,
+        default=200,
+        help="how many times the sealed holdout may be scored over the record (default 200)",
     )
     parser.add_argument(
         "--seed", type=int, default=1337, help="the server-owned seed for paired comparisons"
@@ -138,6 +162,10 @@ def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:
         cpu_slots=args.cpu_slots,
         baseline_repeats=args.baseline_repeats,
         noise_k=args.noise_k,
+        campaign_experiments=args.campaign_experiments,
+        false_wins_per_campaign=args.false_wins,
+        confirm_runs=args.confirm_runs,
+        holdout_max_reads=args.holdout_reads,
         seed=args.seed,
         call_wait_seconds=args.call_wait,
         require_isolation=args.require_isolation,

@@ -102,9 +102,9 @@ class Lab:
         self.target: ResearchTarget = load_target(s.target_file) if s.target_file else load_target()
         self.data_dir = self.home / "data"
         self.device = s.resolved_device()
-        s.budget_kind = (
-            s.resolved_budget_kind()
-        )  # settled once: every comparison is within one kind
+        # Settled once: every comparison is within one budget kind and one error budget.
+        s.budget_kind = s.resolved_budget_kind()
+        s.error_budget()  # refuses a malformed error budget before anything runs
         self.slots = run_slots(self.device, s.cpu_slots)
         self.threads = threads_per_run(self.slots)
         self.budget_seconds = s.resolved_budget(self.threads)

@@ -156,6 +156,16 @@ class LabSettings:
 
     def error_budget(self) -> ErrorBudget:
         """The verdict rule's error budget (server.verdicts.ErrorBudget) from these settings."""
+        if self.campaign_experiments < 1 or not self.false_wins_per_campaign > 0:
+            raise LabError(
+                "the error budget needs campaign_experiments >= 1 and false_wins_per_campaign > 0 "
+                f"(got {self.campaign_experiments} and {self.false_wins_per_campaign}); e.g. 700 and 0.5"
+            )
+        if not 0 < self.screen_share < 1 or self.confirm_runs < 2:
+            raise LabError(
+                f"screen_share must be in (0, 1) and confirm_runs >= 2 (got {self.screen_share} and "
+                f"{self.confirm_runs}); the defaults are 0.16 and 4"
+            )
         return ErrorBudget(
             campaign_experiments=self.campaign_experiments,
             false_wins=self.false_wins_per_campaign,
