@@ -203,6 +203,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         manifest = prepare(
             home / "data",
             corpus=args.corpus,
+            source=args.source,
+            shards=args.shards,
             vocab_size=args.vocab,
             force=args.force,
             split_secret=secret,
@@ -444,7 +446,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="your own text: a file or folder of .txt/.md/.jsonl/.parquet",
     )
-    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument(
+        "--source",
+        metavar="NAME",
+        default=None,
+        help="a dataset on the Hugging Face hub, downloaded and streamed: climbmix or "
+        "fineweb-edu (docs/data.md)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        default=None,
+        help="with --source: how many train shards (climbmix: 10, fineweb-edu: 1 by default)",
+    )
+    p.add_argument(
+        "--vocab", type=int, default=None, help="vocabulary size (4096; 8192 with --source)"
+    )
     p.add_argument("--force", action="store_true")
     p.add_argument(
         "--split-secret",

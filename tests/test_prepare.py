@@ -460,3 +460,18 @@ def test_jsonl_files_with_the_same_name_in_two_folders(tmp_path: Path) -> None:
         (corpus / year / "rows.jsonl").write_text("\n".join(rows) + "\n")
     manifest = prepare(tmp_path / "data", corpus=corpus, vocab_size=512, quiet=True)
     assert sum(manifest["documents"].values()) > 40
+
+
+def test_plain_prepare_keeps_a_folder_prepared_from_another_corpus(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """`make run` calls a plain prepare: it must not replace a corpus the operator prepared on
+    purpose (--corpus, --source) with the bundled one; --force does."""
+    target = tmp_path / "data"
+    custom = prepare(target, corpus=corpus, vocab_size=512, quiet=True)
+    kept = prepare(target, quiet=True)
+    assert kept == custom and read_manifest(target)["corpus"] == custom["corpus"]
+    with pytest.raises(prepare_module.PrepareError, match="--shards N goes with --source"):
+        prepare(target, shards=3, quiet=True)
+    with pytest.raises(prepare_module.PrepareError, match="not both"):
+        prepare(target, corpus=corpus, source="climbmix", quiet=True)

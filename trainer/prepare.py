@@ -526,11 +526,24 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------- the pipeline
 
 
+STREAM_CORPUS_BYTES = 256_000_000  # a --corpus larger than this streams (trainer/streaming.py)
+
+
+def _corpus_bytes_on_disk(corpus: Path) -> int:
+    if corpus.is_file():
+        return corpus.stat().st_size
+    return sum(
+        p.stat().st_size for p in corpus.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES
+    )
+
+
 def prepare(
     data_dir: Path | None = None,
     *,
     corpus: Path | None = None,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    source: str | None = None,
+    shards: int | None = None,
+    vocab_size: int | None = None,
     force: bool = False,
     quiet: bool = False,
     split_secret: bytes | None = None,
@@ -539,8 +552,53 @@ def prepare(
 
     The split secret is, in this order: `split_secret`, $AUTORESEARCH_SPLIT_SECRET (hex), the
     folder's own split.key, or a new random one (an installation's first preparation).
+    `source` names a hub dataset (trainer/sources.py: downloaded, then streamed); a `corpus`
+    over STREAM_CORPUS_BYTES streams too (trainer/streaming.py). With neither, a folder that
+    already holds another verified corpus is kept: `force` rebuilds it from the bundled one.
     """
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
+    if source is not None:
+        if corpus is not None:
+            raise PrepareError("give --source NAME or --corpus PATH, not both")
+        from trainer.sources import DEFAULT_SOURCE_VOCAB_SIZE, prepare_source
+
+        return prepare_source(
+            data_dir,
+            source,
+            shards=shards,
+            vocab_size=DEFAULT_SOURCE_VOCAB_SIZE if vocab_size is None else vocab_size,
+            force=force,
+            quiet=quiet,
+            split_secret=split_secret,
+        )
+    if shards is not None:
+        raise PrepareError("--shards N goes with --source NAME (the number of train shards)")
+    vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
+    if (
+        corpus is not None
+        and corpus.exists()
+        and _corpus_bytes_on_disk(corpus) > STREAM_CORPUS_BYTES
+    ):
+        from trainer.streaming import prepare_local
+
+        return prepare_local(
+            data_dir,
+            corpus,
+            vocab_size=vocab_size,
+            force=force,
+            quiet=quiet,
+            split_secret=split_secret,
+        )
+    if corpus is None and not force:
+        kept = read_manifest(data_dir)
+        if kept and kept.get("corpus") != _corpus_fingerprint(None):
+            if not quiet:
+                print(
+                    f"data ready in {data_dir} ({kept['corpus']}); --corpus or --source replaces "
+                    "it, --force rebuilds the bundled corpus",
+                    file=sys.stderr,
+                )
+            return kept
     if not 257 <= vocab_size <= 65_535:
         raise PrepareError(
             f"--vocab {vocab_size} is out of range; use 257..65535 (tokens are stored as uint16)"
@@ -663,16 +721,24 @@ def prepare(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m trainer.prepare [--corpus PATH] [--vocab N] [--data-dir DIR] [--force] [--split-secret HEX]`."""
+    """`python -m trainer.prepare [--corpus PATH | --source NAME [--shards N]] [--vocab N] [--data-dir DIR] [--force] [--split-secret HEX]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--corpus", type=Path, help="a text file or a folder of .txt/.md/.jsonl/.parquet files"
     )
     parser.add_argument(
+        "--source",
+        metavar="NAME",
+        help="a dataset on the Hugging Face hub: climbmix or fineweb-edu (docs/data.md)",
+    )
+    parser.add_argument(
+        "--shards", type=int, metavar="N", help="with --source: how many train shards to use"
+    )
+    parser.add_argument(
         "--vocab",
         type=int,
-        default=DEFAULT_VOCAB_SIZE,
-        help=f"vocabulary size (default {DEFAULT_VOCAB_SIZE})",
+        default=None,
+        help=f"vocabulary size (default {DEFAULT_VOCAB_SIZE}, 8192 with --source)",
     )
     parser.add_argument(
         "--data-dir", type=Path, help="where to write (default $AUTORESEARCH_HOME/data)"
@@ -694,6 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepare(
             args.data_dir,
             corpus=args.corpus,
+            source=args.source,
+            shards=args.shards,
             vocab_size=args.vocab,
             force=args.force,
             split_secret=secret,
