@@ -26,6 +26,7 @@ from server.record import FINAL_STATUSES, IMPROVED, OK, SERVER_AGENT, Experiment
 from server.run_queue import RunQueue
 from server.settings import LabSettings, ScaleLevel
 from server.store import ExperimentNotFound, Store, utc_now
+from server.standings import is_confirmed
 from server.verdicts import PUBLISHED_DIGITS, Noise, published
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,7 @@ class PromotionLadder:
                 f"experiment #{experiment_id} is a {experiment['kind']} run with status {experiment['status']}; "
                 "only a successful experiment can be promoted"
             )
-        stats = lab.confirmation_stats(experiment_id)
-        if not stats or stats["n"] < 2:
+        if not is_confirmed(experiment, lab.confirmation_stats(experiment_id)):
             raise PromotionRefused(
                 f"experiment #{experiment_id} was never confirmed; run confirm_experiment({experiment_id}, repeats=2) "
                 "first: only wins that survive more seeds are promoted"
@@ -401,8 +401,7 @@ class PromotionLadder:
         )
         unconfirmed = []
         for experiment in experiments:
-            stats = lab.confirmation_stats(experiment["id"])
-            if not stats or stats["n"] < 2:
+            if not is_confirmed(experiment, lab.confirmation_stats(experiment["id"])):
                 unconfirmed.append(experiment["id"])
             parent_id = experiment.get("parent_id")
             parent_code = (

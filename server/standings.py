@@ -4,6 +4,7 @@ experiment's confirmation statistics, and every agent's totals. Reads only."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from typing import Any
 
 from server.baselines import comparable_baseline_runs, is_comparable
@@ -36,6 +37,12 @@ def confirmation_stats(store: Store, experiment_id: int) -> dict[str, Any] | Non
         "run_ids": [r["id"] for r in rows],
         "screening_run": original.get("val_bpb"),
     }
+
+
+def is_confirmed(experiment: Mapping[str, Any], stats: Mapping[str, Any] | None) -> bool:
+    """A win that survived more seeds: the server confirmed it (`improved`), or at least one
+    fresh-seed run reproduced it (two runs in all, as an agent's confirm_experiment gives)."""
+    return experiment.get("verdict") == IMPROVED or bool(stats and stats["n"] >= 1)
 
 
 def fresh_seed_values(store: Store, experiment_id: int) -> list[float]:
@@ -124,10 +131,7 @@ def leaderboard(
                 "val_bpb": stats["mean"] if stats else row["val_bpb"],
                 "sd": stats["sd"] if stats and stats["n"] > 1 else None,
                 "runs": stats["n"] if stats else 1,
-                # an experiment counts once the server confirmed it; a promotion run by its seeds
-                "confirmed": row.get("verdict") == IMPROVED
-                if row.get("kind") == "experiment"
-                else bool(stats and stats["n"] >= 2),
+                "confirmed": is_confirmed(row, stats),
                 "verdict": row.get("verdict"),
             }
         )
