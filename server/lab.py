@@ -94,7 +94,10 @@ def unified_diff(old: dict[str, str], new: dict[str, str]) -> str:
 class Lab:
     """The research server's state and rules, independent of any transport."""
 
-    def __init__(self, settings: LabSettings | None = None) -> None:
+    def __init__(
+        self, settings: LabSettings | None = None, executor: Executor | None = None
+    ) -> None:
+        """`executor`: where runs go (default: local jails or Ray); bench/campaign.py passes its own."""
         self.settings = settings or LabSettings()
         s = self.settings
         self.home = s.home.expanduser().resolve()
@@ -131,7 +134,7 @@ class Lab:
             isolation=self.isolation,
         )
         self.hardware = f"{self.hardware} | val {val_set_fingerprint(self.runner.expected_hashes)}"
-        self.executor: Executor = make_executor(
+        self.executor: Executor = executor or make_executor(
             s, self.runner, self.slots, self.device, self.data_dir
         )
         self.scheduler = Scheduler(

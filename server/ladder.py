@@ -25,8 +25,8 @@ from typing import Any, Protocol
 from server.record import FINAL_STATUSES, IMPROVED, OK, SERVER_AGENT, ExperimentRow
 from server.run_queue import RunQueue
 from server.settings import LabSettings, ScaleLevel
-from server.store import ExperimentNotFound, Store, utc_now
 from server.standings import is_confirmed
+from server.store import ExperimentNotFound, Store, utc_now
 from server.verdicts import PUBLISHED_DIGITS, Noise, published
 
 log = logging.getLogger(__name__)

@@ -133,6 +133,16 @@ def finished_run_fields(
     elif experiment["kind"] == "confirmation":
         confirms = experiment.get("confirms_id")
         verdict, note = None, f"a fresh-seed run of #{confirms}: judged with its group there"
+    elif experiment["kind"] != "experiment":  # a drift check or a promotion run
+        confirms = experiment.get("confirms_id") or experiment.get("parent_id")
+        verdict, note = (
+            None,
+            (
+                f"a re-run of #{confirms} with its seed: see its drift figures"
+                if experiment["kind"] == "drift_check"
+                else "a promotion run: its transfer verdict is the promotion's (get_ladder)"
+            ),
+        )
     else:
         v = screen(
             status=result.status,
@@ -144,7 +154,7 @@ def finished_run_fields(
             not_comparable=not_comparable,
         )
         verdict, note = v.verdict, v.note
-    if result.status != OK and experiment["kind"] in ("baseline", "confirmation"):
+    if result.status != OK and experiment["kind"] != "experiment":
         verdict, note = FAILED, result.failure_reason or ""
     metrics = dict(result.metrics)
     metrics["verdict_note"] = note

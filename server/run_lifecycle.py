@@ -210,7 +210,7 @@ class RunLifecycle:
         if experiment["kind"] == "baseline":
             self._update_baseline_stats(scale)
             if updated and result.status == OK and not is_comparable(finished.fields):
-                self.ensure_baseline(scale=scale)  # re-measured with its seed, never the reference
+                self._remeasure_baseline(scale)
         elif updated and verdict == CANDIDATE:
             self.confirm_candidate(experiment_id)
         elif experiment["kind"] == "confirmation" and (of := experiment.get("confirms_id")):
@@ -223,10 +223,10 @@ class RunLifecycle:
             self._maybe_check_drift()
 
     def _requeue_if_squeezed(self, experiment: Mapping[str, Any], result: RunResult) -> bool:
-        """A first attempt that timed out because other load took its CPU is not its code's
-        fault: it is recorded `interrupted` and queued again once (a program that idles on
+        """A first attempt whose training timed out because other load took its CPU is not its
+        code's fault: it is recorded `interrupted` and queued again once (a program that idles on
         purpose is not squeezed: the machine was free, and its retry times out the same)."""
-        if result.status != TIMEOUT or not result.squeezed:
+        if result.status != TIMEOUT or not result.squeezed or result.phase != "train":
             return False
         if int(experiment.get("attempt") or 1) >= 2:
             return False
@@ -244,6 +244,36 @@ class RunLifecycle:
         ):
             self.requeue_interrupted(experiment["id"])
         return True
+
+    def _remeasure_baseline(self, scale: str) -> None:
+        """A baseline run made under other conditions (contended, over budget) is never the
+        reference: it is measured again with its own seed, up to `baseline_repeats` re-runs per
+        setting; past that the machine is too busy to measure, and the server says so instead
+        of queueing runs that would be contended too."""
+        setting = self._setting(scale)
+        rows = self.lab.store.list_experiments(
+            kind="baseline",
+            status=OK,
+            limit=1000,
+            columns=["flags", "hardware", "budget_seconds", "scale"],
+        )
+        spoiled = sum(
+            1
+            for r in rows
+            if r["hardware"] == setting["hardware"]
+            and r["budget_seconds"] == setting["budget_seconds"]
+            and (r["scale"] or "S") == scale
+            and not is_comparable(r)
+        )
+        if spoiled > max(1, self.lab.settings.baseline_repeats):
+            log.warning(
+                "%d baseline runs at level %s ran under other conditions (contended or over budget): "
+                "not re-measuring again; the noise and the reference use the comparable runs only",
+                spoiled,
+                scale,
+            )
+            return
+        self.ensure_baseline(scale=scale)
 
     # ------------------------------------------------------------ candidates
 

@@ -28,6 +28,7 @@ run time, passes it). What holds against the rest is dynamic: confirmation at fr
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import struct
 from collections.abc import Mapping
@@ -124,15 +125,12 @@ def _review_file(text: str, baseline: str | None) -> list[_Finding]:
         line = getattr(exc, "lineno", None) or 0
         what = f"the file does not parse ({exc.__class__.__name__}: {getattr(exc, 'msg', exc)}), so the seed review cannot vouch for it"
         return [_Finding(SEED_SOURCE, line, what, "")]
-    base_tree = _parse_or_none(baseline)
-    contract = _contract_lines(base_tree) if base_tree is not None else {}
-    found = _Analysis(tree, text, contract).findings()
-    if base_tree is None or baseline is None:
+    contract, baseline_findings = _baseline_review(baseline)
+    found = _Analysis(tree, text, dict(contract)).findings()
+    if baseline_findings is None:
         return found
     # What the baseline does itself is not the agent's doing (matched by flag and code).
-    already: dict[tuple[str, str], int] = {}
-    for f in _Analysis(base_tree, baseline, contract).findings():
-        already[(f.flag, f.source)] = already.get((f.flag, f.source), 0) + 1
+    already = dict(baseline_findings)
     new = []
     for f in found:
         if already.get((f.flag, f.source), 0) > 0:
@@ -140,6 +138,22 @@ def _review_file(text: str, baseline: str | None) -> list[_Finding]:
         else:
             new.append(f)
     return new
+
+
+@functools.lru_cache(maxsize=16)
+def _baseline_review(
+    baseline: str | None,
+) -> tuple[dict[str, str], dict[tuple[str, str], int] | None]:
+    """The baseline's contract lines and its own findings, counted by (flag, code): the same
+    baseline text is reviewed once per process, not on every submit."""
+    base_tree = _parse_or_none(baseline)
+    if base_tree is None or baseline is None:
+        return {}, None
+    contract = _contract_lines(base_tree)
+    counts: dict[tuple[str, str], int] = {}
+    for f in _Analysis(base_tree, baseline, dict(contract)).findings():
+        counts[(f.flag, f.source)] = counts.get((f.flag, f.source), 0) + 1
+    return contract, counts
 
 
 def _parse_or_none(text: str | None) -> ast.Module | None:
