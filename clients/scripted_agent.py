@@ -136,8 +136,11 @@ async def read_source(client: Client, path: str = EDITABLE_FILE) -> str:
 
 
 async def finish(client: Client, row: dict[str, Any], deadline: float) -> dict[str, Any]:
-    """Call wait_experiment until the experiment's status is final (or the deadline passes)."""
-    while row["status"] in LIVE_STATUSES and time.monotonic() < deadline:
+    """Call wait_experiment until the experiment's status is final and its verdict settled (a
+    `candidate` waits for the server's fresh-seed runs), or the deadline passes."""
+    while (
+        row["status"] in LIVE_STATUSES or row.get("verdict") == "candidate"
+    ) and time.monotonic() < deadline:
         row = await call(client, "wait_experiment", experiment_id=row["id"])
     return row
 

@@ -3,8 +3,8 @@ level with the server's paired seeds, and the run-to-run spread every verdict is
 pooled over every group of repeated runs of one code (the baseline's, each candidate's fresh-seed
 confirmations).
 
-Only comparable runs count: a run flagged `contended` or `over_budget` is neither a reference nor
-part of the noise (the baseline is re-measured instead), and no agent's code can move the noise
+Only comparable runs count: a run flagged `contended` is neither a reference nor part of the
+noise (the baseline is re-measured instead), and no agent's code can move the noise
 far from what the server's own code shows (each group's variance is clipped to
 [1/GROUP_CLIP, GROUP_CLIP] x the baseline's).
 """
@@ -16,15 +16,19 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from server.record import OK, QUEUED, RUNNING
+from server.record import OK, QUEUED, RUNNING, is_server_run
 from server.store import Store
 from server.verdicts import Noise, mean_sd
 
-# Runs measured under conditions no other run shares: never a reference, never noise.
-NOT_COMPARABLE_FLAGS = ("contended", "over_budget")
+# Runs measured under conditions no other run shares: never a reference, never noise. (A run
+# that ended past its budget is the code's doing, not the machine's: an experiment's run is
+# disqualified, a candidate's fresh-seed run fails it; the baseline's stops training in time,
+# so its late export changes nothing it is compared on.)
+NOT_COMPARABLE_FLAGS = ("contended",)
 # Runs of code that cannot count (a seed from elsewhere, seed-insensitive results): their spread
 # is not the noise of honest code (a program that ignores the seed has none at all).
 NOT_NOISE_FLAGS = (
+    "over_budget",
     "seed_only",
     "seed_source",
     "rng_shift",
@@ -40,10 +44,12 @@ def is_comparable(row: Mapping[str, Any]) -> bool:
 
 
 def _counts_as_noise(row: Mapping[str, Any]) -> bool:
-    """A comparable run of code that can count (neither it nor the experiment it confirms is
-    disqualified): the spread of code that ignores the seed is not the noise of honest code."""
+    """A comparable server run (of a candidate, or a holdout run) of code that can count (neither
+    it nor the experiment it confirms is disqualified): the spread of code that ignores the seed
+    is not the noise of honest code, and no agent picks which groups the noise is pooled over."""
     return (
         is_comparable(row)
+        and is_server_run(row)  # an agent's confirm_experiment runs: code and seeds it chose
         and not row.get("original_disqualified")
         and not any(f.get("name") in NOT_NOISE_FLAGS for f in row.get("flags") or [])
     )

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from sandbox.jail import IsolationLevel, detect_isolation
 from sandbox.runner import ExperimentRunner, RunResult, RunSettings
@@ -39,10 +39,11 @@ from server.record import (
     QUEUED,
     SERVER_AGENT,
     SERVER_CONFIRMATION,
+    SERVER_HOLDOUT_RUN,
     ExperimentRow,
     Kind,
 )
-from server.recording import is_contended, is_disqualified, review_flags
+from server.recording import is_disqualified, review_flags
 from server.refusals import (
     AGENT_NAME,
     MAX_DESCRIPTION,
@@ -395,12 +396,6 @@ class Lab:
         """Record a finished run: figures, verdict and deltas, in one compare-and-set from `running`."""
         self.lifecycle.on_finish(experiment_id, result)
 
-    def last_drift_check(self) -> dict[str, Any] | None:
-        return drift.last_drift_check(self.store)
-
-    def _contended(self, result: RunResult) -> bool:
-        return is_contended(result, self.device, self.settings)
-
     def noise(self, scale: str = "S") -> Noise:
         return self.lifecycle.noise(scale)
 
@@ -415,7 +410,7 @@ class Lab:
         return self.lifecycle.plan_baselines(repeats, scale)
 
     def recover(self) -> list[int]:
-        """After a crash: runs left `running` are re-queued once; returns the new ids."""
+        """After a crash: runs left `running` re-queued once (the new ids); candidates settled."""
         return self.lifecycle.recover()
 
     def requeue_interrupted(self, experiment_id: int) -> int | None:
@@ -471,7 +466,7 @@ class Lab:
             "budget_seconds": self.level_budget(scale),
             "budget_kind": self.settings.budget_kind,
             **describe_rule(self.noise(scale), self.reference(scale), self.settings.error_budget()),
-            "last_drift_check": self.last_drift_check(),
+            "last_drift_check": drift.last_drift_check(self.store),
         }
 
     # ------------------------------------------------------------ checkout, cancel, claims
@@ -515,9 +510,8 @@ class Lab:
         experiment_id = experiment["id"]
         check_cancellable(agent, experiment)
         outcome = self.scheduler.cancel(experiment_id)
-        if outcome == "cancelled" and self.ladder is not None:
-            # A run cancelled while queued never reaches on_finish: settle promotions waiting on it.
-            self.ladder.on_run_finished(experiment_id)
+        if outcome == "cancelled":  # never reaches on_finish: settle what waited on it
+            self.lifecycle.on_cancelled(experiment_id)
         return outcome
 
     def claim(self, agent: str, text: str) -> int:
@@ -533,23 +527,27 @@ class Lab:
     # ------------------------------------------------------------ confirmation
 
     def confirm(
-        self, agent: str | None, experiment_id: int, repeats: int, *, by_server: bool = False
+        self,
+        agent: str | None,
+        experiment_id: int,
+        repeats: int,
+        *,
+        server_runs: Literal["candidate", "holdout"] | None = None,
     ) -> list[int]:
-        """Queue `repeats` more runs of an experiment's code with fresh seeds.
+        """Queue `repeats` more runs of an experiment's code with fresh (random) seeds.
 
-        Anyone may confirm anyone's experiment (useful science): the runs are credited to the
-        experiment's author (the row's agent: its leaderboard entry, mean +- sd and verdict stay
-        the author's) and charged to `agent`, who asked (`requested_by` on each run), through
-        the same quota check as run_experiment. `agent` None is the operator (the CLI or the
-        Lab API; agents always have a name): charged to nobody. `by_server`: the server's own
-        runs of a candidate, charged to whoever asked for it, without a quota check (it passed
-        one). Seeds are random (verdicts.fresh_seed): code must not know them in advance.
+        Anyone may confirm anyone's experiment: the runs are credited to its author and charged
+        to `agent` (None: the operator, charged to nobody) through run_experiment's quota check.
+        `server_runs`: the server's own runs a verdict rests on, of a candidate (charged to who
+        asked for it, no quota check: it passed one) or holdout runs (charged to nobody).
         """
         check_confirm_repeats(repeats)
         original = self.experiment(experiment_id)
         experiment_id = original["id"]
         check_confirmable(original)
-        requester = (original.get("requested_by") or original["agent"]) if by_server else agent
+        by_candidate = original.get("requested_by") or original["agent"]
+        requester = {None: agent, "candidate": by_candidate, "holdout": None}[server_runs]
+        who = {None: "confirm", "candidate": SERVER_CONFIRMATION, "holdout": SERVER_HOLDOUT_RUN}
         template = self.plan_run(
             original["agent"],
             f"confirm #{experiment_id}",
@@ -562,14 +560,14 @@ class Lab:
             planned = []
             for _ in range(repeats):
                 seed = fresh_seed(self.settings.seed)
-                who = SERVER_CONFIRMATION if by_server else "confirm"
-                description = f"{who} #{experiment_id} (seed {seed}): {original['description']}"
+                description = (
+                    f"{who[server_runs]} #{experiment_id} (seed {seed}): {original['description']}"
+                )
                 planned.append(
                     {**template, "seed": seed, "description": description[:MAX_DESCRIPTION]}
                 )
-            results = self.queue_runs(
-                planned, requester, check_quota=requester is not None and not by_server, reuse=False
-            )
+            check = server_runs is None and requester is not None
+            results = self.queue_runs(planned, requester, check_quota=check, reuse=False)
         return [new_id for new_id, _ in results]
 
     def improvement_count(self) -> int:

@@ -121,8 +121,9 @@ class PromotionLadder:
             )
         if not is_confirmed(experiment, lab.confirmation_stats(experiment_id)):
             raise PromotionRefused(
-                f"experiment #{experiment_id} was never confirmed; run confirm_experiment({experiment_id}, repeats=2) "
-                "first: only wins that survive more seeds are promoted"
+                f"experiment #{experiment_id} is not a confirmed improvement (verdict "
+                f"{experiment.get('verdict')}): only wins the server confirmed on fresh seeds "
+                "(verdict improved) are promoted"
             )
         target = self._target_level(experiment_id, from_level, level)
         repeats = max(1, lab.settings.promotion_repeats)

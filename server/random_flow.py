@@ -132,6 +132,7 @@ SEEDED_CONSTRUCTORS = {
     ),
     "numpy.random.SeedSequence": "entropy",
     "random.Random": "x",
+    "torch.quasirandom.SobolEngine": "seed",
 }  # fmt: skip
 FUNCTIONAL_DRAWS = {
     *("torch." + n for n in ["rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial", "poisson", "binomial", "rand_like", "randn_like", "randint_like"]),

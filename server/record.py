@@ -7,6 +7,7 @@ one decoded row of the `experiments` table as it travels through the lab.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, TypedDict, get_args
 
 Status = Literal[
@@ -99,9 +100,18 @@ class ExperimentRow(TypedDict, total=False):
     finished_at: str | None
 
 
-# How the server's own confirmation runs of a candidate are described (agents cannot set a
-# confirmation's description): the runs it may cancel once the candidate is decided.
+# How the server's own runs of an experiment are described (agents cannot set a confirmation's
+# description): the runs a verdict and a reference rest on. An agent's confirm_experiment runs
+# add to the leaderboard's mean of an unconfirmed idea, never to a verdict or a reference.
 SERVER_CONFIRMATION = "server confirmation of candidate"
+SERVER_HOLDOUT_RUN = "server holdout run of"
+
+
+def is_server_run(row: Mapping[str, Any]) -> bool:
+    """A confirmation run the server queued itself (of a candidate, or a holdout run)."""
+    description = str(row.get("description") or "")
+    return description.startswith((SERVER_CONFIRMATION, SERVER_HOLDOUT_RUN))
+
 
 SERVER_AGENT = (
     "server"  # the name the server's own runs (baselines, drift checks) are recorded under

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from server.arxiv_ids import parse_arxiv_id
-from server.record import FINAL_STATUSES, OK, SERVER_AGENT
+from server.record import FINAL_STATUSES, OK, SERVER_AGENT, is_server_run
 from server.store import MAX_ROW_ID
 
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -112,6 +112,11 @@ def check_cancellable(agent: str | None, experiment: Mapping[str, Any]) -> None:
             raise LabError(
                 f"experiment #{experiment_id} is a baseline measurement the server shares between agents; "
                 "it cannot be cancelled by an agent"
+            )
+        if is_server_run(experiment):
+            raise LabError(
+                f"experiment #{experiment_id} is one of the server's own fresh-seed runs that decide "
+                "a verdict; it cannot be cancelled by an agent"
             )
         if requester != agent:
             raise LabError(

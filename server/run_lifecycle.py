@@ -12,37 +12,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import threading
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, suppress
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from sandbox.runner import RunResult, RunSettings
 from server import baselines, drift, standings
 from server.baselines import is_comparable
+from server.candidates import Candidates
 from server.record import (
     CANDIDATE,
-    IMPROVED,
     INTERRUPTED,
     OK,
-    QUEUED,
     RUNNING,
     SERVER_AGENT,
-    SERVER_CONFIRMATION,
+    SERVER_HOLDOUT_RUN,
     TIMEOUT,
-    WITHIN_NOISE,
     ExperimentRow,
 )
-from server.recording import DISQUALIFYING_FLAGS, finished_run_fields
+from server.recording import finished_run_fields
 from server.recovery import kill_leftover_processes, retry_row
-from server.refusals import LabError
 from server.run_queue import RunQueue
 from server.scheduler import Job, Scheduler
-from server.seed_checks import seed_ignored_flag
 from server.settings import LabSettings
 from server.store import ExperimentNotFound, Store, utc_now
-from server.verdicts import Noise, Reference, Verdict, judge_confirmation, published
+from server.verdicts import Noise, Reference, Verdict
 
 log = logging.getLogger("server.lab")
 
@@ -76,7 +71,7 @@ class LifecycleLab(RunQueue, Protocol):
     ) -> RunSettings: ...
     def _set_workspace_parent(self, agent: str, experiment_id: int | None) -> None: ...
     def confirm(
-        self, agent: str | None, experiment_id: int, repeats: int, *, by_server: bool = False
+        self, agent: str | None, experiment_id: int, repeats: int, *, server_runs: Any = None
     ) -> list[int]: ...
     def cancel(self, agent: str | None, experiment_id: int) -> str: ...
 
@@ -86,8 +81,7 @@ class RunLifecycle:
 
     def __init__(self, lab: LifecycleLab) -> None:
         self.lab = lab
-        # Two confirmation runs of one candidate can finish at once (two slots): one judge at a time.
-        self._judging = threading.RLock()
+        self.candidates = Candidates(lab, self.reference_for, self.noise_for)
 
     def job_for(self, experiment: dict[str, Any]) -> Job:
         code = (
@@ -120,7 +114,7 @@ class RunLifecycle:
             return True
         if kind != "confirmation":
             return False
-        if sealed.holdout_wanted(int(experiment["id"])):
+        if str(experiment.get("description") or "").startswith(SERVER_HOLDOUT_RUN):
             return True
         confirms = experiment.get("confirms_id")
         if confirms is None:
@@ -139,20 +133,6 @@ class RunLifecycle:
             experiment_id, val_bpb_exact=exact, holdout_bpb=holdout, holdout_note=note
         )
 
-    def _queue_holdout_runs(self, experiment_id: int) -> list[int]:
-        """A confirmed improvement: the server's own fresh-seed runs that also score the holdout."""
-        count = self.lab.settings.holdout_runs
-        if count <= 0:
-            return []
-        try:
-            run_ids = self.lab.confirm(None, experiment_id, count)
-        except LabError as exc:
-            log.warning("could not queue holdout runs for #%s: %s", experiment_id, exc)
-            return []
-        for run_id in run_ids:
-            self.lab.store.sealed.want_holdout(run_id)
-        return run_ids
-
     def on_finish(self, experiment_id: int, result: RunResult) -> None:
         """Record a finished run: figures, verdict and deltas, in one compare-and-set from `running`."""
         if result.status == INTERRUPTED:  # lost with its machine (a Ray node): re-queue once
@@ -164,7 +144,14 @@ class RunLifecycle:
                 failure_reason=result.failure_reason or "the machine running it was lost",
                 log_tail=result.log_tail,
             ):
-                self.requeue_interrupted(experiment_id)
+                retry = self.requeue_interrupted(experiment_id)
+                row = self.lab.store.get_experiment(experiment_id)
+                if (
+                    retry is None
+                    and row["kind"] == "confirmation"
+                    and (of := row.get("confirms_id"))
+                ):
+                    self.candidates.judge(of)  # no retry: replace or decide
             return
         experiment = self.lab.store.get_experiment(experiment_id)
         scale = experiment.get("scale") or "S"
@@ -180,9 +167,9 @@ class RunLifecycle:
         finished = finished_run_fields(
             cast(ExperimentRow, experiment),
             result,
-            reference=self.reference(scale, exclude_id=experiment_id),
+            reference=self.reference_for(experiment, experiment_id),
             parent_bpb=parent_bpb,
-            noise=self.noise(scale),
+            noise=self.noise_for(experiment),
             budget=self.lab.settings.error_budget(),
             settings=self.lab.settings,
             device=self.lab.device,
@@ -275,126 +262,40 @@ class RunLifecycle:
             return
         self.ensure_baseline(scale=scale)
 
-    # ------------------------------------------------------------ candidates
+    # ------------------------------------------------------------ candidates (server.candidates)
 
     def confirm_candidate(self, experiment_id: int) -> list[int]:
         """Queue the server's fresh-seed runs of a candidate (server.verdicts, step 2)."""
-        with self._judging:
-            return self._confirm_candidate(experiment_id)
-
-    def _confirm_candidate(self, experiment_id: int) -> list[int]:
-        runs = self.lab.settings.confirm_runs
-        have = [
-            r
-            for r in self.lab.store.confirmation_runs(experiment_id)
-            if r["status"] in (QUEUED, RUNNING) or (r["status"] == OK and is_comparable(r))
-        ]
-        missing = runs - len(have)
-        if missing <= 0:
-            return []
-        try:
-            return self.lab.confirm(None, experiment_id, missing, by_server=True)
-        except LabError as exc:  # e.g. the experiment is gone: the candidate stays a candidate
-            log.warning("could not confirm candidate #%s: %s", experiment_id, exc)
-            return []
+        return self.candidates.confirm(experiment_id)
 
     def judge_candidate(self, experiment_id: int) -> Verdict | None:
-        """After one of its fresh-seed runs finished: decide a candidate once enough are in.
+        """Decide a candidate once enough of the server's fresh-seed runs are in."""
+        return self.candidates.judge(experiment_id)
 
-        Confirmation runs that failed or ran under other conditions (contended) are replaced, up
-        to twice the planned number; if they keep failing the candidate ends `within_noise`.
-        """
-        with self._judging:
-            return self._judge_candidate(experiment_id)
+    def on_cancelled(self, experiment_id: int) -> None:
+        """A run cancelled while queued never reaches on_finish: settle what waited on it."""
+        if self.lab.ladder is not None:
+            self.lab.ladder.on_run_finished(experiment_id)
+        row = self.lab.store.get_experiment(experiment_id)
+        if row["kind"] == "confirmation" and (of := row.get("confirms_id")):
+            self.candidates.judge(of)
 
-    def _judge_candidate(self, experiment_id: int) -> Verdict | None:
-        original = self.lab.store.get_experiment(experiment_id)
-        if original["kind"] != "experiment" or original.get("verdict") != CANDIDATE:
-            return None
-        scale = original.get("scale") or "S"
-        budget = self.lab.settings.error_budget()
-        runs = self.lab.store.confirmation_runs(experiment_id)
-        good = [
-            r for r in runs if r["status"] == OK and r["val_bpb"] is not None and is_comparable(r)
-        ]
-        live = [r for r in runs if r["status"] in (QUEUED, RUNNING)]
-        flags = list(original.get("flags") or [])
-        ignored = self._seed_ignored(original, good)
-        if ignored and not any(f.get("name") == "seed_ignored" for f in flags):
-            flags.append(ignored)
-        disqualifications = [f["reason"] for f in flags if f.get("name") in DISQUALIFYING_FLAGS]
-        reference = self.reference(scale, exclude_id=experiment_id)
-        if reference is None:
-            return None
-        decided = judge_confirmation(
-            values=[r["val_bpb"] for r in good],
-            reference=reference,
-            noise=self.noise(scale),
-            budget=budget,
-            disqualifications=disqualifications,
-        )
-        if decided is None:
-            if not live:
-                if len(runs) >= 2 * budget.confirm_runs:
-                    decided = Verdict(
-                        WITHIN_NOISE,
-                        f"could not be confirmed: {len(runs) - len(good)} of its {len(runs)} fresh-seed "
-                        "runs failed or ran on a contended machine",
-                        0.0,
-                    )
-                else:
-                    self._confirm_candidate(experiment_id)
-                    return None
-            else:
-                return None
-        for run in live:  # decided early (no gain at all): the server's other runs are not needed
-            if run["status"] == QUEUED and str(run.get("description", "")).startswith(
-                SERVER_CONFIRMATION
-            ):
-                with suppress(LabError):
-                    self.lab.cancel(None, run["id"])
-        metrics = dict(original.get("metrics") or {})
-        metrics["verdict_note"] = decided.note
-        metrics["confirmation"] = {
-            "runs": len(good[: budget.confirm_runs]),
-            "z": None if decided.z is None else round(decided.z, 2),
-            "needed": published(decided.threshold),
-            "reference": reference.label,
+    def reference_for(self, row: Mapping[str, Any], exclude_id: int | None) -> Reference | None:
+        """The reference on the setting a row was run on (its hardware, budget and level)."""
+        return standings.reference(self.lab.store, exclude_id=exclude_id, **self._setting_of(row))
+
+    def noise_for(self, row: Mapping[str, Any]) -> Noise:
+        """The noise on the setting a row was run on."""
+        return baselines.noise(self.lab.store, **self._setting_of(row))
+
+    def _setting_of(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        scale = row.get("scale") or "S"
+        return {
+            "hardware": row.get("hardware") or self.lab.hardware,
+            "scale": scale,
+            "budget_kind": row.get("budget_kind") or self.lab.settings.resolved_budget_kind(),
+            "budget_seconds": row.get("budget_seconds") or self.lab.level_budget(scale),
         }
-        mean = sum(r["val_bpb"] for r in good[: budget.confirm_runs]) / max(
-            1, len(good[: budget.confirm_runs])
-        )
-        self.lab.store.update_experiment(
-            experiment_id,
-            verdict=decided.verdict,
-            metrics=metrics,
-            flags=flags,
-            disqualified=int(bool(original.get("disqualified")) or bool(disqualifications)),
-            delta_best=published(reference.mean - mean) if good else original.get("delta_best"),
-        )
-        log.info("#%s candidate judged: %s (%s)", experiment_id, decided.verdict, decided.note)
-        if decided.verdict == IMPROVED:
-            self._queue_holdout_runs(experiment_id)
-        return decided
-
-    def _seed_ignored(
-        self, original: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Any] | None:
-        """The `seed_ignored` flag when one code's runs at different seeds gave identical
-        val_bpb: compared at full precision (sealed) where the runner kept it; from the 4-decimal
-        published figures only when every one of three or more runs agrees (honest runs tie at 4
-        decimals now and then, never all of them)."""
-        rows = [original, *runs]
-        exact = self.lab.store.sealed.exact_values([int(r["id"]) for r in rows])
-        if len(exact) == len(rows):
-            by_seed: dict[int, float | None] = {int(r["seed"]): exact[int(r["id"])] for r in rows}
-            return seed_ignored_flag(by_seed)
-        published_values = {
-            int(r["seed"]): r.get("val_bpb") for r in rows if r.get("val_bpb") is not None
-        }
-        if len(published_values) >= 3 and len(set(published_values.values())) == 1:
-            return seed_ignored_flag(published_values)
-        return None
 
     def reference(self, scale: str = "S", exclude_id: int | None = None) -> Reference | None:
         """What a new result at this level must beat (server.standings.reference)."""
@@ -534,6 +435,7 @@ class RunLifecycle:
         # Every interrupted run without a retry yet: also those whose re-queue a crash cut short.
         pending = self.lab.store.interrupted_without_retry()
         requeued = [self.requeue_interrupted(experiment_id) for experiment_id in pending]
+        self.candidates.settle_all()  # a candidate whose runs were lost, or never queued
         return [new_id for new_id in requeued if new_id is not None]
 
     def requeue_interrupted(self, experiment_id: int) -> int | None:

@@ -381,7 +381,8 @@ class _Analysis(CodeIndex):
                         f"`{method or qual}` sets an RNG state: the stream no longer follows SEED",
                     )
                 )
-            elif not qual and method in ("manual_seed", "seed", "seed_all", "manual_seed_all"):
+            elif method in ("manual_seed", "seed", "seed_all", "manual_seed_all"):
+                # any object's seeding, qualified or not (torch.default_generator.manual_seed(7))
                 problem = self._seed_problem(self._seed_argument(node, "seed"))
                 if problem:
                     found.append(self._finding(SEED_SOURCE, node, f"`.{method}(...)`: {problem}"))

@@ -8,22 +8,34 @@ from collections.abc import Mapping
 from typing import Any
 
 from server.baselines import comparable_baseline_runs, is_comparable
-from server.record import IMPROVED, SERVER_AGENT
+from server.record import IMPROVED, SERVER_AGENT, is_server_run
 from server.store import Store
 from server.verdicts import Reference, mean_sd, published
 
 
+def _fresh_runs(store: Store, experiment_id: int) -> list[dict[str, Any]]:
+    """The successful, comparable fresh-seed runs of an experiment: the server's own where it
+    ran any (they decide its verdict and its reference), else the agents' confirm_experiment runs."""
+    rows = [
+        r
+        for r in store.confirmation_runs(experiment_id)
+        if r["status"] == "ok"
+        and r["val_bpb"] is not None
+        and is_comparable(r)
+        and not any(f.get("name") == "over_budget" for f in r.get("flags") or [])
+    ]
+    server = [r for r in rows if is_server_run(r)]
+    return server or rows
+
+
 def confirmation_stats(store: Store, experiment_id: int) -> dict[str, Any] | None:
-    """Mean and sd of an experiment's val_bpb over its fresh-seed confirmation runs.
+    """Mean and sd of an experiment's val_bpb over its fresh-seed runs (the server's own where it
+    ran any: an author's later confirm_experiment runs cannot move a confirmed mean).
 
     The experiment's own run is not in the mean: it was compared first and selected for looking
     good (a candidate), so it is biased; it is reported beside the mean as `screening_run`.
     """
-    rows = [
-        r
-        for r in store.confirmation_runs(experiment_id)
-        if r["status"] == "ok" and r["val_bpb"] is not None and is_comparable(r)
-    ]
+    rows = _fresh_runs(store, experiment_id)
     if not rows:
         return None  # the common case (every leaderboard row asks): no need to read the row
     original = store.get_experiment(experiment_id)
@@ -40,18 +52,16 @@ def confirmation_stats(store: Store, experiment_id: int) -> dict[str, Any] | Non
 
 
 def is_confirmed(experiment: Mapping[str, Any], stats: Mapping[str, Any] | None) -> bool:
-    """A win that survived more seeds: the server confirmed it (`improved`), or at least one
-    fresh-seed run reproduced it (two runs in all, as an agent's confirm_experiment gives)."""
-    return experiment.get("verdict") == IMPROVED or bool(stats and stats["n"] >= 1)
+    """A win the server confirmed on fresh seeds (`improved`); a promotion run, once a second
+    seed reproduced it. An agent's confirm_experiment runs alone never make an idea confirmed."""
+    if experiment.get("kind") == "promotion":
+        return bool(stats and stats["n"] >= 1)
+    return experiment.get("verdict") == IMPROVED
 
 
 def fresh_seed_values(store: Store, experiment_id: int) -> list[float]:
-    """val_bpb of an experiment's successful, comparable confirmation runs (fresh seeds), oldest first."""
-    return [
-        r["val_bpb"]
-        for r in store.confirmation_runs(experiment_id)
-        if r["status"] == "ok" and r["val_bpb"] is not None and is_comparable(r)
-    ]
+    """val_bpb of the server's comparable fresh-seed runs of an experiment, oldest first."""
+    return [r["val_bpb"] for r in _fresh_runs(store, experiment_id) if is_server_run(r)]
 
 
 def reference(

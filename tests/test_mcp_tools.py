@@ -856,8 +856,8 @@ async def test_ladder_tools_refuse_what_cannot_climb(lab: Lab, mode: str) -> Non
         )
         assert await refused(client, lab, "promote", experiment_id=unconfirmed) == refusal(
             "promote",
-            f"experiment #{unconfirmed} was never confirmed; run confirm_experiment({unconfirmed}, "
-            "repeats=2) first: only wins that survive more seeds are promoted",
+            f"experiment #{unconfirmed} is not a confirmed improvement (verdict within_noise): only "
+            "wins the server confirmed on fresh seeds (verdict improved) are promoted",
         )
         assert await refused(client, lab, "combine", experiment_ids=[unconfirmed]) == refusal(
             "combine", "send two or more distinct experiment ids to combine"

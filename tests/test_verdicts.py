@@ -9,7 +9,8 @@ import pytest
 
 from sandbox.runner import RunResult, cpu_share
 from server.diff_review import is_seed_only, review_diff
-from server.lab import Lab, LabSettings, unified_diff
+from server.lab import Lab, LabError, LabSettings, unified_diff
+from server.recording import is_contended
 from server.verdicts import (
     ASSUMED_SD,
     CANDIDATE,
@@ -222,7 +223,7 @@ def test_a_single_run_is_a_candidate_and_fresh_seeds_decide(quiet_lab: Lab) -> N
     assert reference.experiment_id == idea and reference.mean == pytest.approx(2.9275)
     assert reference.runs == 4  # its fresh-seed runs, not the lucky screening run (2.90)
     worse = _finish(quiet_lab, _submit(quiet_lab, "bob", "0.001"), 3.10)
-    assert worse["verdict"] == WORSE and "#%d" % idea in worse["metrics"]["verdict_note"]
+    assert worse["verdict"] == WORSE and f"#{idea}" in worse["metrics"]["verdict_note"]
 
 
 def test_a_lucky_run_that_does_not_hold_up_stops_early(quiet_lab: Lab) -> None:
@@ -242,22 +243,77 @@ def test_a_lucky_run_that_does_not_hold_up_stops_early(quiet_lab: Lab) -> None:
     assert quiet_lab.reference().experiment_id is None  # the baseline is still the reference
 
 
-def test_failed_confirmation_runs_are_replaced_then_given_up(quiet_lab: Lab) -> None:
+def test_a_fresh_seed_that_fails_ends_the_candidate(quiet_lab: Lab) -> None:
+    """Hack: crash (or train past the budget) on the fresh seeds whose draws look bad, so that
+    only the good draws are judged. Defence: a server run that fails because of its code ends
+    the candidate within_noise at once; the server's other queued runs are cancelled."""
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
+    idea = _submit(quiet_lab, "alice", "0.03")
+    _finish(quiet_lab, idea, 2.90)
+    runs = _confirmations(quiet_lab, idea)
+    _finish(quiet_lab, runs[0]["id"], 2.89)
+    quiet_lab.store.update_experiment(runs[1]["id"], status="running")
+    quiet_lab.on_finish(runs[1]["id"], RunResult(status="crash", failure_reason="boom"))
+    judged = quiet_lab.experiment(idea)
+    assert (
+        judged["verdict"] == WITHIN_NOISE
+        and "failed on a fresh seed" in judged["metrics"]["verdict_note"]
+    )
+    assert [quiet_lab.experiment(r["id"])["status"] for r in runs[2:]] == ["cancelled"] * 2
+
+
+def test_runs_the_machine_spoiled_are_replaced_then_given_up(quiet_lab: Lab) -> None:
+    """A fresh-seed run on a contended machine says nothing about the code: it is replaced, up to
+    twice the planned number in all; then the candidate ends within_noise, never stuck."""
+    quiet_lab.settings.budget_kind = "wall"
     _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
     idea = _submit(quiet_lab, "alice", "0.03")
     _finish(quiet_lab, idea, 2.90)
     for _ in range(3):
-        live = [r for r in _confirmations(quiet_lab, idea) if r["status"] == "queued"]
-        for run in live:
-            quiet_lab.store.update_experiment(run["id"], status="running")
-            quiet_lab.on_finish(run["id"], RunResult(status="crash", failure_reason="boom"))
+        for run in [r for r in _confirmations(quiet_lab, idea) if r["status"] == "queued"]:
+            _finish(quiet_lab, run["id"], 2.80, share=0.3)
     runs = _confirmations(quiet_lab, idea)
     assert len(runs) == 8  # the planned 4, replaced once
     judged = quiet_lab.experiment(idea)
-    assert (
-        judged["verdict"] == WITHIN_NOISE
-        and "could not be confirmed" in judged["metrics"]["verdict_note"]
-    )
+    assert judged["verdict"] == WITHIN_NOISE
+    assert "could not be confirmed" in judged["metrics"]["verdict_note"]
+
+
+def test_agents_cannot_steer_a_candidate_or_a_reference(quiet_lab: Lab) -> None:
+    """Hack: cancel the server's fresh-seed runs of your candidate, then add your own
+    confirm_experiment runs and keep the good ones; or, once improved, add lucky runs to drag the
+    reference down. Defence: agents cannot cancel the server's runs; only the server's runs
+    decide a verdict and make a reference; an agent's runs change neither."""
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
+    idea = _submit(quiet_lab, "alice", "0.03")
+    _finish(quiet_lab, idea, 2.90)
+    server_runs = _confirmations(quiet_lab, idea)
+    with pytest.raises(LabError, match="cannot be cancelled by an agent"):
+        quiet_lab.cancel("alice", server_runs[0]["id"])
+    quiet_lab.store.set_quota("alice", max_queued=10)  # an operator who allows more live runs
+    mine = quiet_lab.confirm("alice", idea, 4)
+    for run_id in mine:
+        _finish(quiet_lab, run_id, 2.50)  # far better than anything: not the server's runs
+    assert quiet_lab.experiment(idea)["verdict"] == CANDIDATE
+    for run, value in zip(server_runs, (3.01, 3.02, 3.03, 3.0), strict=True):
+        _finish(quiet_lab, run["id"], value)
+    assert quiet_lab.experiment(idea)["verdict"] == WITHIN_NOISE
+    assert quiet_lab.reference().experiment_id is None
+    entry = next(e for e in quiet_lab.leaderboard() if e["id"] == idea)
+    assert not entry["confirmed"] and entry["runs"] == 4  # the server's runs, not the agent's
+
+
+def test_a_candidate_whose_runs_were_lost_is_settled_at_start(quiet_lab: Lab) -> None:
+    """A server that stopped between the screening and the queueing of the fresh-seed runs, or
+    whose runs were lost, leaves a candidate with nothing live: the next start re-queues them."""
+    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
+    idea = _submit(quiet_lab, "alice", "0.03")
+    _finish(quiet_lab, idea, 2.90)
+    for run in _confirmations(quiet_lab, idea):
+        quiet_lab.store.update_experiment(run["id"], status="interrupted", attempt=2)
+    quiet_lab.recover()
+    live = [r for r in _confirmations(quiet_lab, idea) if r["status"] == "queued"]
+    assert len(live) == 4 and quiet_lab.experiment(idea)["verdict"] == CANDIDATE
 
 
 def test_seed_only_change_never_becomes_a_candidate(quiet_lab: Lab) -> None:
@@ -306,8 +362,8 @@ def test_contended_runs_are_not_compared_and_never_the_reference(quiet_lab: Lab)
     assert quiet_lab.reference().runs == 2 and quiet_lab.reference().mean == pytest.approx(3.005)
     # under a CPU-time budget only a starved run is contended
     quiet_lab.settings.budget_kind = "cpu"
-    assert not quiet_lab._contended(RunResult(status="ok", cpu_share=0.4))
-    assert quiet_lab._contended(RunResult(status="ok", cpu_share=0.2))
+    assert not is_contended(RunResult(status="ok", cpu_share=0.4), "cpu", quiet_lab.settings)
+    assert is_contended(RunResult(status="ok", cpu_share=0.2), "cpu", quiet_lab.settings)
 
 
 def test_a_squeezed_timeout_is_queued_again_once(quiet_lab: Lab) -> None:

@@ -153,7 +153,7 @@ class ExperimentCounts:
         return [
             {**row, "flags": json.loads(row["flags"]) if row["flags"] else []}
             for row in self.db.query(
-                "SELECT e.id, e.kind, e.confirms_id, e.val_bpb, e.seed, e.flags, e.cpu_share, "
+                "SELECT e.id, e.kind, e.confirms_id, e.val_bpb, e.seed, e.flags, e.cpu_share, e.description, "
                 "COALESCE(o.disqualified, 0) AS original_disqualified FROM experiments e "
                 "LEFT JOIN experiments o ON o.id = e.confirms_id "
                 "WHERE e.kind IN ('baseline', 'confirmation') AND e.status = 'ok' AND e.val_bpb IS NOT NULL "
@@ -173,6 +173,16 @@ class ExperimentCounts:
                 "SELECT id FROM experiments WHERE kind = 'experiment' AND verdict = ? AND hardware = ? "
                 "AND budget_seconds = ? AND COALESCE(scale, 'S') = ? ORDER BY id",
                 [verdict, hardware, budget_seconds, scale],
+            )
+        ]
+
+    def experiments_with_verdict_anywhere(self, verdict: str) -> list[int]:
+        """The ids of every experiment whose verdict is `verdict`, on any setting, oldest first."""
+        return [
+            int(row["id"])
+            for row in self.db.query(
+                "SELECT id FROM experiments WHERE kind = 'experiment' AND verdict = ? ORDER BY id",
+                [verdict],
             )
         ]
 

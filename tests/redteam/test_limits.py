@@ -26,6 +26,7 @@ from sandbox.runner import RunResult
 from sandbox.workspace import hash_files
 from server.app import build_server
 from server.lab import Lab, LabSettings
+from server.record import SERVER_CONFIRMATION
 from server.store import utc_now
 from server.verdicts import over_budget_tolerance
 
@@ -107,18 +108,19 @@ def record(
 
 
 def confirmed_win(lab: Lab, agent: str, knob: tuple[str, str], val_bpb: float) -> int:
-    """An experiment of `agent` with one confirmation run: ready to promote."""
+    """An experiment of `agent` the server confirmed on a fresh seed (`improved`): promotable."""
     files = variant(lab, *knob)
     experiment_id = record(lab, agent, f"{knob[1]}", val_bpb, files)
     record(
         lab,
         agent,
-        f"confirm #{experiment_id}",
+        f"{SERVER_CONFIRMATION} #{experiment_id}",
         val_bpb + 0.001,
         files,
         kind="confirmation",
         confirms_id=experiment_id,
     )
+    lab.store.update_experiment(experiment_id, verdict="improved")
     return experiment_id
 
 
@@ -273,8 +275,9 @@ async def test_confirmation_credits_author(quiet_lab: Lab) -> None:
         }  # bob sees what he asked for
         board = await ok(bob, "get_leaderboard")
         (entry,) = [e for e in board["entries"] if e["id"] == win]
-        # the mean of the fresh-seed runs: the first run, compared first, is not in it
-        assert entry["agent"] == "alice" and entry["runs"] == 2 and entry["confirmed"]
+        # the mean of the fresh-seed runs: the first run, compared first, is not in it; runs an
+        # agent asked for add to the mean, but only the server's confirmation confirms an idea
+        assert entry["agent"] == "alice" and entry["runs"] == 2 and not entry["confirmed"]
         assert entry["val_bpb"] == round((3.12 + 3.11) / 2, 5)
         assert all(a["agent"] != "bob" for a in board["per_agent"])  # no credit for bob
         # Charged to bob: his limit of 2 is used up; alice's own quota is untouched.

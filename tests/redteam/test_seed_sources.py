@@ -128,6 +128,22 @@ DISGUISES: dict[str, tuple[list[patches.Edit], str, str]] = {
         RNG_SHIFT,
         "random.random()",
     ),
+    # found by a review: seeding a qualified generator object, and a seeded quasi-random engine
+    "default-generator-reseeded": (
+        [
+            (
+                patches.MANUAL_SEED,
+                "torch.manual_seed(SEED)\ntorch.default_generator.manual_seed(1234)\n",
+            )
+        ],
+        SEED_SOURCE,
+        "1234",
+    ),
+    "sobol-engine-own-seed": (
+        before_model("sobol = torch.quasirandom.SobolEngine(4, seed=5)\nBUMP = sobol.draw(1)\n"),
+        SEED_SOURCE,
+        "SobolEngine",
+    ),
 }
 
 
