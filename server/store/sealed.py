@@ -34,26 +34,12 @@ class SealedStore:
                     {
                         "experiment_id": int,
                         "val_bpb_exact": float,
-                        "holdout_wanted": int,  # 1: the server asked this run to score the holdout
                         "holdout_bpb": float,
                         "holdout_read_at": str,  # when the holdout was scored (one read)
                         "holdout_note": str,  # why it was not scored, when asked
                     },
                     pk="experiment_id",
                 )
-
-    def want_holdout(self, experiment_id: int) -> None:
-        """Mark a queued run: its evaluation scores the holdout too."""
-        with write_transaction(self.db):
-            self.db.table("sealed").upsert(
-                {"experiment_id": experiment_id, "holdout_wanted": 1}, pk="experiment_id"
-            )
-
-    def holdout_wanted(self, experiment_id: int) -> bool:
-        row = self.db.execute(
-            "SELECT holdout_wanted FROM sealed WHERE experiment_id = ?", [experiment_id]
-        ).fetchone()
-        return bool(row and row[0])
 
     def record(
         self,

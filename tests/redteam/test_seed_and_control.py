@@ -1,12 +1,13 @@
 """Red team, the verdict side: a seed-only change is flagged and never an improvement, and the
 control -- an honest improvement -- still counts, against a baseline measured in this module.
 
-One lab for the module, its baseline measured four times (server seeds 1337..1340) before any
+One lab for the module, its baseline measured five times (server seeds 1337..1341) before any
 test. The budget is 15 CPU seconds (one thread per run): at 6 s, on the shared 2-core machine
 these tests were written on, the baseline takes 0 training steps (importing torch and exporting
 the model use the whole budget), so no honest change can win there (see the red-team notes).
-One run at a time (cpu_slots=1): two runs side by side on two cores train fewer steps per CPU
-second than one alone, and the verdict compares runs made under the same conditions.
+Two slots of one thread each, as the figures below were measured: with one slot of two threads
+the smaller model gained only ~0.04 in a CI-like run (two threads do not speed up its small
+matrices), too close to the noise for a test.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pytest
 from mcp import Client
 
 from server.app import build_server
+from server.candidates import is_candidate_run
+from server.record import SERVER_HOLDOUT_RUN
 
 from . import patches
 from .mallory import call, make_lab, run_hack, wait_rows
@@ -43,10 +46,14 @@ def lab(tmp_path_factory, data_dir):
         data_dir,
         budget_seconds=CONTROL_BUDGET_CPU_SECONDS,
         eval_windows=CONTROL_EVAL_WINDOWS,
-        cpu_slots=1,
+        # An operator's looser error budget for a short campaign at a 15 s budget (5 false wins per
+        # 700 null changes instead of 0.5): at ~14 training steps a seed moves val_bpb by up to
+        # 0.1, and this module is about the path, not the default's power (bench/campaign.py
+        # measures that: a true gain of 3 sd is confirmed at the default budget).
+        false_wins_per_campaign=5.0,
     )
-    rows = wait_rows(lab, lab.ensure_baseline(4))
-    assert [r["status"] for r in rows] == ["ok"] * 4, [r["failure_reason"] for r in rows]
+    rows = wait_rows(lab, lab.ensure_baseline(5))
+    assert [r["status"] for r in rows] == ["ok"] * 5, [r["failure_reason"] for r in rows]
     yield lab
     lab.close()
 
@@ -66,7 +73,7 @@ async def test_honest_improvement_counts(lab):
         CONTROL_EDITS,
     )
     noise = lab.noise_info()
-    assert noise["measured"] and noise["runs"] >= 4
+    assert noise["measured"] and noise["runs"] >= 5
     assert received["status"] == row["status"] == "ok", received["failure_reason"]
     assert received["flags"] == [] and not row["disqualified"]
     paired = next(
@@ -77,7 +84,7 @@ async def test_honest_improvement_counts(lab):
     assert row["val_bpb"] < paired["val_bpb"], (row["val_bpb"], paired["val_bpb"])
     assert received["verdict"] == row["verdict"] == "improved", received["verdict_note"]
     assert "fresh seeds" in received["verdict_note"]
-    runs = lab.store.confirmation_runs(row["id"])
+    runs = [r for r in lab.store.confirmation_runs(row["id"]) if is_candidate_run(r)]
     assert [r["status"] for r in runs] == ["ok"] * lab.settings.confirm_runs
     assert row["seed"] not in {r["seed"] for r in runs}
     assert lab.reference().experiment_id == row["id"]
@@ -120,7 +127,7 @@ async def test_holdout_is_sealed_per_experiment_and_shown_on_the_leaderboard(lab
     )
     runs = wait_rows(lab, [r["id"] for r in lab.store.confirmation_runs(control)])
     assert len(runs) == lab.settings.confirm_runs + lab.settings.holdout_runs
-    holdout_runs = [r["id"] for r in runs if lab.store.sealed.holdout_wanted(r["id"])]
+    holdout_runs = [r["id"] for r in runs if r["description"].startswith(SERVER_HOLDOUT_RUN)]
     baseline_ids = [r["id"] for r in lab.store.list_experiments(kind="baseline", limit=10)]
     scored = lab.store.sealed.holdout_values(holdout_runs + baseline_ids)
     assert len(holdout_runs) == lab.settings.holdout_runs and set(scored) == set(
@@ -139,7 +146,7 @@ async def test_holdout_is_sealed_per_experiment_and_shown_on_the_leaderboard(lab
     entries = {e["id"]: e for e in board["entries"]}
     assert entries[control]["holdout_runs"] == 2 and entries[control]["holdout_bpb"] is not None
     base = next(e for e in board["entries"] if e["agent"] == "server")
-    assert base["holdout_runs"] == 4 and base["holdout_bpb"] is not None
+    assert base["holdout_runs"] == 5 and base["holdout_bpb"] is not None
     assert abs(base["holdout_bpb"] - base["val_bpb"]) < 0.5  # same distribution as val
     published = json.dumps([details, history])
     assert "holdout" not in published.lower()
