@@ -113,7 +113,8 @@ def test_a_crash_at_the_larger_level_is_recorded(lab: Lab) -> None:
     )
     b = run(lab, "bob", "a change that breaks the larger model", files)
     assert b["status"] == "ok", b["failure_reason"]
-    wait_all(lab, lab.confirm("bob", b["id"], 1))
+    wait_all(lab, lab.confirm(None, b["id"], 1, server_runs="candidate"))
+    lab.store.update_experiment(b["id"], verdict="improved")  # as the server's confirmation would
     promotion = lab.ladder.promote("bob", b["id"], "M")
     runs = wait_all(lab, promotion["run_ids"])
     assert all(r["status"] == "crash" for r in runs)
