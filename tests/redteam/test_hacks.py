@@ -347,7 +347,11 @@ async def test_history_and_server_intact_after_the_attacks(lab, honest_bpb):
     async with Client(build_server(lab, default_agent="auditor")) as client:
         history = await call(client, "get_history", scope="all", limit=100)
         board = await call(client, "get_leaderboard")
-    statuses = {row["agent"]: row["status"] for row in history["rows"]}
+    # A run squeezed by the other slot's load is recorded `interrupted` and queued again once:
+    # the status that counts is its retry's.
+    statuses = {
+        row["agent"]: row["status"] for row in history["rows"] if row["status"] != "interrupted"
+    }
     assert history["total"] == len(history["rows"]) >= 1
     for agent, status in expected.items():
         if agent in statuses:  # the module may run partially (-k)
