@@ -31,6 +31,7 @@ import ast
 import functools
 import math
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -120,7 +121,7 @@ def review_seed_code(files: Mapping[str, str], baseline_files: Mapping[str, str]
 def _review_file(text: str, baseline: str | None) -> list[_Finding]:
     """The findings in one file that the baseline's version of it does not have."""
     try:
-        tree = ast.parse(text)
+        tree = parse_python(text)
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None) or 0
         what = f"the file does not parse ({exc.__class__.__name__}: {getattr(exc, 'msg', exc)}), so the seed review cannot vouch for it"
@@ -156,11 +157,23 @@ def _baseline_review(
     return contract, counts
 
 
+# CPython 3.11's AST constructor keeps its recursion depth in shared state: two threads parsing
+# at once (two agents' run_experiment calls planning their runs) can fail with "SystemError: AST
+# constructor recursion depth mismatch". One parse at a time.
+_PARSE_LOCK = threading.Lock()
+
+
+def parse_python(text: str) -> ast.Module:
+    """ast.parse, one thread at a time (see _PARSE_LOCK)."""
+    with _PARSE_LOCK:
+        return ast.parse(text)
+
+
 def _parse_or_none(text: str | None) -> ast.Module | None:
     if text is None:
         return None
     try:
-        return ast.parse(text)
+        return parse_python(text)
     except (SyntaxError, ValueError):
         return None
 
