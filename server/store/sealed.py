@@ -14,7 +14,7 @@ No tool, page or export reads this table except through these methods.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import sqlite_utils
 
@@ -61,28 +61,23 @@ class SealedStore:
 
     def exact_values(self, experiment_ids: Sequence[int]) -> dict[int, float]:
         """{id: full-precision val_bpb} of those runs that have one."""
-        if not experiment_ids:
-            return {}
-        marks = ", ".join("?" for _ in experiment_ids)
-        return {
-            int(row[0]): float(row[1])
-            for row in self.db.execute(
-                f"SELECT experiment_id, val_bpb_exact FROM sealed WHERE experiment_id IN ({marks}) "
-                "AND val_bpb_exact IS NOT NULL",
-                list(experiment_ids),
-            ).fetchall()
-        }
+        return self._column("val_bpb_exact", experiment_ids)
 
     def holdout_values(self, experiment_ids: Sequence[int]) -> dict[int, float]:
         """{id: holdout_bpb} of those runs that scored the holdout."""
+        return self._column("holdout_bpb", experiment_ids)
+
+    def _column(
+        self, column: Literal["val_bpb_exact", "holdout_bpb"], experiment_ids: Sequence[int]
+    ) -> dict[int, float]:
         if not experiment_ids:
             return {}
         marks = ", ".join("?" for _ in experiment_ids)
         return {
             int(row[0]): float(row[1])
             for row in self.db.execute(
-                f"SELECT experiment_id, holdout_bpb FROM sealed WHERE experiment_id IN ({marks}) "
-                "AND holdout_bpb IS NOT NULL",
+                f"SELECT experiment_id, {column} FROM sealed WHERE experiment_id IN ({marks}) "
+                f"AND {column} IS NOT NULL",
                 list(experiment_ids),
             ).fetchall()
         }
