@@ -1,6 +1,7 @@
 """The MCP surface: research tools, resources and the research_loop prompt over one Lab.
 
-Every tool is defined here, as a few lines over a Lab (or store) call: its name, arguments,
+The core tools are defined here, the tools of one feature each in server/app_*.py (memory of
+what was tried, hyperparameter suggestions, ablations); each is a few lines over a Lab (or store) call: its name, arguments,
 description and annotations are what the calling model sees; what it gets back is built by
 server/presentation.py. Refusals are `ToolError`s that say what to send instead. Blocking
 waits are bounded (MCP clients cut tool calls that run long): `run_experiment` and
@@ -12,25 +13,22 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp_types import ToolAnnotations
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from sandbox import patch as patching
-from sandbox.patch import PatchRejected
-from sandbox.runner import RunRefused
-from sandbox.workspace import PathRefused
 from server import presentation as views
-from server.lab import Lab, LabError, check_experiment_id
-from server.ladder import MAX_COMBINED, PromotionRefused
+from server.app_ablation import register_ablation_tools
+from server.app_memory import register_memory_tools
+from server.app_suggest import register_suggest_tools
+from server.lab import Lab, check_experiment_id
+from server.ladder import MAX_COMBINED
 from server.models import (
     CancelResult,
     CheckoutResult,
@@ -45,7 +43,7 @@ from server.models import (
     PaperSearchView,
     PaperView,
 )
-from server.papers import Paper, PaperSearchError, PaperSearchResult
+from server.papers import Paper, PaperSearchResult
 from server.presentation import (
     DEFAULT_GOAL,
     DEFAULT_STOPPING,
@@ -54,73 +52,18 @@ from server.presentation import (
 )
 from server.record import CANDIDATE, FINAL_STATUSES, ExperimentRow, Status
 from server.store import MAX_ROW_ID
+from server.tool_support import (
+    EDITS,
+    ONLINE,
+    READ_ONLY,
+    RUNS,
+    id_field,
+    in_thread,
+    refusals,
+    resource_refusals,
+)
 
 log = logging.getLogger(__name__)
-
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
-EDITS = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-RUNS = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-ONLINE = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
-)
-
-T = TypeVar("T")
-
-
-def id_field(description: str) -> Any:
-    """An experiment-id argument: a whole number from 1 to MAX_ROW_ID (a clear refusal otherwise)."""
-    return Field(
-        description=f"{description} (a whole number from 1 to {MAX_ROW_ID})", ge=1, le=MAX_ROW_ID
-    )
-
-
-@contextmanager
-def refusals() -> Iterator[None]:
-    """Turn every anticipated refusal into a ToolError whose text reaches the model."""
-    try:
-        yield
-    except ToolError:
-        raise
-    except (
-        LabError,
-        PathRefused,
-        PatchRejected,
-        RunRefused,
-        PaperSearchError,
-        PromotionRefused,
-    ) as exc:
-        raise ToolError(str(exc)) from None
-
-
-@contextmanager
-def resource_refusals(uri: str) -> Iterator[None]:
-    """The same refusals for resource reads. Only a ResourceError's message reaches the client:
-    anything else raised in a resource template arrives as a bare 'Error creating resource', so
-    an unexpected error is logged and answered with a message that says what to read instead."""
-    try:
-        with refusals():
-            yield
-    except ToolError as exc:
-        raise ResourceNotFoundError(str(exc)) from None
-    except Exception:
-        log.exception("reading resource %r failed", uri[:200])
-        raise ResourceNotFoundError(
-            f"{uri[:80]!r} could not be read; list_resources and list_resource_templates show what "
-            "exists (experiment://ID with an id from get_history, autoresearch://workspace/NAME with a "
-            "name from list_files)"
-        ) from None
-
-
-async def in_thread(fn: Callable[[], T], limiter: anyio.CapacityLimiter | None = None) -> T:
-    """Run blocking code in a worker thread (anyio's shared pool unless `limiter` says otherwise)."""
-    return await anyio.to_thread.run_sync(fn, limiter=limiter)
-
 
 # arXiv calls wait on a shared rate-limit gate (seconds each): in the shared thread pool (40
 # threads) a burst of them from one agent held every thread and stalled everyone's edits and
@@ -566,4 +509,8 @@ def build_server(
     def research_loop(goal: str = DEFAULT_GOAL, stopping_policy: str = DEFAULT_STOPPING) -> str:
         return views.program_text(lab, goal, stopping_policy)
 
+    # ------------------------------------------------------------ feature tools (server/app_*.py)
+    register_memory_tools(mcp, lab, agent)
+    register_suggest_tools(mcp, lab, agent)
+    register_ablation_tools(mcp, lab, agent)
     return mcp
