@@ -164,9 +164,24 @@ def leaderboard(
         )
     _add_holdout(store, entries, baseline)
     entries.sort(key=lambda e: (not e["confirmed"], e["val_bpb"], e["id"]))
-    for rank, entry in enumerate(entries[:limit], start=1):
+    shown = entries[:limit]
+    _add_cost(store, shown, baseline)
+    for rank, entry in enumerate(shown, start=1):
         entry["rank"] = rank
-    return entries[:limit]
+    return shown
+
+
+def _add_cost(store: Store, entries: list[dict[str, Any]], baseline: dict[str, Any] | None) -> None:
+    """Each entry's device-seconds: its own run and every run that confirms it (the baseline
+    entry: all of its runs)."""
+    base_ids = [int(i) for i in baseline["experiment_ids"]] if baseline else []
+    spent = store.device_seconds_of([e["id"] for e in entries] + base_ids)
+    for entry in entries:
+        if entry["agent"] == SERVER_AGENT and entry.get("verdict") == "baseline":
+            seconds = sum(spent.get(i, 0.0) for i in base_ids)
+        else:
+            seconds = spent.get(entry["id"], 0.0)
+        entry["device_seconds"] = round(seconds, 1)
 
 
 def _add_holdout(
@@ -199,10 +214,13 @@ def _add_holdout(
 
 
 def per_agent(store: Store) -> list[dict[str, Any]]:
-    """Each agent's experiments, improvements and best qualified result, best first."""
+    """Each agent's experiments, improvements, best qualified result and cost (the device-seconds
+    of every run it asked for, and per kept improvement), best first."""
+    spent = store.device_seconds_by_requester()
     out = []
     for agent, n, wins, best in store.per_agent_totals():
         best_id = store.first_ok_with_value(agent, best) if best is not None else None
+        seconds = spent.get(agent, 0.0)
         out.append(
             {
                 "agent": agent,
@@ -210,6 +228,26 @@ def per_agent(store: Store) -> list[dict[str, Any]]:
                 "best_val_bpb": best,
                 "experiments": n,
                 "improvements": wins or 0,
+                "device_seconds": round(seconds, 1),
+                "device_seconds_per_improvement": round(seconds / wins, 1) if wins else None,
             }
         )
     return out
+
+
+def cost_summary(store: Store) -> dict[str, Any]:
+    """Where the device time went: the agents' runs (theirs and the confirmations charged to
+    them), the server's own (baseline, drift checks), and the device-seconds per kept
+    improvement (a server-confirmed `improved`) over the whole record."""
+    spent = store.device_seconds_by_requester()
+    server_seconds = spent.get(None, 0.0)
+    agent_seconds = sum(v for k, v in spent.items() if k is not None)
+    kept = len(store.experiments_with_verdict_anywhere(IMPROVED))
+    total = server_seconds + agent_seconds
+    return {
+        "device_seconds": round(total, 1),
+        "agents_device_seconds": round(agent_seconds, 1),
+        "server_device_seconds": round(server_seconds, 1),
+        "kept_improvements": kept,
+        "device_seconds_per_improvement": round(total / kept, 1) if kept else None,
+    }

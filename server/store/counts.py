@@ -97,6 +97,58 @@ class ExperimentCounts:
             )
         )
 
+    # ------------------------------------------------------------ cost (device-seconds)
+
+    def device_seconds_by_requester(self) -> dict[str | None, float]:
+        """Device-seconds of every run, summed by who asked for it (None: the server's own runs,
+        the baseline and drift checks). Interrupted runs and their re-queues both count: the
+        device was busy for both."""
+        return {
+            row[0]: float(row[1])
+            for row in self.db.execute(
+                "SELECT requested_by, COALESCE(SUM(total_seconds), 0) FROM experiments GROUP BY requested_by"
+            ).fetchall()
+        }
+
+    def device_seconds_of(self, experiment_ids: Sequence[int]) -> dict[int, float]:
+        """Device-seconds spent on each experiment: its own run plus every run that confirms it
+        (the server's fresh-seed and holdout runs, the agents' confirm_experiment runs)."""
+        out: dict[int, float] = {}
+        ids = [int(i) for i in experiment_ids]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for row in self.db.execute(
+                f"SELECT COALESCE(confirms_id, id) AS owner, COALESCE(SUM(total_seconds), 0) FROM experiments "
+                f"WHERE id IN ({marks}) OR confirms_id IN ({marks}) GROUP BY owner",
+                [*chunk, *chunk],
+            ).fetchall():
+                out[int(row[0])] = float(row[1])
+        return out
+
+    def outcome_counts(self) -> dict[str, int]:
+        """How the agents' finished experiments ended: each verdict, and each failure status."""
+        counts: dict[str, int] = {}
+        for status, verdict, n in self.db.execute(
+            "SELECT status, verdict, COUNT(*) FROM experiments WHERE kind = 'experiment' "
+            "AND status NOT IN ('queued', 'running') GROUP BY status, verdict"
+        ).fetchall():
+            key = verdict if status == "ok" and verdict else status
+            counts[key] = counts.get(key, 0) + int(n)
+        return counts
+
+    def recent_dead_ends(self, limit: int) -> list[dict[str, Any]]:
+        """The latest agents' experiments that did not help: failed runs and verdicts `worse`,
+        `within_noise` or `failed`, newest first (what not to try again, and why)."""
+        return list(
+            self.db.query(
+                "SELECT id, agent, status, verdict, val_bpb, description, failure_reason FROM experiments "
+                "WHERE kind = 'experiment' AND (status IN ('crash', 'timeout', 'integrity_fail') "
+                "OR verdict IN ('worse', 'within_noise', 'failed')) ORDER BY id DESC LIMIT ?",
+                [limit],
+            )
+        )
+
     def per_agent_totals(self) -> list[tuple[str, int, int | None, float | None]]:
         """(agent, experiments, improvements, best qualified val_bpb) per agent, best first."""
         return [
