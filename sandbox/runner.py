@@ -36,12 +36,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from sandbox.jail import IsolationLevel, JailedProcess, JailLimits, JailSpec, detect_isolation
 from sandbox.target import ResearchTarget
+from sandbox.warm_start import (
+    WARM_UP_TIMEOUT_SECONDS,
+    launcher_argv,
+    wait_until_ready,
+    warm_script,
+)
 
 MAX_BUDGET_SECONDS = 24 * 3600.0
 MIN_BUDGET_SECONDS = 1.0
@@ -103,6 +109,10 @@ class RunSettings:
     # Also score the sealed holdout (leaderboard entries only): its jail mounts the holdout and
     # the result carries holdout_bpb, for the server's own table; never shown to the agent.
     score_holdout: bool = False
+    # Start the clock on a warmed training process (sandbox/warm_start.py) where the target
+    # names warm_imports. Off: the process starts cold, its start-up inside the budget (for
+    # benchmarks that compare the two).
+    warm_start: bool = True
 
     def validated(self) -> RunSettings:
         if not (MIN_BUDGET_SECONDS <= self.budget_seconds <= MAX_BUDGET_SECONDS):
@@ -151,6 +161,9 @@ class RunResult:
     output_truncated: bool = False
     seed: int = 0
     first_output_seconds: float | None = None
+    # How long the warm training process took to start (Python, imports, the CUDA context)
+    # before the clock started (sandbox/warm_start.py); None for a cold start.
+    startup_seconds: float | None = None
     # Budget used past AR_BUDGET_SECONDS (wall seconds for a wall budget, CPU seconds for a
     # CPU budget), inside the grace period or beyond it; 0.0 when training stopped in time.
     # An honest train.py stops by itself within its budget: the lab flags such a run.
@@ -434,9 +447,38 @@ class ExperimentRunner:
             part.format(python=self.python, target_dir=self.target.target_dir)
             for part in self.target.train_command
         ]
+        script = warm_script(self.target.train_command)
+        warm = settings.warm_start and bool(self.target.warm_imports) and script is not None
+        if warm and script is not None:
+            argv = launcher_argv(self.python, script, self.target.warm_imports)
+            spec = replace(spec, stdin_pipe=True)
         result.phase = "train"
-        began = time.monotonic()
         process = JailedProcess.start(argv, spec, log_path)
+        cpu_at_start = 0.0
+        if warm:
+            took, why = wait_until_ready(process, log_path, WARM_UP_TIMEOUT_SECONDS, cancel)
+            if took is None:
+                process.kill()
+                process.wait()
+                result.log_tail = tail_lines(log_path)
+                if why == "cancelled":
+                    result.status, result.failure_reason = (
+                        "cancelled",
+                        "cancelled before training started",
+                    )
+                else:
+                    # Nothing of the agent's ran yet: the server's failure, tried again once.
+                    result.status, result.failure_reason = (
+                        "interrupted",
+                        f"{why}; the run is queued again",
+                    )
+                return
+            result.startup_seconds = round(took, 2)
+            cpu_at_start = process.cpu_seconds()
+        log_size_at_start = log_path.stat().st_size if log_path.exists() else 0
+        began = time.monotonic()
+        if warm:
+            process.send("go\n")
         limit = settings.budget_seconds + settings.grace
         # A CPU budget still needs a wall-clock stop: a process that sleeps uses no CPU.
         wall_limit = limit if settings.budget_kind == "wall" else 3 * settings.budget_seconds + 30
@@ -451,7 +493,9 @@ class ExperimentRunner:
         while process.poll() is None:
             now = time.monotonic()
             elapsed = now - began
-            used = process.cpu_seconds() if settings.budget_kind == "cpu" else elapsed
+            used = (
+                process.cpu_seconds() - cpu_at_start if settings.budget_kind == "cpu" else elapsed
+            )
             if quota is not None and terminated_at is None and now >= next_disk_check:
                 usage = directory_usage(code_dir, quota, MAX_RUN_DIR_ENTRIES)
                 took = time.monotonic() - now
@@ -463,13 +507,13 @@ class ExperimentRunner:
             if (
                 result.first_output_seconds is None
                 and log_path.exists()
-                and log_path.stat().st_size > 0
+                and log_path.stat().st_size > log_size_at_start
             ):
                 result.first_output_seconds = elapsed
             if result.first_output_seconds is not None and (
                 not cpu_samples or elapsed - cpu_samples[-1][0] >= 0.5
             ):
-                cpu_samples.append((elapsed, process.cpu_seconds()))
+                cpu_samples.append((elapsed, process.cpu_seconds() - cpu_at_start))
             if terminated_at is None:
                 load.sample(elapsed)
             if terminated_at is None:
@@ -488,7 +532,7 @@ class ExperimentRunner:
             time.sleep(POLL_SECONDS)
         returncode = process.wait()
         result.train_seconds = time.monotonic() - began
-        result.cpu_seconds = process.cpu_seconds()
+        result.cpu_seconds = process.cpu_seconds() - cpu_at_start
         used = result.cpu_seconds if settings.budget_kind == "cpu" else result.train_seconds
         result.over_budget_seconds = round(max(0.0, used - settings.budget_seconds), 2)
         threads = settings.threads or os.cpu_count() or 1

@@ -33,6 +33,9 @@ class ResearchTarget:
     # Subfolders of the data directory holding the sealed holdout: mounted into the evaluator's
     # jail only for a run that scores it (RunSettings.score_holdout), never into training.
     holdout_data: tuple[str, ...] = ()
+    # Modules a warm training process imports before the budget clock starts (sandbox/warm_start.py);
+    # empty: training starts cold, its start-up inside the budget.
+    warm_imports: tuple[str, ...] = ()
 
     def hidden_paths(self) -> tuple[Path, ...]:
         """Where the hidden packages are installed, found without importing them."""
@@ -82,4 +85,5 @@ def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
         eval_context=int(raw.get("eval_context", 256)),
         hidden_from_training=tuple(raw.get("hidden_from_training", [])),
         holdout_data=tuple(raw.get("holdout_data", [])),
+        warm_imports=tuple(raw.get("warm_imports", [])),
     )

@@ -161,6 +161,8 @@ def finished_run_fields(
     metrics["phase"] = result.phase
     if result.first_output_seconds is not None:
         metrics["first_output_seconds"] = round(result.first_output_seconds, 3)
+    if result.startup_seconds is not None:
+        metrics["startup_seconds"] = round(result.startup_seconds, 2)
     val = result.val_bpb
     fields = {
         "status": result.status,
