@@ -110,7 +110,7 @@ def contract_env(data_dir: Path, out: Path, budget: float, device: str, extra: d
         "AR_OUT_DIR": str(out),
         "AR_SEED": "1",
         "AR_DEVICE": device,
-        "AR_EVAL_CONTEXT": str(load_target().eval_context),
+        "AR_EVAL_CONTEXT": str(load_target().context_for(device)),
         **({"OMP_NUM_THREADS": "1"} if device == "cpu" else {}),
         **extra,
     }

@@ -395,7 +395,7 @@ class ExperimentRunner:
             "AR_SEED": str(settings.seed),
             "AR_DATA_DIR": str(self.data_dir),
             "AR_OUT_DIR": str(out_dir),
-            "AR_EVAL_CONTEXT": str(self.target.eval_context),
+            "AR_EVAL_CONTEXT": str(self.target.context_for(settings.device)),
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
             "PYTHONUNBUFFERED": "1",
@@ -638,7 +638,14 @@ class ExperimentRunner:
                 data_dir=self.data_dir,
             )
             for part in self.target.evaluate_command
-        ] + ["--device", settings.device, "--report-fd", str(channel.write_fd)]
+        ] + [
+            "--device",
+            settings.device,
+            "--context",
+            str(self.target.context_for(settings.device)),
+            "--report-fd",
+            str(channel.write_fd),
+        ]
         if settings.eval_windows:
             argv += ["--windows", str(settings.eval_windows)]
         if holdout:

@@ -26,7 +26,7 @@ class ResearchTarget:
     evaluate_command: tuple[str, ...]
     train_data: tuple[str, ...]
     eval_data: tuple[str, ...]
-    eval_context: int
+    eval_context: int  # the evaluation context length on the CPU (and any device not listed)
     hidden_from_training: tuple[
         str, ...
     ] = ()  # Python packages (e.g. the raw corpus) training must not see
@@ -36,6 +36,13 @@ class ResearchTarget:
     # Modules a warm training process imports before the budget clock starts (sandbox/warm_start.py);
     # empty: training starts cold, its start-up inside the budget.
     warm_imports: tuple[str, ...] = ()
+    # Evaluation context per device kind where it differs from eval_context ({"cuda": 2048}).
+    eval_context_by_device: tuple[tuple[str, int], ...] = ()
+
+    def context_for(self, device: str) -> int:
+        """The evaluation context a run on `device` is scored at (and exports its model for)."""
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        return dict(self.eval_context_by_device).get(kind, self.eval_context)
 
     def hidden_paths(self) -> tuple[Path, ...]:
         """Where the hidden packages are installed, found without importing them."""
@@ -82,8 +89,24 @@ def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
         evaluate_command=tuple(raw["evaluate_command"]),
         train_data=tuple(raw.get("train_data", [])),
         eval_data=tuple(raw.get("eval_data", [])),
-        eval_context=int(raw.get("eval_context", 256)),
+        eval_context=_context(raw.get("eval_context", 256), "cpu", path),
+        eval_context_by_device=tuple(
+            (kind, _context(raw["eval_context"], kind, path))
+            for kind in ("cuda",)
+            if isinstance(raw.get("eval_context"), dict) and kind in raw["eval_context"]
+        ),
         hidden_from_training=tuple(raw.get("hidden_from_training", [])),
         holdout_data=tuple(raw.get("holdout_data", [])),
         warm_imports=tuple(raw.get("warm_imports", [])),
     )
+
+
+def _context(value: object, kind: str, path: Path) -> int:
+    """eval_context: one length for every device, or a table by device kind ({cpu = N, cuda = M})."""
+    if isinstance(value, dict):
+        value = value.get(kind, value.get("cpu", 256))
+    if not isinstance(value, int) or isinstance(value, bool) or not 16 <= value <= 16384:
+        raise ValueError(
+            f"{path}: eval_context must be a whole number from 16 to 16384, not {value!r}"
+        )
+    return value

@@ -653,3 +653,51 @@ def test_error_on_any_tokens_is_explained(
     assert (report["status"], code) == ("invalid_artifact", 3), report
     assert "raised an error on a batch of zeros [4, 256] (no val data" in report["reason"]
     assert "equal to 2" in report["reason"]
+
+
+def test_context_follows_the_argument_and_the_device(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--context scores windows of that length (the CUDA recipe's 2048 is the CUDA default) and
+    the probes run at that shape; a length out of range is refused before anything loads."""
+    assert evaluate_module.EVAL_CONTEXTS == {"cpu": CONTEXT, "cuda": 2048}
+    long = 2 * CONTEXT
+    example = torch.zeros(2, long, dtype=torch.long)
+    program = torch.export.export(
+        Bigram(vocab_of(data_dir)).eval(),
+        (example,),
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+    )
+    artifact = tmp_path / "model.pt2"
+    torch.export.save(program, artifact)
+    code = evaluate_module.main(
+        ["--artifact", str(artifact), "--data-dir", str(data_dir), "--context", str(long),
+         "--windows", str(PROBE_WINDOWS)]
+    )  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert (code, report["status"]) == (0, "ok"), report
+    assert report["context"] == long and report["windows"] == PROBE_WINDOWS
+    assert report["causality"]["passed"] and report["causality"]["probes"] > 0
+    with pytest.raises(SystemExit):
+        evaluate_module.main(
+            ["--artifact", str(artifact), "--data-dir", str(data_dir), "--context", "8"]
+        )
+    assert "--context must be from" in capsys.readouterr().err
+
+
+def test_target_context_per_device(tmp_path: Path) -> None:
+    """target.toml's eval_context: one number, or a table by device kind (CUDA runs at 2048)."""
+    from sandbox.target import load_target
+
+    shipped = load_target()
+    assert (shipped.context_for("cpu"), shipped.context_for("cuda:1")) == (CONTEXT, 2048)
+    text = (REPO_ROOT / "trainer" / "target.toml").read_text()
+    single = tmp_path / "target.toml"
+    single.write_text(
+        text.replace("eval_context = { cpu = 256, cuda = 2048 }", "eval_context = 512")
+    )
+    target = load_target(single)
+    assert (target.context_for("cpu"), target.context_for("cuda")) == (512, 512)
+    single.write_text(text.replace("eval_context = { cpu = 256, cuda = 2048 }", "eval_context = 3"))
+    with pytest.raises(ValueError, match="eval_context must be a whole number from 16"):
+        load_target(single)

@@ -50,13 +50,17 @@ positions are compared with what it returned while being scored.
     bound is what 5% of the budget buys (one forward row costs as much as one scored window).
     Every fresh evaluation (a confirmation run, a re-run) draws new cuts: k evaluations of the
     same cheat survive with (1 - f)^(k n).
-  - CUDA, 160 windows: 10 scoring batches of 16, 160 probe passes, n = 2400 cuts: >= 95% for
-    f >= 0.125%, >= 99% for f >= 0.19%, i.e. a hidden gain of at most ~0.002-0.003 val_bpb,
-    about the GPU's seed-to-seed sd (0.002).
+  - CUDA, 160 windows of 2048 tokens (the CUDA recipe's context; fewer where the val split is
+    shorter, e.g. 30 on the bundled corpus): 10 scoring batches of 16, 80 probe passes,
+    n = 1200 cuts: >= 95% for f >= 0.25%, >= 99% for f >= 0.38%, i.e. a hidden gain of at
+    most ~0.003-0.004 val_bpb, about the GPU's seed-to-seed sd. (At 256 tokens it was 2560
+    probe rows; a row of 2048 costs ~8x more, so the rows were halved to keep the cost.)
   - The red-team lab (4 windows): 12 passes of 4 rows, n = 36: >= 99% for f >= 12%.
   Cost (2-core CPU, baseline GPT): one forward row ~12 ms unloaded; a prewarmed run scored
   24 rows and probed 24 before (~2.1 s in all, 3.5% of 60 s); it now probes 48 (~2.8 s, see
-  bench/evaluation.py). On an H200 a row costs ~0.3 ms: 2560 probe rows ~1 s of 15 s (5%).
+  bench/evaluation.py). On an H200 a row of 256 cost ~0.3 ms (2560 rows ~1 s); a row of 2048
+  is estimated at ~3 ms, 1280 rows ~4 s of the 9 s that 3% of 300 s allows (not measured yet:
+  bench/gpu_check.py reports it).
 
 What it says carries no data back: reasons about running the model are fixed texts (no
 exception message, value, position, leak size or returned shape); an exception while the
@@ -107,7 +111,11 @@ from typing import Any
 
 import numpy as np
 
-EVAL_CONTEXT = 256  # fixed evaluation context length T (passed to training as AR_EVAL_CONTEXT)
+EVAL_CONTEXT = 256  # the CPU's fixed evaluation context length T (training gets AR_EVAL_CONTEXT)
+# The context per device kind: the CUDA recipe trains at 2048, and is scored at that length
+# (the runner passes the target's context with --context; these are the defaults without it).
+EVAL_CONTEXTS = {"cpu": EVAL_CONTEXT, "cuda": 2048}
+MIN_CONTEXT, MAX_CONTEXT = 16, 16384
 # Fixed val windows scored per device kind, sized so evaluation stays within 5% of the default
 # budget (60 s on CPU, 300 s on CUDA), prewarmed (bench/evaluation.py). On 2 CPU cores 32
 # windows took 2.6-3.2 s, too close to 3 s; 24 (6,144 scored tokens, spread over the whole
@@ -116,7 +124,14 @@ EVAL_WINDOWS = {"cpu": 24, "cuda": 160}
 EVAL_BATCH = 16  # at most this many windows per forward pass (see batch_rows)
 # Rows the causality/batch probe re-runs per evaluation, per device kind (one row = one cut,
 # but for one decoy row per pass). The bound and the cost are in the module docstring.
-PROBE_ROWS = {"cpu": 48, "cuda": 2560}
+PROBE_ROWS = {"cpu": 48, "cuda": 1280}
+
+
+def device_kind(device: str) -> str:
+    """'cuda' for any CUDA device, else 'cpu': the key of the per-device tables above."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 CAUSALITY_TOLERANCE = 1e-5  # at identical shapes an honest model is bitwise identical
 MAX_ABS_LOGIT = 1e4
 MAX_ARCHIVE_BYTES = 4 << 30
@@ -609,7 +624,7 @@ def batch_rows(windows: int) -> int:
 
 def probe_passes(rows: int, device: str) -> int:
     """Probe forward passes: PROBE_ROWS of the device kind, in batches of ``rows``."""
-    return max(2, -(-PROBE_ROWS["cuda" if device.startswith("cuda") else "cpu"] // rows))
+    return max(2, -(-PROBE_ROWS[device_kind(device)] // rows))
 
 
 def _noise(shape: tuple[int, int], vocab_size: int, device) -> Any:
@@ -663,9 +678,13 @@ class ValSet:
         windows: int | None,
         load_to: str | None = None,
         split: str = "val",
+        context: int | None = None,
     ) -> None:
-        """Windows of ``split`` sized for ``device``; held on ``load_to`` (default: ``device``) until ``to``."""
+        """Windows of ``split`` sized for ``device``, ``context`` tokens long (default: the
+        device's); held on ``load_to`` (default: ``device``) until ``to``."""
         import torch
+
+        self.context = context or EVAL_CONTEXTS[device_kind(device)]
 
         meta = json.loads((data_dir / "tokenizer" / "tokenizer.json").read_text())
         self.vocab_size = int(meta["vocab_size"])
@@ -673,8 +692,8 @@ class ValSet:
             np.fromfile(data_dir / "tokenizer" / "token_bytes.bin", dtype="<i4").astype(np.int64)
         )
         val_tokens = np.fromfile(data_dir / split / "tokens.bin", dtype="<u2")
-        count = windows or EVAL_WINDOWS["cuda" if device.startswith("cuda") else "cpu"]
-        self.data = torch.from_numpy(val_windows(val_tokens, EVAL_CONTEXT, count))
+        count = windows or EVAL_WINDOWS[device_kind(device)]
+        self.data = torch.from_numpy(val_windows(val_tokens, self.context, count))
         self.to(load_to or device)
 
     def to(self, device: str) -> ValSet:
@@ -744,6 +763,7 @@ def evaluate(
     windows: int | None = None,
     val_set: ValSet | None = None,
     holdout: ValSet | str | None = None,
+    context: int | None = None,
 ) -> dict:
     """Score the artifact on the fixed val windows; raise InvalidArtifact / IntegrityFailure.
 
@@ -756,7 +776,7 @@ def evaluate(
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    val = (val_set or ValSet(data_dir, device, windows)).to(device)
+    val = (val_set or ValSet(data_dir, device, windows, context=context)).to(device)
     with silenced():
         program = load_program(artifact)
         # Weights and the constants captured at export (a tensor made on the trainer's device)
@@ -786,7 +806,7 @@ def evaluate(
         report: dict[str, Any] = {
             "val_bpb": scoring.val_bpb,
             "windows": int(val.inputs.size(0)),
-            "context": EVAL_CONTEXT,
+            "context": int(val.inputs.size(1)),
             "vocab_size": val.vocab_size,
             "causality": causality,
             **{k: round(v, 3) for k, v in timings.items()},
@@ -806,13 +826,17 @@ HOLDOUT_TOO_SHORT = "not available: the holdout split is shorter than one evalua
 
 
 def load_holdout(
-    data_dir: Path, device: str, windows: int | None, load_to: str | None = None
+    data_dir: Path,
+    device: str,
+    windows: int | None,
+    load_to: str | None = None,
+    context: int | None = None,
 ) -> ValSet | str:
     """The holdout's windows (as many as val's, spread alike), or a fixed text saying why there are none."""
     if not (data_dir / HOLDOUT / "tokens.bin").is_file():
         return HOLDOUT_MISSING
     try:
-        return ValSet(data_dir, device, windows, load_to=load_to, split=HOLDOUT)
+        return ValSet(data_dir, device, windows, load_to=load_to, split=HOLDOUT, context=context)
     except RuntimeError:
         return HOLDOUT_TOO_SHORT
 
@@ -996,6 +1020,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=os.environ.get("AR_DEVICE", "cpu"))
     parser.add_argument("--windows", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="the evaluation context length (default: the device's, EVAL_CONTEXTS)",
+    )
+    parser.add_argument(
         "--wait",
         action="store_true",
         help="warm up first, then read a line 'go' on stdin before opening the artifact",
@@ -1018,6 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
         "send everything printed to stdout to stderr instead",
     )
     args = parser.parse_args(argv)
+    if args.context is not None and not MIN_CONTEXT <= args.context <= MAX_CONTEXT:
+        parser.error(f"--context must be from {MIN_CONTEXT} to {MAX_CONTEXT}")
     if args.report_fd is not None:
         # First, before torch exists in this process: the report channel is only ever written
         # by report_to below, and anything any library prints goes to the log (fd 2).
@@ -1064,10 +1096,12 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             # CUDA starts now only when the runner says the GPU may hold two contexts (its
             # compute mode is Default): in an exclusive mode the training must get it first.
             warm_device = args.device if args.warm_cuda or args.device == "cpu" else "cpu"
-            val_set = ValSet(args.data_dir, args.device, args.windows, load_to=warm_device)
+            val_set = ValSet(
+                args.data_dir, args.device, args.windows, load_to=warm_device, context=args.context
+            )
             if args.holdout:
                 holdout = load_holdout(
-                    args.data_dir, args.device, args.windows, load_to=warm_device
+                    args.data_dir, args.device, args.windows, warm_device, args.context
                 )
             with silenced():
                 warm_up(warm_device)
@@ -1080,7 +1114,7 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                 return report, EXIT_NOT_STARTED
             report["warmup_seconds"] = round(warm, 3)
         if args.holdout and holdout is None:
-            holdout = load_holdout(args.data_dir, args.device, args.windows)
+            holdout = load_holdout(args.data_dir, args.device, args.windows, None, args.context)
         report["hashes"] = file_hashes(args.data_dir, holdout=isinstance(holdout, ValSet))
         report.update(
             evaluate(
@@ -1090,6 +1124,7 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                 args.windows,
                 val_set=val_set,
                 holdout=holdout,
+                context=args.context,
             )
         )
         report["status"] = "ok"
