@@ -23,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from sandbox import patch as patching
+from server import memory
 from server import presentation as views
 from server.app_ablation import register_ablation_tools
 from server.app_memory import register_memory_tools
@@ -223,21 +224,36 @@ def build_server(
             list[str] | None,
             Field(description="arXiv ids of papers that motivated this experiment"),
         ] = None,
+        force_reason: Annotated[
+            str | None,
+            Field(
+                description="run even if the same (normalised) code already ran: why this run differs (recorded)",
+                max_length=memory.MAX_FORCE_REASON,
+            ),
+        ] = None,
     ) -> ExperimentResult:
         """Run your workspace's current code as an experiment under the fixed budget and get val_bpb and a verdict."""
         with refusals():
             name = agent()
-            experiment_id, reused = await in_thread(
-                lambda: lab.submit(name, description, paper_ids=paper_ids or [])
+            sent = await in_thread(
+                lambda: memory.submit_experiment(
+                    lab, name, description, paper_ids=paper_ids or [], force_reason=force_reason
+                )
             )
-            if reused is not None:
-                return views.experiment_result(lab, lab.experiment(reused), reused_from=reused)
+            if sent.reused_from is not None:
+                return views.experiment_result(
+                    lab,
+                    lab.experiment(sent.reused_from),
+                    reused_from=sent.reused_from,
+                    reuse_reason=sent.reuse_reason,
+                    request_id=sent.request_id,
+                )
             row = (
-                await wait_for(lab, experiment_id, wait_bound, ctx)
+                await wait_for(lab, sent.experiment_id, wait_bound, ctx)
                 if wait
-                else lab.experiment(experiment_id)
+                else lab.experiment(sent.experiment_id)
             )
-            return views.experiment_result(lab, row)
+            return views.experiment_result(lab, row, notes=sent.notes)
 
     @mcp.tool(annotations=READ_ONLY)
     async def wait_experiment(

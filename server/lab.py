@@ -19,7 +19,7 @@ from sandbox.jail import IsolationLevel, detect_isolation
 from sandbox.runner import ExperimentRunner, RunResult, RunSettings
 from sandbox.target import ResearchTarget, load_target
 from sandbox.workspace import FileTooLarge, PathPolicy, Workspace
-from server import drift, standings
+from server import dedupe, drift, standings
 from server.diffs import unified_diff as bounded_unified_diff
 from server.ladder import PromotionLadder
 from server.machine import (
@@ -86,10 +86,9 @@ def _resolve_requester(agent: str, requested_by: str | _Requester | None) -> str
     return requested_by
 
 
-def unified_diff(old: dict[str, str], new: dict[str, str]) -> str:
-    """A unified diff between two sets of files (a/ and b/ prefixes, like git), bounded in time
-    and size by server.diffs: a pathological edit gets a coarse diff that says so."""
-    return bounded_unified_diff(old, new)
+# A unified diff between two sets of files (a/ and b/ prefixes, like git), bounded in time and
+# size by server.diffs: a pathological edit gets a coarse diff that says so.
+unified_diff = bounded_unified_diff
 
 
 class Lab:
@@ -240,8 +239,9 @@ class Lab:
         for the server's own runs) is charged for it. The code hash, the diffs and the review
         flags are computed first, outside the submit lock: one agent's large diff never holds
         up another agent's submit. Under the lock: the quota check, the dedupe and the insert.
-        When the same code already ran (or is running) with the same settings, nothing is
-        queued and the earlier experiment's id comes back as reused-from (confirmations always run).
+        When the same code, or the same normalised code (server.dedupe), already ran (or is
+        running) with the same settings, nothing is queued, the request is kept on record and
+        the earlier experiment's id comes back as reused-from (confirmations always run).
         """
         requester = _resolve_requester(agent, requested_by)
         planned = self.plan_run(
@@ -320,6 +320,7 @@ class Lab:
             "isolation": self.isolation.value,
             "paper_ids": papers,
             "scale": scale,
+            **dedupe.change_fields(files, self.baseline_files),
         }
 
     def queue_runs(
@@ -337,20 +338,14 @@ class Lab:
         with self._submit_lock:
             results: list[tuple[int, int | None]] = []
             fresh: list[dict[str, Any]] = []
-            for run in planned:
-                earlier = None
-                if reuse and run["kind"] == "experiment":
-                    earlier = self.store.find_by_code(
-                        run["code_hash"],
-                        {
-                            "hardware": run["hardware"],
-                            "budget_seconds": run["budget_seconds"],
-                            "budget_kind": run["budget_kind"],
-                            "scale": run["scale"],
-                        },
-                    )
-                results.append((earlier["id"], earlier["id"]) if earlier else (0, None))
-                if earlier is None:
+            for run in planned:  # the same code or normalised code (server.dedupe); not forced
+                found = None
+                if reuse and run["kind"] == "experiment" and not run.get("force_reason"):
+                    found = dedupe.find_earlier(self.store, run)
+                if found:
+                    run["reuse_match"], run["reuse_reason"] = found[1], found[2]
+                results.append((found[0]["id"], found[0]["id"]) if found else (0, None))
+                if found is None:
                     fresh.append(run)
             if check_quota and requester is not None:
                 # Before any reuse too: an agent at its live limit is told to wait for its run,
@@ -360,6 +355,9 @@ class Lab:
                 reused = results[index][1]
                 if reused is not None:
                     if run["kind"] == "experiment":
+                        run["request_id"] = dedupe.record_request(
+                            self.store, run, reused, run["reuse_match"], run["reuse_reason"]
+                        )
                         self._set_workspace_parent(run["agent"], reused)
                         self.store.release_claims(run["agent"], reused)
                     continue

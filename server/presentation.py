@@ -31,8 +31,10 @@ from server.models import (
     PaperRef,
     PaperSearchView,
     PaperView,
+    RunRequest,
 )
 from server.papers import UNTRUSTED_NOTICE, Paper, PaperSearchResult, render_untrusted
+from server.store.similar import all_words_query
 from server.verdicts import published
 
 PROGRAM_FILE = Path(__file__).resolve().parent.parent / "program.md"
@@ -114,11 +116,37 @@ def last_lines(text: str, count: int = LOG_TAIL_FOR_AGENT) -> str:
     return "\n".join(text.splitlines()[-count:])
 
 
+def reuse_step(row: Mapping[str, Any], reason: str | None) -> str:
+    """What is true when an earlier experiment answers a run request: it is queued or running
+    (wait for it) or it finished (its result is shown); and how to run it anyway."""
+    same = f"the same code ({reason})" if reason else "the same code"
+    who = f"#{row['id']} by {row['agent']}"
+    force = "or run_experiment(..., force_reason='why this run differs') to run it anyway"
+    if row["status"] in ("queued", "running"):
+        return (
+            f"nothing new was queued: {same} is already {row['status']} as {who} with the same "
+            f"settings: wait_experiment({row['id']}) for its result; your request is on record; "
+            f"{force}"
+        )
+    return (
+        f"nothing new was queued: {same} already ran as {who} with the same settings: its "
+        f"result is shown; change the code, confirm_experiment({row['id']}) for more seeds, "
+        f"{force}"
+    )
+
+
 def experiment_result(
-    lab: Lab, row: Mapping[str, Any], *, reused_from: int | None = None
+    lab: Lab,
+    row: Mapping[str, Any],
+    *,
+    reused_from: int | None = None,
+    reuse_reason: str | None = None,
+    request_id: int | None = None,
+    notes: list[str] | None = None,
 ) -> ExperimentResult:
     """One experiment as run_experiment, wait_experiment and the dashboard show it: figures,
-    verdict, live progress while it is queued or running, the log tail when it failed."""
+    verdict, live progress while it is queued or running, the log tail when it failed; when an
+    earlier experiment answered the request (`reused_from`), what is true about it."""
     progress = None
     if row["status"] in ("queued", "running"):
         live = lab.scheduler.progress(row["id"])
@@ -149,10 +177,9 @@ def experiment_result(
         log_tail=last_lines(tail) if failed and tail else None,
         progress=progress,
         reused_from=reused_from,
-        next_step=(
-            f"this exact code already ran as #{reused_from} with the same settings: its result is shown; "
-            "change the code, or confirm_experiment for more seeds"
-        )
+        request_id=request_id,
+        notes=notes or [],
+        next_step=reuse_step(row, reuse_reason)
         if reused_from
         else next_step_for(row, lab.settings.call_wait_seconds),
     )
@@ -252,6 +279,14 @@ def history(
         leaderboard=[LeaderboardEntry(**e) for e in lab.leaderboard(limit=10, scale=level or "S")],
         open_claims=[Claim(**c) for c in lab.store.open_claims()],
         queue=queue,
+        requests=[
+            RunRequest(**{k: r[k] for k in RunRequest.model_fields})
+            for r in lab.store.requests.search(
+                agent=involving, fts_query=all_words_query(query) if query else None, limit=limit
+            )
+        ]
+        if involving or query
+        else [],
     )
 
 

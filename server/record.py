@@ -15,10 +15,12 @@ Status = Literal[
 ]
 # experiment: an agent's idea; baseline: the shipped code, measured by the server;
 # confirmation: a re-run with a fresh seed; promotion: a re-run at a larger level;
-# drift_check: the server re-running the best to catch a drifting machine.
+# drift_check: the server re-running the best to catch a drifting machine;
+# ablation: a run of an experiment with one of its parts left out (server.ablation), judged
+# only within its ablation: never ranked, never noise, no verdict.
 # The JSON API and the dashboard filter the history by the first three (ListedKind).
 ListedKind = Literal["experiment", "baseline", "confirmation"]
-Kind = Literal[ListedKind, "promotion", "drift_check"]
+Kind = Literal[ListedKind, "promotion", "drift_check", "ablation"]
 # candidate: one run beat the reference by the screen; the server is confirming it on fresh seeds.
 Verdict = Literal["improved", "candidate", "within_noise", "worse", "failed", "baseline"]
 
@@ -95,6 +97,9 @@ class ExperimentRow(TypedDict, total=False):
     attempt: int
     retry_of: int | None
     scale: str | None
+    change_fingerprint: str | None  # the normalised change (server/similarity.py), for dedupe
+    change_edits: dict[str, Any] | None  # its effective edits (constants changed, statements)
+    force_reason: str | None  # why the agent ran a duplicate anyway (run_experiment force_reason)
     created_at: str
     started_at: str | None
     finished_at: str | None

@@ -38,6 +38,9 @@ EVALUATE_PY = Path(__file__).resolve().parent.parent / "trainer" / "evaluate.py"
 UNKNOWN_ID = 999_999
 KNOB = "BATCH_SIZE = "  # the hyperparameter line of train.py that most tests change
 READ_ONLY_TOOLS = {
+    "similar_experiments",  # server/app_memory.py
+    "get_briefing",  # server/app_memory.py
+    "get_ablation",  # server/app_ablation.py
     "list_files",
     "read_file",
     "wait_experiment",
@@ -49,6 +52,8 @@ READ_ONLY_TOOLS = {
     "get_ladder",
 }
 CHANGING_TOOLS = {
+    "suggest",  # server/app_suggest.py
+    "ablate",  # server/app_ablation.py
     "apply_patch",
     "edit_file",
     "write_file",
@@ -532,8 +537,18 @@ async def test_the_same_code_again_is_reused(lab: Lab, mode: str) -> None:
         assert again["reused_from"] == first["id"]
         assert again["agent"] == "alice"
         assert again["description"] == "the baseline, as shipped"
+        # The truth: the earlier run is still queued (this lab never trains): wait for it.
         assert again["next_step"].startswith(
-            f"this exact code already ran as #{first['id']} with the same settings"
+            "nothing new was queued: the same code (byte for byte) is already "
+            f"queued as #{first['id']} by alice with the same settings: "
+            f"wait_experiment({first['id']}) for its result"
+        )
+        # Bob's own description is on record, pointing at the run that answered it.
+        (request,) = lab.store.requests.search(agent="bob")
+        assert request["id"] == again["request_id"]
+        assert (request["description"], request["earlier_id"]) == (
+            "the baseline again",
+            first["id"],
         )
         # Bob's workspace now descends from the run whose result he was given.
         assert (await call(bob, "list_files"))["parent_experiment_id"] == first["id"]

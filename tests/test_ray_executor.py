@@ -278,7 +278,7 @@ async def _drive(
             for n in range(4):
                 result = await client.call_tool(
                     "write_file",
-                    {"path": "train.py", "content": baseline + f"\n# ray variant {n}\n"},
+                    {"path": "train.py", "content": baseline + f"\nRAY_VARIANT = {n}\n"},
                 )
                 assert not result.is_error, result
                 result = await client.call_tool(

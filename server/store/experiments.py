@@ -20,8 +20,10 @@ from server.store.database import ThreadLocalDatabase, utc_now, write_transactio
 from server.store.exports import experiments_csv, results_tsv
 from server.store.papers import PaperStore
 from server.store.promotions import PromotionStore
+from server.store.requests import RunRequestStore
 from server.store.schema import EXPERIMENT_COLUMNS, create_tables
 from server.store.sealed import SealedStore
+from server.store.similar import SimilarStore
 
 
 class ExperimentNotFound(KeyError):
@@ -40,6 +42,9 @@ class Store(ExperimentCounts):
         self.papers = PaperStore(self.db)
         self.sealed = SealedStore(self.db)
         self.sealed.ensure_table()
+        self.requests = RunRequestStore(self.db)
+        self.requests.ensure_table()
+        self.similar = SimilarStore(self.db)
 
     def _create_tables(self) -> None:
         create_tables(self.db)
@@ -198,7 +203,7 @@ class Store(ExperimentCounts):
         rows = self.db.query(
             "SELECT * FROM experiments WHERE code_hash = ? AND status IN ('ok', 'queued', 'running') "
             "AND hardware IS ? AND budget_seconds IS ? AND budget_kind IS ? AND COALESCE(scale, 'S') = ? "
-            "AND kind != 'confirmation' ORDER BY id DESC LIMIT 1",
+            "AND kind NOT IN ('confirmation', 'ablation') ORDER BY id DESC LIMIT 1",
             [
                 code_hash,
                 settings.get("hardware"),
@@ -501,7 +506,7 @@ class Store(ExperimentCounts):
         return json.dumps(self.export_rows(), indent=1)
 
 
-_JSON_COLUMNS = ("metrics", "flags", "hashes", "paper_ids", "code")
+_JSON_COLUMNS = ("metrics", "flags", "hashes", "paper_ids", "code", "change_edits")
 
 
 def _encode(value: Any) -> Any:

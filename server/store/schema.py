@@ -58,6 +58,12 @@ EXPERIMENT_COLUMNS: dict[str, type] = {
     "attempt": int,
     "retry_of": int,  # re-queued after an interruption: the interrupted experiment
     "scale": str,
+    # server.similarity: the normalised code's fingerprint (equal = a duplicate) and the
+    # effective edits vs the baseline (JSON: edits, places, assignments), for the dedupe and
+    # similar_experiments.
+    "change_fingerprint": str,
+    "change_edits": str,
+    "force_reason": str,  # an agent ran a duplicate anyway: why it says the run differs
     "created_at": str,
     "started_at": str,
     "finished_at": str,
@@ -75,7 +81,13 @@ READ_INDEXES = {
     # Every submit counts the requester's live and total runs (the quota).
     "idx_experiments_requested_by": "CREATE INDEX IF NOT EXISTS idx_experiments_requested_by "
     "ON experiments(requested_by, status)",
+    # Every submit looks for an earlier run of the same normalised code (server.dedupe).
+    "idx_experiments_change_fingerprint": "CREATE INDEX IF NOT EXISTS "
+    "idx_experiments_change_fingerprint ON experiments(change_fingerprint)",
 }
+
+# Columns added after the first release: old files get them (NULL) on open.
+ADDED_COLUMNS = {"change_fingerprint": "TEXT", "change_edits": "TEXT", "force_reason": "TEXT"}
 
 
 def create_tables(db: sqlite_utils.Database) -> None:
@@ -149,6 +161,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
             db.table("meta").create({"key": str, "value": str}, pk="key")
             db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
     _migrate_requested_by(db)
+    _add_columns(db)
     if not db.table("experiments").detect_fts():
         with write_transaction(db):
             db.table("experiments").enable_fts(
@@ -167,6 +180,16 @@ def create_tables(db: sqlite_utils.Database) -> None:
         with write_transaction(db):
             for sql in missing.values():
                 db.execute(sql)
+
+
+def _add_columns(db: sqlite_utils.Database) -> None:
+    """Stores written before a column of ADDED_COLUMNS existed: add it (NULL in old rows)."""
+    present = db.table("experiments").columns_dict
+    missing = {name: sql for name, sql in ADDED_COLUMNS.items() if name not in present}
+    if missing:
+        with write_transaction(db):
+            for name, sql in missing.items():
+                db.execute(f"ALTER TABLE experiments ADD COLUMN [{name}] {sql}")
 
 
 def _migrate_requested_by(db: sqlite_utils.Database) -> None:

@@ -1,0 +1,99 @@
+"""The memory's reads of `experiments`: runs of the same normalised code (an index hit on
+`change_fingerprint`), the recent recorded changes (a bounded scan for near duplicates) and
+descriptions that share words with a text (full-text search). Only the columns the dedupe and
+similar_experiments read, with `change_edits` decoded."""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import suppress
+from typing import Any
+
+import sqlite_utils
+
+# What the dedupe and similar_experiments read of a row (never the code or the diffs).
+SIMILAR_COLUMNS = (
+    "id, agent, kind, status, verdict, val_bpb, description, failure_reason, force_reason, "
+    "change_fingerprint, change_edits, code_hash"
+)
+
+
+class SimilarStore:
+    """Read-only queries over `experiments` for server.dedupe and server.memory."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        rows = [dict(r) for r in self.db.query(sql, params)]
+        for row in rows:
+            if isinstance(row.get("change_edits"), str):
+                with suppress(json.JSONDecodeError):
+                    row["change_edits"] = json.loads(row["change_edits"])
+        return rows
+
+    def find_by_fingerprint(
+        self, change_fingerprint: str, settings: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The latest non-failed experiment (ok, queued or running) of this normalised code with
+        the same run settings (as Store.find_by_code for the bytes), or None."""
+        rows = self._rows(
+            f"SELECT {SIMILAR_COLUMNS} FROM experiments WHERE change_fingerprint = ? "
+            "AND status IN ('ok', 'queued', 'running') AND hardware IS ? AND budget_seconds IS ? "
+            "AND budget_kind IS ? AND COALESCE(scale, 'S') = ? AND kind NOT IN ('confirmation', 'ablation') "
+            "ORDER BY id DESC LIMIT 1",
+            [
+                change_fingerprint,
+                settings.get("hardware"),
+                settings.get("budget_seconds"),
+                settings.get("budget_kind"),
+                settings.get("scale") or "S",
+            ],
+        )
+        return rows[0] if rows else None
+
+    def with_fingerprint(self, change_fingerprint: str, limit: int) -> list[dict[str, Any]]:
+        """Every experiment or promotion of this normalised code (any status or settings), newest first."""
+        return self._rows(
+            f"SELECT {SIMILAR_COLUMNS} FROM experiments WHERE change_fingerprint = ? "
+            "AND kind IN ('experiment', 'promotion') ORDER BY id DESC LIMIT ?",
+            [change_fingerprint, limit],
+        )
+
+    def recent_changes(self, limit: int) -> list[dict[str, Any]]:
+        """The newest experiments and promotions with a recorded change, any status, bounded."""
+        return self._rows(
+            f"SELECT {SIMILAR_COLUMNS} FROM experiments WHERE change_edits IS NOT NULL "
+            "AND kind IN ('experiment', 'promotion') ORDER BY id DESC LIMIT ?",
+            [limit],
+        )
+
+    def by_description(self, text: str, limit: int) -> list[dict[str, Any]]:
+        """Experiments and promotions whose description shares words with `text` (any word,
+        best match first, any status: failures are what this is for)."""
+        match = any_word_query(text)
+        if match is None:
+            return []
+        return self._rows(
+            f"SELECT {', '.join('e.' + c.strip() for c in SIMILAR_COLUMNS.split(','))} "
+            "FROM experiments_fts JOIN experiments e ON e.rowid = experiments_fts.rowid "
+            "WHERE experiments_fts MATCH ? AND e.kind IN ('experiment', 'promotion') "
+            "ORDER BY bm25(experiments_fts), e.id DESC LIMIT ?",
+            ["description : " + match, limit],
+        )
+
+
+def all_words_query(text: str) -> str:
+    """An FTS5 query matching every word of agent-written text, each quoted (as get_history's)."""
+    words = [w.replace('"', "") for w in text.split()]
+    return " ".join(f'"{w}"' for w in words if w) or '""'
+
+
+def any_word_query(text: str, max_words: int = 16) -> str | None:
+    """An FTS5 query matching any of the words (3+ characters) of agent-written text, each
+    quoted so that no text is FTS5 syntax; None when there is no such word."""
+    words = sorted({w for w in re.findall(r"[a-z0-9_]+", text.lower()) if len(w) >= 3})
+    if not words:
+        return None
+    return "(" + " OR ".join(f'"{w}"' for w in words[:max_words]) + ")"
