@@ -90,3 +90,17 @@ def resource_refusals(uri: str) -> Iterator[None]:
 async def in_thread(fn: Callable[[], T], limiter: anyio.CapacityLimiter | None = None) -> T:
     """Run blocking code in a worker thread (anyio's shared pool unless `limiter` says otherwise)."""
     return await anyio.to_thread.run_sync(fn, limiter=limiter)
+
+
+class OwnThreads:
+    """A tool's own small thread limiter, made on first use (inside the event loop): calls past
+    it wait without holding one of the shared worker threads."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def get(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        return self._limiter

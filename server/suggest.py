@@ -1,0 +1,599 @@
+"""`suggest`: the next values of train.py's numeric hyperparameters, from an Optuna study of
+every comparable run in the record, shared by all agents.
+
+The parameters are read from the baseline train.py, not listed here: every module-level
+`UPPER_CASE = <literal>` on one line at the top of the file (before its first function or
+class) whose literal is a positive int or a non-negative float (not a bool), also in the forms
+`cpu_value if CPU_RECIPE else cuda_value` (the side this server's device runs) and
+`literal + <growth>` (only the leading literal is searched: `4 + 2 * (SCALE - 1)` keeps its
+growth with the scale level). Not searched: what
+the server owns by train.py's contract (seeds, the budget and the clock, the scale level, the
+evaluation, the device and the recipe: a name with a part SEED, BUDGET, SECONDS or EVAL, or
+named SCALE, DEVICE or RECIPE), booleans, tuples and anything computed.
+
+The search space of each parameter derives from its baseline value v:
+- a positive float: log-uniform over [v/4, 4v], capped at 1 for a name ending in _FRAC;
+- a float at 0: uniform over [0, 0.1] (a small on-switch; the baseline's 0 is in it);
+- a positive int: [max(step, v//4), 4v] in steps of `step`, the largest power of two that
+  divides v and is at most max(1, v//4) (the baseline is on the grid, round sizes stay round);
+- a divisibility the file states as `A // B` with A and B both parameters: A is rounded to a
+  multiple of B (at least B) after sampling, e.g. the width to a multiple of the head dim.
+
+The study is rebuilt from the record on every call: a finished run on this server's hardware,
+budget and level ('S') whose train.py differs from the baseline only on those lines is a trial
+(its values, its val_bpb; a crash, timeout or integrity failure is a FAIL trial; disqualified
+runs are left out); queued and running ones, and suggestions handed out in the last
+PENDING_HOURS that no run has taken yet, are RUNNING trials. A trial with a value outside the
+space is dropped, not clipped: an agent cannot drag the study with absurd values, and the
+quotas bound how many runs anyone can add. At most MAX_TRIALS_FED recent trials are fed.
+Samplers: TPE (seeded, constant liar for the running trials), CMA-ES warm-started from the
+completed trials (Optuna's source_trials) once CMAES_MIN_TRIALS exist and at least two
+parameters are searched, or random. The seed is the id of the newest suggestion recorded:
+reproducible from the record, and two agents asking at once (one at a time under a lock) get
+different values, the second seeing the first's as running.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+import threading
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from server.diffs import unified_diff
+from server.record import CRASH, INTEGRITY_FAIL, LIVE_STATUSES, OK, TIMEOUT
+from server.refusals import LabError
+from server.seed_checks import parse_python
+from server.store.suggestions import SuggestionStore
+
+if TYPE_CHECKING:
+    from server.lab import Lab
+
+EDITABLE = "train.py"
+SamplerName = Literal["auto", "tpe", "cmaes", "random"]
+SAMPLERS: tuple[SamplerName, ...] = ("auto", "tpe", "cmaes", "random")
+# The server owns these by train.py's contract (or they are the budget's clock): never searched.
+SERVER_OWNED = re.compile(r"(^|_)(SEED|BUDGET|SECONDS|EVAL)(_|$)|^(SCALE|DEVICE|RECIPE)$")
+UPPER_CASE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+MAX_TRIALS_FED = 1000  # the most recent trials fed to a study (bounds the time of a call)
+MAX_ROWS_READ = 3000  # the most recent runs read to find them
+PENDING_HOURS = 2.0  # a suggestion nobody ran counts as a running trial this long
+PENDING_PER_AGENT = 20  # unlinked suggestions kept per agent (older ones are forgotten)
+TPE_STARTUP_TRIALS = 4  # random samples before TPE models the results
+CMAES_MIN_TRIALS = 12  # completed trials before `auto` picks CMA-ES
+FAILED_STATUSES = (CRASH, TIMEOUT, INTEGRITY_FAIL)
+OBSERVED_COLUMNS = ["id", "agent", "status", "val_bpb", "created_at"]
+OBSERVED_COLUMNS += ["hardware", "budget_seconds", "budget_kind", "disqualified"]
+ZERO_FLOAT_HIGH = 0.1
+# A run's status as a trial: ok -> COMPLETE, queued/running -> RUNNING, a failure -> FAIL.
+TRIAL_STATES: dict[str, TrialState] = {s: TrialState.RUNNING for s in LIVE_STATUSES}
+TRIAL_STATES[OK] = TrialState.COMPLETE
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searched constant of train.py: its baseline value, its line and its search space."""
+
+    name: str
+    baseline: int | float
+    line: int  # 0-based line index in the baseline train.py
+    low: float
+    high: float
+    step: int | None = None  # ints: the grid's step
+    log: bool = False
+    multiple_of: str | None = None  # `A // B` in the file: A is kept a multiple of B
+
+    def distribution(self) -> BaseDistribution:
+        if self.step is not None:
+            return IntDistribution(int(self.low), int(self.high), step=self.step)
+        return FloatDistribution(self.low, self.high, log=self.log)
+
+    def contains(self, value: float) -> bool:
+        if self.step is None:
+            return self.low <= value <= self.high
+        return self.low <= value <= self.high and (value - self.low) % self.step == 0
+
+    def describe(self) -> str:
+        if self.step is not None:
+            space = f"ints {int(self.low)}..{int(self.high)} step {self.step}"
+        else:
+            space = f"{'log-uniform' if self.log else 'uniform'} {self.low:g}..{self.high:g}"
+        if self.multiple_of:
+            space += f", a multiple of {self.multiple_of}"
+        return f"{space} (baseline {self.baseline!r})"
+
+
+def space_for(name: str, value: int | float, line: int) -> Parameter | None:
+    """The search space derived from a baseline value (the module docstring states the rule)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if value <= 0:
+            return None
+        cap = max(1, value // 4)
+        step = 1
+        while value % (step * 2) == 0 and step * 2 <= cap:
+            step *= 2
+        low = max(step, (value // 4) // step * step)
+        return Parameter(name, value, line, low, 4 * value, step=step)
+    if not math.isfinite(value) or value < 0:
+        return None
+    if value == 0:
+        return Parameter(name, value, line, 0.0, ZERO_FLOAT_HIGH)
+    high = min(4 * value, 1.0) if name.endswith("_FRAC") else 4 * value
+    return Parameter(name, value, line, value / 4, high, log=True)
+
+
+def _searched_literal(value: ast.expr, cpu: bool) -> ast.Constant | None:
+    """The literal a parameter's value is: itself, one side of `a if CPU_RECIPE else b`, or the
+    leading literal of `literal + ...`."""
+    if (
+        isinstance(value, ast.IfExp)
+        and isinstance(value.test, ast.Name)
+        and value.test.id == "CPU_RECIPE"
+    ):
+        value = value.body if cpu else value.orelse
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add):
+        value = value.left
+    if isinstance(value, ast.Constant) and type(value.value) in (int, float):
+        return value
+    return None
+
+
+def _literals(tree: ast.Module, cpu: bool) -> dict[str, tuple[ast.stmt, ast.Constant]]:
+    """One-line `NAME = <searched literal>` assignments at the top of the module (before its
+    first function or class), by name (the last wins)."""
+    found: dict[str, tuple[ast.stmt, ast.Constant]] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            break  # the top of the file ends at its first definition
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+            continue
+        target = stmt.targets[0]
+        if not (isinstance(target, ast.Name) and UPPER_CASE.match(target.id)):
+            continue
+        if SERVER_OWNED.search(target.id) or stmt.lineno != stmt.end_lineno:
+            continue
+        literal = _searched_literal(stmt.value, cpu)
+        if literal is not None:
+            found[target.id] = (stmt, literal)
+    return found
+
+
+def _divisibility(tree: ast.Module) -> dict[str, str]:
+    """`A // B` between two names anywhere in the file: A -> B."""
+    pairs: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.FloorDiv):
+            left, right = node.left, node.right
+            if isinstance(left, ast.Name) and isinstance(right, ast.Name):
+                pairs[left.id] = right.id
+    return pairs
+
+
+def discover_parameters(source: str, cpu: bool) -> dict[str, Parameter]:
+    """The searched parameters of a train.py (see the module docstring), in file order."""
+    tree = parse_python(source)
+    divides = _divisibility(tree)
+    params: dict[str, Parameter] = {}
+    for name, (stmt, literal) in _literals(tree, cpu).items():
+        param = space_for(name, _number(literal), stmt.lineno - 1)
+        if param is not None:
+            params[name] = param
+    return {  # a dividend's grid is every multiple of its divisor: step 1, repaired after sampling
+        name: replace(p, multiple_of=divides[name], step=1) if divides.get(name) in params else p
+        for name, p in sorted(params.items(), key=lambda item: item[1].line)
+    }
+
+
+def line_value(line: str, name: str, cpu: bool) -> int | float | None:
+    """The value one changed line of train.py sets `name` to, or None if it is not such a line."""
+    try:
+        literals = _literals(parse_python(line), cpu)
+    except (SyntaxError, ValueError):
+        return None
+    return _number(literals[name][1]) if list(literals) == [name] else None
+
+
+@dataclass
+class Observation:
+    """One run whose train.py is the baseline's but for searched constants."""
+
+    experiment_id: int
+    agent: str
+    status: str
+    values: dict[str, int | float]
+    val_bpb: float | None
+    created_at: str
+
+
+def constant_only_values(
+    code: Mapping[str, str], baseline: Mapping[str, str], params: Mapping[str, Parameter], cpu: bool
+) -> dict[str, int | float] | None:
+    """The parameter values of a run's code if it differs from the baseline only on parameter
+    lines (same files, same line count); None otherwise. Cheap: lines are compared as text and
+    only the changed ones are parsed."""
+    if set(code) != set(baseline):
+        return None
+    if any(code[name] != text for name, text in baseline.items() if name != EDITABLE):
+        return None
+    values: dict[str, int | float] = {name: p.baseline for name, p in params.items()}
+    ours, theirs = baseline[EDITABLE].splitlines(), code[EDITABLE].splitlines()
+    if len(ours) != len(theirs):
+        return None
+    by_line = {p.line: name for name, p in params.items()}
+    for index, (old, new) in enumerate(zip(ours, theirs, strict=True)):
+        if old == new:
+            continue
+        name = by_line.get(index)
+        if name is None or (value := line_value(new, name, cpu)) is None:
+            return None
+        values[name] = value
+    return values
+
+
+@dataclass
+class Suggestion:
+    """What `suggest` answers: the proposal, where it came from and the edit that applies it."""
+
+    suggestion_id: int
+    values: dict[str, int | float]
+    sampler: str
+    sampler_note: str
+    trials_complete: int
+    trials_failed: int
+    trials_running: int
+    trials_dropped: int
+    best: dict[str, Any] | None
+    space: dict[str, str]
+    diff: str
+    not_in_workspace: list[str] = field(default_factory=list)
+    recent: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Suggester:
+    """The shared study behind `suggest`: one per Lab, its calls one at a time."""
+
+    def __init__(self, lab: Lab) -> None:
+        self._lab = weakref.ref(lab)  # suggester_for's cache must not keep the lab alive
+        self.store = SuggestionStore(lab.store.db)
+        self.store.ensure_table()
+        self.cpu = not lab.device.startswith("cuda")
+        self.baseline = dict(lab.baseline_files)
+        self.params = discover_parameters(self.baseline[EDITABLE], self.cpu)
+        self._lock = threading.Lock()
+        self._cache: dict[int, dict[str, int | float] | None] = {}
+
+    @property
+    def lab(self) -> Lab:
+        lab = self._lab()
+        assert lab is not None, "the lab was closed and collected"
+        return lab
+
+    def choose(self, names: Sequence[str] | None) -> list[str]:
+        """The parameters to search: all of them, or the named ones (refused if unknown)."""
+        if not names:
+            return list(self.params)
+        unknown = [n for n in names if n not in self.params]
+        if unknown:
+            raise LabError(
+                f"unknown parameter(s) {', '.join(repr(n[:60]) for n in unknown[:5])}; send some "
+                f"of {', '.join(self.params)} (or none: all of them)"
+            )
+        return [n for n in self.params if n in set(names)]
+
+    def observations(self) -> list[Observation]:
+        """The recent comparable runs that differ from the baseline only in parameter values."""
+        lab = self.lab
+        rows = lab.store.list_experiments(scale="S", limit=MAX_ROWS_READ, columns=OBSERVED_COLUMNS)
+        budget = lab.level_budget("S")
+        kind = lab.settings.resolved_budget_kind()
+        found: list[Observation] = []
+        for row in rows:
+            if row["status"] not in (OK, *FAILED_STATUSES, *LIVE_STATUSES):
+                continue
+            if row.get("disqualified"):
+                continue
+            if row["status"] not in LIVE_STATUSES and (
+                row.get("hardware") != lab.hardware
+                or row.get("budget_seconds") != budget
+                or row.get("budget_kind") != kind
+            ):
+                continue
+            if row["status"] == OK and row.get("val_bpb") is None:
+                continue
+            values = self._values_of(int(row["id"]))
+            if values is None:
+                continue
+            fields = (row["agent"], row["status"], values, row["val_bpb"], row["created_at"])
+            found.append(Observation(int(row["id"]), *fields))
+            if len(found) >= MAX_TRIALS_FED:
+                break
+        return found
+
+    def _values_of(self, experiment_id: int) -> dict[str, int | float] | None:
+        """A run's parameter values if its code is the baseline's but for them (cached by id: a
+        run's code never changes, so a call reads only the code of runs it has not seen)."""
+        if experiment_id not in self._cache:
+            if len(self._cache) > 4 * MAX_ROWS_READ:
+                self._cache.clear()
+            code = self.lab.store.get_experiment(experiment_id).get("code")
+            self._cache[experiment_id] = (
+                constant_only_values(code, self.baseline, self.params, self.cpu)
+                if isinstance(code, dict)
+                else None
+            )
+        return self._cache[experiment_id]
+
+    def _link(self, observations: Sequence[Observation], pending: list[dict[str, Any]]) -> None:
+        """Link each run to the oldest earlier unlinked suggestion with exactly its values
+        (the same agent's first); the linked ones stop being pending."""
+        linked = self.store.linked_to([o.experiment_id for o in observations])
+        for obs in sorted(observations, key=lambda o: o.experiment_id):
+            if obs.experiment_id in linked:
+                continue
+            matches = [
+                s
+                for s in pending
+                if s["created_at"] <= obs.created_at and _same_values(s["params"], obs.values)
+            ]
+            matches.sort(key=lambda s: (s["agent"] != obs.agent, s["id"]))
+            for match in matches:
+                if self.store.link(int(match["id"]), obs.experiment_id):
+                    pending.remove(match)
+                    break
+
+    # ------------------------------------------------------------ the study
+
+    def suggest(
+        self, agent: str, names: Sequence[str] | None, sampler: SamplerName = "auto"
+    ) -> Suggestion:
+        """Propose values for the chosen parameters, record the suggestion, and return it with
+        a diff of the agent's current train.py that sets them."""
+        if sampler not in SAMPLERS:
+            raise LabError(
+                f"sampler must be one of {', '.join(SAMPLERS)}, not {str(sampler)[:40]!r}"
+            )
+        chosen = self.choose(names)
+        with self._lock:
+            observations = self.observations()
+            pending = self.store.unlinked(PENDING_HOURS, limit=PENDING_PER_AGENT * 50)
+            self._link(observations, pending)
+            held = {n: p.baseline for n, p in self.params.items() if n not in chosen}
+            trials, dropped = self._trials(chosen, held, observations, pending)
+            complete = [t for t in trials if t.state == TrialState.COMPLETE]
+            used, note = self._pick_sampler(sampler, chosen, complete)
+            seed = self.store.last_id()
+            study = optuna.create_study(
+                direction="minimize", sampler=self._sampler(used, seed, complete)
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                study.add_trials(trials)
+                values = self._ask(study, chosen, trials)
+            suggestion_id = self.store.add(agent, values, used, len(trials))
+            self.store.prune_unlinked(agent, PENDING_PER_AGENT)
+        diff, missing = self.workspace_diff(agent, values)
+        return Suggestion(
+            suggestion_id=suggestion_id,
+            values=values,
+            sampler=used,
+            sampler_note=note,
+            trials_complete=len(complete),
+            trials_failed=sum(t.state == TrialState.FAIL for t in trials),
+            trials_running=sum(t.state == TrialState.RUNNING for t in trials),
+            trials_dropped=dropped,
+            best=_best(complete),
+            space={n: self.params[n].describe() for n in chosen},
+            diff=diff,
+            not_in_workspace=missing,
+            recent=self.recent(agent),
+        )
+
+    def _trials(
+        self,
+        chosen: Sequence[str],
+        held: Mapping[str, int | float],
+        observations: Sequence[Observation],
+        pending: Sequence[Mapping[str, Any]],
+    ) -> tuple[list[FrozenTrial], int]:
+        """The study's trials: runs whose other parameters sit at the baseline, and pending
+        suggestions for the same parameters; those with a value outside the space are dropped."""
+        distributions = {n: self.params[n].distribution() for n in chosen}
+        trials: list[FrozenTrial] = []
+        dropped = 0
+        for obs in observations:
+            if any(obs.values[n] != v for n, v in held.items()):
+                continue
+            params = {n: obs.values[n] for n in chosen}
+            if not all(self.params[n].contains(v) for n, v in params.items()):
+                dropped += 1
+                continue
+            state = TRIAL_STATES.get(obs.status, TrialState.FAIL)
+            value = obs.val_bpb if state == TrialState.COMPLETE else None
+            trials.append(
+                create_trial(
+                    state=state,
+                    value=value,
+                    params=params,
+                    distributions=distributions,
+                    user_attrs={"experiment_id": obs.experiment_id},
+                )
+            )
+        for suggestion in pending:
+            values = suggestion["params"]
+            if set(values) != set(chosen) or not all(
+                self.params[n].contains(v) for n, v in values.items()
+            ):
+                continue
+            trials.append(
+                create_trial(
+                    state=TrialState.RUNNING,
+                    params={n: values[n] for n in chosen},
+                    distributions=distributions,
+                    user_attrs={"suggestion_id": suggestion["id"]},
+                )
+            )
+        return trials, dropped
+
+    @staticmethod
+    def _pick_sampler(
+        asked: SamplerName, chosen: Sequence[str], complete: Sequence[FrozenTrial]
+    ) -> tuple[str, str]:
+        enough = len(complete) >= CMAES_MIN_TRIALS and len(chosen) >= 2
+        if asked == "cmaes" and not enough:
+            return "tpe", (
+                f"CMA-ES needs at least {CMAES_MIN_TRIALS} completed trials and 2 parameters "
+                f"(there are {len(complete)} and {len(chosen)}): TPE was used"
+            )
+        if asked == "auto" and enough:
+            return "cmaes", f"auto: CMA-ES, warm-started from {len(complete)} completed trials"
+        if asked == "auto":
+            return "tpe", (
+                f"auto: TPE (CMA-ES from {CMAES_MIN_TRIALS} completed trials and 2 parameters; "
+                f"random for the first {TPE_STARTUP_TRIALS})"
+            )
+        return asked, f"{asked}, as asked"
+
+    @staticmethod
+    def _sampler(used: str, seed: int, complete: list[FrozenTrial]) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if used == "cmaes":
+                return optuna.samplers.CmaEsSampler(
+                    seed=seed, source_trials=complete, warn_independent_sampling=False
+                )
+            if used == "random":
+                return optuna.samplers.RandomSampler(seed=seed)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=TPE_STARTUP_TRIALS,
+                constant_liar=True,
+                multivariate=True,
+                warn_independent_sampling=False,
+            )
+
+    def _ask(
+        self, study: optuna.Study, chosen: Sequence[str], trials: Sequence[FrozenTrial]
+    ) -> dict[str, int | float]:
+        """Ask the study, round and repair the values; ask again (a few times) if they equal a
+        trial it already has."""
+        distributions = {n: self.params[n].distribution() for n in chosen}
+        seen = [t.params for t in trials]
+        values: dict[str, int | float] = {}
+        for _ in range(5):
+            trial = study.ask(distributions)
+            values = self._repair(dict(trial.params))
+            if not any(_same_values(values, s) for s in seen):
+                break
+            seen.append(values)
+        return values
+
+    def _repair(self, values: dict[str, Any]) -> dict[str, int | float]:
+        """Floats to 3 significant digits within the space; ints kept a multiple of what the
+        file divides them by."""
+        fixed: dict[str, int | float] = {}
+        for name, value in values.items():
+            p = self.params[name]
+            if p.step is not None:
+                fixed[name] = int(value)
+            else:
+                fixed[name] = min(max(float(f"{float(value):.3g}"), p.low), p.high)
+        for name, value in list(fixed.items()):
+            divisor_name = self.params[name].multiple_of
+            if divisor_name is None:
+                continue
+            divisor = int(fixed.get(divisor_name, self.params[divisor_name].baseline))
+            low, high = int(self.params[name].low), int(self.params[name].high)
+            multiple = max(divisor, round(int(value) / divisor) * divisor)
+            while multiple > high and multiple - divisor >= max(divisor, low):
+                multiple -= divisor
+            fixed[name] = min(max(multiple, low), high)
+        return fixed
+
+    def workspace_diff(
+        self, agent: str, values: Mapping[str, int | float]
+    ) -> tuple[str, list[str]]:
+        """A unified diff of the agent's current train.py setting `values` (only those lines),
+        and the names its file no longer holds as plain constants."""
+        current = self.lab.workspace(agent).read_text(EDITABLE)
+        try:
+            literals = _literals(parse_python(current), self.cpu)
+        except (SyntaxError, ValueError):
+            return "", sorted(values)
+        lines = current.splitlines(keepends=True)
+        missing = []
+        for name, value in values.items():
+            if name not in literals:
+                missing.append(name)
+                continue
+            stmt, literal = literals[name]
+            index = stmt.lineno - 1
+            raw = lines[index].encode()
+            start, end = literal.col_offset, literal.end_col_offset or literal.col_offset
+            lines[index] = (raw[:start] + _literal_text(value).encode() + raw[end:]).decode()
+        return unified_diff({EDITABLE: current}, {EDITABLE: "".join(lines)}), missing
+
+    def recent(self, agent: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The agent's latest suggestions and, where a run took one, its status and val_bpb."""
+        out = []
+        for row in self.store.recent_of(agent, limit):
+            entry = {key: row[key] for key in ("id", "params", "sampler", "experiment_id")}
+            if row["experiment_id"]:
+                run = self.lab.store.get_experiment(int(row["experiment_id"]))
+                entry |= {"status": run.get("status"), "val_bpb": run.get("val_bpb")}
+            out.append(entry)
+        return out
+
+
+def _best(complete: Sequence[FrozenTrial]) -> dict[str, Any] | None:
+    """The completed trial with the lowest val_bpb: its experiment, value and parameter values."""
+    best = min(complete, key=lambda t: t.value or math.inf, default=None)
+    if best is None:
+        return None
+    return {
+        "experiment_id": best.user_attrs.get("experiment_id"),
+        "val_bpb": best.value,
+        "values": best.params,
+    }
+
+
+def _number(literal: ast.Constant) -> int | float:
+    """A searched literal's value (an int or a float, never a bool: see _searched_literal)."""
+    return cast(int | float, literal.value)
+
+
+def _literal_text(value: int | float) -> str:
+    return str(int(value)) if isinstance(value, int) else repr(float(value))
+
+
+def _same_values(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """True if every value of `a` is in `b` and equal (floats to a relative 1e-9)."""
+    return all(
+        name in b and math.isclose(float(value), float(b[name]), rel_tol=1e-9, abs_tol=1e-12)
+        for name, value in a.items()
+    )
+
+
+_SUGGESTERS: weakref.WeakKeyDictionary[Lab, Suggester] = weakref.WeakKeyDictionary()
+_SUGGESTERS_LOCK = threading.Lock()
+
+
+def suggester_for(lab: Lab) -> Suggester:
+    """The lab's one Suggester (one lock for every MCP session on that lab), made on first use."""
+    with _SUGGESTERS_LOCK:
+        found = _SUGGESTERS.get(lab)
+        if found is None:
+            found = _SUGGESTERS[lab] = Suggester(lab)
+        return found
