@@ -325,6 +325,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     home = (args.home or default_home()).expanduser()
     store = Store(home / "history.sqlite")
+    if args.patches:
+        from server.patch_export import export_command
+
+        return export_command(store, args.patches, git=args.git)
     text = {"tsv": store.export_results_tsv, "csv": store.export_csv, "json": store.export_json}[
         args.format
     ]()
@@ -526,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
     p.add_argument("--format", choices=("tsv", "csv", "json"), default="tsv")
     p.add_argument("-o", "--output", default=None)
+    p.add_argument("--patches", type=Path, metavar="DIR", help="each confirmed win as a patch")
+    p.add_argument("--git", action="store_true", help="with --patches: also a git repo, DIR/repo")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("tokens", help="manage bearer tokens: add NAME | revoke NAME | list")

@@ -140,6 +140,8 @@ def finished_run_fields(
             (
                 f"a re-run of #{confirms} with its seed: see its drift figures"
                 if experiment["kind"] == "drift_check"
+                else f"an ablation run of #{experiment.get('parent_id')}: see get_ablation"
+                if experiment["kind"] == "ablation"
                 else "a promotion run: its transfer verdict is the promotion's (get_ladder)"
             ),
         )

@@ -20,11 +20,13 @@ import httpx
 import pytest
 import support
 
+from sandbox.workspace import hash_files
+from server.ablation import Ablations
 from server.auth import issue_token
 from server.dashboard.chart import y_range
 from server.dashboard.data import chart_data
 from server.dashboard.pages import diff_html
-from server.lab import Lab, LabSettings
+from server.lab import Lab, LabSettings, unified_diff
 from server.models import NoiseInfo
 from server.web import COOKIE, build_app
 
@@ -239,6 +241,7 @@ PROTECTED = [
     "/experiments/1",
     "/progress.png",
     "/results.tsv",
+    "/patches.zip",
     "/static/dashboard.js",
     "/api/chart",
     "/api/experiments",
@@ -335,6 +338,72 @@ def test_running_best_skips_disqualified_and_failed_runs(tmp_path: Path, data_di
         assert [(b.index, b.val_bpb) for b in data.best] == [(0, 3.0), (3, 2.95), (4, 2.8)]
         assert data.failures == 1 and len(data.points) == 5
         assert data.points[1].disqualified
+    finally:
+        lab.close()
+
+
+def test_ablation_section_and_patches_link_render(tmp_path: Path, data_dir: Path) -> None:
+    """The experiment page's ablation (running, then analysed) and the index's patches.zip link.
+    The ablation's runs are finished here as the server records them (nothing trains)."""
+    shutil.copytree(data_dir, tmp_path / "data")
+    lab = Lab(LabSettings(home=tmp_path, budget_seconds=4, start_scheduler=False))
+    try:
+        add_measured_baseline(lab, BASELINE_VALUES)
+        source = lab.baseline_files["train.py"]
+        code = {
+            "train.py": source.replace("MATRIX_LR = 0.02", "MATRIX_LR = 0.03", 1).replace(
+                "LOG_EVERY = 25", "LOG_EVERY = <b>10</b>", 1
+            )
+        }
+        experiment_id = lab.store.create_experiment(
+            agent="alice",
+            kind="experiment",
+            status="ok",
+            description="two changes",
+            val_bpb=3.70,
+            verdict="improved",
+            code=code,
+            code_hash=hash_files({k: v.encode() for k, v in code.items()}),
+            diff_parent=unified_diff(lab.baseline_files, code),
+            diff_baseline=unified_diff(lab.baseline_files, code),
+            hardware=lab.hardware,
+            budget_seconds=lab.budget_seconds,
+            budget_kind=lab.settings.budget_kind,
+            scale="S",
+        )
+        ablation = Ablations(lab).ablate("alice", experiment_id)
+        token = issue_token(lab.store, "person", role="viewer")
+        auth = {"Authorization": f"Bearer {token}"}
+        for url in serve(lab):
+            with httpx.Client(base_url=url) as anonymous:  # the same token check as every route
+                assert anonymous.get("/patches.zip").status_code == 401
+                evil_host = {"Host": "evil.example"}
+                assert (
+                    anonymous.get("/patches.zip", headers={**auth, **evil_host}).status_code == 421
+                )
+            with httpx.Client(base_url=url, headers=auth) as client:
+                running = client.get(f"/experiments/{experiment_id}").text
+                assert "Ablation (hunks, 2 paired seeds)" in running
+                assert "running: 0 of 8 runs final" in running
+                assert "LOG_EVERY = &lt;b&gt;10&lt;/b&gt;" in running  # agent text escaped
+                values = {
+                    "full": 3.70,
+                    "base": 3.75,
+                    "without part 1": 3.74,
+                    "without part 2": 3.71,
+                }
+                for run in ablation["runs"]:
+                    lab.store.update_experiment(
+                        run["run_id"], status="ok", val_bpb=values[run["role"]]
+                    )
+                done = client.get(f"/experiments/{experiment_id}").text
+                assert "+0.0400" in done and "+0.0100" in done  # each part's contribution
+                assert "total gain (base − full) +0.0500" in done and "<b>adds up</b>" in done
+                index = client.get("/").text
+                assert '<a href="/patches.zip"' in index
+                archive = client.get("/patches.zip")
+                assert archive.headers["content-type"] == "application/zip"
+                assert archive.content[:2] == b"PK" and b"patches/README.md" in archive.content
     finally:
         lab.close()
 

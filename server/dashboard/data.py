@@ -8,10 +8,12 @@ are in the modules beside this one.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
+from server.ablation import Ablations
 from server.lab import Lab, LabError
 from server.models import ExperimentDetail, HistoryRow, NoiseInfo
 from server.presentation import experiment_result, history_row
@@ -286,3 +288,8 @@ def experiment_list(
         total=total,
         next_offset=offset + limit if len(rows) > limit else None,
     )
+
+
+def ablation_of(lab: Lab, experiment_id: int) -> dict[str, Any] | None:
+    """The latest ablation of an experiment with its analysis (server.ablation), or None."""
+    return Ablations(lab).of_experiment(experiment_id)

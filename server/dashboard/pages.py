@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from server.dashboard.data import SERVER_COLOR, lab_agent_colors
+from server.dashboard.data import SERVER_COLOR, ablation_of, lab_agent_colors
 from server.lab import Lab
 from server.models import ExperimentDetail
 
@@ -52,6 +52,7 @@ def index_body(lab: Lab) -> str:
   <div class=meta>{html.escape(lab.hardware)} · budget {lab.budget_seconds:g} s ({lab.settings.budget_kind})
     · isolation {html.escape(lab.isolation.value)} · noise k={lab.settings.noise_k:g}, sd {noise["sd"]:.4f}{"" if noise["measured"] else " (assumed)"}
     · <a href="/progress.png">progress.png</a> · <a href="/results.tsv">results.tsv</a>
+    · <a href="/patches.zip" title="each confirmed improvement on the path to the best as a patch, to review before adopting">patches.zip</a>
     · <a href="/openapi.json">API schema</a> <span id=live class=muted></span></div>
 </header>
 <main>
@@ -203,9 +204,51 @@ def experiment_body(lab: Lab, detail: ExperimentDetail, row: Mapping[str, Any]) 
   <section><h2>Diff vs parent ({parent})</h2>{diff_html(detail.diff_vs_parent)}
     <details><summary>diff vs the baseline</summary>{diff_html(detail.diff_vs_baseline)}</details></section>
   <section><h2>Log tail</h2><pre class=log>{e(detail.log_tail or "") or "(no log yet)"}</pre></section>
+  {ablation_html(ablation_of(lab, detail.id))}
   <section><h2>Lineage back to the baseline</h2><ol class=lineage>{"".join(lineage)}</ol></section>
   <section><h2>Papers cited</h2><ul>{papers}</ul></section>
 </main>"""
+
+
+def ablation_html(ablation: Mapping[str, Any] | None) -> str:
+    """The experiment page's ablation section: each part's contribution and whether they add up."""
+    if ablation is None:
+        return ""
+    e = html.escape
+    runs = ablation["runs"]
+    final = sum(1 for r in runs if r["status"] not in ("queued", "running"))
+    analysis = ablation.get("analysis")
+    contributions = {p.get("part"): p for p in (analysis or {}).get("parts", [])}
+    rows = []
+    for part in ablation["parts"]:
+        c = contributions.get(part["index"], {})
+        figure = (
+            f"{c['mean']:+.4f}" + (f" ± {c['sd']:.4f}" if c.get("sd") is not None else "")
+            if c.get("mean") is not None
+            else "—"
+        )
+        effect = c.get("effect", "") if analysis else ("not run" if not part["applies"] else "")
+        rows.append(
+            f"<tr><td>{part['index']}</td><td><code>{e(part['label'])}</code>"
+            f"{'<br><span class=muted>' + e(part['note']) + '</span>' if part.get('note') else ''}</td>"
+            f"<td class=num>{e(figure)}</td><td>{e(effect)}</td></tr>"
+        )
+    if analysis:
+        summary = (
+            f"<p>total gain (base − full) {_fmt(analysis['total_gain'], '+.4f')}, sum of "
+            f"contributions {_fmt(analysis.get('sum_of_contributions'), '+.4f')}: "
+            f"<b>{e(analysis['additivity'])}</b></p><p class=muted>{e(analysis['summary'])}</p>"
+        )
+    else:
+        summary = f"<p class=muted>running: {final} of {len(runs)} runs final</p>"
+    return (
+        f"<section id=ablation><h2>Ablation ({e(ablation['part_kind'])}, "
+        f"{ablation['seeds']} paired seeds)</h2>{summary}<table class=rows><thead><tr><th>part</th>"
+        "<th>change</th><th class=num title='without the part minus full: positive = the part "
+        "helps'>contribution</th><th>effect</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></section>"
+    )
 
 
 def _when(stamp: str | None) -> str | None:

@@ -40,6 +40,7 @@ from server.dashboard.pages import (
 )
 from server.lab import Lab
 from server.models import ExperimentDetail, Leaderboard, NoiseInfo
+from server.patch_export import patches_zip
 from server.record import ListedKind, Status
 
 COOKIE = "autoresearch_token"  # the same name web.py's Access reads
@@ -127,6 +128,22 @@ def register(app: FastAPI, lab: Lab, access: Callable[[Request], str]) -> None:
         text = lab.store.export_results_tsv()
         return remember_token(
             request, PlainTextResponse(text, media_type="text/tab-separated-values")
+        )
+
+    @app.get(
+        "/patches.zip",
+        response_class=Response,
+        responses={
+            **UNAUTHORIZED,
+            200: {"content": {"application/zip": {}}, "description": "patches and README.md"},
+        },
+        summary="Each confirmed improvement on the path to the best as a patch (export --patches)",
+    )
+    def patches(request: Request, viewer: str = Depends(access)) -> Response:
+        data = patches_zip(lab.store, lab.baseline_files)
+        headers = {"Content-Disposition": 'attachment; filename="patches.zip"'}
+        return remember_token(
+            request, Response(data, media_type="application/zip", headers=headers)
         )
 
     @app.get(

@@ -1,0 +1,327 @@
+"""`ablate` and `get_ablation` through the MCP client: a two-part change re-run with one part
+left out at a time on paired fresh seeds (real short training runs), the analysis once the
+runs are done, ablation runs kept out of the leaderboard, the noise and the verdicts, and the
+refusals (too few or too many parts, a failed experiment, a quota that cannot take the runs)."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from support import wait_until_finished
+
+from sandbox.workspace import hash_files
+from server.ablation import MAX_PARTS, analyse, apply_hunks, parse_hunks
+from server.app import build_server
+from server.lab import Lab, LabSettings, unified_diff
+from server.ladder import three_way_merge
+from server.store import utc_now
+from server.verdicts import published
+
+
+def make_lab(home: Path, data_dir: Path, **overrides: Any) -> Lab:
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(data_dir, home / "data")
+    settings: dict[str, Any] = {
+        "home": home,
+        "budget_seconds": 4,
+        "budget_kind": "cpu",  # CPU seconds: the machine is shared
+        "baseline_repeats": 0,
+        "eval_windows": 2,
+        "call_wait_seconds": 60,
+        "contended_share": 0.0,
+        "contended_share_cpu_budget": 0.0,
+    }
+    settings.update(overrides)
+    return Lab(LabSettings(**settings))
+
+
+@pytest.fixture
+def lab(tmp_path: Path, data_dir: Path) -> Iterator[Lab]:
+    """A lab whose scheduler never starts: runs stay queued and nothing trains."""
+    lab = make_lab(tmp_path / "home", data_dir, start_scheduler=False)
+    yield lab
+    lab.close()
+
+
+@pytest.fixture(scope="module")
+def training_lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Lab]:
+    lab = make_lab(tmp_path_factory.mktemp("ablation") / "home", data_dir)
+    yield lab
+    lab.close()
+
+
+@asynccontextmanager
+async def connect(lab: Lab, agent: str = "alice") -> AsyncIterator[Client]:
+    async with Client(build_server(lab, default_agent=agent)) as client:
+        yield client
+
+
+async def call(client: Client, tool: str, /, **arguments: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def refused(client: Client, lab: Lab, tool: str, /, **arguments: Any) -> str:
+    """A call that must refuse, recording nothing; the text the model reads."""
+    before = (
+        lab.store.count_experiments(),
+        lab.store.db.execute("SELECT COUNT(*) FROM ablations").fetchone(),
+    )
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error, result.structured_content
+    after = (
+        lab.store.count_experiments(),
+        lab.store.db.execute("SELECT COUNT(*) FROM ablations").fetchone(),
+    )
+    assert after == before
+    [content] = result.content
+    return str(content.text)
+
+
+def edited(lab: Lab, *changes: tuple[str, str]) -> dict[str, str]:
+    """The baseline train.py with each (old line start, new line) replaced: one hunk each when far apart."""
+    lines = lab.baseline_files["train.py"].splitlines(keepends=True)
+    for prefix, new in changes:
+        (index,) = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+        lines[index] = new + "\n"
+    return {"train.py": "".join(lines)}
+
+
+def record(
+    lab: Lab,
+    description: str,
+    files: dict[str, str],
+    *,
+    parent_id: int | None = None,
+    status: str = "ok",
+    agent: str = "alice",
+) -> int:
+    """A finished experiment written into the store as the server records one."""
+    parent = lab.experiment(parent_id)["code"] if parent_id else lab.baseline_files
+    return lab.store.create_experiment(
+        agent=agent,
+        kind="experiment",
+        status=status,
+        description=description,
+        val_bpb=3.0 if status == "ok" else None,
+        verdict="within_noise" if status == "ok" else "failed",
+        code=files,
+        code_hash=hash_files({k: v.encode() for k, v in files.items()}),
+        diff_parent=unified_diff(parent, files),
+        diff_baseline=unified_diff(lab.baseline_files, files),
+        parent_id=parent_id,
+        hardware=lab.hardware,
+        budget_seconds=lab.level_budget("S"),
+        budget_kind=lab.settings.budget_kind,
+        scale="S",
+        seed=lab.settings.seed,
+        flags=[],
+        started_at=utc_now(),
+        finished_at=utc_now(),
+    )
+
+
+TWO_PARTS = (("MATRIX_LR = ", "MATRIX_LR = 0.03"), ("LOG_EVERY = ", "LOG_EVERY = 10"))
+
+
+# ---------------------------------------------------------------- the real thing
+
+
+@pytest.mark.anyio
+@pytest.mark.e2e
+@pytest.mark.slow
+async def test_a_two_part_change_is_ablated_on_paired_seeds(training_lab: Lab) -> None:
+    lab = training_lab
+    baselines = lab.ensure_baseline(2)  # the server's noise: what additivity is judged against
+    experiment_id = record(lab, "matrix lr 0.03 and log every 10", edited(lab, *TWO_PARTS))
+    async with connect(lab) as client:
+        started = await call(client, "ablate", experiment_id=experiment_id)
+        assert started["experiment_id"] == experiment_id and started["part_kind"] == "hunks"
+        assert [p["index"] for p in started["parts"]] == [1, 2]
+        assert "MATRIX_LR = 0.02" in started["parts"][0]["label"]
+        assert "LOG_EVERY = 10" in started["parts"][1]["label"]
+        runs = started["runs"]
+        assert len(runs) == 2 * (2 + 2)  # (full, base, two leave-one-outs) x 2 seeds
+        assert started["analysis"] is None and started["status"] == "running"
+        rows = [lab.experiment(r["run_id"]) for r in runs]
+        assert {row["kind"] for row in rows} == {"ablation"}
+        assert {row["requested_by"] for row in rows} == {"alice"}
+        # Paired: every variant runs on the same two fresh seeds (never the screening seed).
+        seeds = {r["seed_index"]: set() for r in runs}
+        for run, row in zip(runs, rows, strict=True):
+            seeds[run["seed_index"]].add(row["seed"])
+        assert all(len(s) == 1 for s in seeds.values())
+        assert len({next(iter(s)) for s in seeds.values()}) == 2
+        assert lab.settings.seed not in {row["seed"] for row in rows}
+        by_role = {(r["role"], r["seed_index"]): row for r, row in zip(runs, rows, strict=True)}
+        assert by_role[("full", 0)]["code"] == lab.experiment(experiment_id)["code"]
+        assert by_role[("base", 0)]["code"] == lab.baseline_files
+        without_1 = by_role[("without part 1", 0)]["code"]["train.py"]
+        assert "MATRIX_LR = 0.03" not in without_1 and "LOG_EVERY = 10\n" in without_1
+        # Asked again (by anyone): the same ablation, nothing more queued.
+        count = lab.store.count_experiments()
+        again = await call(client, "ablate", experiment_id=experiment_id)
+        assert again["ablation_id"] == started["ablation_id"]
+        assert lab.store.count_experiments() == count
+
+        finished = wait_until_finished(lab, [r["run_id"] for r in runs] + baselines, timeout=900)
+        failed = [(r["id"], r["kind"], r["status"], r["failure_reason"]) for r in finished]
+        assert all(row["status"] == "ok" for row in finished), [f for f in failed if f[2] != "ok"]
+        done = await call(client, "get_ablation", experiment_id=experiment_id)
+        assert done == await call(client, "get_ablation", ablation_id=started["ablation_id"])
+    assert done["status"] == "done"
+    analysis = done["analysis"]
+    value = {(r["role"], r["seed_index"]): lab.experiment(r["run_id"])["val_bpb"] for r in runs}
+    total = statistics.fmean(value[("base", n)] - value[("full", n)] for n in (0, 1))
+    assert analysis["total_gain"] == pytest.approx(total, abs=1e-6)
+    for part in (1, 2):
+        contribution = statistics.fmean(
+            value[(f"without part {part}", n)] - value[("full", n)] for n in (0, 1)
+        )
+        assert analysis["parts"][part - 1]["mean"] == pytest.approx(contribution, abs=1e-6)
+        assert analysis["parts"][part - 1]["n"] == 2
+        assert analysis["parts"][part - 1]["effect"] in ("helps", "hurts", "within noise")
+    assert analysis["additivity"] in ("adds up", "sub-additive", "interacting")
+    assert analysis["noise_sd"] == published(lab.noise().sd)
+    assert analysis["additivity"] in analysis["summary"] and "tolerance" in analysis["summary"]
+    # Kept out of everything that ranks or judges: no verdict, not on the leaderboard, not noise.
+    assert all(row["verdict"] is None for row in finished[: len(runs)])
+    assert lab.store.count_experiments(kind="ablation") == len(runs)
+    ranked = {entry["id"] for entry in lab.leaderboard(limit=50)}
+    assert not ranked & {r["run_id"] for r in runs}
+    assert lab.noise().runs == 2  # the two baseline runs only
+    assert lab.store.finished_experiment_count() == 1  # the ablated experiment itself
+
+
+# ---------------------------------------------------------------- parts and refusals
+
+
+@pytest.mark.anyio
+async def test_refusals_record_nothing(lab: Lab) -> None:
+    one = record(lab, "one change", edited(lab, TWO_PARTS[0]))
+    failed = record(lab, "crashed", edited(lab, *TWO_PARTS), status="crash")
+    lines = lab.baseline_files["train.py"].splitlines(keepends=True)
+    for index in range(100, 100 + 20 * (MAX_PARTS + 1), 20):  # far apart: one hunk each
+        lines[index] = lines[index].rstrip("\n") + "  # a comment\n"
+    too_many = record(lab, "seven changes", {"train.py": "".join(lines)})
+    assert len(parse_hunks(lab.experiment(too_many)["diff_parent"])) > MAX_PARTS
+    two = record(lab, "two changes", edited(lab, *TWO_PARTS), agent="bob")
+    lab.store.set_quota("carol", max_experiments=3)
+    async with connect(lab) as client:
+        text = await refused(client, lab, "ablate", experiment_id=one)
+        assert "has 1 part(s)" in text and "at least 2" in text
+        text = await refused(client, lab, "ablate", experiment_id=failed)
+        assert "status crash; only a successful experiment can be ablated" in text
+        text = await refused(client, lab, "ablate", experiment_id=too_many)
+        assert f"at most {MAX_PARTS}" in text
+        text = await refused(client, lab, "ablate", experiment_id=999_999)
+        assert "does not exist" in text
+        text = await refused(client, lab, "ablate", experiment_id=0)
+        assert "experiment_id" in text
+        text = await refused(client, lab, "get_ablation")
+        assert "send either ablation_id or experiment_id" in text
+        text = await refused(client, lab, "get_ablation", ablation_id=1, experiment_id=two)
+        assert "send either ablation_id or experiment_id" in text
+        text = await refused(client, lab, "get_ablation", experiment_id=two)
+        assert f"ablate(experiment_id={two})" in text
+        text = await refused(client, lab, "get_ablation", ablation_id=77)
+        assert "ablation 77 does not exist" in text
+    async with connect(lab, "carol") as client:
+        text = await refused(client, lab, "ablate", experiment_id=two)
+        assert "may run 3 experiments in all" in text and "would queue 8 runs" in text
+    async with connect(lab, "alice") as client:  # anyone may ablate anyone's; charged to the asker
+        started = await call(client, "ablate", experiment_id=two)
+    assert {lab.experiment(r["run_id"])["requested_by"] for r in started["runs"]} == {"alice"}
+    assert lab.charged_runs("alice") == 8 and lab.charged_runs("bob") == 0
+
+
+@pytest.mark.anyio
+async def test_a_combine_is_ablated_by_the_ideas_it_merged(lab: Lab) -> None:
+    a = record(lab, "matrix lr", edited(lab, TWO_PARTS[0]))
+    b = record(lab, "log every", edited(lab, TWO_PARTS[1]), agent="bob")
+    merged = three_way_merge(
+        edited(lab, TWO_PARTS[0])["train.py"],
+        lab.baseline_files["train.py"],
+        edited(lab, TWO_PARTS[1])["train.py"],
+    )[0]
+    combined = record(lab, f"combine #{a} + #{b}", {"train.py": merged})
+    # A description that names ideas whose merge is not its code: the hunks are the parts.
+    faked = record(
+        lab, f"combine #{a} + #{b}", edited(lab, TWO_PARTS[0], ("DEPTH = ", "DEPTH = 3"))
+    )
+    async with connect(lab) as client:
+        ideas = await call(client, "ablate", experiment_id=combined)
+    async with connect(lab, "bob") as client:  # alice has her live runs: one request at a time
+        hunks = await call(client, "ablate", experiment_id=faked)
+    assert ideas["part_kind"] == "combined experiments"
+    assert [p["label"] for p in ideas["parts"]] == [f"#{a} matrix lr", f"#{b} log every"]
+    without_a = lab.experiment(
+        next(r["run_id"] for r in ideas["runs"] if r["role"] == "without part 1")
+    )
+    assert without_a["code"] == edited(lab, TWO_PARTS[1])
+    assert hunks["part_kind"] == "hunks" and len(hunks["parts"]) == 2
+
+
+def test_hunks_rebuild_the_code_and_leave_one_out() -> None:
+    old = {"f.py": "".join(f"line {i}\n" for i in range(40))}
+    new = {"f.py": old["f.py"].replace("line 3\n", "line three\n").replace("line 30\n", "")}
+    hunks = parse_hunks(unified_diff(old, new))
+    assert len(hunks) == 2
+    assert apply_hunks(old, hunks) == new
+    assert apply_hunks(old, hunks[1:]) == {"f.py": old["f.py"].replace("line 30\n", "")}
+    assert apply_hunks(new, hunks) is None  # hunks that no longer match are reported, not forced
+    # A removed line that looks like a file header is still a removed line.
+    tricky_old = {"f.py": "a\n-- a/x\nb\n"}
+    tricky_new = {"f.py": "a\nb\n"}
+    assert apply_hunks(tricky_old, parse_hunks(unified_diff(tricky_old, tricky_new))) == tricky_new
+
+
+def test_additivity_is_judged_against_the_noise() -> None:
+    def runs(full: float, base: float, without: list[float]) -> list[dict[str, Any]]:
+        out = []
+        for seed in (0, 1):
+            out.append(
+                {"role": "full", "part": None, "seed_index": seed, "status": "ok", "val_bpb": full}
+            )
+            out.append(
+                {"role": "base", "part": None, "seed_index": seed, "status": "ok", "val_bpb": base}
+            )
+            for i, value in enumerate(without):
+                out.append(
+                    {
+                        "role": f"without part {i + 1}",
+                        "part": i,
+                        "seed_index": seed,
+                        "status": "ok",
+                        "val_bpb": value,
+                    }
+                )
+        return out
+
+    adds_up = analyse(runs(3.0, 3.1, [3.06, 3.04]), 2, 0.005, 2.0)
+    assert adds_up["additivity"] == "adds up" and adds_up["total_gain"] == pytest.approx(0.1)
+    assert [p["effect"] for p in adds_up["parts"]] == ["helps", "helps"]
+    # Each part alone does the job: removing either loses nothing, together they gain 0.1.
+    overlap = analyse(runs(3.0, 3.1, [3.0, 3.0]), 2, 0.005, 2.0)
+    assert overlap["additivity"] == "sub-additive"
+    assert [p["effect"] for p in overlap["parts"]] == ["within noise", "within noise"]
+    # Each part needs the other: removing either loses the whole gain.
+    synergy = analyse(runs(3.0, 3.1, [3.1, 3.1]), 2, 0.005, 2.0)
+    assert synergy["additivity"] == "interacting"
+    unmeasured = analyse(runs(3.0, 3.1, [3.06, 3.04]), 2, None, 2.0)
+    assert unmeasured["additivity"] == "unknown" and "not measured" in unmeasured["summary"]
+    crashed = runs(3.0, 3.1, [3.06, 3.04])
+    for run in crashed:
+        if run["part"] == 1:
+            run.update(status="crash", val_bpb=None)
+    partial = analyse(crashed, 2, 0.005, 2.0)
+    assert partial["additivity"] == "unknown" and "2 run(s) failed" in partial["summary"]
