@@ -43,6 +43,7 @@ from typing import Any, Literal
 from sandbox.jail import IsolationLevel, JailedProcess, JailLimits, JailSpec, detect_isolation
 from sandbox.target import ResearchTarget
 from sandbox.warm_start import (
+    LAUNCHER,
     WARM_UP_TIMEOUT_SECONDS,
     launcher_argv,
     wait_until_ready,
@@ -451,7 +452,7 @@ class ExperimentRunner:
         warm = settings.warm_start and bool(self.target.warm_imports) and script is not None
         if warm and script is not None:
             argv = launcher_argv(self.python, script, self.target.warm_imports)
-            spec = replace(spec, stdin_pipe=True)
+            spec = replace(spec, stdin_pipe=True, readonly_paths=(*spec.readonly_paths, LAUNCHER))
         result.phase = "train"
         process = JailedProcess.start(argv, spec, log_path)
         cpu_at_start = 0.0

@@ -3,7 +3,7 @@
 Starting Python, importing torch and making a CUDA context take seconds (5-15 s on a GPU,
 1-2 CPU-seconds here) and vary from run to run: inside the budget they were both a cost and
 the largest noise source on a GPU. With a warm start the runner launches the training jail
-with a small trusted launcher instead of `python train.py`. The launcher imports what the
+with a small trusted launcher (sandbox/warm_launcher.py) instead of `python train.py`. The launcher imports what the
 target names (`warm_imports` in target.toml; `torch` for the GPT target), makes the CUDA
 context when AR_DEVICE is a GPU, writes READY_MARKER to its log and blocks on stdin. Only
 then does the runner start the budget clock (wall and CPU time are both counted from that
@@ -22,41 +22,19 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-READY_MARKER = "[autoresearch] warm start ready"
+from sandbox.warm_launcher import READY_MARKER
+
 # How long a warm-up may take before the run is given up (a cold CUDA start on a busy machine
 # takes well under a minute).
 WARM_UP_TIMEOUT_SECONDS = 180.0
 
-# The launcher, run as `python -c LAUNCHER SCRIPT MODULE...`. It imports the named modules with
-# the run directory off sys.path (an agent's file can never stand in for torch), then restores
-# the path `python SCRIPT` would have.
-LAUNCHER = f"""
-import importlib, os, runpy, sys, time
-began = time.perf_counter()
-script, modules = sys.argv[1], sys.argv[2:]
-cwd = os.getcwd()
-path = list(sys.path)
-sys.path[:] = [p for p in path if p not in ("", ".", cwd)]
-for name in modules:
-    importlib.import_module(name)
-device = os.environ.get("AR_DEVICE", "cpu")
-if device.startswith("cuda") and "torch" in modules:
-    import torch
-    torch.zeros(1, device=device)
-    torch.cuda.synchronize(device)
-sys.path[:] = [cwd] + [p for p in path if p not in ("", ".", cwd)]
-sys.stdout.write("{READY_MARKER} in %.2f s\\n" % (time.perf_counter() - began))
-sys.stdout.flush()
-if sys.stdin.readline().strip() != "go":
-    sys.exit(75)
-sys.argv = [script]
-runpy.run_path(script, run_name="__main__")
-"""
+# The launcher (standard library only), mounted read-only into the training jail.
+LAUNCHER = Path(__file__).resolve().parent / "warm_launcher.py"
 
 
 def launcher_argv(python: str, script: str, modules: tuple[str, ...]) -> list[str]:
     """The command that warms up `modules` and then runs `script` as `python script` would."""
-    return [python, "-c", LAUNCHER, script, *modules]
+    return [python, str(LAUNCHER), script, *modules]
 
 
 def warm_script(train_command: tuple[str, ...]) -> str | None:
