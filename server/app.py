@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.apps import Apps
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -28,8 +29,11 @@ from server import presentation as views
 from server.app_ablation import register_ablation_tools
 from server.app_memory import register_memory_tools
 from server.app_suggest import register_suggest_tools
+from server.app_view import VIEW_URI, register_view
 from server.lab import Lab, check_experiment_id
 from server.ladder import MAX_COMBINED
+from server.live_updates import ChangeNotifier
+from server.mcp_tasks import ExperimentTasks, TaskCreated, client_declared_tasks, poll_interval
 from server.models import (
     CancelResult,
     CheckoutResult,
@@ -53,11 +57,14 @@ from server.presentation import (
 )
 from server.record import CANDIDATE, FINAL_STATUSES, ExperimentRow, Status
 from server.store import MAX_ROW_ID
+from server.store.tasks import TaskStore
+from server.task_tracking import install_trackers
 from server.tool_support import (
     EDITS,
     ONLINE,
     READ_ONLY,
     RUNS,
+    OwnThreads,
     id_field,
     in_thread,
     refusals,
@@ -70,18 +77,6 @@ log = logging.getLogger(__name__)
 # threads) a burst of them from one agent held every thread and stalled everyone's edits and
 # runs. They get threads of their own; the calls past these wait without holding a thread.
 PAPER_THREADS = 4
-
-
-class PaperThreads:
-    """The paper tools' own small thread limiter, made on first use (inside the event loop)."""
-
-    def __init__(self) -> None:
-        self._limiter: anyio.CapacityLimiter | None = None
-
-    def get(self) -> anyio.CapacityLimiter:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(PAPER_THREADS)
-        return self._limiter
 
 
 async def wait_for(
@@ -119,7 +114,29 @@ def build_server(
     lab: Lab, *, default_agent: str | None = "agent", auth: Any = None, token_verifier: Any = None
 ) -> MCPServer:
     """The MCP server over `lab`. Over HTTP with auth, the agent is the bearer token's client id;
-    otherwise (stdio, or loopback --no-auth) it is `default_agent`."""
+    otherwise (stdio, or loopback --no-auth) it is `default_agent`.
+
+    Beyond the tools: the tasks extension for the long tools (server/mcp_tasks.py), the
+    in-client view (MCP Apps, server/app_view.py) and live updates of the leaderboard and
+    experiment resources (server/live_updates.py)."""
+
+    def agent() -> str:
+        token = get_access_token()
+        if token is not None:
+            return token.client_id
+        if default_agent is None:
+            raise ToolError(
+                "not authenticated: connect with a bearer token (autoresearch-mcp tokens add NAME)"
+            )
+        return default_agent
+
+    task_store = TaskStore(lab.store.db)
+    task_store.ensure_table()
+    tasks = ExperimentTasks(task_store, agent)
+    install_trackers(tasks, lab)
+    apps = Apps()
+    register_view(apps, lab)
+    notifier = ChangeNotifier()
     mcp = MCPServer(
         name="autoresearch",
         title="autoresearch: fixed-budget ML research on a sandboxed small-GPT trainer",
@@ -131,19 +148,19 @@ def build_server(
         version="0.1.0",
         auth=auth,
         token_verifier=token_verifier,
+        extensions=[tasks, apps],
+        subscriptions=notifier.bus,
+        lifespan=notifier.lifespan,
     )
+    notifier.install(mcp)
+    lab.lifecycle.listeners.add(notifier)
+    lab.scheduler.started_listeners.add(notifier)
     wait_bound = lab.settings.call_wait_seconds
-    paper_threads = PaperThreads()
+    paper_threads = OwnThreads(PAPER_THREADS)
 
-    def agent() -> str:
-        token = get_access_token()
-        if token is not None:
-            return token.client_id
-        if default_agent is None:
-            raise ToolError(
-                "not authenticated: connect with a bearer token (autoresearch-mcp tokens add NAME)"
-            )
-        return default_agent
+    def as_task(tool: str, name: str, ids: list[int], scale: str, **subject: Any) -> TaskCreated:
+        """The task handle a tool answers with (when the client declared tasks)."""
+        return tasks.create(tool, name, ids, poll_interval(lab.level_budget(scale)), **subject)
 
     # ------------------------------------------------------------ files
     # The read-only tools are `async def` without awaits: they run on the event loop (a few
@@ -248,6 +265,8 @@ def build_server(
                     reuse_reason=sent.reuse_reason,
                     request_id=sent.request_id,
                 )
+            if client_declared_tasks(ctx):
+                raise as_task("run_experiment", name, [sent.experiment_id], "S")
             row = (
                 await wait_for(lab, sent.experiment_id, wait_bound, ctx)
                 if wait
@@ -308,11 +327,17 @@ def build_server(
                 "your quota and credit its author"
             ),
         ],
+        ctx: Context,
         repeats: Annotated[int, Field(description="how many more seeds (1-10)", ge=1, le=10)] = 2,
     ) -> list[ExperimentResult]:
         """Re-run any experiment's code with fresh seeds (charged to you, credited to its author); its mean +- sd ranks the leaderboard."""
         with refusals():
-            ids = lab.confirm(agent(), experiment_id, repeats)
+            name = agent()
+            ids = lab.confirm(name, experiment_id, repeats)
+            if client_declared_tasks(ctx):
+                raise as_task(
+                    "confirm_experiment", name, ids, lab.experiment(ids[0]).get("scale") or "S"
+                )
             return [views.experiment_result(lab, lab.experiment(i)) for i in ids]
 
     @mcp.tool(annotations=RUNS)
@@ -320,6 +345,7 @@ def build_server(
         experiment_id: Annotated[
             int, id_field("one of your confirmed experiments (confirm_experiment first)")
         ],
+        ctx: Context,
         level: Annotated[
             str | None,
             Field(description="scale level to re-run at (default: the next one up)", max_length=16),
@@ -328,7 +354,12 @@ def build_server(
         """Re-run one of your confirmed wins at a larger scale (more budget, larger model) against that level's baseline; charged to you."""
         with refusals():
             assert lab.ladder is not None
-            promotion = lab.ladder.promote(agent(), experiment_id, level)
+            name = agent()
+            promotion = lab.ladder.promote(name, experiment_id, level)
+            if client_declared_tasks(ctx):
+                ids = [*promotion["run_ids"], *promotion["baseline_ids"]]
+                scale = str(promotion.get("to_level") or "S")
+                raise as_task("promote", name, ids, scale, experiment_id=experiment_id)
             return views.promotion_result(lab, experiment_id, promotion)
 
     @mcp.tool(annotations=READ_ONLY)
@@ -349,6 +380,7 @@ def build_server(
                 max_length=MAX_COMBINED,
             ),
         ],
+        ctx: Context,
         level: Annotated[
             str, Field(description="the scale level whose current best is the base", max_length=16)
         ] = "S",
@@ -359,7 +391,10 @@ def build_server(
         """Stack several experiments' diffs on the current best (three-way merges) and queue the result; conflicts are refused."""
         with refusals():
             assert lab.ladder is not None
-            outcome = lab.ladder.combine(agent(), experiment_ids, level, description)
+            name = agent()
+            outcome = lab.ladder.combine(name, experiment_ids, level, description)
+            if client_declared_tasks(ctx):
+                raise as_task("combine", name, [outcome["experiment_id"]], level, **outcome)
             return views.combine_result(lab, outcome)
 
     @mcp.tool(annotations=READ_ONLY)
@@ -395,7 +430,7 @@ def build_server(
                 level=level,
             )
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(annotations=READ_ONLY, meta={"ui": {"resourceUri": VIEW_URI}})
     async def get_leaderboard(
         limit: Annotated[int, Field(ge=1, le=50)] = 10,
         level: Annotated[

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import weakref
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -82,6 +83,16 @@ class RunLifecycle:
     def __init__(self, lab: LifecycleLab) -> None:
         self.lab = lab
         self.candidates = Candidates(lab, self.reference_for, self.noise_for)
+        # Told after the ladder, once a run's record is final (live updates subscribe). Weak:
+        # a listener lives as long as its MCP server, not as long as the lab.
+        self.listeners: weakref.WeakSet[RunFinishedListener] = weakref.WeakSet()
+
+    def _tell_listeners(self, experiment_id: int) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener.on_run_finished(experiment_id)
+            except Exception:
+                log.exception("a run-finished listener failed for experiment %s", experiment_id)
 
     def job_for(self, experiment: dict[str, Any]) -> Job:
         code = (
@@ -134,7 +145,14 @@ class RunLifecycle:
         )
 
     def on_finish(self, experiment_id: int, result: RunResult) -> None:
-        """Record a finished run: figures, verdict and deltas, in one compare-and-set from `running`."""
+        """Record a finished run: figures, verdict and deltas, in one compare-and-set from `running`;
+        then tell the listeners (whatever the recording did)."""
+        try:
+            self._record_finish(experiment_id, result)
+        finally:
+            self._tell_listeners(experiment_id)
+
+    def _record_finish(self, experiment_id: int, result: RunResult) -> None:
         if result.status == INTERRUPTED:  # lost with its machine (a Ray node): re-queue once
             if self.lab.store.transition(
                 experiment_id,
@@ -279,6 +297,7 @@ class RunLifecycle:
         row = self.lab.store.get_experiment(experiment_id)
         if row["kind"] == "confirmation" and (of := row.get("confirms_id")):
             self.candidates.judge(of)
+        self._tell_listeners(experiment_id)
 
     def reference_for(self, row: Mapping[str, Any], exclude_id: int | None) -> Reference | None:
         """The reference on the setting a row was run on (its hardware, budget and level)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +24,12 @@ from server.record import QUEUED, RUNNING
 from server.store import Store, utc_now
 
 log = logging.getLogger(__name__)
+
+
+class RunStartedListener(Protocol):
+    """Told when a queued run starts (live updates)."""
+
+    def on_run_started(self, experiment_id: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,9 @@ class Scheduler:
         # Which experiments a slot may take (scale levels reserve devices); default: any.
         self.slot_accepts = slot_accepts or (lambda slot, experiment: True)
         self._condition = threading.Condition()
+        # Told (from the scheduler's thread) that a run started: live updates subscribe. Weak:
+        # a listener lives as long as its MCP server.
+        self.started_listeners: weakref.WeakSet[RunStartedListener] = weakref.WeakSet()
         self._running: dict[
             int, tuple[str, threading.Event]
         ] = {}  # experiment id -> (slot, cancel)
@@ -295,6 +305,11 @@ class Scheduler:
         )
         self._workers = [w for w in self._workers if w.is_alive()] + [worker]
         worker.start()
+        for listener in list(self.started_listeners):
+            try:
+                listener.on_run_started(experiment_id)
+            except Exception:
+                log.exception("a started-run listener failed for experiment %s", experiment_id)
         return True
 
     def _work(self, experiment: dict[str, Any], slot: str, cancel: threading.Event) -> None:
