@@ -33,6 +33,7 @@ from server.record import FINAL_STATUSES, OK
 from server.refusals import LabError
 from server.store import ExperimentNotFound
 from server.store.ablations import AblationStore
+from server.untrusted import agent_text
 from server.verdicts import fresh_seed, published
 
 MAX_PARTS = 6  # parts per ablation: (parts + 2) x seeds runs
@@ -345,7 +346,10 @@ class Ablations:
             "experiment_id": ablation["experiment_id"],
             "requested_by": ablation.get("requested_by"),
             "part_kind": ablation["part_kind"],
-            "parts": [{"index": i + 1, **p} for i, p in enumerate(ablation["parts"])],
+            "parts": [
+                {"index": i + 1, **p, "label": agent_text(p["label"], experiment["agent"])}
+                for i, p in enumerate(ablation["parts"])
+            ],
             "seeds": len(ablation["seeds"]),
             "status": "done" if done else "running",
             "runs": runs,

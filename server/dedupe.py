@@ -20,6 +20,7 @@ from server.similarity import (
     words_overlap,
 )
 from server.store import Store
+from server.untrusted import agent_text
 
 # How many recent experiments a near-duplicate note looks at (a bounded scan, newest first).
 NEAR_SCAN = 300
@@ -110,7 +111,7 @@ def claim_notes(store: Store, agent: str, description: str) -> list[str]:
         if claim["agent"] != agent and words_overlap(description, claim["text"]) >= CLAIM_OVERLAP:
             notes.append(
                 f"{claim['agent']} has claimed a similar idea (claim {claim['id']}, "
-                f"until {claim['expires_at']}): {claim['text'][:120]!r}"
+                f"until {claim['expires_at']}): {agent_text(claim['text'][:120], claim['agent'])}"
             )
             if len(notes) >= MAX_NOTES:
                 break

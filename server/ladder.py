@@ -27,6 +27,7 @@ from server.run_queue import RunQueue
 from server.settings import LabSettings, ScaleLevel
 from server.standings import is_confirmed
 from server.store import ExperimentNotFound, Store, utc_now
+from server.untrusted import agent_text
 from server.verdicts import PUBLISHED_DIGITS, Noise, published
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ class PromotionLadder:
         promotions = self.promotions.of_experiment(experiment_id)
         return {
             "experiment_id": experiment_id,
-            "description": experiment["description"],
+            "description": agent_text(experiment["description"], experiment["agent"]),
             "level": experiment.get("scale") or "S",
             "val_bpb": experiment.get("val_bpb"),
             "confirmed": stats,

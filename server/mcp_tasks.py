@@ -40,6 +40,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from server.store.tasks import TaskRow, TaskStore
+from server.untrusted import reading_as
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 TaskStatus = Literal["working", "completed", "failed", "cancelled"]
@@ -164,6 +165,13 @@ class ExperimentTasks(Extension):
         ctx: ServerRequestContext[Any, Any],
         call_next: CallNext,
     ) -> HandlerResult:
+        # Who reads this call's answer: other agents' text in it comes as untrusted blocks
+        # (server/untrusted.py). Set here, once, for every tool (the context follows the call
+        # into its worker thread).
+        try:
+            reading_as(self.agent())
+        except Exception:  # not authenticated: the tool itself refuses the call
+            reading_as(None)
         try:
             return await call_next(ctx)
         except TaskCreated as created:

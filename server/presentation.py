@@ -35,6 +35,7 @@ from server.models import (
 )
 from server.papers import UNTRUSTED_NOTICE, Paper, PaperSearchResult, render_untrusted
 from server.store.similar import all_words_query
+from server.untrusted import agent_text
 from server.verdicts import published
 
 PROGRAM_FILE = Path(__file__).resolve().parent.parent / "program.md"
@@ -160,7 +161,7 @@ def experiment_result(
         requested_by=row.get("requested_by"),
         kind=row.get("kind") or "experiment",
         status=row["status"],
-        description=row.get("description") or "",
+        description=agent_text(row.get("description"), row["agent"]) or "",
         val_bpb=row.get("val_bpb"),
         delta_vs_parent=published(row.get("delta_parent")),
         delta_vs_best=published(row.get("delta_best")),
@@ -174,7 +175,7 @@ def experiment_result(
         cpu_share=row.get("cpu_share"),
         flags=row.get("flags") or [],
         failure_reason=row.get("failure_reason"),
-        log_tail=last_lines(tail) if failed and tail else None,
+        log_tail=agent_text(last_lines(tail), row["agent"]) if failed and tail else None,
         progress=progress,
         reused_from=reused_from,
         request_id=request_id,
@@ -192,20 +193,25 @@ def agent_experiment_detail(
     steps) and papers; the diffs and a successful run's log tail only when asked for."""
     base = experiment_result(lab, row).model_dump()
     if include_log and row.get("log_tail"):
-        base["log_tail"] = last_lines(row["log_tail"])
+        base["log_tail"] = agent_text(last_lines(row["log_tail"]), row["agent"])
     stats = lab.confirmation_stats(row["id"]) if row["status"] == "ok" else None
     return ExperimentDetail(
         **base,
         code_hash=(row.get("code_hash") or "")[:12],
         confirms_id=row.get("confirms_id"),
         confirmation=stats,
-        diff_vs_parent=row.get("diff_parent") if include_diff else None,
-        diff_vs_baseline=row.get("diff_baseline") if include_diff else None,
+        diff_vs_parent=agent_text(row.get("diff_parent"), row["agent"]) if include_diff else None,
+        diff_vs_baseline=agent_text(row.get("diff_baseline"), row["agent"])
+        if include_diff
+        else None,
         metrics=row.get("metrics") or {},
         hardware=row.get("hardware"),
         isolation=row.get("isolation"),
         paper_ids=lab.store.papers_of(row["id"]),
-        lineage=lab.store.lineage(row["id"], limit=LINEAGE_FOR_AGENT),
+        lineage=[
+            {**step, "description": agent_text(step.get("description"), step.get("agent"))}
+            for step in lab.store.lineage(row["id"], limit=LINEAGE_FOR_AGENT)
+        ],
         created_at=row.get("created_at"),
         started_at=row.get("started_at"),
         finished_at=row.get("finished_at"),
@@ -222,7 +228,7 @@ def history_row(row: Mapping[str, Any]) -> HistoryRow:
         val_bpb=row.get("val_bpb"),
         delta_vs_parent=published(row.get("delta_parent")),
         verdict=row.get("verdict"),
-        description=row.get("description") or "",
+        description=agent_text(row.get("description"), row["agent"]) or "",
         parent_id=row.get("parent_id"),
         flags=[f.get("name", "") for f in (row.get("flags") or []) if isinstance(f, dict)],
         paper_ids=row.get("paper_ids") or [],
@@ -276,11 +282,11 @@ def history(
             involving=involving, status=status, query=query, scale=level
         ),
         next_offset=offset + limit if more else None,
-        leaderboard=[LeaderboardEntry(**e) for e in lab.leaderboard(limit=10, scale=level or "S")],
-        open_claims=[Claim(**c) for c in lab.store.open_claims()],
+        leaderboard=leaderboard_entries(lab, 10, level or "S"),
+        open_claims=open_claims(lab),
         queue=queue,
         requests=[
-            RunRequest(**{k: r[k] for k in RunRequest.model_fields})
+            run_request(r)
             for r in lab.store.requests.search(
                 agent=involving, fts_query=all_words_query(query) if query else None, limit=limit
             )
@@ -290,10 +296,33 @@ def history(
     )
 
 
+def run_request(row: Mapping[str, Any]) -> RunRequest:
+    """A recorded run request, its description (another agent's) as an untrusted block."""
+    fields = {k: row[k] for k in RunRequest.model_fields}
+    fields["description"] = agent_text(row["description"], row["agent"]) or ""
+    return RunRequest.model_validate(fields)
+
+
+def leaderboard_entries(lab: Lab, limit: int, level: str) -> list[LeaderboardEntry]:
+    """The leaderboard's entries, other agents' descriptions as untrusted blocks."""
+    return [
+        LeaderboardEntry(**{**e, "description": agent_text(e["description"], e["agent"]) or ""})
+        for e in lab.leaderboard(limit, scale=level)
+    ]
+
+
+def open_claims(lab: Lab) -> list[Claim]:
+    """The open idea claims, other agents' texts as untrusted blocks."""
+    return [
+        Claim(**{**c, "text": agent_text(c["text"], c["agent"]) or ""})
+        for c in lab.store.open_claims()
+    ]
+
+
 def leaderboard(lab: Lab, limit: int = 10, level: str = "S") -> Leaderboard:
     """The best experiments of a level, each agent's best, and the noise the verdicts used."""
     return Leaderboard(
-        entries=[LeaderboardEntry(**e) for e in lab.leaderboard(limit, scale=level)],
+        entries=leaderboard_entries(lab, limit, level),
         per_agent=[AgentBest(**a) for a in lab.per_agent()],
         noise=NoiseInfo(**lab.noise_info(level)),
     )
@@ -398,7 +427,7 @@ def checkout_result(lab: Lab, agent: str, source: int | None, files: list[str]) 
 
 def claim_result(lab: Lab, claim_id: int) -> ClaimResult:
     """The new claim among all open claims, and when it lapses."""
-    claims = [Claim(**c) for c in lab.store.open_claims()]
+    claims = open_claims(lab)
     mine = next(c for c in claims if c.id == claim_id)
     return ClaimResult(
         claim=mine,

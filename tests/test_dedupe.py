@@ -17,6 +17,7 @@ import pytest
 from server.lab import Lab, unified_diff
 from server.similarity import MAX_DEPTH, classify, describe_change, normalise_text
 from server.store import utc_now
+from server.untrusted import block
 from tests.test_mcp_tools import call, connect, make_lab, refusal
 
 pytestmark = pytest.mark.anyio
@@ -239,7 +240,10 @@ async def test_the_unchanged_workspace_is_told_the_baseline_is_queued(lab: Lab) 
         nobody = await call(bob, "get_history", scope="mine")
     assert [r["id"] for r in found["requests"]] == [request["id"]]
     assert found["requests"][0]["agent"] == "alice"
-    assert [r["description"] for r in everyone["requests"]] == ["first look at the baseline"]
+    # alice's words reach bob as data, in a labelled block
+    assert [r["description"] for r in everyone["requests"]] == [
+        block("first look at the baseline", "alice")
+    ]
     assert nobody["requests"] == []
     async with connect(lab, "auto", agent="alice") as alice:
         mine = await call(alice, "get_history", scope="mine")

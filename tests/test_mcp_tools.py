@@ -29,6 +29,7 @@ from sandbox.workspace import hash_files
 from server.app import build_server
 from server.lab import Lab, LabSettings, unified_diff
 from server.store import FINAL_STATUSES, utc_now
+from server.untrusted import block
 from server.verdicts import t_quantile
 
 pytestmark = pytest.mark.anyio
@@ -536,7 +537,8 @@ async def test_the_same_code_again_is_reused(lab: Lab, mode: str) -> None:
         assert again["id"] == first["id"]
         assert again["reused_from"] == first["id"]
         assert again["agent"] == "alice"
-        assert again["description"] == "the baseline, as shipped"
+        # alice's words reach bob as data, in a labelled block (server/untrusted.py)
+        assert again["description"] == block("the baseline, as shipped", "alice")
         # The truth: the earlier run is still queued (this lab never trains): wait for it.
         assert again["next_step"].startswith(
             "nothing new was queued: the same code (byte for byte) is already "
@@ -604,9 +606,18 @@ async def test_get_experiment_with_diff_log_and_lineage(lab: Lab, mode: str) -> 
         full = await call(
             client, "get_experiment", experiment_id=second, include_diff=True, include_log=True
         )
+        # bob's diff and his code's log reach alice as data, in labelled blocks
+        row = lab.experiment(second)
+        assert full["diff_vs_baseline"] == block(row["diff_baseline"], "bob")
         assert "+# depth 3, width 192" in full["diff_vs_baseline"]
-        assert full["diff_vs_parent"].startswith("--- a/train.py\n+++ b/train.py\n")
-        assert full["log_tail"].endswith("RuntimeError: boom")
+        assert full["diff_vs_parent"].startswith(
+            '<untrusted-agent-content author="bob">\n--- a/train.py\n+++ b/train.py\n'
+        )
+        assert full["log_tail"].endswith("RuntimeError: boom\n</untrusted-agent-content>")
+        assert [s["description"] for s in full["lineage"]] == [
+            block("depth 3, width 192", "bob"),
+            "depth 3",  # alice's own
+        ]
 
         crash = await call(client, "get_experiment", experiment_id=failed)
         assert crash["status"] == "crash" and crash["verdict"] == "failed"
@@ -797,7 +808,7 @@ async def test_claim_idea(lab: Lab, mode: str) -> None:
 
         seen_by_bob = await call(bob, "get_history")
         assert {(c["agent"], c["text"]) for c in seen_by_bob["open_claims"]} == {
-            ("alice", "RoPE base 10k -> 50k"),
+            ("alice", block("RoPE base 10k -> 50k", "alice")),  # another agent's words: data
             ("bob", "warmdown 0.5 -> 0.7"),
         }
         await set_knob(alice, lab, "50_000.0", "ROPE_BASE = ")
