@@ -637,16 +637,10 @@ class ExperimentRunner:
                 target_dir=self.target.target_dir,
                 artifact=artifact,
                 data_dir=self.data_dir,
+                context=self.target.context_for(settings.device),
             )
             for part in self.target.evaluate_command
-        ] + [
-            "--device",
-            settings.device,
-            "--context",
-            str(self.target.context_for(settings.device)),
-            "--report-fd",
-            str(channel.write_fd),
-        ]
+        ] + ["--device", settings.device, "--report-fd", str(channel.write_fd)]
         if settings.eval_windows:
             argv += ["--windows", str(settings.eval_windows)]
         if holdout:

@@ -1,10 +1,12 @@
 """What the tests and the benchmarks share: free loopback ports, polling with a deadline, an ASGI
 app served under uvicorn in a thread, a server process awaited on its /healthz, and experiments
-awaited until they finish.
+awaited until they finish; a Lab on a copy of the prepared data, and finished runs written
+into its record as the server records them (for tests that must not train).
 
 Tests import it as `support` (pytest puts tests/ on sys.path); benchmarks, which put the
 repository first on sys.path, as `tests.support`. Of the server it imports only the record's
-vocabulary (the live statuses), so a test that only starts processes does not import the lab.
+vocabulary (the live statuses) at the top; the lab helpers import the lab when called, so a
+test that only starts processes does not import it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import uvicorn
 from server.store import LIVE_STATUSES
 
 __all__ = [
+    "finished_run",
     "free_port",
+    "lab_on_copy",
     "serve_app",
     "wait_for_healthz",
     "wait_until",
@@ -150,3 +154,55 @@ def wait_until_finished(
         ),
     )
     return latest
+
+
+def lab_on_copy(home: Path, data_dir: Path, **settings: Any) -> Any:
+    """A Lab whose home holds a copy of the prepared data folder `data_dir`, with `settings`
+    (LabSettings fields). The caller closes it."""
+    import shutil
+
+    from server.lab import Lab, LabSettings
+
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "data").exists():
+        shutil.copytree(data_dir, home / "data")
+    return Lab(LabSettings(home=home, **settings))
+
+
+def finished_run(
+    lab: Any,
+    agent: str,
+    description: str,
+    *,
+    files: dict[str, str] | None = None,
+    parent_files: dict[str, str] | None = None,
+    **fields: Any,
+) -> int:
+    """A finished run written into the lab's record as the server records one: by default an
+    `ok` experiment of `agent` on this lab's hardware, budget and level S, whose code is the
+    baseline plus a comment naming `description`; `fields` override any column."""
+    from sandbox.workspace import hash_files
+    from server.lab import unified_diff
+    from server.store import utc_now
+
+    code = files or {"train.py": lab.baseline_files["train.py"] + f"# {description}\n"}
+    row: dict[str, Any] = {
+        "agent": agent,
+        "kind": "experiment",
+        "status": "ok",
+        "description": description,
+        "code": code,
+        "code_hash": hash_files({k: v.encode() for k, v in code.items()}),
+        "diff_parent": unified_diff(parent_files or lab.baseline_files, code),
+        "diff_baseline": unified_diff(lab.baseline_files, code),
+        "hardware": lab.hardware,
+        "budget_seconds": lab.level_budget("S"),
+        "budget_kind": lab.settings.budget_kind,
+        "scale": "S",
+        "seed": lab.settings.seed,
+        "flags": [],
+        "started_at": utc_now(),
+        "finished_at": utc_now(),
+    }
+    row.update(fields)
+    return int(lab.store.create_experiment(**row))

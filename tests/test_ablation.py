@@ -5,7 +5,6 @@ refusals (too few or too many parts, a failed experiment, a quota that cannot ta
 
 from __future__ import annotations
 
-import shutil
 import statistics
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,45 +13,38 @@ from typing import Any
 
 import pytest
 from mcp import Client
-from support import wait_until_finished
+from support import finished_run, lab_on_copy, wait_until_finished
 
-from sandbox.workspace import hash_files
 from server.ablation import MAX_PARTS, analyse, apply_hunks, parse_hunks
 from server.app import build_server
-from server.lab import Lab, LabSettings, unified_diff
+from server.lab import Lab, unified_diff
 from server.ladder import three_way_merge
-from server.store import utc_now
 from server.verdicts import published
 
-
-def make_lab(home: Path, data_dir: Path, **overrides: Any) -> Lab:
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(data_dir, home / "data")
-    settings: dict[str, Any] = {
-        "home": home,
-        "budget_seconds": 4,
-        "budget_kind": "cpu",  # CPU seconds: the machine is shared
-        "baseline_repeats": 0,
-        "eval_windows": 2,
-        "call_wait_seconds": 60,
-        "contended_share": 0.0,
-        "contended_share_cpu_budget": 0.0,
-    }
-    settings.update(overrides)
-    return Lab(LabSettings(**settings))
+# CPU seconds (the machine is shared), no baseline runs; the verdicts must come from the
+# ablation, not from the machine's load.
+SETTINGS: dict[str, Any] = {
+    "budget_seconds": 4,
+    "budget_kind": "cpu",
+    "baseline_repeats": 0,
+    "eval_windows": 2,
+    "call_wait_seconds": 60,
+    "contended_share": 0.0,
+    "contended_share_cpu_budget": 0.0,
+}
 
 
 @pytest.fixture
 def lab(tmp_path: Path, data_dir: Path) -> Iterator[Lab]:
     """A lab whose scheduler never starts: runs stay queued and nothing trains."""
-    lab = make_lab(tmp_path / "home", data_dir, start_scheduler=False)
+    lab = lab_on_copy(tmp_path / "home", data_dir, **SETTINGS, start_scheduler=False)
     yield lab
     lab.close()
 
 
 @pytest.fixture(scope="module")
 def training_lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Lab]:
-    lab = make_lab(tmp_path_factory.mktemp("ablation") / "home", data_dir)
+    lab = lab_on_copy(tmp_path_factory.mktemp("ablation") / "home", data_dir, **SETTINGS)
     yield lab
     lab.close()
 
@@ -107,26 +99,16 @@ def record(
 ) -> int:
     """A finished experiment written into the store as the server records one."""
     parent = lab.experiment(parent_id)["code"] if parent_id else lab.baseline_files
-    return lab.store.create_experiment(
-        agent=agent,
-        kind="experiment",
+    return finished_run(
+        lab,
+        agent,
+        description,
+        files=files,
+        parent_files=parent,
         status=status,
-        description=description,
         val_bpb=3.0 if status == "ok" else None,
         verdict="within_noise" if status == "ok" else "failed",
-        code=files,
-        code_hash=hash_files({k: v.encode() for k, v in files.items()}),
-        diff_parent=unified_diff(parent, files),
-        diff_baseline=unified_diff(lab.baseline_files, files),
         parent_id=parent_id,
-        hardware=lab.hardware,
-        budget_seconds=lab.level_budget("S"),
-        budget_kind=lab.settings.budget_kind,
-        scale="S",
-        seed=lab.settings.seed,
-        flags=[],
-        started_at=utc_now(),
-        finished_at=utc_now(),
     )
 
 

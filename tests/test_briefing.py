@@ -8,33 +8,26 @@ scheduler is not started: nothing trains), with the device-seconds each run took
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
+from support import finished_run, lab_on_copy
 
-from sandbox.workspace import hash_files
 from server.app import build_server
 from server.baselines import update_baseline_stats
-from server.lab import Lab, LabSettings, unified_diff
+from server.lab import Lab
 from server.record import SERVER_CONFIRMATION
-from server.store import utc_now
 from server.untrusted import block
 
 pytestmark = pytest.mark.anyio
 
 
 def make_lab(home: Path, data_dir: Path) -> Lab:
-    if not (home / "data").exists():
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(data_dir, home / "data")
-    return Lab(
-        LabSettings(
-            home=home, budget_seconds=4, baseline_repeats=0, eval_windows=4, start_scheduler=False
-        )
+    return lab_on_copy(
+        home, data_dir, budget_seconds=4, baseline_repeats=0, eval_windows=4, start_scheduler=False
     )
 
 
@@ -56,46 +49,21 @@ def record(
     description: str,
     *,
     seconds: float,
-    val_bpb: float | None = None,
-    status: str = "ok",
     kind: str = "experiment",
-    verdict: str | None = None,
-    requested_by: str | None = None,
-    confirms_id: int | None = None,
-    parent_id: int | None = None,
-    failure_reason: str | None = None,
-    seed: int | None = None,
+    **fields: Any,
 ) -> int:
-    """A finished run written into the store as the server records it, `seconds` of device time."""
-    files = {"train.py": lab.baseline_files["train.py"] + f"# {description}\n"}
-    if kind in ("baseline", "confirmation"):
-        files = dict(lab.baseline_files) if kind == "baseline" else files
-    diff = unified_diff(lab.baseline_files, files)
-    return lab.store.create_experiment(
-        agent=agent,
-        requested_by=requested_by,
+    """A finished run as the server records it, `seconds` of device time, on the CPU budget."""
+    files = dict(lab.baseline_files) if kind == "baseline" else None
+    return finished_run(
+        lab,
+        agent,
+        description,
+        files=files,
         kind=kind,
-        status=status,
-        description=description,
-        val_bpb=val_bpb,
-        verdict=verdict,
-        code=files,
-        code_hash=hash_files({k: v.encode() for k, v in files.items()}),
-        diff_parent=diff,
-        diff_baseline=diff,
-        parent_id=parent_id,
-        confirms_id=confirms_id,
-        hardware=lab.hardware,
-        budget_seconds=lab.level_budget("S"),
-        budget_kind=lab.settings.resolved_budget_kind(),
-        scale="S",
-        seed=lab.settings.seed if seed is None else seed,
-        flags=[],
-        cpu_share=1.0,
         total_seconds=seconds,
-        failure_reason=failure_reason,
-        started_at=utc_now(),
-        finished_at=utc_now(),
+        cpu_share=1.0,
+        budget_kind=lab.settings.resolved_budget_kind(),
+        **fields,
     )
 
 

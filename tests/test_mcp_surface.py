@@ -9,7 +9,6 @@ a lab whose scheduler never starts where a task must stay `working`.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +22,12 @@ from mcp.client import advertise
 from mcp.client.subscriptions import ResourceUpdated
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.shared.exceptions import MCPError
+from support import lab_on_copy
 from task_client import CreateTaskResult, TasksClient, cancel_task, get_task
 
 from server.app import build_server
 from server.app_view import VIEW_URI
-from server.lab import Lab, LabSettings
+from server.lab import Lab
 from server.live_updates import LEADERBOARD_URI
 
 pytestmark = pytest.mark.anyio
@@ -39,32 +39,30 @@ APPS_CLIENT = advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})
 CRASHING = "import sys\nprint('about to fail', flush=True)\nsys.exit(7)\n"
 
 
-def make_lab(home: Path, data_dir: Path, **overrides: Any) -> Lab:
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(data_dir, home / "data")
-    settings: dict[str, Any] = {
-        "home": home,
-        "budget_seconds": 4,
-        "budget_kind": "cpu",
-        "baseline_repeats": 0,
-        "eval_windows": 4,
-        "call_wait_seconds": 240,
-    }
-    settings.update(overrides)
-    return Lab(LabSettings(**settings))
+# A 4 CPU-second budget (the machine is shared), no baseline runs, 4 eval windows.
+SETTINGS: dict[str, Any] = {
+    "budget_seconds": 4,
+    "budget_kind": "cpu",
+    "baseline_repeats": 0,
+    "eval_windows": 4,
+}
 
 
 @pytest.fixture
 def idle_lab(tmp_path: Path, data_dir: Path) -> Iterator[Lab]:
     """Nothing trains: runs stay queued (a task stays `working`)."""
-    lab = make_lab(tmp_path / "home", data_dir, start_scheduler=False, call_wait_seconds=1)
+    lab = lab_on_copy(
+        tmp_path / "home", data_dir, **SETTINGS, start_scheduler=False, call_wait_seconds=1
+    )
     yield lab
     lab.close()
 
 
 @pytest.fixture(scope="module")
 def training_lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Lab]:
-    lab = make_lab(tmp_path_factory.mktemp("surface") / "home", data_dir)
+    lab = lab_on_copy(
+        tmp_path_factory.mktemp("surface") / "home", data_dir, **SETTINGS, call_wait_seconds=240
+    )
     yield lab
     lab.close()
 
