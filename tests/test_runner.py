@@ -92,8 +92,11 @@ def test_prewarmed_evaluator_scores_exactly_like_a_cold_one(
     assert "scored_tokens" not in warm.metrics and "scored_bytes" not in warm.metrics
     assert "warmup_seconds" not in cold.metrics
     assert warm.metrics["warmup_seconds"] > 0
-    # The warm one skipped the interpreter, torch import and loader start: it must be faster.
-    assert warm.eval_seconds < cold.eval_seconds, (warm.eval_seconds, cold.eval_seconds)
+    # The warm one did its interpreter, torch import and loader start before 'go': what is left
+    # after training is only opening the artifact. (Its wall time after training also depends on
+    # whether its warm-up, at the lowest CPU weight, finished beside this few-second training:
+    # on a loaded machine it may not, so the mechanism is checked, not the wall time.)
+    assert warm.metrics["load_seconds"] < cold.metrics["load_seconds"], (warm.metrics, cold.metrics)
     assert evaluator_processes(runner.runs_dir) == []
 
 
