@@ -29,7 +29,7 @@ from typing import Any
 
 from server.lab import Lab
 from server.ladder import PromotionRefused, three_way_merge
-from server.record import FINAL_STATUSES, OK
+from server.record import FINAL_STATUSES, LIVE_STATUSES, OK
 from server.refusals import LabError
 from server.store import ExperimentNotFound
 from server.store.ablations import AblationStore
@@ -68,6 +68,9 @@ class Part:
     label: str
     without: dict[str, str] | None
     note: str = ""
+    author: str | None = (
+        None  # whose text the label quotes (a combined idea's author); None: the experiment's
+    )
 
 
 def parse_hunks(diff: str) -> list[Hunk]:
@@ -183,9 +186,8 @@ class Ablations:
                     note = ""
                 except PromotionRefused as exc:
                     without, note = None, f"the others do not merge without it: {str(exc)[:200]}"
-                parts.append(
-                    Part(f"#{idea['id']} {idea['description']}"[:LABEL_CHARS], without, note)
-                )
+                label = f"#{idea['id']} {idea['description']}"[:LABEL_CHARS]
+                parts.append(Part(label, without, note, author=str(idea["agent"])))
             return parts
         except (LabError, PromotionRefused):
             return None
@@ -224,15 +226,32 @@ class Ablations:
 
     # ------------------------------------------------------------ ablate
 
+    def _standing(self, experiment_id: int) -> dict[str, Any] | None:
+        """The experiment's latest ablation, unless none of its runs is live or succeeded (all
+        cancelled or failed): then anyone may ask for a new one, so nobody can take an
+        experiment's ablation by queueing it and cancelling every run."""
+        recorded = self.table.of_experiment(experiment_id)
+        if not recorded:
+            return None
+        latest = recorded[-1]
+        lab = self.lab
+        statuses = [
+            lab.resolve_retry(lab.store.get_experiment(r["run_id"]))["status"]
+            for r in latest["runs"]
+        ]
+        if any(status in (*LIVE_STATUSES, OK) for status in statuses):
+            return latest
+        return None
+
     def ablate(self, requester: str | None, experiment_id: int) -> dict[str, Any]:
         """Queue the runs of an ablation of `experiment_id`, charged to `requester` (None: the
         operator), or return the ablation already recorded for it."""
         lab = self.lab
         experiment = lab.experiment(experiment_id)
         experiment_id = experiment["id"]
-        existing = self.table.of_experiment(experiment_id)
-        if existing:
-            return self.view(existing[-1])
+        existing = self._standing(experiment_id)
+        if existing is not None:
+            return self.view(existing)
         if experiment["kind"] != "experiment" or experiment["status"] != OK:
             raise LabError(
                 f"#{experiment_id} is a {experiment['kind']} run with status {experiment['status']}; "
@@ -269,9 +288,9 @@ class Ablations:
             for plan in planned_variants
         ]
         with _create_lock:
-            existing = self.table.of_experiment(experiment_id)
-            if existing:
-                return self.view(existing[-1])
+            existing = self._standing(experiment_id)
+            if existing is not None:
+                return self.view(existing)
             queued = lab.queue_runs(
                 planned, requester, check_quota=requester is not None, reuse=False
             )
@@ -285,7 +304,12 @@ class Ablations:
                 requested_by=requester,
                 part_kind=part_kind,
                 parts=[
-                    {"label": p.label, "applies": p.without is not None, "note": p.note}
+                    {
+                        "label": p.label,
+                        "applies": p.without is not None,
+                        "note": p.note,
+                        "author": p.author,
+                    }
                     for p in parts
                 ],
                 seeds=seeds,
@@ -347,7 +371,11 @@ class Ablations:
             "requested_by": ablation.get("requested_by"),
             "part_kind": ablation["part_kind"],
             "parts": [
-                {"index": i + 1, **p, "label": agent_text(p["label"], experiment["agent"])}
+                {
+                    "index": i + 1,
+                    **p,
+                    "label": agent_text(p["label"], p.get("author") or experiment["agent"]),
+                }
                 for i, p in enumerate(ablation["parts"])
             ],
             "seeds": len(ablation["seeds"]),

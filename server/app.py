@@ -10,7 +10,6 @@ progress meanwhile.
 """
 
 import functools
-import json
 import logging
 import time
 from typing import Annotated, Any, Literal
@@ -28,9 +27,10 @@ from server import memory
 from server import presentation as views
 from server.app_ablation import register_ablation_tools
 from server.app_memory import register_memory_tools
+from server.app_resources import register_resources
 from server.app_suggest import register_suggest_tools
 from server.app_view import VIEW_URI, register_view
-from server.lab import Lab, check_experiment_id
+from server.lab import Lab
 from server.ladder import MAX_COMBINED
 from server.live_updates import ChangeNotifier
 from server.mcp_tasks import ExperimentTasks, TaskCreated, client_declared_tasks, poll_interval
@@ -50,8 +50,6 @@ from server.models import (
 )
 from server.papers import Paper, PaperSearchResult
 from server.presentation import (
-    DEFAULT_GOAL,
-    DEFAULT_STOPPING,
     READ_DEFAULT_LINES,
     READ_MAX_LINES,
 )
@@ -68,14 +66,10 @@ from server.tool_support import (
     id_field,
     in_thread,
     refusals,
-    resource_refusals,
 )
-from server.untrusted import agent_text, reading_as
 
 log = logging.getLogger(__name__)
 
-# Fields of an experiment row an agent (or its code) wrote: untrusted blocks for other agents.
-AGENT_WRITTEN = ("description", "diff_parent", "diff_baseline", "log_tail", "force_reason")
 
 # arXiv calls wait on a shared rate-limit gate (seconds each): in the shared thread pool (40
 # threads) a burst of them from one agent held every thread and stalled everyone's edits and
@@ -146,7 +140,7 @@ def build_server(
     tasks = ExperimentTasks(task_store, agent)
     install_trackers(tasks, lab)
     apps = Apps()
-    register_view(apps, lab)
+    register_view(apps, lab, reader_or_none)
     notifier = ChangeNotifier()
     mcp = MCPServer(
         name="autoresearch",
@@ -512,72 +506,7 @@ def build_server(
             )
             return views.paper_view(lab, paper)
 
-    # ------------------------------------------------------------ resources and prompt
-
-    @mcp.resource(
-        "autoresearch://program.md",
-        name="program",
-        mime_type="text/markdown",
-        description="The researcher's instructions with this server's budget and rules filled in",
-    )
-    def program_resource() -> str:
-        return views.program_text(lab)
-
-    @mcp.resource(
-        "autoresearch://leaderboard",
-        name="leaderboard",
-        mime_type="application/json",
-        description="The current leaderboard and the measured noise",
-    )
-    def leaderboard_resource() -> str:
-        reading_as(reader_or_none())
-        return json.dumps(
-            {
-                "entries": [e.model_dump() for e in views.leaderboard_entries(lab, 20, "S")],
-                "per_agent": lab.per_agent(),
-                "noise": lab.noise_info(),
-            }
-        )
-
-    @mcp.resource(
-        "autoresearch://workspace/{name}",
-        name="workspace-file",
-        mime_type="text/plain",
-        description="A file of your workspace (train.py) or a reference file",
-    )
-    def workspace_resource(name: str) -> str:
-        with resource_refusals(f"autoresearch://workspace/{name}"):
-            return lab.workspace(agent()).read_text(name)
-
-    @mcp.resource(
-        "experiment://{experiment_id}",
-        name="experiment",
-        mime_type="application/json",
-        description="One experiment's full record",
-    )
-    def experiment_resource(experiment_id: str) -> str:
-        with resource_refusals(f"experiment://{experiment_id}"):
-            if not experiment_id.isascii() or not experiment_id.isdigit():
-                shown = experiment_id if len(experiment_id) <= 40 else experiment_id[:40] + "..."
-                raise ToolError(
-                    f"experiment id {shown!r} is not a number; read experiment://ID with an id from "
-                    f"get_history (digits 0-9, from 1 to {MAX_ROW_ID})"
-                )
-            row = lab.experiment(check_experiment_id(experiment_id))
-            reading_as(reader_or_none())
-            fields = {
-                k: agent_text(v, row["agent"]) if k in AGENT_WRITTEN and isinstance(v, str) else v
-                for k, v in row.items()
-                if k != "code"
-            }
-            return json.dumps(fields, default=str)
-
-    @mcp.prompt(
-        name="research_loop",
-        description="Start an autonomous research session: program.md with this server's settings",
-    )
-    def research_loop(goal: str = DEFAULT_GOAL, stopping_policy: str = DEFAULT_STOPPING) -> str:
-        return views.program_text(lab, goal, stopping_policy)
+    register_resources(mcp, lab, agent, reader_or_none)
 
     # ------------------------------------------------------------ feature tools (server/app_*.py)
     register_memory_tools(mcp, lab, agent)

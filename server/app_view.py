@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from typing import Any
 
 from mcp.server.apps import APP_MIME_TYPE, Apps
@@ -20,6 +21,7 @@ from mcp.server.mcpserver.resources.types import FunctionResource
 
 from server.dashboard.data import chart_data, queue_state
 from server.lab import Lab
+from server.untrusted import agent_text, reading_as
 
 VIEW_URI = "ui://autoresearch/research.html"
 CHART_POINTS = 400  # the latest experiments drawn (the page stays small with 10^5 in the record)
@@ -54,8 +56,9 @@ window.addEventListener("message", (event) => {
 """
 
 
-def register_view(apps: Apps, lab: Lab) -> None:
-    """Serve the view at VIEW_URI, rendered from `lab` on every read."""
+def register_view(apps: Apps, lab: Lab, reader: Callable[[], str | None]) -> None:
+    """Serve the view at VIEW_URI, rendered from `lab` on every read for `reader()` (the calling
+    agent: other agents' descriptions come as untrusted blocks, escaped like all text)."""
     apps.add_resource(
         FunctionResource(
             uri=VIEW_URI,
@@ -64,13 +67,14 @@ def register_view(apps: Apps, lab: Lab) -> None:
             description="The leaderboard, the progress chart and the queue, for clients with MCP Apps",
             mime_type=APP_MIME_TYPE,
             meta={"ui": {"csp": {"connectDomains": []}, "prefersBorder": True}},
-            fn=lambda: render_view(lab),
+            fn=lambda: render_view(lab, reader()),
         )
     )
 
 
-def render_view(lab: Lab) -> str:
+def render_view(lab: Lab, reader: str | None = None) -> str:
     """The whole page: a snapshot of the leaderboard, the chart and the queue."""
+    reading_as(reader)
     board = lab.leaderboard(10)
     chart = chart_data(lab)
     queue = queue_state(lab)
@@ -105,7 +109,7 @@ def _leaderboard_table(board: list[dict[str, Any]]) -> str:
             f"<td>{e['rank']}</td><td>#{e['id']}</td><td>{html.escape(e['agent'])}</td>"
             f"<td class='num'>{e['val_bpb']:.4f}</td><td class='num'>{e['runs']}</td>"
             f"<td class='ok'>{'yes' if e['confirmed'] else ''}</td>"
-            f"<td>{html.escape(_short(e['description']))}{flag}</td></tr>"
+            f"<td>{html.escape(_text(e['description'], e['agent']))}{flag}</td></tr>"
         )
     body = "".join(rows) or "<tr><td colspan='7' class='muted'>no result yet</td></tr>"
     return f"<table id='leaderboard'><thead>{head}</thead><tbody>{body}</tbody></table>"
@@ -114,11 +118,11 @@ def _leaderboard_table(board: list[dict[str, Any]]) -> str:
 def _queue_table(queue: dict[str, Any]) -> str:
     rows = [
         f"<tr><td>#{r['id']}</td><td>{html.escape(r['agent'])}</td><td>{html.escape(r['message'])}</td>"
-        f"<td>{html.escape(_short(r['description']))}</td></tr>"
+        f"<td>{html.escape(_text(r['description'], r['agent']))}</td></tr>"
         for r in queue["running"]
     ] + [
         f"<tr><td>#{q['id']}</td><td>{html.escape(q['agent'])}</td><td>queued, {q['position']}</td>"
-        f"<td>{html.escape(_short(q['description']))}</td></tr>"
+        f"<td>{html.escape(_text(q['description'], q['agent']))}</td></tr>"
         for q in queue["queued"][:20]
     ]
     body = "".join(rows) or "<tr><td colspan='4' class='muted'>nothing queued or running</td></tr>"
@@ -167,6 +171,11 @@ def _chart_svg(chart: dict[str, Any]) -> str:
         f"role='img' aria-label='val_bpb per experiment'>{labels}{path}{dots}</svg>"
         f"<script type='application/json' id='chart-meta'>{json.dumps({'points': len(points)})}</script>"
     )
+
+
+def _text(description: str, author: str) -> str:
+    """An agent's description, cut short; another agent's inside its untrusted block."""
+    return agent_text(_short(description), author) or ""
 
 
 def _short(text: str, limit: int = 90) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from server.lab import Lab
+from server.presentation import noise_info
 from server.record import IMPROVED
 from server.standings import cost_summary
 from server.untrusted import AGENT_TEXT_NOTICE as BLOCK_NOTICE
@@ -117,7 +118,7 @@ def briefing(lab: Lab, agent: str) -> Briefing:
             description=agent_text(clip(row.get("description"), TEXT_CHARS), row["agent"]) or "",
             outcome=str(row["verdict"] if row["status"] == "ok" else row["status"]),
             val_bpb=row.get("val_bpb"),
-            reason=clip(row.get("failure_reason"), REASON_CHARS) or None,
+            reason=agent_text(clip(row.get("failure_reason"), REASON_CHARS), row["agent"]) or None,
         )
         for row in store.recent_dead_ends(BRIEFING_DEAD_ENDS)
     ]
@@ -142,7 +143,7 @@ def briefing(lab: Lab, agent: str) -> Briefing:
         dead_ends=dead,
         open_claims=claims,
         your_live_runs=live,
-        rule=str(lab.noise_info().get("rule") or ""),
+        rule=str(noise_info(lab).get("rule") or ""),
         cost=cost,
         next_step=_next_step(best, live, cost),
     )

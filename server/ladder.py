@@ -281,12 +281,14 @@ class PromotionLadder:
         if failed:
             first = failed[0]
             what = "the baseline" if first["kind"] == "baseline" else "the promoted code"
-            reason = first.get("failure_reason") or ""
+            # The run's own failure reason is not copied here: it may quote the author's model
+            # (names in a rejected artifact), and this note is shown to everyone as it is.
             return {
                 "status": "failed",
                 "verdict": FAILED,
                 "small_gain": small_gain,
-                "note": f"{what} failed at level {to_level}: run #{first['id']} {first['status']}: {reason}".strip(),
+                "note": f"{what} failed at level {to_level}: run #{first['id']} {first['status']} "
+                f"(get_experiment({first['id']}) shows why)",
             }
         differences = [
             b["val_bpb"] - r["val_bpb"] for r, b in zip(runs, baselines, strict=True)
@@ -401,6 +403,7 @@ class PromotionLadder:
             if base_id is not None
             else dict(lab.baseline_files)
         )
+        base_author = str(board[0]["agent"]) if board else SERVER_AGENT
         unconfirmed = []
         for experiment in experiments:
             if not is_confirmed(experiment, lab.confirmation_stats(experiment["id"])):
@@ -416,10 +419,14 @@ class PromotionLadder:
                 base = parent_code.get(name, lab.baseline_files.get(name, ""))
                 text, conflicts = three_way_merge(ours, base, theirs)
                 if conflicts:
+                    # The hunks quote several agents' code: one untrusted block labelled with
+                    # every author involved (plain only to a reader who wrote all of it).
+                    involved = {str(e["agent"]) for e in experiments} | {base_author}
+                    authors = ",".join(sorted(involved - {SERVER_AGENT})) or SERVER_AGENT
                     raise PromotionRefused(
                         f"experiment #{experiment['id']} conflicts with the code being combined in {name} "
                         f"({len(conflicts)} conflicting hunk(s)); nothing was queued. Conflicts:\n"
-                        + "\n".join(conflicts)
+                        + (agent_text("\n".join(conflicts), authors) or "")
                     )
                 merged[name] = text
         label = description or "combine " + " + ".join(f"#{i}" for i in experiment_ids)

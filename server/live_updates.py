@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,12 +28,16 @@ from mcp.server import MCPServer
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
+from mcp.shared.exceptions import MCPError
 
 log = logging.getLogger(__name__)
 
 LEADERBOARD_URI = "autoresearch://leaderboard"
 EXPERIMENT_URI = "experiment://{}"
-MAX_LEGACY_SUBSCRIPTIONS = 1000  # URIs one server keeps subscribers for (a bound, not a quota)
+MAX_LEGACY_SUBSCRIPTIONS = 10_000  # resources one server keeps subscribers for
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 100  # so that one connection cannot take them all
+# What may be subscribed to: the leaderboard, or one experiment by its id.
+SUBSCRIBABLE = re.compile(r"autoresearch://leaderboard|experiment://[1-9][0-9]{0,9}")
 
 
 class ChangeNotifier:
@@ -67,10 +72,29 @@ class ChangeNotifier:
     ) -> types.EmptyResult:
         self._loop = asyncio.get_running_loop()
         uri = str(params.uri)
-        if uri not in self._legacy and len(self._legacy) >= MAX_LEGACY_SUBSCRIPTIONS:
-            self._legacy = {u: s for u, s in self._legacy.items() if len(s)}
-        if uri in self._legacy or len(self._legacy) < MAX_LEGACY_SUBSCRIPTIONS:
-            connection = ctx.session._connection
+        if not SUBSCRIBABLE.fullmatch(uri):
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"{uri[:80]!r} cannot be subscribed to; subscribe to {LEADERBOARD_URI} or "
+                "experiment://ID (an id from get_history)",
+            )
+        connection = ctx.session._connection
+        mine = sum(1 for subscribers in self._legacy.values() if connection in subscribers)
+        if uri not in self._legacy or connection not in self._legacy[uri]:
+            if mine >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+                raise MCPError(
+                    types.INVALID_PARAMS,
+                    f"this connection already holds {mine} subscriptions (the most one may hold); "
+                    "unsubscribe from finished experiments first",
+                )
+            if uri not in self._legacy and len(self._legacy) >= MAX_LEGACY_SUBSCRIPTIONS:
+                self._legacy = {u: s for u, s in self._legacy.items() if len(s)}
+                if len(self._legacy) >= MAX_LEGACY_SUBSCRIPTIONS:
+                    raise MCPError(
+                        types.INVALID_PARAMS,
+                        "the server holds as many subscribed resources as it keeps; try again "
+                        "later, or use subscriptions/listen (protocol 2026-07-28)",
+                    )
             self._legacy.setdefault(uri, weakref.WeakSet()).add(connection)
         return types.EmptyResult()
 

@@ -165,13 +165,7 @@ class ExperimentTasks(Extension):
         ctx: ServerRequestContext[Any, Any],
         call_next: CallNext,
     ) -> HandlerResult:
-        # Who reads this call's answer: other agents' text in it comes as untrusted blocks
-        # (server/untrusted.py). Set here, once, for every tool (the context follows the call
-        # into its worker thread).
-        try:
-            reading_as(self.agent())
-        except Exception:  # not authenticated: the tool itself refuses the call
-            reading_as(None)
+        self._set_reader()
         try:
             return await call_next(ctx)
         except TaskCreated as created:
@@ -201,8 +195,19 @@ class ExperimentTasks(Extension):
         await anyio.to_thread.run_sync(lambda: self.trackers[row.tool][1](row, name))
         return {"resultType": "complete"}
 
+    def _set_reader(self) -> None:
+        """Who reads this request's answer: other agents' text in it comes as untrusted blocks
+        (server/untrusted.py). Every request runs in a context of its own, so each handler sets
+        it (for a tool call, the context follows the call into its worker thread)."""
+        try:
+            reading_as(self.agent())
+        except Exception:  # not authenticated: the call itself is refused
+            reading_as(None)
+
     def _own(self, task_id: str) -> TaskRow:
-        """The caller's live task, or the spec's invalid-params error (also for another agent's)."""
+        """The caller's live task, or the spec's invalid-params error (also for another agent's);
+        every tasks/* handler starts here, so it also names the reader."""
+        self._set_reader()
         row = self.store.get(task_id[:200]) if isinstance(task_id, str) else None
         if (
             row is None

@@ -133,10 +133,10 @@ def _hit(row: dict[str, Any], similarity: str, reason: str, score: float) -> Sim
         status=row["status"],
         verdict=row.get("verdict"),
         val_bpb=row.get("val_bpb"),
-        failure_reason=failure[0][:200] if failure else None,
+        failure_reason=agent_text(failure[0][:200], row["agent"]) if failure else None,
         force_reason=agent_text(row.get("force_reason"), row["agent"]),
         similarity=similarity,
-        reason=reason,
+        reason=agent_text(reason, row["agent"]) or "",  # may quote the other change's values
         score=round(score, 3),
     )
 

@@ -35,6 +35,7 @@ from server.diffs import unified_diff as bounded_unified_diff
 from server.record import IMPROVED
 from server.standings import confirmation_stats
 from server.store import Store
+from server.untrusted import agent_text
 
 SLUG_CHARS = 40
 GIT_TIMEOUT_SECONDS = 30
@@ -279,12 +280,18 @@ def _index(improvements: Sequence[Improvement]) -> str:
         e = item.experiment
         lines.append(
             f"| {item.number} | [{item.filename}]({item.filename}) | #{e['id']} | {cell(e['agent'])} "
-            f"| {cell(e['description'])} | {_figure(item.gain_vs_previous)} | {_figure(item.gain_vs_baseline)} "
+            f"| {agent_text(cell(e['description']), e['agent'])} | {_figure(item.gain_vs_previous)} "
+            f"| {_figure(item.gain_vs_baseline)} "
             f"| {_figure(item.holdout, '.4f')} |"
         )
     if not improvements:
         lines.append("| - | - | - | - | no confirmed improvement yet | - | - | - |")
     return "\n".join(lines) + "\n"
+
+
+def patches_index(store: Store, baseline_files: Mapping[str, str] | None = None) -> str:
+    """The index (README.md) of the patches export, as the autoresearch://patches resource shows it."""
+    return _index(plan_export(store, baseline_files)[1])
 
 
 def export_patches(

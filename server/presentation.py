@@ -94,6 +94,13 @@ def next_step_for(row: Mapping[str, Any], call_wait: float) -> str:
     if status in ("queued", "running"):
         return f"still {status}: call wait_experiment({experiment_id}) (each call waits up to {call_wait:g} s)"
     verdict = row.get("verdict")
+    if status in ("cancelled", "interrupted"):
+        # Not the code's fault (and perhaps not the reader's run: a duplicate request is answered
+        # by the earlier run, which its owner may cancel): running it again queues a new run.
+        return (
+            f"{status}, not a result: run_experiment again to queue this code anew "
+            f"(get_experiment({experiment_id}) says who asked for #{experiment_id})"
+        )
     if status != "ok":
         return "read failure_reason and log_tail, fix train.py (your workspace still holds this code), then run_experiment again"
     if row.get("kind") == "confirmation":
@@ -136,6 +143,20 @@ def reuse_step(row: Mapping[str, Any], reason: str | None) -> str:
     )
 
 
+def flags_for_reader(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The review flags of a run; the code lines they quote are its author's text (untrusted
+    blocks for any other reader)."""
+    return [
+        {
+            **flag,
+            "lines": [agent_text(str(line), row["agent"]) for line in flag.get("lines") or []],
+        }
+        if isinstance(flag, dict)
+        else flag
+        for flag in row.get("flags") or []
+    ]
+
+
 def experiment_result(
     lab: Lab,
     row: Mapping[str, Any],
@@ -173,8 +194,8 @@ def experiment_result(
         train_seconds=row.get("train_seconds"),
         eval_seconds=row.get("eval_seconds"),
         cpu_share=row.get("cpu_share"),
-        flags=row.get("flags") or [],
-        failure_reason=row.get("failure_reason"),
+        flags=flags_for_reader(row),
+        failure_reason=agent_text(row.get("failure_reason"), row["agent"]),
         log_tail=agent_text(last_lines(tail), row["agent"]) if failed and tail else None,
         progress=progress,
         reused_from=reused_from,
@@ -300,6 +321,7 @@ def run_request(row: Mapping[str, Any]) -> RunRequest:
     """A recorded run request, its description (another agent's) as an untrusted block."""
     fields = {k: row[k] for k in RunRequest.model_fields}
     fields["description"] = agent_text(row["description"], row["agent"]) or ""
+    fields["reason"] = agent_text(row["reason"], row["agent"]) or ""  # may quote its values
     return RunRequest.model_validate(fields)
 
 
@@ -319,12 +341,20 @@ def open_claims(lab: Lab) -> list[Claim]:
     ]
 
 
+def noise_info(lab: Lab, level: str = "S") -> dict[str, Any]:
+    """`lab.noise_info(level)`, kept until `experiments` changes (server.store.read_cache): the
+    pooled noise walks every repeated run (45 ms at 4,000 of them) on each leaderboard call."""
+    return lab.store.read_cache.get(
+        lab.store.db, ("noise_info", id(lab), level), lambda: lab.noise_info(level)
+    )
+
+
 def leaderboard(lab: Lab, limit: int = 10, level: str = "S") -> Leaderboard:
     """The best experiments of a level, each agent's best, and the noise the verdicts used."""
     return Leaderboard(
         entries=leaderboard_entries(lab, limit, level),
         per_agent=[AgentBest(**a) for a in lab.per_agent()],
-        noise=NoiseInfo(**lab.noise_info(level)),
+        noise=NoiseInfo(**noise_info(lab, level)),
     )
 
 

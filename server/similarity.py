@@ -178,13 +178,19 @@ class _DropDocstrings(ast.NodeTransformer):
         return node
 
 
+# Scopes inside a function whose bindings are not the function's own.
+NESTED_SCOPES = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
 def _local_names(
     function: ast.FunctionDef | ast.AsyncFunctionDef, keywords: frozenset[str]
 ) -> list[str]:
-    """Arguments and assigned names of a function (nested functions and lambdas included), in
-    order of first appearance; names declared global or nonlocal are not local, and an argument
-    whose name some call in the module passes as a keyword keeps it (renaming it would hide a
-    keyword call that no longer matches)."""
+    """Arguments and names assigned in the function's own scope, in order of first appearance.
+    Names bound only inside a nested scope (a def, lambda, class or comprehension) are not
+    its locals: the function may read a global of that name, and renaming it there would make
+    different code look the same. Names declared global or nonlocal are not local, and an
+    argument whose name some call in the module passes as a keyword keeps it (renaming it
+    would hide a keyword call that no longer matches)."""
     declared: set[str] = set(keywords)
     for node in ast.walk(function):
         if isinstance(node, (ast.Global, ast.Nonlocal)):
@@ -198,6 +204,11 @@ def _local_names(
             order.append(name)
 
     def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            add(node.name)  # the name is bound here; its body is a scope of its own
+            return
+        if isinstance(node, NESTED_SCOPES):
+            return
         if isinstance(node, ast.arg):
             add(node.arg)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
@@ -296,9 +307,15 @@ def normalise_python(text: str) -> ast.Module:
 
 
 def normalise_text(text: str) -> str:
-    """A file compared as text: whitespace runs collapsed, blank lines and trailing spaces dropped."""
-    lines = (re.sub(r"\s+", " ", line).strip() for line in text.splitlines())
-    return "\n".join(line for line in lines if line)
+    """A file compared as text: whitespace runs inside lines collapsed, blank lines and trailing
+    spaces dropped; indentation kept (in Python it is meaning: a statement moved out of a loop
+    is another program)."""
+    lines = []
+    for line in text.expandtabs(8).splitlines():
+        body = re.sub(r"\s+", " ", line).strip()
+        if body:
+            lines.append(" " * (len(line) - len(line.lstrip())) + body)
+    return "\n".join(lines)
 
 
 def _digest(text: str, size: int = 16) -> str:

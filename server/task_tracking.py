@@ -19,6 +19,7 @@ from server.lab import Lab, LabError
 from server.mcp_tasks import ExperimentTasks, TaskView, structured
 from server.record import CANCELLED, CANDIDATE, FINAL_STATUSES, LIVE_STATUSES, OK
 from server.store.tasks import TaskRow
+from server.untrusted import agent_text
 
 
 def install_trackers(tasks: ExperimentTasks, lab: Lab) -> None:
@@ -43,10 +44,12 @@ def _one_experiment(lab: Lab, combine: bool = False) -> Callable[[TaskRow], Task
         if combine:
             output = {**row.subject, "experiment": result.model_dump(mode="json")}
         if status == CANCELLED:
-            return TaskView("cancelled", experiment.get("failure_reason") or "cancelled")
+            return TaskView("cancelled", "the run was cancelled")
         if status != OK:
             return TaskView(
-                "failed", experiment.get("failure_reason") or str(status), structured(output)
+                "failed",
+                agent_text(experiment.get("failure_reason"), experiment["agent"]) or str(status),
+                structured(output),
             )
         return TaskView("completed", None, structured(output))
 

@@ -19,6 +19,7 @@ from server.ablation import MAX_PARTS, analyse, apply_hunks, parse_hunks
 from server.app import build_server
 from server.lab import Lab, unified_diff
 from server.ladder import three_way_merge
+from server.untrusted import block
 from server.verdicts import published
 
 # CPU seconds (the machine is shared), no baseline runs; the verdicts must come from the
@@ -224,6 +225,16 @@ async def test_refusals_record_nothing(lab: Lab) -> None:
         started = await call(client, "ablate", experiment_id=two)
     assert {lab.experiment(r["run_id"])["requested_by"] for r in started["runs"]} == {"alice"}
     assert lab.charged_runs("alice") == 8 and lab.charged_runs("bob") == 0
+    async with connect(lab, "bob") as client:  # asking again: the same ablation, nothing queued
+        again = await call(client, "ablate", experiment_id=two)
+    assert again["ablation_id"] == started["ablation_id"]
+    # Alice cancels every run of it: nobody can hold an experiment's ablation that way.
+    for run in started["runs"]:
+        lab.cancel("alice", run["run_id"])
+    async with connect(lab, "bob") as client:
+        fresh = await call(client, "ablate", experiment_id=two)
+    assert fresh["ablation_id"] != started["ablation_id"]
+    assert {lab.experiment(r["run_id"])["status"] for r in fresh["runs"]} == {"queued"}
 
 
 @pytest.mark.anyio
@@ -245,7 +256,11 @@ async def test_a_combine_is_ablated_by_the_ideas_it_merged(lab: Lab) -> None:
     async with connect(lab, "bob") as client:  # alice has her live runs: one request at a time
         hunks = await call(client, "ablate", experiment_id=faked)
     assert ideas["part_kind"] == "combined experiments"
-    assert [p["label"] for p in ideas["parts"]] == [f"#{a} matrix lr", f"#{b} log every"]
+    # bob's idea is quoted to alice as data (his words, his block)
+    assert [p["label"] for p in ideas["parts"]] == [
+        f"#{a} matrix lr",
+        block(f"#{b} log every", "bob"),
+    ]
     without_a = lab.experiment(
         next(r["run_id"] for r in ideas["runs"] if r["role"] == "without part 1")
     )

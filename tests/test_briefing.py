@@ -211,3 +211,27 @@ async def test_briefing_of_an_empty_record(lab: Lab) -> None:
     assert brief["cost"]["kept_improvements"] == 0
     assert brief["cost"]["device_seconds_per_improvement"] is None
     assert "baseline" in brief["next_step"]
+
+
+async def test_another_agents_runs_cannot_make_a_result_look_dear(lab: Lab) -> None:
+    """Mallory's confirmation runs of alice's win are mallory's cost, not alice's entry's; an
+    agent that only confirms others' work still shows what it spent."""
+    ids = campaign(lab)
+    for n in range(3):
+        record(
+            lab,
+            "alice",
+            f"confirm #{ids['win']}",
+            seconds=60,
+            val_bpb=2.5,
+            kind="confirmation",
+            requested_by="mallory",
+            confirms_id=ids["win"],
+            seed=200 + n,
+        )
+    board = await call(lab, "carol", "get_leaderboard")
+    by_id = {e["id"]: e for e in board["entries"]}
+    assert by_id[ids["win"]]["device_seconds"] == pytest.approx(12 + 2 * 11)
+    agents = {a["agent"]: a for a in board["per_agent"]}
+    assert agents["mallory"]["device_seconds"] == pytest.approx(180)
+    assert agents["mallory"]["experiments"] == 0

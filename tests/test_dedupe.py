@@ -108,12 +108,34 @@ def test_arguments_passed_by_keyword_keep_their_names(baseline: dict[str, str]) 
     )
 
 
+def test_a_name_bound_only_in_a_nested_scope_is_not_renamed(baseline: dict[str, str]) -> None:
+    """An outer function that reads a global, beside a nested one that binds the same name: the
+    outer read is not a local, so two such changes on different globals are different code."""
+    code = (
+        "\ndef lr_scale():\n    def inner():\n        HEAD_LR = 1.0\n        return HEAD_LR\n"
+        "    return HEAD_LR * inner() + sum(HEAD_LR for _ in range(1))\n"
+    )
+    ours = describe_change({"train.py": baseline["train.py"] + code}, baseline)
+    other = describe_change(
+        {"train.py": baseline["train.py"] + code.replace("HEAD_LR", "EMBED_LR")}, baseline
+    )
+    assert ours.fingerprint != other.fingerprint
+
+
+def test_the_text_fallback_keeps_indentation() -> None:
+    """Moving a statement out of a loop is another program, also when files are compared as text."""
+    inside = "for i in range(3):\n    acc += 1\n    acc *= 2\n"
+    outside = "for i in range(3):\n    acc += 1\nacc *= 2\n"
+    assert normalise_text(inside) != normalise_text(outside)
+    assert normalise_text("x  =  1   \n\n\ty = 2") == normalise_text("x = 1\n        y = 2")
+
+
 def test_unparseable_and_pathological_files_fall_back_to_text(baseline: dict[str, str]) -> None:
     broken = {"train.py": "def f(:\n    return 1\n"}
     spaced = {"train.py": "def  f(:\n\n    return   1   \n"}
     a, b = describe_change(broken, baseline), describe_change(spaced, baseline)
     assert a.text_fallback and classify(a, b).kind == "duplicate"
-    assert normalise_text("a   b\n\n  c ") == "a b\nc"
+    assert normalise_text("a   b\n\n  c ") == "a b\n  c"  # indentation is kept
     # Deeper than MAX_DEPTH, within what the parser accepts: compared as text, quickly.
     deep = {"train.py": "X = " + "[" * (MAX_DEPTH + 20) + "1" + "]" * (MAX_DEPTH + 20) + "\n"}
     started = time.perf_counter()
@@ -295,7 +317,10 @@ async def test_similar_experiments_finds_failed_and_worse_runs(lab: Lab) -> None
             "crash",
             "failed",
         )
-        assert hit["failure_reason"] == "train.py raised NameError: name 'maths' is not defined"
+        # alice's failure (her code's words) reaches bob as data
+        assert hit["failure_reason"] == block(
+            "train.py raised NameError: name 'maths' is not defined", "alice"
+        )
         assert unrelated not in [h["id"] for h in by_diff["experiments"]]
         assert by_diff["compared"] == "the diff (applied to the baseline)"
 

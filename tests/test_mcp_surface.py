@@ -22,13 +22,15 @@ from mcp.client import advertise
 from mcp.client.subscriptions import ResourceUpdated
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.shared.exceptions import MCPError
-from support import lab_on_copy
+from support import finished_run, lab_on_copy
 from task_client import CreateTaskResult, TasksClient, cancel_task, get_task
 
 from server.app import build_server
 from server.app_view import VIEW_URI
 from server.lab import Lab
 from server.live_updates import LEADERBOARD_URI
+from server.record import SERVER_CONFIRMATION
+from server.untrusted import block
 
 pytestmark = pytest.mark.anyio
 
@@ -256,9 +258,9 @@ async def test_listeners_are_told_when_a_run_starts_and_finishes(training_lab: L
                 async for event in events:
                     assert isinstance(event, ResourceUpdated)
                     seen.append(event.uri)
-                    if LEADERBOARD_URI in seen:
-                        break
-    assert experiment_uri in seen and seen[-1] == LEADERBOARD_URI
+                    if {LEADERBOARD_URI, experiment_uri} <= set(seen):
+                        break  # the finish announces both (in either order)
+    assert set(seen) == {LEADERBOARD_URI, experiment_uri}
     row = training_lab.experiment(queued.structured_content["id"])
     assert row["status"] in ("ok", "crash", "timeout")
 
@@ -283,3 +285,46 @@ async def test_legacy_subscribers_are_told_too(idle_lab: Lab) -> None:
         with anyio.fail_after(10):
             await told.wait()
     assert received == [f"experiment://{experiment_id}"]
+
+
+async def test_subscriptions_are_bounded_and_checked(idle_lab: Lab) -> None:
+    """Only the leaderboard and experiment://ID can be subscribed to, and one connection holds a
+    bounded number: junk cannot fill the server's table and silence everyone else's updates."""
+    from server.live_updates import MAX_SUBSCRIPTIONS_PER_CONNECTION
+
+    async with Client(build_server(idle_lab, default_agent="junk"), mode="legacy") as client:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for uri in ("experiment://junk-1", "file:///etc/passwd", "experiment://0"):
+                with pytest.raises(MCPError) as refused:
+                    await client.subscribe_resource(uri)
+                assert "cannot be subscribed to" in refused.value.error.message
+            for n in range(1, MAX_SUBSCRIPTIONS_PER_CONNECTION + 1):
+                await client.subscribe_resource(f"experiment://{n}")
+            await client.subscribe_resource("experiment://1")  # again: not a new one
+            with pytest.raises(MCPError) as refused:
+                await client.subscribe_resource(LEADERBOARD_URI)
+            assert "already holds" in refused.value.error.message
+
+
+async def test_the_patches_index_is_a_resource(idle_lab: Lab) -> None:
+    """The reviewable wins through MCP: a confirmed improvement on the path to the best is listed
+    with its gain; its author reads her description plain, another agent as a block."""
+    base = idle_lab.baseline_files["train.py"]
+    win = finished_run(
+        idle_lab, "alice", "warmup 200 steps", files={"train.py": base + "WARMUP = 200\n"},
+        val_bpb=1.9, verdict="improved",
+    )  # fmt: skip
+    for n in range(2):
+        finished_run(
+            idle_lab, "alice", f"{SERVER_CONFIRMATION} #{win}", files={"train.py": base + "WARMUP = 200\n"},
+            kind="confirmation", confirms_id=win, val_bpb=1.91, seed=300 + n, cpu_share=1.0,
+        )  # fmt: skip
+    for reader, shown in (
+        ("alice", "warmup 200 steps"),
+        ("bob", block("warmup 200 steps", "alice")),
+    ):
+        async with Client(build_server(idle_lab, default_agent=reader), mode="auto") as client:
+            (content,) = (await client.read_resource("autoresearch://patches")).contents
+        assert content.mime_type == "text/markdown"
+        assert f"#{win} | alice | {shown} |" in content.text, content.text

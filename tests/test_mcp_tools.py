@@ -621,7 +621,7 @@ async def test_get_experiment_with_diff_log_and_lineage(lab: Lab, mode: str) -> 
 
         crash = await call(client, "get_experiment", experiment_id=failed)
         assert crash["status"] == "crash" and crash["verdict"] == "failed"
-        assert crash["failure_reason"] == "train.py raised RuntimeError"
+        assert crash["failure_reason"] == block("train.py raised RuntimeError", "bob")
         assert "RuntimeError: boom" in crash["log_tail"]  # a failure always shows its log
         assert [step["id"] for step in crash["lineage"]] == [failed, second, first]
 

@@ -18,12 +18,12 @@ import pytest
 from mcp import Client
 
 from sandbox.workspace import hash_files
-from server import suggest
+from server import suggest, suggest_space
 from server.app import build_server
 from server.lab import Lab, LabSettings, unified_diff
 from server.store import utc_now
 from server.store.suggestions import SuggestionStore
-from server.suggest import (
+from server.suggest_space import (
     constant_only_values,
     discover_parameters,
     line_value,
@@ -77,11 +77,11 @@ def with_values(lab: Lab, values: dict[str, float], text: str | None = None) -> 
     edit the tool proposes."""
     current = text if text is not None else lab.baseline_files["train.py"]
     lines = current.splitlines(keepends=True)
-    literals = suggest._literals(suggest.parse_python(current), cpu=True)
+    literals = suggest_space.top_literals(suggest_space.parse_python(current), cpu=True)
     for name, value in values.items():
         stmt, literal = literals[name]
         raw = lines[stmt.lineno - 1].encode()
-        new = suggest._literal_text(value).encode()
+        new = suggest_space.literal_text(value).encode()
         lines[stmt.lineno - 1] = (
             raw[: literal.col_offset] + new + raw[literal.end_col_offset or 0 :]
         ).decode()
@@ -187,8 +187,35 @@ def test_only_constant_changes_are_trials(lab: Lab) -> None:
     assert constant_only_values({"train.py": other_edit}, base, suggester.params, True) is None
     added_line = changed + "\nX = 1\n"
     assert constant_only_values({"train.py": added_line}, base, suggester.params, True) is None
-    assert line_value("MATRIX_LR = 0.03 if CPU_RECIPE else 0.04", "MATRIX_LR", True) == 0.03
-    assert line_value("MATRIX_LR = lr()", "MATRIX_LR", True) is None
+    base_line = next(
+        line for line in base["train.py"].splitlines() if line.startswith("MATRIX_LR = ")
+    )
+    cuda = base_line.split(" else ")[1].split("#")[0].strip()
+    assert (
+        line_value(f"MATRIX_LR = 0.03 if CPU_RECIPE else {cuda}", "MATRIX_LR", True, base_line)
+        == 0.03
+    )
+    assert line_value("MATRIX_LR = lr()", "MATRIX_LR", True, base_line) is None
+
+
+def test_a_run_cannot_label_itself_with_values_it_did_not_train_with(lab: Lab) -> None:
+    """Poisoning the shared study: a line that keeps the searched literal but computes another
+    value, or adds a statement, is not a parameter change: the run is no trial at all."""
+    suggester = suggest.suggester_for(lab)
+    base = lab.baseline_files["train.py"]
+    line = next(x for x in base.splitlines() if x.startswith("MATRIX_LR = "))
+    literal = line.split(" if ")[0].split("= ")[1]
+    for poisoned in (
+        line.replace(f"= {literal} ", "= 0.03 + 1000.0 ", 1),  # the literal, then anything
+        line.split("  #")[0] + "; import os",  # a second statement on the line
+        line.replace(" else ", " else 2 * ", 1),  # the other side of the recipe changed
+    ):
+        assert poisoned != line
+        code = base.replace(line, poisoned, 1)
+        assert (
+            constant_only_values({"train.py": code}, lab.baseline_files, suggester.params, True)
+            is None
+        ), poisoned
 
 
 # ---------------------------------------------------------------- the study

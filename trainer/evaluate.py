@@ -240,10 +240,12 @@ def _check_target(target: str) -> None:
         return
     parts = target.split(".")
     if len(parts) != 5 or parts[:3] != ["torch", "ops", "aten"]:
-        raise InvalidArtifact(f"the graph calls {target!r}; only ATen operators are allowed")
+        raise InvalidArtifact(
+            f"the graph calls {str(target)[:80]!r}; only ATen operators are allowed"
+        )
     if _denied_aten(parts[3]) or parts[3].endswith("_"):
         raise InvalidArtifact(
-            f"the graph calls {target!r}, which is not allowed (I/O, in-place or data-dependent)"
+            f"the graph calls {str(target)[:80]!r}, which is not allowed (I/O, in-place or data-dependent)"
         )
 
 
@@ -261,7 +263,7 @@ def _check_model_json(model: dict) -> dict:
         )
     for key in model.get("range_constraints", {}):
         if not re.fullmatch(r"[su]\d+", key):
-            raise InvalidArtifact(f"range constraint on {key!r} is not allowed")
+            raise InvalidArtifact(f"range constraint on {str(key)[:60]!r} is not allowed")
 
     def visit(key: str, item: Any) -> None:
         if key == "expr_str" and isinstance(item, str):
@@ -374,7 +376,7 @@ def _check_names(value: Any, field: str = "", depth: int = 0) -> None:
             if not _STRING_ARGUMENT.fullmatch(value):
                 raise _refuse_name("a string argument", value)
         elif not _is_name(value):
-            raise _refuse_name(f"field {field!r}", value)
+            raise _refuse_name(f"field {str(field)[:60]!r}", value)
 
 
 def _check_tensor_config(config: dict, folder: str, names: set[str]) -> None:
@@ -389,7 +391,7 @@ def _check_tensor_config(config: dict, folder: str, names: set[str]) -> None:
             )
         path = entry.get("path_name", "")
         if not re.fullmatch(r"(weight|tensor)_\d+", path) or f"{folder}/{path}" not in names:
-            raise InvalidArtifact(f"tensor entry {path!r} is missing or not allowed")
+            raise InvalidArtifact(f"tensor entry {str(path)[:80]!r} is missing or not allowed")
 
 
 def sanitized_archive(path: Path | io.BytesIO) -> io.BytesIO:
@@ -424,7 +426,7 @@ def sanitized_archive(path: Path | io.BytesIO) -> io.BytesIO:
                 continue
             if not any(p.fullmatch(name) for p in _ENTRY_PATTERNS):
                 raise InvalidArtifact(
-                    f"{label} contains {name!r}, which a model archive may not contain"
+                    f"{label} contains {str(name)[:80]!r}, which a model archive may not contain"
                 )
             try:
                 kept[name] = archive.read(info)
@@ -526,7 +528,9 @@ def load_program(path: Path | io.BytesIO):
             operator.sub,
             operator.floordiv,
         ):
-            raise InvalidArtifact(f"the program calls {target!r}; only ATen operators are allowed")
+            raise InvalidArtifact(
+                f"the program calls {str(target)[:80]!r}; only ATen operators are allowed"
+            )
     return program
 
 
