@@ -11,13 +11,30 @@ The clients run in one asyncio process beside the server: on a small, shared mac
 own CPU time is part of the latency measured (the figures are an upper bound). On 2 cores
 the server is the bottleneck at 16 agents (~1.6-1.8 ms of server CPU per call, one process):
 p95 is then about the queue of 16 calls ahead, so server CPU per call is what to cut.
+
+`--history 100000` (issue 21): the large mode. Seeds a fresh data home with that many
+experiments (100 agents; ok, crash, timeout, cancelled, integrity_fail and interrupted runs;
+every verdict; descriptions, one-constant diffs, the full code, change fingerprints,
+confirmation runs, claims) through server.store.bulk, starts the same HTTP server on it and
+drives `--agent-count` (100) concurrent agents, one token each, each making `--calls` tool
+calls from a realistic mix (MIX below) with an exponential think time of mean `--think`
+seconds between calls (open-loop per agent: ~agents/think calls/s offered), then a closed-loop
+saturation run (no think time). Measures p50/p95/max per tool, calls/s, the dashboard (GET /
+and the JSON API the page polls, viewer token) idle and under load, the server's RSS, and
+that no row was lost or duplicated. `--profile` also times every tool in-process under
+cProfile (where the time goes).
+
+    .venv/bin/python bench/agents.py --history 100000 [--agent-count 100] [--calls 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -31,10 +48,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as `python bench/agents.py`: the repository's packages
 
+from datetime import UTC, datetime, timedelta
+
+from server.auth import issue_token
 from tests.support import free_port, wait_for_healthz
 
 EXE = str(Path(sys.executable).with_name("autoresearch-mcp"))
-CALLS = (
+CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("read_file", {"path": "train.py", "limit": 60}),
     ("get_history", {"limit": 10}),
     ("list_files", {}),
@@ -124,12 +144,616 @@ async def measure(url: str, tokens: list[str], calls: int) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------- 100 agents, 10^5 experiments
+
+AGENT_COUNT = 100
+# (tool, weight): what an agent in the research loop calls between runs. The arguments are
+# drawn per call by `arguments_for` (random ids over the whole record, a query, a claim).
+MIX: tuple[tuple[str, int], ...] = (
+    ("get_history", 20),  # half with a full-text query
+    ("get_leaderboard", 12),
+    ("get_experiment", 15),
+    ("read_file", 12),
+    ("list_files", 6),
+    ("get_briefing", 10),
+    ("similar_experiments", 10),
+    ("claim_idea", 5),
+    ("wait_experiment", 10),
+)
+IDEAS = (
+    "warmdown {x} -> 0.7: longer decay helps at short budgets",
+    "RoPE base 10k -> {x}k: longer wavelengths for the attention",
+    "matrix lr 0.02 -> 0.0{x}: Muon tolerates more",
+    "batch size 8 -> {x}: more tokens per step",
+    "weight decay 0 -> 0.{x} on the embeddings",
+    "ReLU squared -> GELU in the MLP, variant {x}",
+    "QK-norm scale {x} with a lower head lr",
+    "embedding lr x{x} and a shorter warmup",
+    "MLP ratio {x}: wider hidden layer",
+    "final lr fraction 0.{x} instead of zero",
+)
+QUERIES = ("warmdown", "rope base", "weight decay", "gelu", "matrix lr", "mlp ratio", "embedding")
+# (status, verdict, share of the agents' experiments)
+OUTCOMES = (
+    ("ok", "worse", 0.40),
+    ("ok", "within_noise", 0.36),
+    ("ok", "improved", 0.05),
+    ("crash", "failed", 0.10),
+    ("timeout", "failed", 0.04),
+    ("cancelled", None, 0.03),
+    ("integrity_fail", "failed", 0.01),
+    ("interrupted", None, 0.01),
+)
+CONSTANTS = (
+    "HEAD_LR",
+    "WEIGHT_DECAY",
+    "WARMUP_FRAC",
+    "WARMDOWN_FRAC",
+    "FINAL_LR_FRAC",
+    "MLP_RATIO",
+    "ROPE_BASE",
+)
+
+
+def variants(baseline: str, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """`count` one-constant changes of train.py: code JSON, diff and change fingerprint each."""
+    from server.lab import unified_diff
+    from server.similarity import change_to_record, describe_change
+
+    lines = baseline.splitlines(keepends=True)
+    places = {
+        name: next(i for i, line in enumerate(lines) if line.startswith(f"{name} = "))
+        for name in CONSTANTS
+    }
+    out = []
+    for n in range(count):
+        name = CONSTANTS[n % len(CONSTANTS)]
+        changed = list(lines)
+        value = round(rng.uniform(0.001, 0.9), 4) if name != "MLP_RATIO" else 2 + n % 5
+        changed[places[name]] = f"{name} = {value}  # variant {n}\n"
+        files = {"train.py": "".join(changed)}
+        diff = unified_diff({"train.py": baseline}, files)
+        change = describe_change(files, {"train.py": baseline})
+        out.append(
+            {
+                "code": json.dumps(files),
+                "code_hash": hashlib.sha256(files["train.py"].encode()).hexdigest(),
+                "diff": diff,
+                "change_fingerprint": change.fingerprint,
+                "change_edits": json.dumps(change_to_record(change)),
+            }
+        )
+    return out
+
+
+def seed_record(home: Path, experiments: int, agents: list[str]) -> dict[str, Any]:
+    """Fill a fresh data home with `experiments` rows (about 4% confirmation runs) and claims."""
+    from server.lab import Lab, LabSettings
+    from server.store import bulk
+
+    started = time.perf_counter()
+    reuse = (home / "history.sqlite").exists()
+    lab = Lab(LabSettings(home=home, budget_seconds=3, baseline_repeats=0, start_scheduler=False))
+    rng = random.Random(21)
+    baseline = lab.baseline_files["train.py"]
+    pool = variants(baseline, 300, rng)
+    common = {
+        "hardware": lab.hardware,
+        "budget_seconds": lab.budget_seconds,
+        "budget_kind": lab.settings.resolved_budget_kind(),
+        "scale": "S",
+        "device": "cpu",
+        "isolation": "bwrap",
+        "torch_version": "2.x",
+        "flags": "[]",
+        "hashes": "{}",
+    }
+    weights = [w for _, _, w in OUTCOMES]
+    improved: list[int] = []
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def rows() -> Any:
+        for n in range(1, experiments + 1):
+            when = (t0 + timedelta(seconds=30 * n)).isoformat(timespec="seconds")
+            if n == 1:
+                status, verdict, kind, agent, variant = "ok", "baseline", "baseline", "server", None
+            elif improved and rng.random() < 0.04:  # a confirmation run of an earlier win
+                status, verdict, kind = "ok", None, "confirmation"
+                target = rng.choice(improved[-50:])
+                agent, variant = agents[target % len(agents)], pool[target % len(pool)]
+            else:
+                status, verdict, _ = rng.choices(OUTCOMES, weights)[0]
+                kind, agent, variant = "experiment", agents[n % len(agents)], rng.choice(pool)
+                if verdict == "improved":
+                    improved.append(n)
+            ok = status == "ok"
+            val = round(1.9 - n * 2e-6 + rng.gauss(0, 0.01), 6) if ok else None
+            row: dict[str, Any] = {
+                "id": n,
+                "agent": agent,
+                "requested_by": None if agent == "server" else agent,
+                "kind": kind,
+                "status": status,
+                "verdict": verdict,
+                "description": rng.choice(IDEAS).format(x=rng.randint(1, 9))
+                + f" ({agent}, try {n})",
+                "parent_id": max(1, n - rng.randint(1, 500)) if n > 1 else None,
+                "confirms_id": target if kind == "confirmation" else None,
+                "val_bpb": val,
+                "delta_parent": round(rng.gauss(0, 0.01), 6) if ok else None,
+                "metrics": json.dumps({"val_bpb": val, "steps": 400}) if ok else None,
+                "train_seconds": 3.0,
+                "eval_seconds": 0.8,
+                "total_seconds": 4.1 if status not in ("cancelled",) else 0.0,
+                "cpu_seconds": 6.0,
+                "peak_memory_mb": 420.0,
+                "seed": rng.randint(0, 2**31),
+                "failure_reason": None if ok or status == "cancelled" else "RuntimeError: boom",
+                "log_tail": "step 100 | loss 3.21\n" * 12,
+                "disqualified": 0,
+                # an interrupted first attempt would be re-queued (and trained) at start-up
+                "attempt": 2 if status == "interrupted" else 1,
+                "created_at": when,
+                "started_at": when,
+                "finished_at": when,
+                **common,
+            }
+            if variant is not None:
+                row.update(
+                    code=variant["code"],
+                    code_hash=variant["code_hash"],
+                    diff_parent=variant["diff"],
+                    diff_baseline=variant["diff"],
+                    change_fingerprint=variant["change_fingerprint"],
+                    change_edits=variant["change_edits"],
+                )
+            else:
+                row.update(
+                    code=json.dumps({"train.py": baseline}), diff_parent="", diff_baseline=""
+                )
+            yield row
+
+    if reuse:  # a home seeded before (--home): only new tokens
+        count, claims = bulk.table_count(lab.store, "experiments"), 0
+    else:
+        count = bulk.insert_experiments(lab.store, rows())
+    now = datetime.now(UTC)
+    claims = (
+        0
+        if reuse
+        else bulk.insert_claims(
+            lab.store,
+            [
+                {
+                    "agent": agents[n % len(agents)],
+                    "text": rng.choice(IDEAS).format(x=n % 9 + 1),
+                    "created_at": (now - timedelta(minutes=n)).isoformat(timespec="seconds"),
+                    "expires_at": (now + timedelta(minutes=60 - n % 120)).isoformat(
+                        timespec="seconds"
+                    ),
+                    "released_at": None if n % 3 else now.isoformat(timespec="seconds"),
+                }
+                for n in range(2000)
+            ],
+        )
+    )
+    for name in agents:
+        lab.store.ensure_agent(name)
+    tokens = {name: issue_token(lab.store, name) for name in agents}
+    viewer = issue_token(lab.store, "bench-viewer", role="viewer")
+    seconds = time.perf_counter() - started
+    size = (home / "history.sqlite").stat().st_size
+    return {
+        "lab": lab,
+        "tokens": tokens,
+        "viewer": viewer,
+        "seed_s": seconds,
+        "experiments": count,
+        "claims": claims,
+        "db_mb": size / 2**20,
+        "improved": improved,
+    }
+
+
+def arguments_for(tool: str, rng: random.Random, top_id: int, agent_name: str) -> dict[str, Any]:
+    """One call's arguments: random ids over the whole record, a query half the time."""
+    if tool == "get_history":
+        return {"query": rng.choice(QUERIES)} if rng.random() < 0.5 else {"limit": 20}
+    if tool == "get_leaderboard":
+        return {}
+    if tool in ("get_experiment", "wait_experiment"):
+        extra = {"timeout_seconds": 1.0} if tool == "wait_experiment" else {}
+        return {"experiment_id": rng.randint(1, top_id), **extra}
+    if tool == "read_file":
+        return {"path": "train.py", "limit": 60, "offset": rng.choice((1, 61, 121))}
+    if tool == "similar_experiments":
+        return {"description": rng.choice(IDEAS).format(x=rng.randint(1, 9))}
+    if tool == "claim_idea":
+        return {"text": f"{agent_name}: " + rng.choice(IDEAS).format(x=rng.randint(1, 9))}
+    return {}
+
+
+async def mixed_agent(
+    url: str,
+    token: str,
+    agent_name: str,
+    calls: int,
+    think: float,
+    top_id: int,
+    seed: int,
+    samples: list[tuple[str, float]],
+    claims_seen: list[int],
+    gate: asyncio.Event,
+    ready: list[str],
+) -> None:
+    """One agent: a session, then `calls` tool calls from MIX with exponential think times."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    rng = random.Random(seed)
+    tools, weights = zip(*MIX, strict=True)
+    done = 0
+    while done < calls:
+        try:
+            async with AsyncExitStack() as stack:
+                # uvicorn closes a connection idle for 5 s; the client lets go first.
+                http = await stack.enter_async_context(
+                    httpx2.AsyncClient(
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=300,
+                        limits=httpx2.Limits(keepalive_expiry=2.0),
+                    )
+                )
+                client: Any = await stack.enter_async_context(
+                    Client(streamable_http_client(url + "/mcp", http_client=http))
+                )
+                if token not in ready:
+                    ready.append(token)
+                await gate.wait()
+                while done < calls:
+                    if think:
+                        await asyncio.sleep(rng.expovariate(1 / think))
+                    tool = rng.choices(tools, weights)[0]
+                    arguments = arguments_for(tool, rng, top_id, agent_name)
+                    t0 = time.perf_counter()
+                    done += 1  # a call lost with its connection is not retried
+                    result = await client.call_tool(tool, arguments)
+                    samples.append((tool, time.perf_counter() - t0))
+                    if result.is_error:
+                        raise RuntimeError(f"{tool}({arguments}) failed: {result.content}")
+                    if tool == "claim_idea":
+                        claims_seen.append(int(result.structured_content["claim"]["id"]))
+        except RuntimeError:
+            raise
+        except Exception as lost:  # the connection dropped: counted, then a new session
+            TRANSPORT_ERRORS.append(f"{agent_name}: {type(lost).__name__}: {lost}"[:200])
+
+
+TRANSPORT_ERRORS: list[str] = []
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def drive(
+    url: str,
+    tokens: dict[str, str],
+    calls: int,
+    think: float,
+    top_id: int,
+    viewer: str,
+) -> dict[str, Any]:
+    """All agents at once (sessions opened first); a dashboard poller beside them."""
+    samples: list[tuple[str, float]] = []
+    claims_seen: list[int] = []
+    gate = asyncio.Event()
+    ready: list[str] = []
+    tasks = [
+        asyncio.create_task(
+            mixed_agent(
+                url, token, name, calls, think, top_id, n, samples, claims_seen, gate, ready
+            )
+        )
+        for n, (name, token) in enumerate(tokens.items())
+    ]
+    while len(ready) < len(tokens):
+        if any(t.done() and t.exception() for t in tasks):
+            await asyncio.gather(*tasks)
+        await asyncio.sleep(0.05)
+    t0 = time.perf_counter()
+    gate.set()
+    agents_done = asyncio.gather(*tasks)
+    dashboard = asyncio.create_task(poll_dashboard(url, viewer, agents_done))
+    await agents_done
+    wall = time.perf_counter() - t0
+    return {
+        "samples": samples,
+        "wall_s": wall,
+        "claims_seen": claims_seen,
+        "dashboard": await dashboard,
+    }
+
+
+DASHBOARD_PATHS = ("/", "/api/chart", "/api/leaderboard", "/api/queue")
+
+
+async def poll_dashboard(
+    url: str, viewer: str, until: asyncio.Future[Any] | None, rounds: int = 5
+) -> dict[str, list[float]]:
+    """The page and the JSON API it loads, with a viewer token: `rounds` times, or until done."""
+    import httpx2
+
+    times: dict[str, list[float]] = {path: [] for path in DASHBOARD_PATHS}
+    async with httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {viewer}"}, timeout=300
+    ) as http:
+        n = 0
+        while (until is None and n < rounds) or (until is not None and not until.done()):
+            for path in DASHBOARD_PATHS:
+                t0 = time.perf_counter()
+                response = await http.get(url + path)
+                times[path].append(time.perf_counter() - t0)
+                if response.status_code != 200:
+                    raise RuntimeError(f"GET {path}: {response.status_code}")
+            n += 1
+            if until is not None:
+                await asyncio.sleep(1.0)
+    return times
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def tool_table(title: str, run: dict[str, Any]) -> list[str]:
+    by_tool: dict[str, list[float]] = {}
+    for tool, seconds in run["samples"]:
+        by_tool.setdefault(tool, []).append(seconds * 1000)
+    every = [s * 1000 for _, s in run["samples"]]
+    lines = [
+        f"### {title}: {len(every)} calls in {run['wall_s']:.1f} s = "
+        f"{len(every) / run['wall_s']:.1f} calls/s",
+        "",
+        "| tool | calls | p50 ms | p95 ms | max ms | goal |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for tool, values in sorted(by_tool.items()):
+        goal = 50 if tool in ("get_history", "get_leaderboard") else 100
+        p95 = quantile(values, 0.95)
+        lines.append(
+            f"| {tool} | {len(values)} | {quantile(values, 0.5):.1f} | {p95:.1f} | "
+            f"{max(values):.1f} | {'met' if p95 <= goal else 'MISSED'} (<= {goal}) |"
+        )
+    p95 = quantile(every, 0.95)
+    lines.append(
+        f"| **all** | {len(every)} | {quantile(every, 0.5):.1f} | {p95:.1f} | {max(every):.1f} "
+        f"| {'met' if p95 <= 100 else 'MISSED'} (<= 100) |"
+    )
+    return lines
+
+
+def dashboard_table(title: str, times: dict[str, list[float]]) -> list[str]:
+    lines = [f"### {title}", "", "| path | requests | p50 ms | max ms |", "|---|---:|---:|---:|"]
+    for path, values in times.items():
+        ms = [v * 1000 for v in values]
+        if ms:
+            lines.append(f"| {path} | {len(ms)} | {quantile(ms, 0.5):.1f} | {max(ms):.1f} |")
+    return lines
+
+
+def profile_tools(lab: Any, top_id: int, out: list[str]) -> None:
+    """Each tool of MIX 20 times in-process (MCPServer.call_tool, no transport) under cProfile:
+    the server's own time per call, and the five functions that took most of it."""
+    import cProfile
+    import io
+    import pstats
+
+    from server.app import build_server
+
+    server = build_server(lab, default_agent="bench000")
+    rng = random.Random(5)
+    out += ["", "### In-process (MCPServer.call_tool, no transport), 20 calls each", ""]
+    out += ["| tool | mean ms | top cumulative (own code) |", "|---|---:|---|"]
+    for tool, _ in MIX:
+        profiler = cProfile.Profile()
+        started = time.perf_counter()
+
+        async def calls(name: str = tool) -> None:
+            for _ in range(20):
+                await server.call_tool(name, arguments_for(name, rng, top_id, "bench000"))
+
+        profiler.enable()
+        asyncio.run(calls())
+        profiler.disable()
+        mean = (time.perf_counter() - started) / 20 * 1000
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
+        hot = [
+            line.split()[-1].replace(str(ROOT) + "/", "")
+            + f" {float(line.split()[3]) / 20 * 1000:.1f}ms"
+            for line in text.getvalue().splitlines()
+            if str(ROOT / "server") in line and line.strip()[:1].isdigit()
+        ]
+        interesting = [h for h in hot if "/app" not in h and "tool_support" not in h][:5]
+        out.append(f"| {tool} | {mean:.1f} | {'; '.join(interesting)} |")
+
+
+def run_large(args: argparse.Namespace) -> int:
+    report: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="ar-bench-agents100-") as tmp:
+        home = args.home or Path(tmp)
+        if (home / "data").exists():
+            pass
+        elif args.data:
+            shutil.copytree(args.data, home / "data")
+        else:
+            from trainer import prepare as prepare_module
+
+            prepare_module.prepare(home / "data", quiet=True)
+        agents = [f"bench{n:03d}" for n in range(args.agent_count)]
+        seeded = seed_record(home, args.history, agents)
+        if args.profile_only:
+            profile_tools(seeded["lab"], seeded["experiments"], report)
+            print("\n".join(report))
+            return 0
+        lab = seeded["lab"]
+        top_id = seeded["experiments"]
+        report.append(
+            f"seeded {seeded['experiments']} experiments and {seeded['claims']} claims in "
+            f"{seeded['seed_s']:.1f} s ({seeded['db_mb']:.0f} MiB file)"
+        )
+        print(report[-1], flush=True)
+        if args.profile:
+            profile_tools(lab, top_id, report)
+            print("\n".join(report[-12:]), flush=True)
+        before = {t: bulk_count(lab, t) for t in ("experiments", "claims")}
+        port = free_port()
+        started = time.perf_counter()
+        server = start_server(home, port)
+        report.append(f"server ready in {time.perf_counter() - started:.1f} s")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            rss = {"start": rss_mb(server.pid)}
+            idle = asyncio.run(poll_dashboard(url, seeded["viewer"], None, rounds=5))
+            rss["after dashboard"] = rss_mb(server.pid)
+            with Churn(lab, args.churn) as churn:
+                think = asyncio.run(
+                    drive(url, seeded["tokens"], args.calls, args.think, top_id, seeded["viewer"])
+                )
+                rss["after think-time run"] = rss_mb(server.pid)
+                saturated = asyncio.run(
+                    drive(
+                        url, seeded["tokens"], args.saturation_calls, 0.0, top_id, seeded["viewer"]
+                    )
+                )
+                rss["after saturation run"] = rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(30)
+        after = {t: bulk_count(lab, t) for t in ("experiments", "claims")}
+        from server.store import bulk
+
+        claimed = think["claims_seen"] + saturated["claims_seen"]
+        new_ids = set(bulk.claim_ids(lab.store)) - set(range(1, before["claims"] + 1))
+        checks = [
+            f"experiments before/after: {before['experiments']} / {after['experiments']}; "
+            f"written during the runs (--churn): {churn.written}; before + written == after: "
+            f"{before['experiments'] + churn.written == after['experiments']}",
+            f"claims before/after: {before['claims']} / {after['claims']}; claim_idea calls "
+            f"answered {len(claimed)} ids ({len(set(claimed))} distinct); new claim rows "
+            f"{len(new_ids)}; ids answered == new rows: {set(claimed) == new_ids}",
+        ]
+    arrival = (
+        f"{args.agent_count} agents x {args.calls} calls, exponential think time mean "
+        f"{args.think:g} s before each call (~{args.agent_count / args.think:.0f} calls/s offered)"
+        + (f"; one experiment lands every {args.churn:g} s" if args.churn else "")
+    )
+    lines = [*report, ""]
+    lines += tool_table(f"Think-time run ({arrival})", think)
+    lines += [
+        "",
+        *dashboard_table("Dashboard under the think-time load (viewer token)", think["dashboard"]),
+    ]
+    lines += [
+        "",
+        *tool_table(
+            f"Saturation run ({args.agent_count} agents x {args.saturation_calls} calls, no think time)",
+            saturated,
+        ),
+    ]
+    lines += ["", *dashboard_table("Dashboard under the saturation load", saturated["dashboard"])]
+    lines += ["", *dashboard_table("Dashboard idle (5 rounds, before the agents)", idle)]
+    lines += ["", "### Server memory (RSS)", ""]
+    lines += [f"- {k}: {v:.0f} MiB" for k, v in rss.items()]
+    lines += ["", "### Rows", "", *[f"- {c}" for c in checks]]
+    lines += [
+        f"- transport errors (a connection dropped, the call not answered, a new session "
+        f"opened): {len(TRANSPORT_ERRORS)}",
+        *[f"  - {e}" for e in TRANSPORT_ERRORS[:5]],
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+class Churn:
+    """Results landing while the agents work: every `every` seconds one finished experiment is
+    written to the record (through Store.create_experiment, from this process), so the server's
+    kept answers (server.store.read_cache) go stale and are rebuilt under load, as they would be
+    with runs finishing."""
+
+    def __init__(self, lab: Any, every: float) -> None:
+        import threading
+
+        self.lab, self.every, self.written = lab, every, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rng = random.Random(7)
+        while not self.stop.wait(self.every):
+            self.lab.store.create_experiment(
+                agent=f"bench{rng.randrange(AGENT_COUNT):03d}",
+                requested_by="bench000",
+                kind="experiment",
+                status="ok",
+                verdict=rng.choice(["worse", "within_noise"]),
+                description=rng.choice(IDEAS).format(x=rng.randint(1, 9)) + " (landed under load)",
+                val_bpb=round(rng.uniform(1.7, 2.0), 6),
+                hardware=self.lab.hardware,
+                budget_seconds=self.lab.budget_seconds,
+                budget_kind=self.lab.settings.resolved_budget_kind(),
+                scale="S",
+                total_seconds=4.1,
+                finished_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            )
+            self.written += 1
+
+    def __enter__(self) -> Churn:
+        if self.every > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def bulk_count(lab: Any, table: str) -> int:
+    from server.store import bulk
+
+    return bulk.table_count(lab.store, table)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=40, help="tool calls per agent")
     parser.add_argument("--agents", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--data", type=Path, default=os.environ.get("AUTORESEARCH_TEST_DATA"))
+    parser.add_argument(
+        "--history", type=int, default=0, help="the large mode: seed this many experiments"
+    )
+    parser.add_argument("--agent-count", type=int, default=AGENT_COUNT)
+    parser.add_argument("--think", type=float, default=1.0, help="mean think time, seconds")
+    parser.add_argument("--saturation-calls", type=int, default=10)
+    parser.add_argument(
+        "--churn", type=float, default=1.0, help="write a finished experiment every N s (0: none)"
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile every tool in-process")
+    parser.add_argument("--profile-only", action="store_true", help="seed, profile, no server")
+    parser.add_argument(
+        "--home", type=Path, help="keep the seeded home here (and reuse a seeded one: no seeding)"
+    )
     args = parser.parse_args()
+    if args.history:
+        return run_large(args)
     with tempfile.TemporaryDirectory(prefix="ar-bench-agents-") as tmp:
         home = Path(tmp)
         if args.data:

@@ -16,6 +16,7 @@ from typing import Any
 from server.dashboard.data import SERVER_COLOR, ablation_of, lab_agent_colors
 from server.lab import Lab
 from server.models import ExperimentDetail
+from server.presentation import noise_info
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -45,7 +46,7 @@ def page(title: str, body: str, version: str, *, script: bool = False) -> str:
 
 def index_body(lab: Lab) -> str:
     """The dashboard's skeleton: dashboard.js fills the chart, the tables and the queue."""
-    noise = lab.noise_info()
+    noise = noise_info(lab)
     return f"""
 <header>
   <h1>autoresearch <span id=title class=muted></span></h1>

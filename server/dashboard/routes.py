@@ -26,6 +26,7 @@ from server.dashboard.data import (
     ExperimentList,
     QueueState,
     chart_data,
+    chart_json,
     experiment_detail,
     experiment_list,
     queue_state,
@@ -152,8 +153,9 @@ def register(app: FastAPI, lab: Lab, access: Callable[[Request], str]) -> None:
         responses=UNAUTHORIZED,
         summary="Everything the progress chart draws",
     )
-    def api_chart(viewer: str = Depends(access)) -> ChartData:
-        return chart_data(lab)
+    def api_chart(viewer: str = Depends(access)) -> Response:
+        # Encoded once per change of the record (server.dashboard.data.chart_json).
+        return Response(chart_json(lab), media_type="application/json")
 
     @app.get(
         "/api/experiments",

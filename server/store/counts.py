@@ -10,12 +10,15 @@ from typing import Any
 import sqlite_utils
 
 from server.store.database import write_transaction
+from server.store.read_cache import ReadCache
 
 
 class ExperimentCounts:
     """The aggregate and lookup queries `Store` offers over its `db`."""
 
     db: sqlite_utils.Database
+    # Whole-table reads are kept until `experiments` changes (server.store.read_cache).
+    read_cache: ReadCache
 
     def charged_runs(self, requester: str) -> int:
         """How many runs `requester` asked for, re-queues after a server crash not counted."""
@@ -103,6 +106,13 @@ class ExperimentCounts:
         """Device-seconds of every run, summed by who asked for it (None: the server's own runs,
         the baseline and drift checks). Interrupted runs and their re-queues both count: the
         device was busy for both."""
+        return self.read_cache.get(
+            self.db,
+            ("device_seconds_by_requester",),
+            lambda: self._device_seconds_by_requester_read(),
+        )
+
+    def _device_seconds_by_requester_read(self) -> dict[str | None, float]:
         return {
             row[0]: float(row[1])
             for row in self.db.execute(
@@ -112,15 +122,19 @@ class ExperimentCounts:
 
     def device_seconds_of(self, experiment_ids: Sequence[int]) -> dict[int, float]:
         """Device-seconds spent on each experiment: its own run plus every run that confirms it
-        (the server's fresh-seed and holdout runs, the agents' confirm_experiment runs)."""
+        that its author or the server asked for (the server's fresh-seed and holdout runs, the
+        author's confirm_experiment runs). Runs other agents asked for are theirs to pay: they
+        cannot make someone's result look dear."""
         out: dict[int, float] = {}
         ids = [int(i) for i in experiment_ids]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
             for row in self.db.execute(
-                f"SELECT COALESCE(confirms_id, id) AS owner, COALESCE(SUM(total_seconds), 0) FROM experiments "
-                f"WHERE id IN ({marks}) OR confirms_id IN ({marks}) GROUP BY owner",
+                f"SELECT COALESCE(e.confirms_id, e.id) AS owner, COALESCE(SUM(e.total_seconds), 0) "
+                f"FROM experiments e JOIN experiments o ON o.id = COALESCE(e.confirms_id, e.id) "
+                f"WHERE (e.id IN ({marks}) OR e.confirms_id IN ({marks})) "
+                f"AND (e.requested_by IS NULL OR e.requested_by = o.agent) GROUP BY owner",
                 [*chunk, *chunk],
             ).fetchall():
                 out[int(row[0])] = float(row[1])
@@ -128,6 +142,11 @@ class ExperimentCounts:
 
     def outcome_counts(self) -> dict[str, int]:
         """How the agents' finished experiments ended: each verdict, and each failure status."""
+        return self.read_cache.get(
+            self.db, ("outcome_counts",), lambda: self._outcome_counts_read()
+        )
+
+    def _outcome_counts_read(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for status, verdict, n in self.db.execute(
             "SELECT status, verdict, COUNT(*) FROM experiments WHERE kind = 'experiment' "
@@ -140,10 +159,17 @@ class ExperimentCounts:
     def recent_dead_ends(self, limit: int) -> list[dict[str, Any]]:
         """The latest agents' experiments that did not help: failed runs and verdicts `worse`,
         `within_noise` or `failed`, newest first (what not to try again, and why)."""
+        return self.read_cache.get(
+            self.db, ("recent_dead_ends", limit), lambda: self._recent_dead_ends_read(limit=limit)
+        )
+
+    def _recent_dead_ends_read(self, limit: int) -> list[dict[str, Any]]:
+        # `+kind`: walk the table newest first and stop at `limit` (most rows qualify); through
+        # the kind index SQLite sorted every experiment first (0.5 s at 100,000, now < 1 ms).
         return list(
             self.db.query(
                 "SELECT id, agent, status, verdict, val_bpb, description, failure_reason FROM experiments "
-                "WHERE kind = 'experiment' AND (status IN ('crash', 'timeout', 'integrity_fail') "
+                "WHERE +kind = 'experiment' AND (status IN ('crash', 'timeout', 'integrity_fail') "
                 "OR verdict IN ('worse', 'within_noise', 'failed')) ORDER BY id DESC LIMIT ?",
                 [limit],
             )
@@ -151,6 +177,11 @@ class ExperimentCounts:
 
     def per_agent_totals(self) -> list[tuple[str, int, int | None, float | None]]:
         """(agent, experiments, improvements, best qualified val_bpb) per agent, best first."""
+        return self.read_cache.get(
+            self.db, ("per_agent_totals",), lambda: self._per_agent_totals_read()
+        )
+
+    def _per_agent_totals_read(self) -> list[tuple[str, int, int | None, float | None]]:
         return [
             (row[0], row[1], row[2], row[3])
             for row in self.db.execute(
@@ -202,6 +233,20 @@ class ExperimentCounts:
         """Every successful baseline and confirmation run of one setting, oldest first: the
         repeated runs of one code that the noise is pooled over (flags decoded), each with
         `original_disqualified`: whether the experiment it confirms can never count."""
+        return self.read_cache.get(
+            self.db,
+            ("repeated_runs", hardware, budget_seconds, budget_kind, scale),
+            lambda: self._repeated_runs_read(
+                hardware=hardware,
+                budget_seconds=budget_seconds,
+                budget_kind=budget_kind,
+                scale=scale,
+            ),
+        )
+
+    def _repeated_runs_read(
+        self, *, hardware: str, budget_seconds: float, budget_kind: str, scale: str
+    ) -> list[dict[str, Any]]:
         return [
             {**row, "flags": json.loads(row["flags"]) if row["flags"] else []}
             for row in self.db.query(
@@ -219,6 +264,17 @@ class ExperimentCounts:
         self, verdict: str, *, hardware: str, budget_seconds: float, scale: str
     ) -> list[int]:
         """The ids of one setting's experiments whose verdict is `verdict`, oldest first."""
+        return self.read_cache.get(
+            self.db,
+            ("experiments_with_verdict", verdict, hardware, budget_seconds, scale),
+            lambda: self._experiments_with_verdict_read(
+                verdict=verdict, hardware=hardware, budget_seconds=budget_seconds, scale=scale
+            ),
+        )
+
+    def _experiments_with_verdict_read(
+        self, verdict: str, *, hardware: str, budget_seconds: float, scale: str
+    ) -> list[int]:
         return [
             int(row["id"])
             for row in self.db.query(
@@ -230,6 +286,13 @@ class ExperimentCounts:
 
     def experiments_with_verdict_anywhere(self, verdict: str) -> list[int]:
         """The ids of every experiment whose verdict is `verdict`, on any setting, oldest first."""
+        return self.read_cache.get(
+            self.db,
+            ("experiments_with_verdict_anywhere", verdict),
+            lambda: self._experiments_with_verdict_anywhere_read(verdict=verdict),
+        )
+
+    def _experiments_with_verdict_anywhere_read(self, verdict: str) -> list[int]:
         return [
             int(row["id"])
             for row in self.db.query(
@@ -248,6 +311,34 @@ class ExperimentCounts:
                 [experiment_id],
             )
         ]
+
+    def confirmation_runs_of(
+        self, experiment_ids: Sequence[int]
+    ) -> dict[int, list[dict[str, Any]]]:
+        """`confirmation_runs` of many experiments at once (one query per 500 ids), by id."""
+        return self.read_cache.get(
+            self.db,
+            ("confirmation_runs_of", tuple(int(i) for i in experiment_ids)),
+            lambda: self._confirmation_runs_of_read(experiment_ids=experiment_ids),
+        )
+
+    def _confirmation_runs_of_read(
+        self, experiment_ids: Sequence[int]
+    ) -> dict[int, list[dict[str, Any]]]:
+        out: dict[int, list[dict[str, Any]]] = {}
+        ids = [int(i) for i in experiment_ids]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for row in self.db.query(
+                "SELECT confirms_id, id, status, val_bpb, seed, flags, requested_by, description "
+                f"FROM experiments WHERE confirms_id IN ({', '.join('?' for _ in chunk)}) "
+                "AND kind = 'confirmation' ORDER BY id",
+                chunk,
+            ):
+                owner = int(row.pop("confirms_id"))
+                row["flags"] = json.loads(row["flags"]) if row["flags"] else []
+                out.setdefault(owner, []).append(row)
+        return out
 
     # ------------------------------------------------------------ recovery
 

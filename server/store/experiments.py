@@ -20,6 +20,7 @@ from server.store.database import ThreadLocalDatabase, utc_now, write_transactio
 from server.store.exports import experiments_csv, results_tsv
 from server.store.papers import PaperStore
 from server.store.promotions import PromotionStore
+from server.store.read_cache import ReadCache
 from server.store.requests import RunRequestStore
 from server.store.schema import EXPERIMENT_COLUMNS, create_tables
 from server.store.sealed import SealedStore
@@ -37,6 +38,7 @@ class Store(ExperimentCounts):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db: sqlite_utils.Database = cast(sqlite_utils.Database, ThreadLocalDatabase(self.path))
+        self.read_cache = ReadCache()
         self._create_tables()
         self.promotions = PromotionStore(self.db)
         self.papers = PaperStore(self.db)
@@ -188,6 +190,9 @@ class Store(ExperimentCounts):
         if filters.get("scale"):
             where.append("COALESCE(scale, 'S') = ?")
             params.append(filters["scale"])
+        if filters.get("query") and not where:  # the index alone: no experiment row read
+            sql = "SELECT COUNT(*) FROM experiments_fts WHERE experiments_fts MATCH ?"
+            return int(next(iter(self.db.execute(sql, [_fts_quote(filters["query"])])))[0])
         if filters.get("query"):
             where.append(
                 "rowid IN (SELECT rowid FROM experiments_fts WHERE experiments_fts MATCH ?)"
@@ -296,26 +301,41 @@ class Store(ExperimentCounts):
 
     def record_version(self) -> str:
         """A short fingerprint of the record: count, last id, last finish, live runs."""
+        # Four sub-queries, each an index lookup (a single aggregate over the four scanned
+        # every row: 1.2 s at 100,000 experiments). A count of 0 reads as SUM's NULL did: 0.
         row = self.db.execute(
-            "SELECT COUNT(*), MAX(id), MAX(finished_at), SUM(status = 'running') FROM experiments"
+            "SELECT (SELECT COUNT(*) FROM experiments), (SELECT MAX(id) FROM experiments), "
+            "(SELECT MAX(finished_at) FROM experiments), "
+            "(SELECT COUNT(*) FROM experiments WHERE status = 'running')"
         ).fetchone()
         return ":".join(str(v or 0) for v in row)
 
     def agents_by_first_experiment(self) -> list[str]:
         """Every agent with an experiment, in order of its first one."""
-        rows = self.db.execute(
-            "SELECT agent FROM experiments GROUP BY agent ORDER BY MIN(id)"
-        ).fetchall()
-        return [row[0] for row in rows]
+        return self.read_cache.get(
+            self.db,
+            ("agents_by_first_experiment",),
+            lambda: [
+                row[0]
+                for row in self.db.execute(
+                    "SELECT agent FROM experiments GROUP BY agent ORDER BY MIN(id)"
+                ).fetchall()
+            ],
+        )
 
     def finished_for_chart(self) -> list[dict[str, Any]]:
-        """Every finished experiment in id order, with the columns the progress chart plots."""
-        return list(
-            self.db.query(
-                "SELECT id, agent, kind, status, val_bpb, verdict, description, disqualified, "
-                "hardware, budget_seconds FROM experiments "
-                "WHERE status NOT IN ('queued', 'running') ORDER BY id"
-            )
+        """Every finished experiment in id order, with the columns the progress chart plots
+        (kept until the record changes: 1.7 s at 100,000 experiments)."""
+        return self.read_cache.get(
+            self.db,
+            ("finished_for_chart",),
+            lambda: list(
+                self.db.query(
+                    "SELECT id, agent, kind, status, val_bpb, verdict, description, disqualified, "
+                    "hardware, budget_seconds FROM experiments "
+                    "WHERE status NOT IN ('queued', 'running') ORDER BY id"
+                )
+            ),
         )
 
     def lineage(self, experiment_id: int, limit: int = 200) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import sqlite_utils
 
 from server.record import SERVER_AGENT
 from server.store.database import write_transaction
+from server.store.read_cache import CHANGE_TRIGGERS, ensure_change_counter
 
 # The largest experiment or claim id the server accepts: SQLite's INTEGER is 64-bit signed, and
 # no research record comes near 2**31 rows; anything larger is a malformed id, refused early.
@@ -84,6 +85,25 @@ READ_INDEXES = {
     # Every submit looks for an earlier run of the same normalised code (server.dedupe).
     "idx_experiments_change_fingerprint": "CREATE INDEX IF NOT EXISTS "
     "idx_experiments_change_fingerprint ON experiments(change_fingerprint)",
+    # The aggregates below run on every get_leaderboard, get_briefing and dashboard load. A row
+    # holds the code (~18 kB) before the figures, so a scan of the table reads every overflow
+    # page: 1-3 s each at 100,000 experiments (bench/agents.py --history 100000). Each index
+    # covers its query, so the scan reads the index alone.
+    # per-agent totals (kind, agent; verdict, status, disqualified, val_bpb) and the outcome counts
+    "idx_experiments_agent_totals": "CREATE INDEX IF NOT EXISTS idx_experiments_agent_totals "
+    "ON experiments(kind, agent, verdict, status, disqualified, val_bpb)",
+    # device-seconds by requester
+    "idx_experiments_requester_seconds": "CREATE INDEX IF NOT EXISTS "
+    "idx_experiments_requester_seconds ON experiments(requested_by, total_seconds)",
+    # the confirmed improvements of a setting (the reference every verdict is judged against)
+    "idx_experiments_verdict_setting": "CREATE INDEX IF NOT EXISTS "
+    "idx_experiments_verdict_setting ON experiments(kind, verdict, hardware, budget_seconds, scale)",
+    # the repeated runs the noise is pooled over, the last drift check, the outcome counts
+    "idx_experiments_kind_status_verdict": "CREATE INDEX IF NOT EXISTS "
+    "idx_experiments_kind_status_verdict ON experiments(kind, status, verdict)",
+    # record_version's last finish
+    "idx_experiments_finished_at": "CREATE INDEX IF NOT EXISTS idx_experiments_finished_at "
+    "ON experiments(finished_at)",
 }
 
 # Columns added after the first release: old files get them (NULL) on open.
@@ -180,6 +200,12 @@ def create_tables(db: sqlite_utils.Database) -> None:
         with write_transaction(db):
             for sql in missing.values():
                 db.execute(sql)
+    # The change counter the read cache keys on (server.store.read_cache); created on old files.
+    triggers = {t.name for t in db.triggers}
+    counter = db.execute("SELECT 1 FROM meta WHERE key = 'experiments_changes'").fetchone()
+    if counter is None or not set(CHANGE_TRIGGERS) <= triggers:
+        with write_transaction(db):
+            ensure_change_counter(db)
 
 
 def _add_columns(db: sqlite_utils.Database) -> None:

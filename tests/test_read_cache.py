@@ -1,0 +1,99 @@
+"""The store's kept answers (server.store.read_cache): served while `experiments` is unchanged,
+never after a change, whether the change came from this connection, another thread's or another
+process's, and never from inside a write transaction. A real SQLite file; no server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from server.store import Store, write_transaction
+from server.store.read_cache import experiments_changes
+
+
+def finished(store: Store, agent: str, val_bpb: float, verdict: str = "worse") -> int:
+    return store.create_experiment(
+        agent=agent,
+        requested_by=agent,
+        kind="experiment",
+        status="ok",
+        verdict=verdict,
+        val_bpb=val_bpb,
+        total_seconds=10.0,
+        description="an idea",
+    )
+
+
+def test_an_answer_is_kept_until_experiments_change(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9)
+    first = store.per_agent_totals()
+    assert first == [("alice", 1, 0, 1.9)]
+    version = experiments_changes(store.db)
+    store.add_claim("bob", "an idea", "2999-01-01T00:00:00Z")  # another table: still kept
+    assert experiments_changes(store.db) == version
+    assert store.per_agent_totals() == first
+    finished(store, "bob", 1.8, verdict="improved")  # an insert
+    assert store.per_agent_totals() == [("bob", 1, 1, 1.8), ("alice", 1, 0, 1.9)]
+    store.update_experiment(1, val_bpb=1.7)  # an update of a row already there
+    assert store.per_agent_totals()[0] == ("alice", 1, 0, 1.7)
+    assert store.device_seconds_by_requester() == {"alice": 10.0, "bob": 10.0}
+
+
+def test_a_caller_changing_its_answer_does_not_change_the_kept_one(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9, verdict="within_noise")
+    rows = store.recent_dead_ends(5)
+    rows[0]["agent"] = "mallory"
+    rows.append({"id": 99})
+    assert [r["agent"] for r in store.recent_dead_ends(5)] == ["alice"]
+
+
+def test_changes_from_another_thread_and_another_process_are_seen(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    store = Store(path)
+    finished(store, "alice", 1.9)
+    assert store.device_seconds_by_requester() == {"alice": 10.0}
+    thread = threading.Thread(target=finished, args=(store, "bob", 1.8))  # its own connection
+    thread.start()
+    thread.join()
+    assert store.device_seconds_by_requester() == {"alice": 10.0, "bob": 10.0}
+    write = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from server.store import Store; "
+        "Store(sys.argv[1]).update_experiment(1, total_seconds=30.0)"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", write, str(path), root], check=True)
+    assert store.device_seconds_by_requester() == {"alice": 30.0, "bob": 10.0}
+
+
+def test_reads_inside_a_write_transaction_bypass_the_cache(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9)
+    assert store.outcome_counts() == {"worse": 1}
+    try:
+        with write_transaction(store.db):
+            finished(store, "bob", 1.8)
+            assert store.outcome_counts() == {"worse": 2}  # its own uncommitted row
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    assert store.outcome_counts() == {"worse": 1}  # nothing kept from the rolled-back write
+
+
+def test_the_second_read_is_served_without_a_query(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9)
+    computed: list[int] = []
+
+    def compute() -> list[int]:
+        computed.append(1)
+        return [len(computed)]
+
+    assert store.read_cache.get(store.db, ("spy",), compute) == [1]
+    assert store.read_cache.get(store.db, ("spy",), compute) == [1]
+    assert len(computed) == 1
+    finished(store, "bob", 1.8)
+    assert store.read_cache.get(store.db, ("spy",), compute) == [2]
