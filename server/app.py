@@ -425,15 +425,19 @@ def build_server(
         """The shared research record: compact rows, the leaderboard, the queue and open idea claims."""
         with refusals():
             name = agent()
-            return views.history(
-                lab,
-                involving=name if scope == "mine" else None,  # credited to you, or asked for by you
-                status=status,
-                order=order,
-                query=query,
-                limit=limit,
-                offset=offset,
-                level=level,
+            # In a worker thread: after the record changes, the first read rebuilds cached
+            # standings (up to ~1 s over 10^5 experiments) and must not stall the event loop.
+            return await in_thread(
+                lambda: views.history(
+                    lab,
+                    involving=name if scope == "mine" else None,  # credited to, or asked by, you
+                    status=status,
+                    order=order,
+                    query=query,
+                    limit=limit,
+                    offset=offset,
+                    level=level,
+                )
             )
 
     @mcp.tool(annotations=READ_ONLY, meta={"ui": {"resourceUri": VIEW_URI}})
@@ -446,7 +450,7 @@ def build_server(
         """The best experiments (confirmed means first-class), each agent's best, and the measured noise."""
         with refusals():
             lab.level(level)
-            return views.leaderboard(lab, limit, level)
+            return await in_thread(lambda: views.leaderboard(lab, limit, level))
 
     @mcp.tool(annotations=EDITS)
     def checkout(

@@ -500,3 +500,31 @@ def test_browser_shows_chart_leaderboard_and_opens_a_diff(live: LiveServer) -> N
             page.wait_for_url(f"**/experiments/{lab.leaderboard()[0]['id']}")
         finally:
             browser.close()
+
+
+def test_the_chart_draws_the_latest_points_and_every_best_step(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more finished experiments than the chart draws, it sends the latest ones at their
+    places in the whole record, every step of the running best before them, and counts all."""
+    from support import finished_run, lab_on_copy
+
+    import server.dashboard.data as dashboard_data
+
+    monkeypatch.setattr(dashboard_data, "CHART_POINTS", 3)
+    lab = lab_on_copy(tmp_path / "home", data_dir, budget_seconds=4, start_scheduler=False)
+    try:
+        base = lab.baseline_files["train.py"]
+        values = [2.0, 1.9, 2.1, 2.2, 1.95, 2.3, 2.05]
+        ids = [
+            finished_run(lab, "alice", f"idea {n}", files={"train.py": base + f"IDEA = {n}\n"},
+                         val_bpb=v, budget_kind=lab.settings.resolved_budget_kind())
+            for n, v in enumerate(values)
+        ]  # fmt: skip
+        chart = dashboard_data.chart_data(lab)
+    finally:
+        lab.close()
+    assert [p.id for p in chart.points] == [ids[0], ids[1], ids[4], ids[5], ids[6]]
+    assert [p.index for p in chart.points] == [0, 1, 4, 5, 6]
+    assert [b.id for b in chart.best] == [ids[0], ids[1]]
+    assert chart.title == "7 experiments, 0 improvements (the latest 3 drawn)"

@@ -34,6 +34,11 @@ PALETTE = (
 SERVER_COLOR = "#555555"  # the server's own baseline runs
 
 
+# The experiments the progress chart draws: the latest ones (a browser draws 3,000 dots at
+# ease; 100,000 made a 15 MB answer), and every step of the running best before them.
+CHART_POINTS = 3000
+
+
 class ChartPoint(BaseModel):
     """One finished experiment on the progress chart."""
 
@@ -142,27 +147,20 @@ def chart_json(lab: Lab) -> bytes:
 
 
 def chart_data(lab: Lab) -> ChartData:
-    """Every finished experiment in order, the running best, the agents' colours and the noise."""
+    """The finished experiments in order (the latest CHART_POINTS of them drawn, each at its
+    place in the whole record, with every step of the running best), the running best over
+    all of them, the agents' colours and the noise."""
     rows = lab.store.finished_for_chart()
+    first_drawn = max(0, len(rows) - CHART_POINTS)
     points: list[ChartPoint] = []
     best: list[BestStep] = []
     best_value: float | None = None
+    improvements = failures = 0
     for index, row in enumerate(rows):
         ok = row["status"] == "ok" and row["val_bpb"] is not None
         disqualified = bool(row["disqualified"])
-        points.append(
-            ChartPoint(
-                index=index,
-                id=row["id"],
-                agent=row["agent"],
-                kind=row["kind"] or "experiment",
-                status=row["status"],
-                val_bpb=row["val_bpb"] if ok else None,
-                verdict=row["verdict"],
-                description=row["description"] or "",
-                disqualified=disqualified,
-            )
-        )
+        improvements += row["verdict"] == "improved"
+        failures += not ok
         counts = (
             ok
             and not disqualified
@@ -170,14 +168,28 @@ def chart_data(lab: Lab) -> ChartData:
             and row["hardware"] == lab.hardware
             and row["budget_seconds"] == lab.budget_seconds
         )
-        if counts and (best_value is None or row["val_bpb"] < best_value):
+        steps_down = counts and (best_value is None or row["val_bpb"] < best_value)
+        if steps_down:
             best_value = row["val_bpb"]
             best.append(BestStep(index=index, id=row["id"], val_bpb=row["val_bpb"]))
+        if index >= first_drawn or steps_down:
+            points.append(
+                ChartPoint(
+                    index=index,
+                    id=row["id"],
+                    agent=row["agent"],
+                    kind=row["kind"] or "experiment",
+                    status=row["status"],
+                    val_bpb=row["val_bpb"] if ok else None,
+                    verdict=row["verdict"],
+                    description=row["description"] or "",
+                    disqualified=disqualified,
+                )
+            )
     colors = lab_agent_colors(lab)
-    improvements = sum(1 for p in points if p.verdict == "improved")
-    failures = sum(1 for p in points if p.val_bpb is None)
+    drawn = f" (the latest {CHART_POINTS:,} drawn)" if first_drawn else ""
     return ChartData(
-        title=f"{len(points)} experiments, {improvements} improvements",
+        title=f"{len(rows)} experiments, {improvements} improvements{drawn}",
         points=points,
         best=best,
         agents=[AgentColor(name=name, color=color) for name, color in colors.items()],
