@@ -449,8 +449,10 @@ def describe_change(files: Mapping[str, str], baseline: Mapping[str, str]) -> Ch
         assignments.extend(a)
     return Change(
         fingerprint=_digest("\0\0".join(fingerprint_parts), 32),
-        edits=frozenset(edits),
-        touched=frozenset(touched),
+        # Bounded like a recorded change (MAX_RECORDED): comparing two changes stays cheap, and
+        # a change is compared in the same form it is recorded in.
+        edits=frozenset(sorted(edits)[:MAX_RECORDED]),
+        touched=frozenset(sorted(touched)[:MAX_RECORDED]),
         assignments=tuple(sorted(assignments)),
         text_fallback=fallback,
     )
