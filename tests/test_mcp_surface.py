@@ -246,7 +246,10 @@ async def test_listeners_are_told_when_a_run_starts_and_finishes(training_lab: L
     async with Client(build_server(training_lab, default_agent="watcher"), mode="auto") as client:
         await client.call_tool(
             "write_file",
-            {"path": "train.py", "content": training_lab.baseline_files["train.py"] + "# w\n"},
+            {
+                "path": "train.py",
+                "content": training_lab.baseline_files["train.py"] + "WATCHED = 1\n",
+            },
         )
         queued = await client.call_tool("run_experiment", {"description": "watched", "wait": False})
         experiment_uri = f"experiment://{queued.structured_content['id']}"
