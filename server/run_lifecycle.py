@@ -335,14 +335,15 @@ class RunLifecycle:
         every = self.lab.settings.drift_check_every
         if not drift.drift_check_due(self.lab.store.finished_experiment_count(), every):
             return
-        board = [
-            e
-            for e in self.lab.leaderboard(limit=5)
-            if self.lab.experiment(e["id"])["kind"] == "experiment"
-        ]
-        if not board:
+        # The best experiment whose code is on record (a row imported without its code cannot
+        # be re-run: submitting None would run the server's own, nonexistent, workspace).
+        rows = (self.lab.experiment(e["id"]) for e in self.lab.leaderboard(limit=5))
+        best = next(
+            (r for r in rows if r["kind"] == "experiment" and isinstance(r.get("code"), dict)),
+            None,
+        )
+        if best is None:
             return
-        best = self.lab.experiment(board[0]["id"])
         self.lab.submit(
             SERVER_AGENT,
             f"drift check: re-run #{best['id']} with its seed {best['seed']}",
