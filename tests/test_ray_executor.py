@@ -308,7 +308,8 @@ async def _drive(
             # Bounded: all 4 experiments (and the retry) reach a final status.
             with anyio.fail_after(300):
                 while True:
-                    for eid in submitted:
+                    # Every running run (the retry too): a prewarmed evaluation lasts ~1 s.
+                    for eid in {*submitted, *lab.scheduler.running()}:
                         live = lab.scheduler.progress(eid)
                         if live:
                             phases.add(live.phase)
@@ -317,7 +318,7 @@ async def _drive(
                         r["status"] not in ("queued", "running") for r in rows
                     ):
                         break
-                    await anyio.sleep(0.5)
+                    await anyio.sleep(0.1)
             report["phases_seen"] = sorted(phases)
             deadline = time.monotonic() + 60
             while len(lab.scheduler.slots()) != 1 and time.monotonic() < deadline:
