@@ -5,7 +5,7 @@ one run against a noise threshold, a change that does nothing reads `improved` n
 and over hundreds of experiments those false wins pile up and become the parents of what
 follows. This bench replays campaigns through the REAL Lab (server.lab.Lab: the real store,
 scheduler, run lifecycle, leaderboard, baselines, drift checks and verdict code); only the
-executor that would jail and train is replaced. **The runs are simulated**: each run's val_bpb
+executor that would jail and train is replaced. **The runs are simulated**: each run's metric_value
 is drawn from N(true mean of its code, sd), with sd the seed-to-seed noise this machine
 measured by real baseline repeats (bench/results/trainer.json, or `--measure-baseline N`).
 
@@ -72,7 +72,7 @@ CANDIDATE = "candidate"  # the verdict of a run the server is still confirming (
 SIMULATED_CPU_SHARE = 0.95  # an idle machine's CPU share: no run is `contended`
 SIMULATED_EVAL_SECONDS = 2.6  # what a run waits for its evaluation (bench/results/README.md)
 SIMULATED_HEADER = (
-    "SIMULATED RUNS: every val_bpb below was drawn from N(true mean, sd) by bench/campaign.py; "
+    "SIMULATED RUNS: every metric_value below was drawn from N(true mean, sd) by bench/campaign.py; "
     "no model was trained. The Lab, its store, scheduler, baselines and verdict code are real."
 )
 
@@ -93,7 +93,7 @@ class MeasuredNoise:
 def noise_from_results(path: Path = NOISE_SOURCE) -> MeasuredNoise:
     """The seed-to-seed sd of the baseline from the newest real baseline repeats in bench/results."""
     data = json.loads(path.read_text())
-    values = [run["eval"]["val_bpb"] for run in data["runs"][NOISE_SOURCE_RUNS]]
+    values = [run["eval"]["metric_value"] for run in data["runs"][NOISE_SOURCE_RUNS]]
     return MeasuredNoise(
         sd=statistics.stdev(values),
         mean=statistics.fmean(values),
@@ -117,9 +117,9 @@ def measure_baseline_noise(data_dir: Path, repeats: int, budget_seconds: float) 
             result = runner.run(
                 target.baseline_files(), RunSettings(budget_seconds=budget_seconds, seed=seed)
             )
-            if result.status == "ok" and result.val_bpb is not None:
-                values.append(result.val_bpb)
-            print(f"  baseline seed {seed}: {result.status} {result.val_bpb}", flush=True)
+            if result.status == "ok" and result.metric_value is not None:
+                values.append(result.metric_value)
+            print(f"  baseline seed {seed}: {result.status} {result.metric_value}", flush=True)
     if len(values) < 2:
         raise SystemExit("fewer than two baseline runs succeeded: cannot measure the noise")
     return MeasuredNoise(
@@ -135,7 +135,7 @@ def measure_baseline_noise(data_dir: Path, repeats: int, budget_seconds: float) 
 
 
 class GroundTruth:
-    """The true mean val_bpb of every piece of code the campaign wrote, by code hash.
+    """The true mean metric_value of every piece of code the campaign wrote, by code hash.
 
     Keyed by the code (not the experiment id) so that every run of the same code draws from
     the same mean, whoever queued it: the agent's experiment, its confirmations, the server's
@@ -184,7 +184,7 @@ class SeededNoise:
 
 class SimulatedExecutor:
     """Stands in for the jail and the training (server.scheduler.Executor): returns at once an
-    `ok` RunResult whose val_bpb is drawn from the true mean of the job's code plus noise.
+    `ok` RunResult whose metric_value is drawn from the true mean of the job's code plus noise.
 
     Everything else is what an honest run on an idle machine reports: the budget used, an
     evaluation's seconds, CPU share 0.95 (never `contended`), never over budget, the hashes
@@ -224,7 +224,7 @@ class SimulatedExecutor:
         train = budget * 0.97
         return RunResult(
             status="ok",
-            val_bpb=val,
+            metric_value=val,
             metrics={"simulated": True},
             phase="done",
             train_seconds=train,
@@ -432,7 +432,7 @@ def survived_confirmation(lab: Lab, row: Mapping[str, Any], server_confirms: boo
     confirmation runs turns a row `improved`: the final verdict says it. Under the one-run rule
     the verdict never changes after confirmation, so: `improved`, at least two successful
     confirmation runs, and the mean over the run and its confirmations (Lab.confirmation_stats)
-    still beats the incumbent the verdict compared with (val_bpb + delta_best) by more than the
+    still beats the incumbent the verdict compared with (metric_value + delta_best) by more than the
     threshold the verdict used (noise_k x the baseline's sd).
     """
     from server.record import IMPROVED
@@ -444,9 +444,9 @@ def survived_confirmation(lab: Lab, row: Mapping[str, Any], server_confirms: boo
     stats = lab.confirmation_stats(row["id"])
     if not stats or len(stats["run_ids"]) < 2:
         return False
-    if row.get("val_bpb") is None or row.get("delta_best") is None:
+    if row.get("metric_value") is None or row.get("delta_best") is None:
         return False
-    reference = row["val_bpb"] + row["delta_best"]
+    reference = row["metric_value"] + row["delta_best"]
     threshold = lab.settings.noise_k * lab.noise(row.get("scale") or "S").sd
     return bool(reference - stats["mean"] > threshold)
 
@@ -824,7 +824,7 @@ def real_campaign(
         def progress(number: int, experiment_id: int) -> None:
             row = lab.experiment(experiment_id)
             print(
-                f"  null {number}/{nulls}: #{experiment_id} {row['status']} val_bpb {row['val_bpb']} "
+                f"  null {number}/{nulls}: #{experiment_id} {row['status']} metric_value {row['metric_value']} "
                 f"verdict {row['verdict']} cpu share {row.get('cpu_share')}",
                 flush=True,
             )
@@ -846,7 +846,7 @@ def real_campaign(
         all_rows = lab.store.list_experiments(order="oldest", limit=10_000)
     finally:
         lab.close()
-    null_values = [r["val_bpb"] for r in rows if r["status"] == "ok" and r["val_bpb"] is not None]
+    null_values = [r["metric_value"] for r in rows if r["status"] == "ok" and r["metric_value"] is not None]
     return {
         "home": str(home),
         "budget_seconds": budget_seconds,
@@ -857,12 +857,12 @@ def real_campaign(
         "lab_sd": noise.sd,
         "lab_baseline_mean": noise.mean,
         "threshold": lab.settings.noise_k * noise.sd,
-        "baseline_values": [r["val_bpb"] for r in baseline_rows],
+        "baseline_values": [r["metric_value"] for r in baseline_rows],
         "null_values": null_values,
         "rows": [
             {
                 key: r.get(key)
-                for key in ("id", "kind", "seed", "status", "val_bpb", "verdict", "cpu_share")
+                for key in ("id", "kind", "seed", "status", "metric_value", "verdict", "cpu_share")
             }
             | {"note": (r.get("metrics") or {}).get("verdict_note")}
             for r in all_rows

@@ -64,7 +64,7 @@ IDEAS = (
 def add_experiments(lab: Lab, count: int, rng: random.Random) -> None:
     """`count` finished experiments, round-robin over three agents, slowly improving."""
     best = lab.store.db.execute(
-        "SELECT MIN(val_bpb) FROM experiments WHERE status = 'ok'"
+        "SELECT MIN(metric_value) FROM experiments WHERE status = 'ok'"
     ).fetchone()[0]
     best = best if best is not None else 1.0
     for n in range(count):
@@ -98,7 +98,7 @@ def add_experiments(lab: Lab, count: int, rng: random.Random) -> None:
         )
         lab.store.update_experiment(
             experiment_id,
-            val_bpb=value,
+            metric_value=value,
             verdict=verdict,
             train_seconds=300.0,
             eval_seconds=20.0,

@@ -4,7 +4,7 @@ The baseline train.py runs through the real runner (bubblewrap where it works), 
 with the evaluator started cold after training and prewarmed beside it
 (`RunSettings.prewarm_evaluator`). For each: eval seconds (end of training to the score, what
 the run waits for), the evaluator's own split (load, score, probes; warm-up for prewarmed
-runs), and the training's tokens/s and val_bpb, to show whether the warm-up beside training
+runs), and the training's tokens/s and metric_value, to show whether the warm-up beside training
 costs the training anything. Goal: evaluation at most 5% of the default budget (60 s on CPU,
 300 s on CUDA). Not a test.
 
@@ -65,7 +65,7 @@ def main() -> None:
                 rows[mode].append(
                     {
                         "eval_seconds": result.eval_seconds,
-                        "val_bpb": result.val_bpb,
+                        "metric_value": result.metric_value,
                         "tokens_per_second": summary.get("tokens_per_second"),
                         "isolation": result.isolation,
                         **{
@@ -93,14 +93,14 @@ def main() -> None:
     )
     print(
         f"{'evaluator':<10} {'eval s':>7} {'warm-up':>8} {'load':>6} {'score':>6} {'probes':>7} "
-        f"{'% of ' + format(default, 'g') + ' s':>9} {'tokens/s':>9} {'val_bpb':>8}"
+        f"{'% of ' + format(default, 'g') + ' s':>9} {'tokens/s':>9} {'metric_value':>8}"
     )
     for mode in rows:
         print(
             f"{mode:<10} {med(mode, 'eval_seconds'):>7.2f} {med(mode, 'warmup_seconds'):>8.2f} "
             f"{med(mode, 'load_seconds'):>6.2f} {med(mode, 'score_seconds'):>6.2f} "
             f"{med(mode, 'probe_seconds'):>7.2f} {100 * med(mode, 'eval_seconds') / default:>8.1f}% "
-            f"{med(mode, 'tokens_per_second'):>9.0f} {med(mode, 'val_bpb'):>8.4f}"
+            f"{med(mode, 'tokens_per_second'):>9.0f} {med(mode, 'metric_value'):>8.4f}"
         )
     share = 100 * med("prewarmed", "eval_seconds") / default
     print(

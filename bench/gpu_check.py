@@ -7,7 +7,7 @@ context 2048, 2^19 tokens a step, torch.compile, bf16, flash attention, Muon + A
   - MFU as nanochat counts it: flops_per_token x tokens/s / the card's dense bf16 peak, with
     flops_per_token = 6 x (parameters - embedding) + 12 x depth x width x context (train.py
     prints it),
-  - val_bpb from the trusted evaluator, evaluation seconds and their share of the budget,
+  - metric_value from the trusted evaluator, evaluation seconds and their share of the budget,
   - compile seconds (inside the budget) and start-up seconds (outside it: the runner's clock
     starts once the warm training process has imported torch and made its CUDA context),
   - experiments per hour at this budget (3600 / the run's total seconds, one GPU, one at a time),
@@ -19,7 +19,7 @@ The baseline runs through the real runner (jail with the GPU bound, the runner's
 trusted evaluator prewarmed beside training) when sandbox/ imports and isolation works here;
 --direct (or a failed import) trains and evaluates as plain subprocesses instead. It needs
 torch, numpy and a prepared data directory (`autoresearch-mcp prepare`, or a copy of one; the
-default corpus is 2.8M train tokens: a 300 s run repeats it many times, so val_bpb there says
+default corpus is 2.8M train tokens: a 300 s run repeats it many times, so metric_value there says
 little about scale, tokens/s and MFU do not depend on it).
 
 Device time: about budget + reference budget + ~60 s (start-up, compilation, evaluation):
@@ -169,7 +169,7 @@ def baseline_through_runner(
         "path": "runner",
         "status": result.status,
         "failure": result.failure_reason,
-        "val_bpb": result.val_bpb,
+        "metric_value": result.metric_value,
         "summary": summary_of(result.log_tail),
         "train_seconds": round(result.train_seconds, 2),
         "eval_seconds": round(result.eval_seconds, 2),
@@ -214,7 +214,7 @@ def baseline_direct(
         **row,
         "status": report.get("status"),
         "failure": report.get("reason"),
-        "val_bpb": report.get("val_bpb"),
+        "metric_value": report.get("val_bpb"),
         "eval_seconds": round(eval_wall, 2),
         "total_seconds": round(train_wall + eval_wall, 2),
         "over_budget_seconds": round(max(train_wall - budget, 0.0), 2),
@@ -285,7 +285,7 @@ def markdown(report: dict) -> str:
         f"{num(base.get('startup_seconds'), '.1f')} | |",
         f"| steps | {num(base.get('steps'))} | {num(ref.get('steps'))} |",
         f"| peak memory MB | {num(base.get('peak_memory_mb'))} | {num(ref.get('peak_memory_mb'))} |",
-        f"| val_bpb | {num(base.get('val_bpb'), '.4f')} | (not scored) |",
+        f"| metric_value | {num(base.get('metric_value'), '.4f')} | (not scored) |",
         f"| evaluation seconds (share of the budget) | {num(base.get('eval_seconds'), '.2f')} "
         f"({pct(base.get('eval_share_of_budget'))}) | |",
         f"| run total seconds; experiments/hour | {num(base.get('total_seconds'), '.1f')}; "

@@ -81,7 +81,7 @@ def main() -> None:
         )
         (row,) = wait(lab, [experiment_id])
         print(
-            f"S: #{experiment_id} {description}: val_bpb {row['val_bpb']:.4f}, verdict {row['verdict']}"
+            f"S: #{experiment_id} {description}: metric_value {row['metric_value']:.4f}, verdict {row['verdict']}"
         )
         wait(lab, lab.confirm("researcher", experiment_id, 1))
         stats = lab.confirmation_stats(experiment_id)
@@ -97,7 +97,7 @@ def main() -> None:
         bases = [lab.experiment(i) for i in done["baseline_ids"]]
         print(
             f"M ({args.m_factor:g}x budget = {lab.level_budget('M'):g} CPU s, model scale {args.m_model}): "
-            f"runs {[round(r['val_bpb'], 4) for r in runs]} vs baseline {[round(b['val_bpb'], 4) for b in bases]} "
+            f"runs {[round(r['metric_value'], 4) for r in runs]} vs baseline {[round(b['metric_value'], 4) for b in bases]} "
             f"(paired seeds {done['seeds']})"
         )
         print(f"transfer: {done['verdict']}: {done['note']}")

@@ -1,7 +1,7 @@
-"""Benchmark: how noisy is val_bpb, and does a CPU-time budget survive a busy machine?
+"""Benchmark: how noisy is metric_value, and does a CPU-time budget survive a busy machine?
 
 Four cells, the baseline N times each with one fixed seed: {wall-clock budget, CPU-time
-budget} x {idle, beside competing busy processes}; prints the sd of val_bpb per cell, the
+budget} x {idle, beside competing busy processes}; prints the sd of metric_value per cell, the
 CPU share, and (reference) the seed-to-seed sd on an idle machine. Not a test.
 
     python bench/noise.py [--budget 30] [--repeats 5] [--competitors 1]
@@ -68,8 +68,8 @@ def cell(
     finally:
         for p in procs:
             p.kill()
-    ok = [r for r in results if r.status == "ok" and r.val_bpb is not None]
-    values = [r.val_bpb for r in ok]
+    ok = [r for r in results if r.status == "ok" and r.metric_value is not None]
+    values = [r.metric_value for r in ok]
     return {
         "values": values,
         "failed": [r.failure_reason for r in results if r.status != "ok"],
@@ -105,7 +105,7 @@ def compare_starts(runner: ExperimentRunner, files: dict, args: argparse.Namespa
                 runner, files, "wall", args.budget, seeds, 0, args.device, warm
             )
     print(
-        f"\nval_bpb of the baseline on {args.device}, wall budget {args.budget:g} s, {args.repeats} runs per row"
+        f"\nmetric_value of the baseline on {args.device}, wall budget {args.budget:g} s, {args.repeats} runs per row"
     )
     print(f"{'start':<6} {'seeds':<11} {'mean':>8} {'sd':>8} {'max-min':>8}  steps; start-up s")
     for (start, label), c in rows.items():
@@ -154,7 +154,7 @@ def main() -> None:
                 runner, files, "wall", args.budget, [args.seed + n for n in range(args.repeats)], 0
             )
     print(
-        f"\nval_bpb of the baseline, budget {args.budget:g} s, {args.repeats} runs per cell, "
+        f"\nmetric_value of the baseline, budget {args.budget:g} s, {args.repeats} runs per cell, "
         f"{args.competitors} competing busy process(es) when busy"
     )
     print(

@@ -9,7 +9,7 @@ same space, the same rounding). Both search the same parameters, on the lab's on
 for every run (the server's seed policy), with runs interleaved and the first of each pair
 alternating (suggest 1, random 1, random 2, suggest 2, ...) so that a change in the machine's
 load falls on both. One extra run of the
-unchanged baseline (its own lab) is the reference. Prints best val_bpb after k runs, side by
+unchanged baseline (its own lab) is the reference. Prints best metric_value after k runs, side by
 side, and writes bench/results/suggest.md (and .json).
 
     python bench/suggest.py [--runs 8] [--budget 10] [--parameters MATRIX_LR EMBED_LR ...]
@@ -115,7 +115,7 @@ class Arm:
             "sampler": suggestion.sampler,
             "suggest_seconds": round(suggest_seconds, 3),
             "status": row["status"],
-            "val_bpb": row.get("val_bpb"),
+            "metric_value": row.get("metric_value"),
             "train_seconds": row.get("train_seconds"),
             "total_seconds": row.get("total_seconds"),
         }
@@ -123,11 +123,11 @@ class Arm:
         return run
 
     def best_after(self) -> list[float | None]:
-        """The best val_bpb after each run (None until a run succeeds)."""
+        """The best metric_value after each run (None until a run succeeds)."""
         best, out = math.inf, []
         for run in self.runs:
-            if run["status"] == "ok" and run["val_bpb"] is not None:
-                best = min(best, run["val_bpb"])
+            if run["status"] == "ok" and run["metric_value"] is not None:
+                best = min(best, run["metric_value"])
             out.append(None if best == math.inf else best)
         return out
 
@@ -146,7 +146,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# `suggest` against random search (bench/suggest.py)",
         "",
-        "REAL RUNS: every val_bpb below is a real training run of trainer/train.py through the",
+        "REAL RUNS: every metric_value below is a real training run of trainer/train.py through the",
         "real Lab (store, scheduler, jail, trusted evaluator), on this machine's CPU.",
         "",
         "## Conditions",
@@ -163,11 +163,11 @@ def markdown(result: dict[str, Any]) -> str:
         "- every run counts (no `contended` exclusion: CPU-time budget, interleaved arms)",
         "- suggest arm: sampler `auto` (TPE with 4 random start-up trials, constant liar; "
         "CMA-ES from 12 completed trials); random arm: sampler `random`, same space and rounding",
-        f"- baseline (unchanged train.py, one run): val_bpb {fmt(result['baseline_val_bpb'])}",
+        f"- baseline (unchanged train.py, one run): metric_value {fmt(result['baseline_metric_value'])}",
         f"- machine: {result['machine']}; started {result['started']}, "
         f"{result['seconds']:.0f} s in all",
         "",
-        "## Best val_bpb after k runs (lower is better)",
+        "## Best metric_value after k runs (lower is better)",
         "",
         "| k | suggest | random |",
         "|---|---|---|",
@@ -176,25 +176,25 @@ def markdown(result: dict[str, Any]) -> str:
         zip(arms["suggest"]["best_after"], arms["random"]["best_after"], strict=True), 1
     ):
         lines.append(f"| {k} | {fmt(a)} | {fmt(b)} |")
-    lines += ["", "## Every run", "", "| arm | k | sampler | status | val_bpb | values |"]
+    lines += ["", "## Every run", "", "| arm | k | sampler | status | metric_value | values |"]
     lines.append("|---|---|---|---|---|---|")
     for name in ("suggest", "random"):
         for run in arms[name]["runs"]:
             values = ", ".join(f"{k}={v}" for k, v in run["values"].items())
             lines.append(
                 f"| {name} | {run['run']} | {run['sampler']} | {run['status']} | "
-                f"{fmt(run['val_bpb'])} | {values} |"
+                f"{fmt(run['metric_value'])} | {values} |"
             )
     same = [
         (a, b)
         for a, b in zip(arms["suggest"]["runs"], arms["random"]["runs"], strict=True)
-        if a["values"] == b["values"] and a["val_bpb"] is not None and b["val_bpb"] is not None
+        if a["values"] == b["values"] and a["metric_value"] is not None and b["metric_value"] is not None
     ]
     if same:
         gaps = ", ".join(
-            f"k={a['run']}: {abs(a['val_bpb'] - b['val_bpb']):.4f} "
+            f"k={a['run']}: {abs(a['metric_value'] - b['metric_value']):.4f} "
             f"({'order unknown' if 'ran_first' not in a else first_of(a)}, "
-            f"{'suggest' if a['val_bpb'] > b['val_bpb'] else 'random'} worse)"
+            f"{'suggest' if a['metric_value'] > b['metric_value'] else 'random'} worse)"
             for a, b in same
         )
         lines += [
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for lab in labs.values():
             lab.scheduler.start()
         baseline = run_and_wait(labs["baseline"], "the unchanged baseline")
-        print(f"baseline: {baseline['status']} val_bpb {fmt(baseline.get('val_bpb'))}", flush=True)
+        print(f"baseline: {baseline['status']} metric_value {fmt(baseline.get('metric_value'))}", flush=True)
         arms = {
             "suggest": Arm("suggest", "auto", labs["suggest"], args.parameters),
             "random": Arm("random", "random", labs["random"], args.parameters),
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run = arm.step(number)
                 print(
                     f"{arm.name} {number}/{args.runs}: #{run['experiment_id']} {run['status']} "
-                    f"val_bpb {fmt(run['val_bpb'])} best {fmt(arm.best_after()[-1])} "
+                    f"metric_value {fmt(run['metric_value'])} best {fmt(arm.best_after()[-1])} "
                     f"({run['sampler']}, suggest {run['suggest_seconds']} s) {run['values']}",
                     flush=True,
                 )
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval_windows": args.eval_windows,
         "parameters": args.parameters,
         "space": space,
-        "baseline_val_bpb": baseline.get("val_bpb"),
+        "baseline_metric_value": baseline.get("metric_value"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "started": started_wall,
         "seconds": time.monotonic() - started,

@@ -8,7 +8,7 @@ through the real HTTP app (build_app under uvicorn, a bearer token, streamable H
 reference in the same run is an uncached prompts/list, the transport's own floor (2026
 connections have no ping). Prints p50/p95 next to the goals; not a pass/fail test.
 
-Synthetic experiments are inserted straight into the store (finished, with val_bpb,
+Synthetic experiments are inserted straight into the store (finished, with metric_value,
 descriptions and diffs); nothing trains.
 
 Run: `.venv/bin/python bench/tools.py [--iterations 60] [--rows 100,10000] [--data-dir DIR]`
@@ -83,7 +83,7 @@ def fill(lab: Lab, rows: int, seed: int = 0) -> None:
                 kind="experiment",
                 status="ok" if ok else "crash",
                 description=rng.choice(IDEAS).format(x=rng.randint(1, 9)),
-                val_bpb=round(rng.uniform(1.6, 2.2), 4) if ok else None,
+                metric_value=round(rng.uniform(1.6, 2.2), 4) if ok else None,
                 verdict=rng.choice(["improved", "within_noise", "worse"]) if ok else "failed",
                 code=files,
                 code_hash=hash_files({"train.py": files["train.py"].encode()}),

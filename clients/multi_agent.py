@@ -73,8 +73,8 @@ def wait_until_up(url: str, process: subprocess.Popen[Any] | None, timeout: floa
 def summary_line(name: str, results: list[dict[str, Any]], error: str | None) -> str:
     if error:
         return f"{name}: FAILED: {error}"
-    ok = [r for r in results if r["status"] == "ok" and r.get("val_bpb") is not None]
-    best = min(ok, key=lambda r: r["val_bpb"]) if ok else None
+    ok = [r for r in results if r["status"] == "ok" and r.get("metric_value") is not None]
+    best = min(ok, key=lambda r: r["metric_value"]) if ok else None
     verdicts: dict[str, int] = {}
     for r in results:
         verdicts[r.get("verdict") or r["status"]] = (
@@ -82,7 +82,7 @@ def summary_line(name: str, results: list[dict[str, Any]], error: str | None) ->
         )
     return (
         f"{name}: {len(results)} experiment(s), {len(ok)} ok"
-        + (f", best #{best['id']} val_bpb {best['val_bpb']:.4f} ({best['change']})" if best else "")
+        + (f", best #{best['id']} metric_value {best['metric_value']:.4f} ({best['change']})" if best else "")
         + f", verdicts {verdicts}"
     )
 

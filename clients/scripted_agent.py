@@ -169,7 +169,7 @@ async def run_agent(
 ) -> list[dict[str, Any]]:
     """Run `n` random-search experiments through an entered `Client`; one dict per experiment.
 
-    Each dict has id, change, status, val_bpb, verdict, train_seconds, reused_from, final and
+    Each dict has id, change, status, metric_value, verdict, train_seconds, reused_from, final and
     the checkout made afterwards (or None).
     """
     rng = random.Random(seed)
@@ -199,7 +199,7 @@ async def run_agent(
             "id": row["id"],
             "change": change,
             "status": row["status"],
-            "val_bpb": row.get("val_bpb"),
+            "metric_value": row.get("metric_value"),
             "verdict": row.get("verdict"),
             "train_seconds": row.get("train_seconds"),
             "reused_from": row.get("reused_from"),
@@ -209,7 +209,7 @@ async def run_agent(
         results.append(record)
         log(
             f"experiment {number}/{n}: #{row['id']} {change}: status {row['status']}, "
-            f"val_bpb {_figure(row.get('val_bpb'))}, verdict {row.get('verdict') or '-'}"
+            f"metric_value {_figure(row.get('metric_value'))}, verdict {row.get('verdict') or '-'}"
             + (f", reused #{row['reused_from']}" if row.get("reused_from") else "")
             + (f"; checked out {went_back}" if went_back else "")
         )
@@ -222,12 +222,12 @@ async def history_summary(client: Client, log: Log = print, limit: int = 20) -> 
     log(f"history: {history['total']} experiment(s) of this agent")
     for row in history["rows"]:
         log(
-            f"  #{row['id']} {row['status']:<14} val_bpb {_figure(row.get('val_bpb')):>7}  "
+            f"  #{row['id']} {row['status']:<14} metric_value {_figure(row.get('metric_value')):>7}  "
             f"{row.get('verdict') or '-':<13} {row['description']}"
         )
     for entry in history.get("leaderboard", [])[:3]:
         log(
-            f"  leaderboard {entry['rank']}: #{entry['id']} {entry['agent']} val_bpb {entry['val_bpb']:.4f}"
+            f"  leaderboard {entry['rank']}: #{entry['id']} {entry['agent']} metric_value {entry['metric_value']:.4f}"
         )
     return history
 

@@ -3,14 +3,14 @@ then the trusted evaluator in a second jail, and a result object.
 
 The runner owns the clock: it measures the budget from outside (wall-clock seconds, or CPU
 seconds of the process tree), sends SIGTERM at budget + grace and SIGKILL a few seconds
-later. Training sees the train split and the tokenizer only; the evaluator sees the
-artifact, the val split and the tokenizer, and can write nothing. Everything target-specific
+later. Training sees the target's train_data folders only; the evaluator sees the artifact
+and the eval_data folders, and can write nothing. Everything target-specific
 comes from the `ResearchTarget` description.
 
 The sealed holdout. Only for a run the server asks to (`RunSettings.score_holdout`), the
 evaluator's jail also mounts the holdout split (`ResearchTarget.holdout_data`) and the
 evaluator, told so by its command line (nothing the artifact controls), scores it in the same
-trusted process after val. The figure comes back on `RunResult.holdout_bpb` at full precision
+trusted process after val. The figure comes back on `RunResult.holdout_value` at full precision
 and nowhere else: not in `metrics`, the log tail, the failure reason or the status, which all
 come from val alone. Training never mounts it; a normal evaluation does not either.
 
@@ -58,10 +58,10 @@ KILL_GRACE_SECONDS = 3.0
 GIB = 1024**3
 #: The evaluator's report is one JSON line on its own pipe; anything longer is rejected.
 REPORT_MAX_BYTES = 64 * 1024
-#: What the lab publishes of the evaluator's report (nothing else of it is kept): val_bpb to
-#: 4 decimals (the sd between seeds is ~0.02 on a CPU, ~0.002 on a GPU), timings to 0.01 s,
-#: counts as integers. Finer figures would carry bits of the val data back to the agent.
-VAL_BPB_DECIMALS = 4
+#: What the lab publishes of the evaluator's report (nothing else of it is kept): the metric
+#: at the target's metric_decimals (trainer/'s: 4; the sd between seeds is ~0.02 on a
+#: CPU, ~0.002 on a GPU), timings to 0.01 s, counts as integers. Finer figures would carry bits
+#: of the hidden split back to the agent.
 PUBLISHED_SECONDS = (
     "load_seconds",
     "score_seconds",
@@ -69,7 +69,6 @@ PUBLISHED_SECONDS = (
     "total_seconds",
     "warmup_seconds",
 )
-PUBLISHED_COUNTS = ("windows", "context", "vocab_size")
 PUBLISHED_PROBE_COUNTS = ("probes", "cuts", "passes")
 #: Seconds between two measurements of a run directory's size (more if a walk takes long).
 DISK_POLL_SECONDS = 1.0
@@ -108,7 +107,7 @@ class RunSettings:
     # per file by RLIMIT_FSIZE); more stops the run as a crash. None: no quota.
     disk_quota_bytes: int | None = 2 * GIB
     # Also score the sealed holdout (leaderboard entries only): its jail mounts the holdout and
-    # the result carries holdout_bpb, for the server's own table; never shown to the agent.
+    # the result carries holdout_value, for the server's own table; never shown to the agent.
     score_holdout: bool = False
     # Start the clock on a warmed training process (sandbox/warm_start.py) where the target
     # names warm_imports. Off: the process starts cold, its start-up inside the budget (for
@@ -145,7 +144,7 @@ class RunResult:
     """Everything the runner measured; the server stores all of it."""
 
     status: RunStatus
-    val_bpb: float | None = None
+    metric_value: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     failure_reason: str | None = None
     phase: str = "train"  # where it ended: setup | train | evaluate | done
@@ -179,15 +178,18 @@ class RunResult:
     # The share of the run's threads that were ready to run but waited for a CPU (0..1), from
     # the threads' states sampled in /proc; None where they could not be sampled.
     cpu_wait_share: float | None = None
-    # SEALED: the holdout's bits per byte at full precision, only for a run with
+    # SEALED: the holdout's metric at full precision, only for a run with
     # settings.score_holdout whose val scoring passed; for the server's own table, never for
     # the agent (no metrics, log or reason carries it). holdout_windows: how many it scored.
-    holdout_bpb: float | None = None
-    # SEALED like holdout_bpb: val_bpb at full precision (agents get 4 decimals). The server keeps
+    holdout_value: float | None = None
+    # SEALED like holdout_value: the metric at full precision (agents get metric_decimals). The server keeps
     # it to see runs at different seeds agree to the last bit (code that ignores the seed).
-    val_bpb_exact: float | None = None
+    metric_exact: float | None = None
+    # SEALED too: the target's tie-break figure at full precision (a continuous companion of a
+    # discrete metric, for the same seed check).
+    tie_break_exact: float | None = None
     holdout_windows: int | None = None
-    # Why holdout_bpb is None for a run that asked for it (operator text, e.g. "not available:
+    # Why holdout_value is None for a run that asked for it (operator text, e.g. "not available:
     # ... re-run prepare"); None when it was scored or not asked for. Sealed like the figure.
     holdout_note: str | None = None
 
@@ -279,15 +281,15 @@ class ExperimentRunner:
 
         The holdout's files must be the ones prepare's manifest listed when the runner started:
         a folder prepared before the holdout existed has none, and a file changed since is not
-        trusted. Either way the run itself goes ahead on val; only holdout_bpb stays None.
+        trusted. Either way the run itself goes ahead on val; only holdout_value stays None.
         """
         if not self.target.holdout_data:
             return "not available: the research target declares no holdout data (holdout_data)"
         if not self.expected_holdout_hashes:
             return (
                 f"not available: the data in {self.data_dir} was prepared without a holdout "
-                "split; re-run `autoresearch-mcp prepare` (it adds one and keeps val and the "
-                "tokenizer as they are) and restart the server"
+                "split; re-run `autoresearch-mcp prepare` (it adds one and keeps the "
+                "eval data as they are) and restart the server"
             )
         changed = [
             name
@@ -372,7 +374,7 @@ class ExperimentRunner:
         finally:
             if evaluator is not None:
                 evaluator.end()  # training failed or was cancelled: nothing to score
-            if holdout and result.holdout_bpb is None and result.holdout_note is None:
+            if holdout and result.holdout_value is None and result.holdout_note is None:
                 result.holdout_note = (
                     f"not scored: the run ended {result.status} in its {result.phase} phase"
                 )
@@ -788,14 +790,8 @@ class ExperimentRunner:
         # because only the evaluator holds the report channel, never because of these values.
         reported = report.get("hashes")
         reported = reported if isinstance(reported, dict) else {}
-        expected = {"evaluator": self.expected_hashes["evaluator"]}
-        for key, name in (
-            ("val", "val/tokens.bin"),
-            ("tokenizer", "tokenizer/tokenizer.tiktoken"),
-            ("token_bytes", "tokenizer/token_bytes.bin"),
-        ):
-            if name in self.expected_hashes:
-                expected[key] = self.expected_hashes[name]
+        # Keys: "evaluator" and each eval-side data file by its path in the data folder.
+        expected = dict(self.expected_hashes)
         mismatched = [k for k, v in expected.items() if reported.get(k) != v]
         if mismatched:
             result.status = "integrity_fail"
@@ -806,16 +802,17 @@ class ExperimentRunner:
         reason = report.get("reason")
         reason = reason[:2000] if isinstance(reason, str) and reason else None
         if status == "ok":
-            if _finite(report.get("val_bpb")) is None:
+            metric = self.target.metric
+            if _finite(report.get(metric)) is None:
                 result.status = "crash"
-                result.failure_reason = (
-                    "the evaluator reported status ok without a finite val_bpb; the run is rejected"
-                )
+                result.failure_reason = f"the evaluator reported status ok without a finite {metric}; the run is rejected"
                 return
-            result.metrics = published_metrics(report)
+            result.metrics = published_metrics(report, self.target)
             result.status, result.phase = "ok", "done"
-            result.val_bpb = result.metrics["val_bpb"]
-            result.val_bpb_exact = float(report["val_bpb"])
+            result.metric_value = result.metrics[metric]
+            result.metric_exact = float(report[metric])
+            if self.target.tie_break is not None:
+                result.tie_break_exact = _finite(report.get(self.target.tie_break[0]))
             if holdout:
                 self._accept_holdout(report, reported, result)
         elif status == "integrity_fail":
@@ -833,23 +830,25 @@ class ExperimentRunner:
     def _accept_holdout(
         self, report: dict[str, Any], reported_hashes: dict[str, Any], result: RunResult
     ) -> None:
-        """Keep the sealed holdout figure on ``result`` (holdout_bpb, full precision), or say why not.
+        """Keep the sealed holdout figure on ``result`` (holdout_value, full precision), or say why not.
 
         The holdout never changes the run's status or anything the agent reads: a missing or
         failed entry, or a holdout file other than the one the server trusts, leaves
-        holdout_bpb None and holdout_note set (for the operator).
+        holdout_value None and holdout_note set (for the operator).
         """
-        expected = self.expected_holdout_hashes.get("holdout/tokens.bin")
-        if expected is None or reported_hashes.get("holdout") != expected:
+        expected = self.expected_holdout_hashes
+        if not expected or any(reported_hashes.get(name) != d for name, d in expected.items()):
             result.holdout_note = "the evaluator read a different holdout than the server trusts"
             return
         entry = report.get("holdout")
         if not isinstance(entry, dict):
             result.holdout_note = "the evaluator sent no holdout entry"
             return
-        bpb, windows = _finite(entry.get("bpb")), _finite(entry.get("windows"))
-        if entry.get("status") == "ok" and bpb is not None and windows is not None:
-            result.holdout_bpb, result.holdout_windows = bpb, int(windows)
+        value = _finite(entry.get("value"))
+        if entry.get("status") == "ok" and value is not None:
+            result.holdout_value = value
+            scored = _finite(entry.get("examples", entry.get("windows")))
+            result.holdout_windows = int(scored) if scored is not None else None
             return
         reason = entry.get("reason")
         reason = reason[:400] if isinstance(reason, str) else "no reason given"
@@ -951,26 +950,36 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number the report may carry")
 
 
-def published_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """The whitelist of the report the lab stores and shows: rounded figures, counts, nothing else."""
-    metrics: dict[str, Any] = {"val_bpb": round(float(report["val_bpb"]), VAL_BPB_DECIMALS)}
+def published_metrics(report: dict[str, Any], target: ResearchTarget) -> dict[str, Any]:
+    """The whitelist of the report the lab stores and shows: rounded figures, counts, nothing else.
+
+    The metric and its tie-break at the target's decimals, the timings, the counts the target
+    declares (published_counts), and the probe counts.
+    """
+    metrics: dict[str, Any] = {target.metric: target.round(report[target.metric])}
+    if target.tie_break is not None:
+        second = _finite(report.get(target.tie_break[0]))
+        if second is not None:
+            metrics[target.tie_break[0]] = target.round(second)
     for key in PUBLISHED_SECONDS:
         seconds = _finite(report.get(key))
         if seconds is not None:
             metrics[key] = round(seconds, 2)
-    for key in PUBLISHED_COUNTS:
+    for key in target.published_counts:
         count = _finite(report.get(key))
         if count is not None:
             metrics[key] = int(count)
-    probe = report.get("causality")
-    if isinstance(probe, dict):
+    for probe_key in ("causality", "probes"):
+        probe = report.get(probe_key)
+        if not isinstance(probe, dict):
+            continue
         counts = {
             key: int(count)
             for key in PUBLISHED_PROBE_COUNTS
             if (count := _finite(probe.get(key))) is not None
         }
         if counts:
-            metrics["causality"] = counts
+            metrics[probe_key] = counts
     return metrics
 
 

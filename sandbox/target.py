@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ DEFAULT_TARGET_FILE = Path(__file__).resolve().parent.parent / "trainer" / "targ
 
 @dataclass(frozen=True)
 class ResearchTarget:
-    """What the runner needs to know about a research target, and nothing GPT-specific."""
+    """What the runner needs to know about a research target, and nothing specific to one."""
 
     name: str
     target_dir: Path
@@ -38,6 +39,29 @@ class ResearchTarget:
     warm_imports: tuple[str, ...] = ()
     # Evaluation context per device kind where it differs from eval_context ({"cuda": 2048}).
     eval_context_by_device: tuple[tuple[str, int], ...] = ()
+    # Decimals of the metric agents see (finer figures would carry bits of the hidden split back).
+    metric_decimals: int = 4
+    # The trusted data preparation (run by the server, outside any jail, for `prepare` and before
+    # serving when the data folder has no manifest); () for a target whose data is made elsewhere.
+    prepare_command: tuple[str, ...] = ()
+    # A second figure the evaluator reports that orders equal metric values (name, direction).
+    tie_break: tuple[str, str] | None = None
+    # Integer keys of the evaluator's report the server may publish (counts of what was scored).
+    published_counts: tuple[str, ...] = ()
+    # The seed-to-seed sd of the metric assumed until the baseline's runs measure it.
+    assumed_sd: float = 0.02
+    # The research program agents read (program.md, with {goal}, {budget}... filled in by the server).
+    program_file: Path | None = None
+
+    @property
+    def better_word(self) -> str:
+        """'lower' or 'higher': which way the metric improves, for text an agent or user reads."""
+        return "lower" if self.direction == "minimize" else "higher"
+
+    @property
+    def metric_label(self) -> str:
+        """The metric with its direction, for axis labels and tool descriptions."""
+        return f"{self.metric} ({self.better_word} is better)"
 
     def context_for(self, device: str) -> int:
         """The evaluation context a run on `device` is scored at (and exports its model for)."""
@@ -67,6 +91,29 @@ class ResearchTarget:
         """How much better candidate is than reference (positive = better), in metric units."""
         return reference - candidate if self.direction == "minimize" else candidate - reference
 
+    def loss(self, value: float) -> float:
+        """The metric oriented as a loss, smaller = better (for sorting and running bests)."""
+        return value if self.direction == "minimize" else -value
+
+    def round(self, value: float) -> float:
+        """The metric as agents see it."""
+        return round(float(value), self.metric_decimals)
+
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+REQUIRED_FIELDS = ("name", "metric", "editable", "train_command", "artifact", "evaluate_command")
+
+
+def resolve_target_file(path: Path | str | None) -> Path:
+    """A target folder or its target.toml (None: the bundled default) -> the target.toml path."""
+    if path is None:
+        return DEFAULT_TARGET_FILE
+    path = Path(path).expanduser()
+    candidate = path / "target.toml" if path.is_dir() else path
+    if not candidate.is_file():
+        raise ValueError(f"{path}: no target.toml there (give a folder holding one, or the file)")
+    return candidate.resolve()
+
 
 def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
     """Read a target description; raise ValueError naming the bad field."""
@@ -75,6 +122,27 @@ def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
     direction = raw.get("direction", "minimize")
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"{path}: direction must be 'minimize' or 'maximize', not {direction!r}")
+    missing = [key for key in REQUIRED_FIELDS if key not in raw]
+    if missing:
+        raise ValueError(
+            f"{path}: missing {', '.join(missing)} (docs/targets.md lists every field)"
+        )
+    if not isinstance(raw["metric"], str) or not IDENTIFIER.fullmatch(raw["metric"]):
+        raise ValueError(f"{path}: metric must be a plain identifier (letters, digits, _)")
+    decimals = raw.get("metric_decimals", 4)
+    if not isinstance(decimals, int) or isinstance(decimals, bool) or not 1 <= decimals <= 8:
+        raise ValueError(f"{path}: metric_decimals must be a whole number from 1 to 8")
+    tie_break = raw.get("tie_break")
+    if tie_break is not None and (
+        not isinstance(tie_break, dict)
+        or not isinstance(tie_break.get("metric"), str)
+        or not IDENTIFIER.fullmatch(tie_break["metric"])
+        or tie_break.get("direction") not in ("minimize", "maximize")
+    ):
+        raise ValueError(
+            f"{path}: tie_break must be {{ metric = NAME, direction = 'minimize' | 'maximize' }} "
+            "with NAME a plain identifier"
+        )
     reference = {Path(p).name: (target_dir / p).resolve() for p in raw.get("reference", [])}
     return ResearchTarget(
         name=raw["name"],
@@ -98,7 +166,29 @@ def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
         hidden_from_training=tuple(raw.get("hidden_from_training", [])),
         holdout_data=tuple(raw.get("holdout_data", [])),
         warm_imports=tuple(raw.get("warm_imports", [])),
+        metric_decimals=decimals,
+        prepare_command=tuple(raw.get("prepare_command", [])),
+        tie_break=(tie_break["metric"], tie_break["direction"]) if tie_break else None,
+        published_counts=tuple(raw.get("published_counts", [])),
+        assumed_sd=_positive(raw.get("assumed_sd", 0.02), "assumed_sd", path),
+        program_file=_program(raw.get("program"), target_dir, path),
     )
+
+
+def _program(value: object, target_dir: Path, path: Path) -> Path | None:
+    """The program file named (it must exist), else the folder's program.md if it has one."""
+    if value is None:
+        default = target_dir / "program.md"
+        return default.resolve() if default.is_file() else None
+    if not isinstance(value, str) or not (target_dir / value).is_file():
+        raise ValueError(f"{path}: program must name the target's program.md, not {value!r}")
+    return (target_dir / value).resolve()
+
+
+def _positive(value: object, field: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ValueError(f"{path}: {field} must be a positive number, not {value!r}")
+    return float(value)
 
 
 def _context(value: object, kind: str, path: Path) -> int:

@@ -4,7 +4,7 @@ Starting Python, importing torch and making a CUDA context take seconds (5-15 s 
 1-2 CPU-seconds here) and vary from run to run: inside the budget they were both a cost and
 the largest noise source on a GPU. With a warm start the runner launches the training jail
 with a small trusted launcher (sandbox/warm_launcher.py) instead of `python train.py`. The launcher imports what the
-target names (`warm_imports` in target.toml; `torch` for the GPT target), makes the CUDA
+target names (`warm_imports` in target.toml; `torch` for trainer/), makes the CUDA
 context when AR_DEVICE is a GPU, writes READY_MARKER to its log and blocks on stdin. Only
 then does the runner start the budget clock (wall and CPU time are both counted from that
 moment) and write "go"; the launcher runs train.py as `__main__`, exactly as `python

@@ -10,8 +10,9 @@ verdict. The whole ablation is one request, charged to whoever asked and checked
 quota at once.
 
 The analysis is computed on read once every run is final: a part's contribution is the mean
-over seeds of (without the part - full) (positive: the part helps, lower val_bpb is better)
-with its paired sd; the total gain is the mean of (base - full); the sum of contributions
+over seeds of how much better the full change is than the change without the part (positive:
+the part helps, in the target's direction) with its paired sd; the total gain is the mean of
+how much better full is than the base; the sum of contributions
 is compared with the total gain against the server's noise sd (lab.noise): "adds up",
 "sub-additive" (the parts overlap: together they gain less than separately) or "interacting"
 (each part needs the others: together they gain more).
@@ -29,6 +30,7 @@ from typing import Any
 
 from server.lab import Lab
 from server.ladder import PromotionRefused, three_way_merge
+from server.orientation import MINIMIZE, gain
 from server.record import FINAL_STATUSES, LIVE_STATUSES, OK
 from server.refusals import LabError
 from server.store import ExperimentNotFound
@@ -359,10 +361,10 @@ class Ablations:
             try:
                 row = lab.resolve_retry(lab.store.get_experiment(run["run_id"]))
                 status: str = row["status"]
-                value, run_id = row.get("val_bpb"), row["id"]
+                value, run_id = row.get("metric_value"), row["id"]
             except ExperimentNotFound:
                 status, value, run_id = "missing", None, run["run_id"]
-            runs.append({**run, "run_id": run_id, "status": status, "val_bpb": value})
+            runs.append({**run, "run_id": run_id, "status": status, "metric_value": value})
         done = all(r["status"] in (*FINAL_STATUSES, "missing") for r in runs)
         experiment = lab.store.get_experiment(ablation["experiment_id"])
         view: dict[str, Any] = {
@@ -390,28 +392,34 @@ class Ablations:
                 len(ablation["parts"]),
                 noise.sd if noise.measured else None,
                 lab.settings.noise_k,
+                direction=lab.target.direction,
             )
         return view
 
 
 def analyse(
-    runs: Sequence[Mapping[str, Any]], part_count: int, noise_sd: float | None, k: float
+    runs: Sequence[Mapping[str, Any]],
+    part_count: int,
+    noise_sd: float | None,
+    k: float,
+    direction: str = MINIMIZE,
 ) -> dict[str, Any]:
-    """Contributions per part, the total gain and the additivity verdict from final runs."""
+    """Contributions per part, the total gain and the additivity verdict from final runs
+    (gains positive = better in the target's `direction`)."""
     by_seed: dict[int, dict[tuple[str, int | None], float]] = {}
     for run in runs:
-        if run["status"] == OK and run.get("val_bpb") is not None:
+        if run["status"] == OK and run.get("metric_value") is not None:
             key = ("without" if run["part"] is not None else run["role"], run["part"])
-            by_seed.setdefault(run["seed_index"], {})[key] = float(run["val_bpb"])
+            by_seed.setdefault(run["seed_index"], {})[key] = float(run["metric_value"])
     total_diffs = [
-        values[("base", None)] - values[("full", None)]
+        gain(values[("full", None)], values[("base", None)], direction)
         for values in by_seed.values()
         if ("base", None) in values and ("full", None) in values
     ]
     parts = []
     for index in range(part_count):
         diffs = [
-            values[("without", index)] - values[("full", None)]
+            gain(values[("full", None)], values[("without", index)], direction)
             for values in by_seed.values()
             if ("without", index) in values and ("full", None) in values
         ]

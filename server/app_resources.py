@@ -11,7 +11,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from server import presentation as views
 from server.lab import Lab, check_experiment_id
 from server.patch_export import patches_index
-from server.presentation import DEFAULT_GOAL, DEFAULT_STOPPING
+from server.presentation import DEFAULT_STOPPING, default_goal
 from server.store import MAX_ROW_ID
 from server.tool_support import AgentName, resource_refusals
 from server.untrusted import agent_text, reading_as
@@ -106,5 +106,7 @@ def register_resources(
         name="research_loop",
         description="Start an autonomous research session: program.md with this server's settings",
     )
-    def research_loop(goal: str = DEFAULT_GOAL, stopping_policy: str = DEFAULT_STOPPING) -> str:
+    def research_loop(
+        goal: str = default_goal(lab.target), stopping_policy: str = DEFAULT_STOPPING
+    ) -> str:
         return views.program_text(lab, goal, stopping_policy)

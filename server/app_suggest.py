@@ -20,14 +20,14 @@ class SuggestionResult(BaseModel):
     values: dict[str, int | float] = Field(description="the proposed value of each parameter")
     sampler: str = Field(description="the Optuna sampler used: tpe, cmaes or random")
     sampler_note: str = Field(description="why that sampler")
-    trials_complete: int = Field(description="finished runs fed to the study (val_bpb known)")
+    trials_complete: int = Field(description="finished runs fed to the study (metric_value known)")
     trials_failed: int = Field(description="crashed or timed-out runs fed as failures")
     trials_running: int = Field(
         description="queued/running runs and unclaimed suggestions fed as running"
     )
     trials_dropped: int = Field(description="runs left out: a value outside the search space")
     best: dict[str, Any] | None = Field(
-        description="the best trial so far: experiment_id, val_bpb, values"
+        description="the best trial so far: experiment_id, metric_value, values"
     )
     space: dict[str, str] = Field(description="the search space of each parameter")
     diff: str = Field(

@@ -44,7 +44,7 @@ window.addEventListener("message", (event) => {
   const body = document.querySelector("#leaderboard tbody");
   body.replaceChildren(...entries.map((e) => {
     const row = document.createElement("tr");
-    for (const value of [e.rank, "#" + e.id, e.agent, (e.val_bpb ?? NaN).toFixed(4),
+    for (const value of [e.rank, "#" + e.id, e.agent, (e.metric_value ?? NaN).toFixed(4),
                          e.runs, e.confirmed ? "yes" : "", e.description]) {
       const cell = document.createElement("td");
       cell.textContent = String(value);
@@ -87,7 +87,7 @@ def render_view(lab: Lab, reader: str | None = None) -> str:
         f"<p class='muted'>{html.escape(str(noise.get('rule') or ''))}</p>",
         _chart_svg(chart.model_dump()),
         "<h2>Leaderboard</h2>",
-        _leaderboard_table(board),
+        _leaderboard_table(board, lab.target.metric_label),
         "<h2>Queue</h2>",
         _queue_table(queue.model_dump()),
         f"<script>{SCRIPT}</script></body></html>",
@@ -95,8 +95,12 @@ def render_view(lab: Lab, reader: str | None = None) -> str:
     return "".join(parts)
 
 
-def _leaderboard_table(board: list[dict[str, Any]]) -> str:
-    head = "<tr><th>#</th><th>id</th><th>agent</th><th class='num'>val_bpb</th><th class='num'>runs</th><th>confirmed</th><th>description</th></tr>"
+def _leaderboard_table(board: list[dict[str, Any]], metric: str) -> str:
+    head = (
+        "<tr><th>#</th><th>id</th><th>agent</th>"
+        f"<th class='num'>{html.escape(metric)}</th><th class='num'>runs</th><th>confirmed</th>"
+        "<th>description</th></tr>"
+    )
     rows = []
     for e in board:
         flag = (
@@ -107,7 +111,7 @@ def _leaderboard_table(board: list[dict[str, Any]]) -> str:
         rows.append(
             "<tr>"
             f"<td>{e['rank']}</td><td>#{e['id']}</td><td>{html.escape(e['agent'])}</td>"
-            f"<td class='num'>{e['val_bpb']:.4f}</td><td class='num'>{e['runs']}</td>"
+            f"<td class='num'>{e['metric_value']:.4f}</td><td class='num'>{e['runs']}</td>"
             f"<td class='ok'>{'yes' if e['confirmed'] else ''}</td>"
             f"<td>{html.escape(_text(e['description'], e['agent']))}{flag}</td></tr>"
         )
@@ -130,14 +134,14 @@ def _queue_table(queue: dict[str, Any]) -> str:
 
 
 def _chart_svg(chart: dict[str, Any]) -> str:
-    """val_bpb of the latest experiments (dots by agent colour) and the running best (a step line)."""
-    points = [p for p in chart["points"][-CHART_POINTS:] if p["val_bpb"] is not None]
+    """The metric of the latest experiments (dots by agent colour) and the running best (a step line)."""
+    points = [p for p in chart["points"][-CHART_POINTS:] if p["metric_value"] is not None]
     if not points:
         return "<p class='muted'>no finished experiment yet</p>"
     colors = {a["name"]: a["color"] for a in chart["agents"]}
     first = chart["points"][-CHART_POINTS:][0]["index"]
     last = chart["points"][-1]["index"]
-    values = [p["val_bpb"] for p in points]
+    values = [p["metric_value"] for p in points]
     low, high = min(values), max(values)
     span = (high - low) or 1.0
 
@@ -148,9 +152,9 @@ def _chart_svg(chart: dict[str, Any]) -> str:
         return HEIGHT - PAD - (HEIGHT - 2 * PAD) * (value - low) / span
 
     dots = "".join(
-        f"<circle cx='{x(p['index']):.1f}' cy='{y(p['val_bpb']):.1f}' r='2.5' "
+        f"<circle cx='{x(p['index']):.1f}' cy='{y(p['metric_value']):.1f}' r='2.5' "
         f"fill='{html.escape(colors.get(p['agent'], '#888'))}'><title>#{p['id']} "
-        f"{html.escape(p['agent'])}: {p['val_bpb']:.4f}</title></circle>"
+        f"{html.escape(p['agent'])}: {p['metric_value']:.4f}</title></circle>"
         for p in points
     )
     steps = [s for s in chart["best"] if s["index"] >= first]
@@ -159,8 +163,8 @@ def _chart_svg(chart: dict[str, Any]) -> str:
         coords = []
         for step, following in zip(steps, [*steps[1:], None], strict=True):
             end = following["index"] if following else last
-            coords.append(f"{x(step['index']):.1f},{y(step['val_bpb']):.1f}")
-            coords.append(f"{x(end):.1f},{y(step['val_bpb']):.1f}")
+            coords.append(f"{x(step['index']):.1f},{y(step['metric_value']):.1f}")
+            coords.append(f"{x(end):.1f},{y(step['metric_value']):.1f}")
         path = f"<polyline fill='none' stroke='#1a7f37' stroke-width='1.5' points='{' '.join(coords)}'/>"
     labels = (
         f"<text x='4' y='{PAD}' font-size='10'>{high:.3f}</text>"
@@ -168,7 +172,7 @@ def _chart_svg(chart: dict[str, Any]) -> str:
     )
     return (
         f"<svg id='progress' width='{WIDTH}' height='{HEIGHT}' viewBox='0 0 {WIDTH} {HEIGHT}' "
-        f"role='img' aria-label='val_bpb per experiment'>{labels}{path}{dots}</svg>"
+        f"role='img' aria-label='{html.escape(chart['metric'])} per experiment'>{labels}{path}{dots}</svg>"
         f"<script type='application/json' id='chart-meta'>{json.dumps({'points': len(points)})}</script>"
     )
 

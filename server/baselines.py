@@ -84,15 +84,17 @@ def noise(
     for row in rows:
         if row["kind"] == "confirmation" and _counts_as_noise(row):
             groups[row["confirms_id"]].append(row)
-    baseline_values = [r["val_bpb"] for r in baseline]
+    baseline_values = [r["metric_value"] for r in baseline]
     baseline_variance = statistics.variance(baseline_values) if len(baseline_values) >= 2 else None
     value_groups: list[list[float]] = [baseline_values]
     id_groups: list[list[int]] = [[r["id"] for r in baseline]]
     for members in groups.values():
         if len(members) >= 2:
-            value_groups.append(_clipped([r["val_bpb"] for r in members], baseline_variance))
+            value_groups.append(_clipped([r["metric_value"] for r in members], baseline_variance))
             id_groups.append([r["id"] for r in members])
-    return Noise.pooled(value_groups, baseline=baseline_values, ids=id_groups)
+    return Noise.pooled(
+        value_groups, baseline=baseline_values, ids=id_groups, assumed_sd=store.assumed_sd
+    )
 
 
 def comparable_baseline_runs(
@@ -121,7 +123,7 @@ def update_baseline_stats(
     )
     if not rows:
         return
-    values = [r["val_bpb"] for r in rows]
+    values = [r["metric_value"] for r in rows]
     mean, sd = mean_sd(values)
     store.set_baseline(
         hardware=hardware,

@@ -44,8 +44,10 @@ class BriefingStep(BaseModel):
     id: int
     agent: str
     description: str
-    val_bpb: float | None
-    gain_vs_parent: float | None = Field(description="positive = lower val_bpb than its parent")
+    metric_value: float | None
+    gain_vs_parent: float | None = Field(
+        description="how much better than its parent (positive = better)"
+    )
     verdict: str | None
 
 
@@ -54,7 +56,7 @@ class DeadEnd(BaseModel):
     agent: str
     description: str
     outcome: str = Field(description="the verdict (worse, within_noise, failed) or failure status")
-    val_bpb: float | None
+    metric_value: float | None
     reason: str | None = Field(None, description="why it failed, as recorded (cut short)")
 
 
@@ -69,7 +71,7 @@ class Briefing(BaseModel):
     best: dict[str, Any] | None = Field(
         description="the top of the leaderboard (confirmed entries rank first)"
     )
-    baseline_val_bpb: float | None
+    baseline_metric_value: float | None
     path_to_best: list[BriefingStep] = Field(
         description="the experiments from the baseline to the best, oldest first"
     )
@@ -106,7 +108,7 @@ def briefing(lab: Lab, agent: str) -> Briefing:
                     agent=str(row["agent"]),
                     description=agent_text(clip(row.get("description"), TEXT_CHARS), row["agent"])
                     or "",
-                    val_bpb=row.get("val_bpb"),
+                    metric_value=row.get("metric_value"),
                     gain_vs_parent=published(full.get("delta_parent")),
                     verdict=row.get("verdict"),
                 )
@@ -117,7 +119,7 @@ def briefing(lab: Lab, agent: str) -> Briefing:
             agent=str(row["agent"]),
             description=agent_text(clip(row.get("description"), TEXT_CHARS), row["agent"]) or "",
             outcome=str(row["verdict"] if row["status"] == "ok" else row["status"]),
-            val_bpb=row.get("val_bpb"),
+            metric_value=row.get("metric_value"),
             reason=agent_text(clip(row.get("failure_reason"), REASON_CHARS), row["agent"]) or None,
         )
         for row in store.recent_dead_ends(BRIEFING_DEAD_ENDS)
@@ -137,7 +139,7 @@ def briefing(lab: Lab, agent: str) -> Briefing:
     cost["your_device_seconds"] = round(mine, 1)
     return Briefing(
         best=_entry(best),
-        baseline_val_bpb=baseline["val_bpb"] if baseline else None,
+        baseline_metric_value=baseline["metric_value"] if baseline else None,
         path_to_best=path,
         outcomes=store.outcome_counts(),
         dead_ends=dead,
@@ -152,7 +154,7 @@ def briefing(lab: Lab, agent: str) -> Briefing:
 def _entry(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if entry is None:
         return None
-    keep = ("id", "agent", "val_bpb", "sd", "runs", "confirmed", "verdict", "holdout_bpb")
+    keep = ("id", "agent", "metric_value", "sd", "runs", "confirmed", "verdict", "holdout_value")
     shown = {k: entry.get(k) for k in keep}
     shown["description"] = agent_text(
         clip(entry.get("description"), TEXT_CHARS), entry.get("agent")

@@ -42,7 +42,7 @@ from server.record import (
 )
 from server.recording import DISQUALIFYING_FLAGS
 from server.refusals import LabError
-from server.seed_checks import SEED_IGNORED, seed_ignored_flag
+from server.seed_checks import SEED_IGNORED, Figures, seed_ignored_flag
 from server.settings import LabSettings
 from server.store import Store
 from server.verdicts import Noise, Reference, Verdict, judge_confirmation, published
@@ -50,6 +50,10 @@ from server.verdicts import Noise, Reference, Verdict, judge_confirmation, publi
 log = logging.getLogger("server.lab")
 
 NOISE_FLOOR = 0.01  # a group's variance below 1% of the noise's: the code ignores the seed
+# Runs at different seeds whose tie-break figures agree within this share of their size ignore
+# the seed (honest seeds move a log-loss by about a percent; a fixed stream nudged by the seed
+# in its last bits moves it by 1e-12 of itself).
+TIE_BREAK_FLOOR = 1e-6
 CODE_FAILURES = (CRASH, TIMEOUT, INTEGRITY_FAIL)
 
 
@@ -130,7 +134,9 @@ class Candidates:
         budget = self.lab.settings.error_budget()
         runs = self._server_runs(experiment_id)
         good = [
-            r for r in runs if r["status"] == OK and r["val_bpb"] is not None and is_comparable(r)
+            r
+            for r in runs
+            if r["status"] == OK and r["metric_value"] is not None and is_comparable(r)
         ]
         good = good[: budget.confirm_runs]
         live = [r for r in runs if r["status"] in (QUEUED, RUNNING)]
@@ -156,7 +162,7 @@ class Candidates:
             )
         else:
             decided = judge_confirmation(
-                values=[r["val_bpb"] for r in good],
+                values=[r["metric_value"] for r in good],
                 reference=reference,
                 noise=noise,
                 budget=budget,
@@ -205,14 +211,14 @@ class Candidates:
             "needed": published(decided.threshold),
             "reference": reference.label,
         }
-        mean = statistics.fmean([r["val_bpb"] for r in good]) if good else None
+        mean = statistics.fmean([r["metric_value"] for r in good]) if good else None
         self.lab.store.update_experiment(
             original["id"],
             verdict=decided.verdict,
             metrics=metrics,
             flags=flags,
             disqualified=int(bool(original.get("disqualified")) or bool(disqualifications)),
-            delta_best=published(reference.mean - mean)
+            delta_best=published(reference.gain(mean))
             if mean is not None
             else original.get("delta_best"),
         )
@@ -226,20 +232,40 @@ class Candidates:
         below NOISE_FLOOR x the noise's variance (a fixed stream nudged by the seed in its last
         bits). Honest code at 5 runs falls below that floor about twice in 10,000 candidates."""
         rows = [original, *runs]
-        exact = self.lab.store.sealed.exact_values([int(r["id"]) for r in rows])
+        ids = [int(r["id"]) for r in rows]
+        exact = self.lab.store.sealed.exact_values(ids)
+        # A target with a tie-break reports a continuous companion of its metric: where every run
+        # has it, the checks read it too (an accuracy repeats across honest seeds; its log-loss
+        # does not).
+        ties = self.lab.store.sealed.tie_break_values(ids)
         values = {
-            int(r["seed"]): exact.get(int(r["id"]), r.get("val_bpb"))
+            int(r["seed"]): exact.get(int(r["id"]), r.get("metric_value"))
             for r in rows
-            if r.get("val_bpb") is not None
+            if r.get("metric_value") is not None
         }
         if len(exact) == len(rows):
-            flag = seed_ignored_flag(values)
+            figures: dict[int, Figures | None] = {
+                int(r["seed"]): (exact[int(r["id"])], ties[int(r["id"])])
+                if len(ties) == len(rows)
+                else exact[int(r["id"])]
+                for r in rows
+            }
+            flag = seed_ignored_flag(figures)
             if flag:
                 return dict(flag)
         present = [v for v in values.values() if v is not None]
-        if len(present) >= 3 and (
+        too_close = len(present) >= 3 and (
             len(set(present)) == 1 or statistics.variance(present) < NOISE_FLOOR * noise.sd**2
-        ):
+        )
+        if len(ties) == len(rows):
+            # The discrete metric may agree by chance; its continuous companion may not, even
+            # when a fixed stream is nudged by the seed in its last bits.
+            values = {int(r["seed"]): ties[int(r["id"])] for r in rows}
+            present = list(values.values())
+            too_close = len(present) >= 3 and statistics.pstdev(present) <= TIE_BREAK_FLOOR * max(
+                abs(statistics.fmean(present)), 1e-12
+            )
+        if too_close:
             spread = statistics.pstdev(present)
             seeds = ", ".join(str(seed) for seed in sorted(values))
             return {

@@ -15,10 +15,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.lab import DEFAULT_SCALES, Lab, LabSettings, ScaleLevel, default_home
+from sandbox.target import ResearchTarget
+from server.lab import DEFAULT_SCALES, Lab, LabSettings, ScaleLevel
+from server.targets import TargetMismatch, check_record, open_target, run_prepare, target_home
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the research target: a folder holding target.toml (default: the bundled trainer/ target; "
+        "targets/digits is the second bundled one; docs/targets.md)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
+    _add_target(parser)
     parser.add_argument(
         "--data-dir",
         "--home",
@@ -155,7 +169,7 @@ def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:
     values = dict(
         scales=parse_scales(getattr(args, "scale", None)),
         auto_promote=getattr(args, "auto_promote", False),
-        home=(args.home or default_home()),
+        home=home_of(args, target_of(args)),
         device=args.device,
         budget_seconds=args.budget,
         budget_kind=args.budget_kind,
@@ -182,47 +196,40 @@ def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:
     return LabSettings(**values)
 
 
-def ensure_prepared(home: Path) -> None:
-    from trainer.prepare import PrepareError, prepare
-
+def target_of(args: argparse.Namespace) -> ResearchTarget:
+    """The research target `--target` names (a folder holding target.toml), or the bundled one."""
     try:
-        prepare(home / "data", quiet=False)
-    except PrepareError as exc:
-        print(f"prepare: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+        return open_target(getattr(args, "target", None))
+    except (ValueError, OSError, KeyError) as exc:
+        raise SystemExit(f"--target: {exc}") from exc
+
+
+def home_of(args: argparse.Namespace, target: ResearchTarget) -> Path:
+    return target_home(target, args.home)
+
+
+def ensure_prepared(target: ResearchTarget, home: Path) -> None:
+    """The record is the target's (checked first: nothing is prepared over another's data),
+    and the data is prepared."""
+    try:
+        check_record(home, target)
+    except TargetMismatch as exc:
+        raise SystemExit(f"serve: {exc}") from exc
+    if run_prepare(target, home / "data", []) != 0:
+        raise SystemExit(2)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from trainer.prepare import PrepareError, parse_split_secret, prepare
-
-    home = args.home or default_home()
-    try:
-        secret = (
-            parse_split_secret(args.split_secret, "--split-secret") if args.split_secret else None
-        )
-        manifest = prepare(
-            home / "data",
-            corpus=args.corpus,
-            source=args.source,
-            shards=args.shards,
-            vocab_size=args.vocab,
-            force=args.force,
-            split_secret=secret,
-        )
-    except PrepareError as exc:
-        print(f"prepare: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"data ready in {home / 'data'}: {manifest['tokens']['train']:,} train / {manifest['tokens']['val']:,} val tokens, "
-        f"vocab {manifest['vocab_size']}"
-    )
-    return 0
+    target = target_of(args)
+    extra = list(args.target_args) + (["--force"] if args.force else [])
+    return run_prepare(target, home_of(args, target) / "data", extra)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    home = (args.home or default_home()).expanduser()
-    ensure_prepared(home)
-    lab = Lab(lab_settings(args, home=home))
+    target = target_of(args)
+    home = home_of(args, target)
+    ensure_prepared(target, home)
+    lab = open_lab(args, target, home)
     if lab.isolation.value != "bwrap":
         logging.warning(
             "experiments run WITHOUT the bubblewrap jail (isolation: %s); install bubblewrap or pass --require-isolation",
@@ -271,12 +278,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def open_lab(args: argparse.Namespace, target: ResearchTarget, home: Path) -> Lab:
+    """The lab for `target` in `home`; a record bound to another target is refused, clearly."""
+    try:
+        return Lab(lab_settings(args, home=home, target_file=target.target_dir / "target.toml"))
+    except TargetMismatch as exc:
+        raise SystemExit(f"serve: {exc}") from exc
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
-    home = (args.home or default_home()).expanduser()
-    ensure_prepared(home)
-    lab = Lab(lab_settings(args, home=home))
+    target = target_of(args)
+    home = home_of(args, target)
+    ensure_prepared(target, home)
+    lab = open_lab(args, target, home)
+    metric = target.metric
     print(
-        f"baseline: {args.repeats} run(s) of trainer/train.py, budget {lab.budget_seconds:g} s ({lab.settings.budget_kind}), "
+        f"baseline: {args.repeats} run(s) of {target.name}'s {', '.join(target.editable)}, budget {lab.budget_seconds:g} s ({lab.settings.budget_kind}), "
         f"device {lab.device}, isolation {lab.isolation.value}",
         file=sys.stderr,
     )
@@ -298,13 +315,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             while lab.experiment(experiment_id)["status"] in ("queued", "running"):
                 time.sleep(0.5)
             row = lab.experiment(experiment_id)
-            if row["status"] == "ok" and row["val_bpb"] is not None:
-                values.append(row["val_bpb"])
+            if row["status"] == "ok" and row["metric_value"] is not None:
+                values.append(row["metric_value"])
                 metrics = row.get("metrics") or {}
                 print(
-                    f"#{experiment_id}: val_bpb {row['val_bpb']:.4f}  (train {row['train_seconds']:.1f} s, "
+                    f"#{experiment_id}: {metric} {row['metric_value']:.{target.metric_decimals}f}  (train {row['train_seconds']:.1f} s, "
                     f"eval {row['eval_seconds']:.1f} s, cpu share {row['cpu_share']:.2f}, seed {row['seed']}, "
-                    f"probes {metrics.get('causality', {}).get('probes')})"
+                    f"probes {(metrics.get('causality') or metrics.get('probes') or {}).get('probes')})"
                 )
             else:
                 print(
@@ -314,7 +331,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             import statistics
 
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            print(f"val_bpb {statistics.fmean(values):.4f} +- {sd:.4f} over {len(values)} run(s)")
+            decimals = target.metric_decimals
+            print(
+                f"{metric} {statistics.fmean(values):.{decimals}f} +- {sd:.{decimals}f} "
+                f"over {len(values)} run(s) ({target.metric_label})"
+            )
         return 0 if len(values) == len(ids) else 1
     finally:
         lab.close()
@@ -323,12 +344,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from server.store import Store
 
-    home = (args.home or default_home()).expanduser()
+    home = home_of(args, target_of(args))
     store = Store(home / "history.sqlite")
     if args.patches:
         from server.patch_export import export_command
 
-        return export_command(store, args.patches, git=args.git)
+        shipped = {k: v.decode() for k, v in target_of(args).baseline_files().items()}
+        return export_command(store, args.patches, git=args.git, baseline_files=shipped)
     text = {"tsv": store.export_results_tsv, "csv": store.export_csv, "json": store.export_json}[
         args.format
     ]()
@@ -344,7 +366,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     from server.lab import AGENT_NAME
     from server.store import Store
 
-    home = (args.home or default_home()).expanduser()
+    home = home_of(args, target_of(args))
     store = Store(home / "history.sqlite")
     if args.action == "add":
         if not args.name or not AGENT_NAME.fullmatch(args.name):
@@ -370,7 +392,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
     from server.lab import AGENT_NAME
     from server.store import Store
 
-    home = (args.home or default_home()).expanduser()
+    home = home_of(args, target_of(args))
     store = Store(home / "history.sqlite")
     if args.action == "quota":
         if not args.name or not AGENT_NAME.fullmatch(args.name):
@@ -412,7 +434,7 @@ def cmd_connect_info(args: argparse.Namespace) -> int:
     from server.auth import issue_token
     from server.store import Store
 
-    home = (args.home or default_home()).expanduser()
+    home = home_of(args, target_of(args))
     store = Store(home / "history.sqlite")
     token = issue_token(store, args.name, "agent")
     beside = Path(sys.executable).parent / "autoresearch-mcp"  # the venv's console script
@@ -441,40 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "prepare", help="prepare the corpus, tokenizer and token shards (offline, cached)"
+        "prepare",
+        help="prepare the research target's data (offline for the bundled targets; cached)",
+        description="Run the target's trusted prepare step. Options this command does not know "
+        "go to the target's own prepare: for the bundled trainer/ target --corpus PATH, --source "
+        "climbmix|fineweb-edu, --shards N, --split-secret HEX and more (python -m "
+        "trainer.prepare --help; docs/data.md).",
     )
     p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
-    p.add_argument(
-        "--corpus",
-        type=Path,
-        default=None,
-        help="your own text: a file or folder of .txt/.md/.jsonl/.parquet",
-    )
-    p.add_argument(
-        "--source",
-        metavar="NAME",
-        default=None,
-        help="a dataset on the Hugging Face hub, downloaded and streamed: climbmix or "
-        "fineweb-edu (docs/data.md)",
-    )
-    p.add_argument(
-        "--shards",
-        type=int,
-        metavar="N",
-        default=None,
-        help="with --source: how many train shards (climbmix: 10, fineweb-edu: 1 by default)",
-    )
-    p.add_argument(
-        "--vocab", type=int, default=None, help="vocabulary size (4096; 8192 with --source)"
-    )
-    p.add_argument("--force", action="store_true")
-    p.add_argument(
-        "--split-secret",
-        metavar="HEX",
-        default=None,
-        help="fix the secret train/val split (16+ bytes of hex) for reproducible research; "
-        "default: the data folder's split.key, $AUTORESEARCH_SPLIT_SECRET, else a new random one",
-    )
+    _add_target(p)
+    p.add_argument("--force", action="store_true", help="prepare again even if the data checks out")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
@@ -513,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
-        "baseline", help="run the baseline end to end without a server and print val_bpb"
+        "baseline", help="run the baseline end to end without a server and print its metric"
     )
     _add_common(p)
     p.add_argument(
@@ -528,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="export the history: results.tsv (autoresearch's columns), csv or json"
     )
     p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    _add_target(p)
     p.add_argument("--format", choices=("tsv", "csv", "json"), default="tsv")
     p.add_argument("-o", "--output", default=None)
     p.add_argument("--patches", type=Path, metavar="DIR", help="each confirmed win as a patch")
@@ -539,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--role", choices=("agent", "viewer"), default="agent")
     p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    _add_target(p)
     p.set_defaults(func=cmd_tokens)
 
     p = sub.add_parser("agents", help="per-agent quotas: quota NAME [--max-queued N] [...] | list")
@@ -557,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-device-hours", type=float, default=None, help="device-hours in all; 0: no limit"
     )
     p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    _add_target(p)
     p.set_defaults(func=cmd_agents)
 
     p = sub.add_parser("connect-info", help="issue a token and print the claude mcp add lines")
@@ -564,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir", "--home", dest="home", type=Path, default=None)
+    _add_target(p)
     p.set_defaults(func=cmd_connect_info)
     return parser
 
@@ -575,7 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("rustbpe").setLevel(logging.WARNING)  # its per-merge progress floods the log
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if args.command != "prepare" and unknown:
+        build_parser().parse_args(argv)  # the usual error for an unknown option
+    args.target_args = unknown
     return int(args.func(args) or 0)
 
 

@@ -173,7 +173,7 @@ def embedded_data(diff: str) -> Flag | None:
     reason = (
         "embeds data or text rather than code: "
         + "; ".join(findings)
-        + ". train.py must learn from the training data within its budget: text, tokens or "
+        + ". train.py must learn from the training data within its budget: text, data or "
         "numbers carried in the code (memorised val or holdout documents above all) score "
         "what was memorised, not what was learned"
     )

@@ -22,10 +22,10 @@ def drift_metrics(
     row: Mapping[str, Any], original: Mapping[str, Any], threshold: float
 ) -> dict[str, Any] | None:
     """The drift check's metrics with drift, threshold and drifted added; None when it failed
-    or the original has no val_bpb (nothing to compare)."""
-    if row["status"] != OK or original.get("val_bpb") is None:
+    or the original has no metric_value (nothing to compare)."""
+    if row["status"] != OK or original.get("metric_value") is None:
         return None
-    drift = row["val_bpb"] - original["val_bpb"]
+    drift = row["metric_value"] - original["metric_value"]
     metrics = dict(row.get("metrics") or {})
     metrics.update(
         drift=published(drift),

@@ -69,6 +69,7 @@ from server.settings import (
     hardware_fingerprint,
 )
 from server.store import ExperimentNotFound, Store
+from server.targets import bind_record
 from server.verdicts import IMPROVED, Noise, Reference, describe_rule, fresh_seed
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class Lab:
 
             require_namespaces()
         self.store = Store(self.home / "history.sqlite")
+        bind_record(self.store, self.target)  # one record, one target: another is refused
         ensure_paper_tables(self.store.db)
         self.papers = PaperSearch(
             self.store.db,
@@ -436,7 +438,7 @@ class Lab:
         return experiment
 
     def confirmation_stats(self, experiment_id: int) -> dict[str, Any] | None:
-        """Mean and sd of an experiment's val_bpb over its fresh-seed confirmation runs."""
+        """Mean and sd of an experiment's metric_value over its fresh-seed confirmation runs."""
         return standings.confirmation_stats(self.store, experiment_id)
 
     def reference(self, scale: str = "S", exclude_id: int | None = None) -> Reference | None:
@@ -460,6 +462,8 @@ class Lab:
     def noise_info(self, scale: str = "S") -> dict[str, Any]:
         """The noise, the reference and the rule in plain words (the leaderboard and program.md show it)."""
         return {
+            "metric": self.target.metric,
+            "direction": self.target.direction,
             "hardware": self.hardware,
             "budget_seconds": self.level_budget(scale),
             "budget_kind": self.settings.budget_kind,

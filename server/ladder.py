@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from server.orientation import gain
 from server.record import FINAL_STATUSES, IMPROVED, OK, SERVER_AGENT, ExperimentRow
 from server.run_queue import RunQueue
 from server.settings import LabSettings, ScaleLevel
@@ -290,8 +291,10 @@ class PromotionLadder:
                 "note": f"{what} failed at level {to_level}: run #{first['id']} {first['status']} "
                 f"(get_experiment({first['id']}) shows why)",
             }
+        direction = lab.store.direction
         differences = [
-            b["val_bpb"] - r["val_bpb"] for r, b in zip(runs, baselines, strict=True)
+            gain(r["metric_value"], b["metric_value"], direction)
+            for r, b in zip(runs, baselines, strict=True)
         ]  # positive = better
         large_gain = round(statistics.fmean(differences), PUBLISHED_DIGITS)  # as published
         noise = lab.noise(to_level)
@@ -321,9 +324,9 @@ class PromotionLadder:
 
     def _small_gain(self, experiment_id: int, scale: str) -> float | None:
         stats = self.lab.confirmation_stats(experiment_id)
-        mean = stats["mean"] if stats else self.lab.experiment(experiment_id).get("val_bpb")
+        mean = stats["mean"] if stats else self.lab.experiment(experiment_id).get("metric_value")
         base = self.lab.noise(scale).mean
-        return None if mean is None or base is None else base - mean
+        return None if mean is None or base is None else gain(mean, base, self.lab.store.direction)
 
     def _maybe_auto_promote(self, experiment_id: int) -> None:
         """After a confirmation run: promote the experiment it confirms once the server's
@@ -360,7 +363,7 @@ class PromotionLadder:
             "experiment_id": experiment_id,
             "description": agent_text(experiment["description"], experiment["agent"]),
             "level": experiment.get("scale") or "S",
-            "val_bpb": experiment.get("val_bpb"),
+            "metric_value": experiment.get("metric_value"),
             "confirmed": stats,
             "promotions": promotions,
         }

@@ -132,7 +132,7 @@ def _hit(row: dict[str, Any], similarity: str, reason: str, score: float) -> Sim
         description=agent_text((row.get("description") or "")[:480], row["agent"]) or "",
         status=row["status"],
         verdict=row.get("verdict"),
-        val_bpb=row.get("val_bpb"),
+        metric_value=row.get("metric_value"),
         failure_reason=agent_text(failure[0][:200], row["agent"]) if failure else None,
         force_reason=agent_text(row.get("force_reason"), row["agent"]),
         similarity=similarity,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from server.diffs import unified_diff as bounded_unified_diff
+from server.orientation import MINIMIZE, better_word, gain, loss
 from server.record import IMPROVED
 from server.standings import confirmation_stats
 from server.store import Store
@@ -63,6 +64,8 @@ class Improvement:
     holdout: float | None
     holdout_gain: float | None
     tsv_lines: list[str]
+    metric: str = "metric"  # the target's metric name and direction (the record's binding)
+    direction: str = MINIMIZE
     unconfirmed_steps: list[int] = field(default_factory=list)
     filename: str = ""
     patch: str = ""
@@ -122,7 +125,7 @@ def _mean_of(
     store: Store, experiment: Mapping[str, Any]
 ) -> tuple[float | None, dict[str, Any] | None]:
     stats = confirmation_stats(store, experiment["id"])
-    return (stats["mean"] if stats else experiment.get("val_bpb")), stats
+    return (stats["mean"] if stats else experiment.get("metric_value")), stats
 
 
 def path_to_best(store: Store) -> list[dict[str, Any]]:
@@ -131,7 +134,7 @@ def path_to_best(store: Store) -> list[dict[str, Any]]:
     scored = [(m, e["id"], e) for e in confirmed if (m := _mean_of(store, e)[0]) is not None]
     if not scored:
         return []
-    best = min(scored, key=lambda item: (item[0], item[1]))[2]
+    best = min(scored, key=lambda item: (loss(item[0], store.direction), item[1]))[2]
     chain = store.lineage(best["id"])
     return [
         dict(store.get_experiment(row["id"]))
@@ -190,12 +193,16 @@ def plan_export(
             runs=list(zip(stats["run_ids"], stats["values"], strict=True)) if stats else [],
             gain_vs_previous=None
             if previous_mean is None or mean is None
-            else previous_mean - mean,
-            gain_vs_baseline=None if base_mean is None or mean is None else base_mean - mean,
+            else gain(mean, previous_mean, store.direction),
+            gain_vs_baseline=None
+            if base_mean is None or mean is None
+            else gain(mean, base_mean, store.direction),
             holdout=holdout,
             holdout_gain=None
             if holdout is None or base_holdout is None
-            else base_holdout - holdout,
+            else gain(holdout, base_holdout, store.direction),
+            metric=store.metric_name,
+            direction=store.direction,
             tsv_lines=[line for line in tsv[1:] if commit and line.startswith(commit + "\t")],
             unconfirmed_steps=list(reversed(steps)),
         )
@@ -221,11 +228,12 @@ def _message(item: Improvement) -> list[str]:
     lines = [
         f"Experiment: #{e['id']} by agent {one_line(e['agent'])} (applies on top of {previous})",
         f"Description: {one_line(e['description'])}",
-        f"Confirmed val_bpb: {_figure(item.mean, '.4f')}"
+        f"Confirmed {item.metric}: {_figure(item.mean, '.4f')}"
         + (f" +- {item.sd:.4f}" if item.sd is not None else "")
         + f" over {len(item.runs)} fresh-seed run(s)",
-        f"Gain vs {previous}: {_figure(item.gain_vs_previous)} val_bpb (lower is better: positive = better)",
-        f"Gain vs the baseline: {_figure(item.gain_vs_baseline)} val_bpb",
+        f"Gain vs {previous}: {_figure(item.gain_vs_previous)} {item.metric} "
+        f"({better_word(item.direction)} is better: positive = better)",
+        f"Gain vs the baseline: {_figure(item.gain_vs_baseline)} {item.metric}",
         "Confirmation runs: "
         + (", ".join(f"#{i} {v:.4f}" for i, v in item.runs) or "none recorded"),
         "Sealed holdout: "
@@ -240,7 +248,7 @@ def _message(item: Improvement) -> list[str]:
             "Includes unconfirmed steps in between: "
             + ", ".join(f"#{i}" for i in item.unconfirmed_steps)
         )
-    lines.append("results.tsv (commit val_bpb memory_gb status description):")
+    lines.append(f"results.tsv (commit {item.metric} memory_gb status description):")
     lines += [f"    {one_line(line.replace(chr(9), ' | '))}" for line in item.tsv_lines] or [
         "    (none)"
     ]
@@ -270,7 +278,7 @@ def _index(improvements: Sequence[Improvement]) -> str:
         "# Confirmed improvements on the path to the current best",
         "",
         "Apply in order to the baseline's code (`git apply 001-*.patch`, then the next); the last",
-        "one gives the best confirmed code. Gains are val_bpb (lower is better, positive = better),",
+        "one gives the best confirmed code. Gains are in the target's metric (positive = better),",
         "from the server's fresh-seed confirmation means.",
         "",
         "| # | patch | experiment | agent | description | gain vs previous | gain vs baseline | holdout |",
@@ -399,17 +407,13 @@ def _git_repository(
             _git(repo, "branch", f"improvement/{item.filename.removesuffix('.patch')}", env=env)
 
 
-def shipped_baseline_files() -> dict[str, str]:
-    """The research target's baseline files as shipped (when the record holds no baseline run)."""
-    from sandbox.target import load_target
-
-    return {name: data.decode() for name, data in load_target().baseline_files().items()}
-
-
-def export_command(store: Store, out_dir: Path, *, git: bool) -> int:
-    """`autoresearch-mcp export --patches DIR [--git]`: write them and say what was written."""
+def export_command(
+    store: Store, out_dir: Path, *, git: bool, baseline_files: Mapping[str, str]
+) -> int:
+    """`autoresearch-mcp export --patches DIR [--git]`: write them and say what was written.
+    `baseline_files`: the target's files as shipped (used when the record holds no baseline run)."""
     try:
-        written = export_patches(store, out_dir, baseline_files=shipped_baseline_files(), git=git)
+        written = export_patches(store, out_dir, baseline_files=baseline_files, git=git)
     except (ExportRefused, subprocess.CalledProcessError) as exc:
         print(f"export --patches: {exc}", file=sys.stderr)
         return 1

@@ -7,9 +7,9 @@ person as written: the protocol tests pin them.
 """
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from sandbox.target import ResearchTarget
 from server.lab import Lab, LabError
 from server.models import (
     AgentBest,
@@ -38,13 +38,11 @@ from server.store.similar import all_words_query
 from server.untrusted import agent_text
 from server.verdicts import published
 
-PROGRAM_FILE = Path(__file__).resolve().parent.parent / "program.md"
 READ_DEFAULT_LINES = 400
 READ_MAX_LINES = 2000
 READ_MAX_CHARS = 40_000
 LOG_TAIL_FOR_AGENT = 50
 LINEAGE_FOR_AGENT = 30
-DEFAULT_GOAL = "lower val_bpb as far as the budget allows, with changes that survive confirmation"
 DEFAULT_STOPPING = (
     "Stop when the operator's limit is reached (your experiment quota says so), or after 10 "
     "experiments in a row without an `improved` verdict: then summarise what you learned with "
@@ -55,7 +53,7 @@ HISTORY_COLUMNS = [
     "agent",
     "kind",
     "status",
-    "val_bpb",
+    "metric_value",
     "delta_parent",
     "verdict",
     "description",
@@ -71,15 +69,25 @@ CANCEL_NOTES = {
 }
 
 
+def default_goal(target: ResearchTarget) -> str:
+    """The goal when the operator gives none: the target's metric, in its direction."""
+    return (
+        f"{target.better_word} {target.metric} as far as the budget allows, with changes that "
+        "survive confirmation"
+    )
+
+
 def program_text(lab: Lab, goal: str | None = None, stopping_policy: str | None = None) -> str:
-    """program.md with the server's budget, device, noise threshold and goal filled in."""
+    """The target's program.md with the server's budget, device, noise threshold and goal filled in."""
     noise = lab.noise_info()
-    return PROGRAM_FILE.read_text().format(
-        goal=goal or DEFAULT_GOAL,
+    target = lab.target
+    program = target.program_file or target.target_dir / "program.md"
+    return program.read_text().format(
+        goal=goal or default_goal(target),
         budget=f"{lab.budget_seconds:g} s",
         budget_kind=lab.settings.budget_kind,
         device=lab.device,
-        threshold=f"{noise['threshold']:.4f} val_bpb ({'measured' if noise['measured'] else 'assumed until the baseline is measured'})",
+        threshold=f"{noise['threshold']:.4f} {target.metric} ({'measured' if noise['measured'] else 'assumed until the baseline is measured'})",
         wait=f"{lab.settings.call_wait_seconds:g}",
         stopping_policy=stopping_policy or DEFAULT_STOPPING,
     )
@@ -183,7 +191,7 @@ def experiment_result(
         kind=row.get("kind") or "experiment",
         status=row["status"],
         description=agent_text(row.get("description"), row["agent"]) or "",
-        val_bpb=row.get("val_bpb"),
+        metric_value=row.get("metric_value"),
         delta_vs_parent=published(row.get("delta_parent")),
         delta_vs_best=published(row.get("delta_best")),
         verdict=row.get("verdict"),
@@ -246,7 +254,7 @@ def history_row(row: Mapping[str, Any]) -> HistoryRow:
         agent=row["agent"],
         kind=row.get("kind") or "experiment",
         status=row["status"],
-        val_bpb=row.get("val_bpb"),
+        metric_value=row.get("metric_value"),
         delta_vs_parent=published(row.get("delta_parent")),
         verdict=row.get("verdict"),
         description=agent_text(row.get("description"), row["agent"]) or "",

@@ -70,7 +70,7 @@ class ExperimentRow(TypedDict, total=False):
     code: dict[str, str]
     diff_parent: str
     diff_baseline: str
-    val_bpb: float | None
+    metric_value: float | None
     delta_parent: float | None
     delta_best: float | None
     metrics: dict[str, Any]

@@ -2,7 +2,7 @@
 from the row, the runner's result, the incumbent, the parent and the noise.
 
 A pure function: `finished_run_fields` reads nothing and writes nothing. The Lab gathers its
-inputs (the incumbent's reference mean, the parent's val_bpb, the level's noise) and writes its
+inputs (the incumbent's reference mean, the parent's value, the level's noise) and writes its
 output in one compare-and-set from `running` (Lab.on_finish). The verdict rule itself is
 server.verdicts: an experiment's own run is only screened here (`candidate` at best); the
 server then confirms candidates on fresh seeds (server.run_lifecycle).
@@ -16,6 +16,7 @@ from typing import Any
 
 from sandbox.runner import RunResult
 from server.diff_review import is_seed_only, review_diff
+from server.orientation import gain
 from server.record import OK, ExperimentRow, Verdict
 from server.seed_checks import SEED_FLAGS, review_seed_code
 from server.settings import LabSettings
@@ -94,7 +95,8 @@ def finished_run_fields(
     result: RunResult,
     *,
     reference: Reference | None,
-    parent_bpb: float | None,
+    parent_value: float | None,
+    direction: str,
     noise: Noise,
     budget: ErrorBudget,
     settings: LabSettings,
@@ -104,7 +106,7 @@ def finished_run_fields(
 ) -> FinishedRun:
     """Figures, flags, verdict and deltas of a finished run, against the incumbent's reference
     mean (`reference`: the baseline or the best confirmed idea, this run excluded) and its
-    parent's val_bpb. Only an experiment's run gets a screening verdict; a confirmation run is
+    parent's value (`direction`: the target's). Only an experiment's run gets a screening verdict; a confirmation run is
     judged with its group (server.run_lifecycle), a baseline run is a measurement."""
     flags = list(experiment.get("flags") or [])
     disqualifications = [f["reason"] for f in flags if f.get("name") in DISQUALIFYING_FLAGS]
@@ -148,7 +150,7 @@ def finished_run_fields(
     else:
         v = screen(
             status=result.status,
-            val_bpb=result.val_bpb,
+            metric_value=result.metric_value,
             reference=reference,
             noise=noise,
             budget=budget,
@@ -165,16 +167,16 @@ def finished_run_fields(
         metrics["first_output_seconds"] = round(result.first_output_seconds, 3)
     if result.startup_seconds is not None:
         metrics["startup_seconds"] = round(result.startup_seconds, 2)
-    val = result.val_bpb
+    val = result.metric_value
     fields = {
         "status": result.status,
-        "val_bpb": val,
+        "metric_value": val,
         "verdict": verdict,
         "metrics": metrics,
-        "delta_parent": published(parent_bpb - val)
-        if (val is not None and parent_bpb is not None)
+        "delta_parent": published(gain(val, parent_value, direction))
+        if (val is not None and parent_value is not None)
         else None,
-        "delta_best": published(reference.mean - val)
+        "delta_best": published(reference.gain(val))
         if (val is not None and reference is not None)
         else None,
         "train_seconds": result.train_seconds,

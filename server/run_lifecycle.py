@@ -136,12 +136,16 @@ class RunLifecycle:
             return False
 
     def _record_sealed(self, experiment_id: int, result: RunResult) -> None:
-        """Keep what no agent reads per experiment: full-precision val_bpb, a holdout score."""
-        exact, holdout, note = result.val_bpb_exact, result.holdout_bpb, result.holdout_note
+        """Keep what no agent reads per experiment: full-precision metric_value, a holdout score."""
+        exact, holdout, note = result.metric_exact, result.holdout_value, result.holdout_note
         if exact is None and holdout is None and not note:
             return
         self.lab.store.sealed.record(
-            experiment_id, val_bpb_exact=exact, holdout_bpb=holdout, holdout_note=note
+            experiment_id,
+            metric_exact=exact,
+            holdout_value=holdout,
+            holdout_note=note,
+            tie_break_exact=result.tie_break_exact,
         )
 
     def on_finish(self, experiment_id: int, result: RunResult) -> None:
@@ -175,18 +179,19 @@ class RunLifecycle:
         scale = experiment.get("scale") or "S"
         if self._requeue_if_squeezed(experiment, result):
             return
-        parent_bpb = None
+        parent_value = None
         parent_id = experiment.get("parent_id")
         if parent_id is not None:
             try:
-                parent_bpb = self.lab.store.get_experiment(parent_id).get("val_bpb")
+                parent_value = self.lab.store.get_experiment(parent_id).get("metric_value")
             except ExperimentNotFound:
-                parent_bpb = None
+                parent_value = None
         finished = finished_run_fields(
             cast(ExperimentRow, experiment),
             result,
             reference=self.reference_for(experiment, experiment_id),
-            parent_bpb=parent_bpb,
+            parent_value=parent_value,
+            direction=self.lab.store.direction,
             noise=self.noise_for(experiment),
             budget=self.lab.settings.error_budget(),
             settings=self.lab.settings,
@@ -194,7 +199,7 @@ class RunLifecycle:
             default_budget=self.lab.budget_seconds,
             finished_at=utc_now(),
         )
-        verdict, val = finished.verdict, result.val_bpb
+        verdict, val = finished.verdict, result.metric_value
         updated = self.lab.store.transition(experiment_id, [RUNNING], **finished.fields)
         if updated:
             self._record_sealed(experiment_id, result)
@@ -207,7 +212,9 @@ class RunLifecycle:
                 experiment["kind"],
                 experiment["agent"],
                 result.status,
-                f", val_bpb {val:.4f}" if val is not None else f": {result.failure_reason}",
+                f", {self.lab.store.metric_name} {val:.4f}"
+                if val is not None
+                else f": {result.failure_reason}",
                 verdict,
                 result.train_seconds,
                 result.eval_seconds,
@@ -372,7 +379,7 @@ class RunLifecycle:
                 "drift: #%s re-ran %+.4f from its original %.4f (threshold %.4f)",
                 original["id"],
                 metrics["drift"],
-                original["val_bpb"],
+                original["metric_value"],
                 threshold,
             )
 

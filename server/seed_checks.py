@@ -16,7 +16,7 @@ ticket: try many streams, keep the lucky draw. Three flags, each of which rules 
   Draws whose value is used (an init, dropout, data sampling) are research and not flagged;
   nor is anything the baseline itself does.
 - `seed_ignored` (dynamic, `seed_insensitive`): runs of the same code at different seeds gave
-  bitwise-identical val_bpb: whatever the code says, its results ignore the seed.
+  bitwise-identical results: whatever the code says, its results ignore the seed.
 
 The static review reads the whole new code of each editable Python file (AST, scope-aware,
 not flow-sensitive): it catches the disguises an agent would plausibly write, not every
@@ -512,17 +512,28 @@ def _short(text: str) -> str:
 # -- the dynamic check --------------------------------------------------------------------------
 
 
-def _bits(value: float) -> bytes:
-    return struct.pack("<d", value)
+# A run's full-precision figures: the metric, or (metric, tie-break) where the target has a
+# tie-break (a discrete metric such as an accuracy repeats across honest seeds; its log-loss does not).
+Figures = float | tuple[float, ...]
 
 
-def seed_insensitive(values_by_seed: Mapping[int, float | None]) -> bool:
+def _finite_figures(value: Figures | None) -> bool:
+    if value is None:
+        return False
+    return all(math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,)))
+
+
+def _bits(value: Figures) -> bytes:
+    return b"".join(struct.pack("<d", v) for v in (value if isinstance(value, tuple) else (value,)))
+
+
+def seed_insensitive(values_by_seed: Mapping[int, Figures | None]) -> bool:
     """True when at least two distinct seeds gave bitwise-identical values (full precision, as
     the evaluator reported them). Failed runs (None) and non-finite values are left out: they
     say nothing about the seed. Honest runs at different seeds differ in their last bits."""
     seen: set[bytes] = set()
     for value in values_by_seed.values():
-        if value is None or not math.isfinite(value):
+        if value is None or not _finite_figures(value):
             continue
         bits = _bits(value)
         if bits in seen:
@@ -531,20 +542,22 @@ def seed_insensitive(values_by_seed: Mapping[int, float | None]) -> bool:
     return False
 
 
-def seed_ignored_flag(values_by_seed: Mapping[int, float | None]) -> dict[str, object] | None:
+def seed_ignored_flag(values_by_seed: Mapping[int, Figures | None]) -> dict[str, object] | None:
     """The `seed_ignored` flag (as stored with a run) when the runs ignore the seed; else None."""
     if not seed_insensitive(values_by_seed):
         return None
     groups: dict[bytes, list[int]] = {}
+    figures: dict[bytes, Figures] = {}
     for seed, value in values_by_seed.items():
-        if value is not None and math.isfinite(value):
+        if value is not None and _finite_figures(value):
             groups.setdefault(_bits(value), []).append(seed)
+            figures[_bits(value)] = value
     same = max(groups.values(), key=len)
-    value = struct.unpack("<d", next(b for b, s in groups.items() if s is same))[0]
+    value = figures[next(b for b, s in groups.items() if s is same)]
     seeds = ", ".join(str(s) for s in sorted(same))
     return {
         "name": SEED_IGNORED,
-        "reason": f"runs of this code at seeds {seeds} gave the same val_bpb to the last bit "
+        "reason": f"runs of this code at seeds {seeds} gave the same result to the last bit "
         f"({value!r}): its results do not move with the seed (AR_SEED), so they measure a "
         "stream the program chose, not an idea, and can never count as an improvement. Seed "
         "every RNG with SEED (torch.manual_seed(SEED), torch.Generator().manual_seed(SEED)) "

@@ -47,8 +47,8 @@ MatchKind = Literal["duplicate", "near", "different"]
 @dataclass(frozen=True)
 class Change:
     """A change to the editable files, normalised: `fingerprint` is equal for the same normalised
-    code; `edits` are the effective edits vs the baseline ('assign:LR=0.04', 'def:GPT.forward:<hash>',
-    'stmt+:<hash>'...); `touched` the places they touch ('LR', 'GPT.forward'); `assignments`
+    code; `edits` are the effective edits vs the baseline ('assign:LR=0.04', 'def:Model.forward:<hash>',
+    'stmt+:<hash>'...); `touched` the places they touch ('LR', 'Model.forward'); `assignments`
     maps each changed top-level name to (old source, new source) for the reason text."""
 
     fingerprint: str
@@ -340,7 +340,7 @@ def _statement_key(statement: ast.stmt) -> str:
 
 
 def _module_parts(tree: ast.Module) -> dict[str, list[ast.stmt]]:
-    """Top-level statements by place; a class is split into its members (`def:GPT.forward`)."""
+    """Top-level statements by place; a class is split into its members (`def:Model.forward`)."""
     parts: dict[str, list[ast.stmt]] = {}
     for statement in tree.body:
         if isinstance(statement, ast.ClassDef):
@@ -356,7 +356,7 @@ def _module_parts(tree: ast.Module) -> dict[str, list[ast.stmt]]:
 
 
 def _place_name(key: str) -> str:
-    """'def:forward@GPT' -> 'GPT.forward'; 'assign:LR' -> 'LR'; 'stmt:ab12' -> 'a statement'."""
+    """'def:forward@Model' -> 'Model.forward'; 'assign:LR' -> 'LR'; 'stmt:ab12' -> 'a statement'."""
     kind, _, rest = key.partition(":")
     name, _, owner = rest.partition("@")
     if kind == "stmt":

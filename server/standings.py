@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from server.baselines import comparable_baseline_runs, is_comparable
+from server.orientation import gain, loss
 from server.record import IMPROVED, SERVER_AGENT, is_server_run
 from server.store import Store
 from server.verdicts import Reference, mean_sd, published
@@ -25,7 +26,7 @@ def _fresh_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r
         for r in runs
         if r["status"] == "ok"
-        and r["val_bpb"] is not None
+        and r["metric_value"] is not None
         and is_comparable(r)
         and not any(f.get("name") == "over_budget" for f in r.get("flags") or [])
     ]
@@ -36,7 +37,7 @@ def _fresh_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def confirmation_stats(
     store: Store, experiment_id: int, runs: list[dict[str, Any]] | None = None
 ) -> dict[str, Any] | None:
-    """Mean and sd of an experiment's val_bpb over its fresh-seed runs (the server's own where it
+    """Mean and sd of an experiment's metric_value over its fresh-seed runs (the server's own where it
     ran any: an author's later confirm_experiment runs cannot move a confirmed mean).
 
     The experiment's own run is not in the mean: it was compared first and selected for looking
@@ -47,7 +48,7 @@ def confirmation_stats(
     if not rows:
         return None  # the common case (every leaderboard row asks): no need to read the row
     original = store.get_experiment(experiment_id)
-    values = [r["val_bpb"] for r in rows]
+    values = [r["metric_value"] for r in rows]
     mean, sd = mean_sd(values)
     return {
         "mean": published(mean),
@@ -55,7 +56,7 @@ def confirmation_stats(
         "n": len(values),
         "values": values,
         "run_ids": [r["id"] for r in rows],
-        "screening_run": original.get("val_bpb"),
+        "screening_run": original.get("metric_value"),
     }
 
 
@@ -68,8 +69,8 @@ def is_confirmed(experiment: Mapping[str, Any], stats: Mapping[str, Any] | None)
 
 
 def fresh_seed_values(store: Store, experiment_id: int) -> list[float]:
-    """val_bpb of the server's comparable fresh-seed runs of an experiment, oldest first."""
-    return [r["val_bpb"] for r in _fresh_runs(store, experiment_id) if is_server_run(r)]
+    """metric_value of the server's comparable fresh-seed runs of an experiment, oldest first."""
+    return [r["metric_value"] for r in _fresh_runs(store, experiment_id) if is_server_run(r)]
 
 
 def reference(
@@ -121,10 +122,11 @@ def _reference(
         n = len(baseline)
         options.append(
             Reference(
-                mean=mean_sd([r["val_bpb"] for r in baseline])[0],
+                mean=mean_sd([r["metric_value"] for r in baseline])[0],
                 runs=n,
                 experiment_id=None,
                 label=f"the baseline (mean of {n} run{'s' if n > 1 else ''})",
+                direction=store.direction,
             )
         )
     improved = store.experiments_with_verdict(
@@ -135,7 +137,9 @@ def _reference(
     for experiment_id in improved:
         if experiment_id == exclude_id:
             continue
-        values = [r["val_bpb"] for r in _fresh_of(runs.get(experiment_id, [])) if is_server_run(r)]
+        values = [
+            r["metric_value"] for r in _fresh_of(runs.get(experiment_id, [])) if is_server_run(r)
+        ]
         if values:
             options.append(
                 Reference(
@@ -143,9 +147,10 @@ def _reference(
                     runs=len(values),
                     experiment_id=experiment_id,
                     label=f"the best confirmed, #{experiment_id} (mean of its {len(values)} fresh-seed runs)",
+                    direction=store.direction,
                 )
             )
-    return min(options, key=lambda r: r.mean) if options else None
+    return min(options, key=lambda r: loss(r.mean, store.direction)) if options else None
 
 
 def leaderboard(
@@ -177,7 +182,7 @@ def leaderboard(
                 "id": row["id"],
                 "agent": row["agent"],
                 "description": row["description"],
-                "val_bpb": stats["mean"] if stats else row["val_bpb"],
+                "metric_value": stats["mean"] if stats else row["metric_value"],
                 "sd": stats["sd"] if stats and stats["n"] > 1 else None,
                 "runs": stats["n"] if stats else 1,
                 "confirmed": is_confirmed(row, stats),
@@ -193,8 +198,8 @@ def leaderboard(
             {
                 "id": baseline["experiment_ids"][0],
                 "agent": SERVER_AGENT,
-                "description": f"baseline (trainer/train.py as shipped; mean of {runs} run{'s' if runs > 1 else ''})",
-                "val_bpb": published(baseline["mean"]),
+                "description": f"baseline (the target's code as shipped; mean of {runs} run{'s' if runs > 1 else ''})",
+                "metric_value": published(baseline["mean"]),
                 "sd": published(baseline["sd"]) if runs > 1 else None,
                 "runs": runs,
                 "confirmed": runs >= 2,
@@ -202,7 +207,8 @@ def leaderboard(
             }
         )
     _add_holdout(store, entries, baseline)
-    entries.sort(key=lambda e: (not e["confirmed"], e["val_bpb"], e["id"]))
+    # Stable: equal values keep the store's order (its tie-break, then the older run first).
+    entries.sort(key=lambda e: (not e["confirmed"], loss(e["metric_value"], store.direction)))
     shown = entries[:limit]
     _add_cost(store, shown, baseline)
     for rank, entry in enumerate(shown, start=1):
@@ -239,12 +245,12 @@ def _add_holdout(
             values = list(store.sealed.holdout_values(stats["run_ids"] if stats else []).values())
         else:
             values = []
-        entry["holdout_bpb"] = published(statistics.fmean(values)) if values else None
+        entry["holdout_value"] = published(statistics.fmean(values)) if values else None
         entry["holdout_runs"] = len(values)
         entry["holdout_flag"] = None
         if values and base_mean is not None and baseline and entry.get("verdict") != "baseline":
-            val_gain = float(baseline["mean"]) - float(entry["val_bpb"])
-            holdout_gain = base_mean - statistics.fmean(values)
+            val_gain = gain(float(entry["metric_value"]), float(baseline["mean"]), store.direction)
+            holdout_gain = gain(statistics.fmean(values), base_mean, store.direction)
             if val_gain > 0 and holdout_gain < val_gain / 2:
                 entry["holdout_flag"] = (
                     f"its val gain ({val_gain:+.4f} vs the baseline) does not show on the sealed "
@@ -264,7 +270,7 @@ def per_agent(store: Store) -> list[dict[str, Any]]:
             {
                 "agent": agent,
                 "best_id": best_id,
-                "best_val_bpb": best,
+                "best_metric_value": best,
                 "experiments": n,
                 "improvements": wins or 0,
                 "device_seconds": round(seconds, 1),
@@ -279,7 +285,7 @@ def per_agent(store: Store) -> list[dict[str, Any]]:
                 {
                     "agent": requester,
                     "best_id": None,
-                    "best_val_bpb": None,
+                    "best_metric_value": None,
                     "experiments": 0,
                     "improvements": 0,
                     "device_seconds": round(seconds, 1),

@@ -5,7 +5,7 @@ Which constants are searched and their spaces: server/suggest_space.py.
 
 The study is rebuilt from the record on every call: a finished run on this server's hardware,
 budget and level ('S') whose train.py differs from the baseline only on those lines is a trial
-(its values, its val_bpb; a crash, timeout or integrity failure is a FAIL trial; disqualified
+(its values, its metric_value; a crash, timeout or integrity failure is a FAIL trial; disqualified
 runs are left out); queued and running ones, and suggestions handed out in the last
 PENDING_HOURS that no run has taken yet, are RUNNING trials. A trial with a value outside the
 space is dropped, not clipped: an agent cannot drag the study with absurd values, and the
@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from server.diffs import unified_diff
+from server.orientation import MINIMIZE, loss
 from server.record import CRASH, INTEGRITY_FAIL, LIVE_STATUSES, OK, TIMEOUT
 from server.refusals import LabError
 from server.seed_checks import parse_python
@@ -55,7 +56,7 @@ PENDING_PER_AGENT = 20  # unlinked suggestions kept per agent (older ones are fo
 TPE_STARTUP_TRIALS = 4  # random samples before TPE models the results
 CMAES_MIN_TRIALS = 12  # completed trials before `auto` picks CMA-ES
 FAILED_STATUSES = (CRASH, TIMEOUT, INTEGRITY_FAIL)
-OBSERVED_COLUMNS = ["id", "agent", "status", "val_bpb", "created_at"]
+OBSERVED_COLUMNS = ["id", "agent", "status", "metric_value", "created_at"]
 OBSERVED_COLUMNS += ["hardware", "budget_seconds", "budget_kind", "disqualified"]
 # A run's status as a trial: ok -> COMPLETE, queued/running -> RUNNING, a failure -> FAIL.
 TRIAL_STATES: dict[str, TrialState] = {s: TrialState.RUNNING for s in LIVE_STATUSES}
@@ -72,7 +73,7 @@ class Observation:
     agent: str
     status: str
     values: dict[str, int | float]
-    val_bpb: float | None
+    metric_value: float | None
     created_at: str
 
 
@@ -101,6 +102,10 @@ class Suggester:
     def __init__(self, lab: Lab) -> None:
         self._lab = weakref.ref(lab)  # suggester_for's cache must not keep the lab alive
         self.store = SuggestionStore(lab.store.db)
+        # the study minimizes or maximizes the metric, as the target says
+        self.direction: Literal["minimize", "maximize"] = (
+            "maximize" if lab.target.direction == "maximize" else "minimize"
+        )
         self.store.ensure_table()
         self.cpu = not lab.device.startswith("cuda")
         self.baseline = dict(lab.baseline_files)
@@ -144,12 +149,12 @@ class Suggester:
                 or row.get("budget_kind") != kind
             ):
                 continue
-            if row["status"] == OK and row.get("val_bpb") is None:
+            if row["status"] == OK and row.get("metric_value") is None:
                 continue
             values = self._values_of(int(row["id"]))
             if values is None:
                 continue
-            fields = (row["agent"], row["status"], values, row["val_bpb"], row["created_at"])
+            fields = (row["agent"], row["status"], values, row["metric_value"], row["created_at"])
             found.append(Observation(int(row["id"]), *fields))
             if len(found) >= MAX_TRIALS_FED:
                 break
@@ -209,7 +214,7 @@ class Suggester:
             used, note = self._pick_sampler(sampler, chosen, complete)
             seed = self.store.last_id()
             study = optuna.create_study(
-                direction="minimize", sampler=self._sampler(used, seed, complete)
+                direction=self.direction, sampler=self._sampler(used, seed, complete)
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -227,7 +232,7 @@ class Suggester:
             trials_failed=sum(t.state == TrialState.FAIL for t in trials),
             trials_running=sum(t.state == TrialState.RUNNING for t in trials),
             trials_dropped=dropped,
-            best=_best(complete),
+            best=_best(complete, self.direction),
             space={n: self.params[n].describe() for n in chosen},
             diff=diff,
             not_in_workspace=missing,
@@ -254,7 +259,7 @@ class Suggester:
                 dropped += 1
                 continue
             state = TRIAL_STATES.get(obs.status, TrialState.FAIL)
-            value = obs.val_bpb if state == TrialState.COMPLETE else None
+            value = obs.metric_value if state == TrialState.COMPLETE else None
             trials.append(
                 create_trial(
                     state=state,
@@ -299,13 +304,17 @@ class Suggester:
             )
         return asked, f"{asked}, as asked"
 
-    @staticmethod
-    def _sampler(used: str, seed: int, complete: list[FrozenTrial]) -> optuna.samplers.BaseSampler:
+    def _sampler(
+        self, used: str, seed: int, complete: list[FrozenTrial]
+    ) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if used == "cmaes":
                 return optuna.samplers.CmaEsSampler(
-                    seed=seed, source_trials=complete, warn_independent_sampling=False
+                    seed=seed,
+                    # Optuna's warm start reads source values as losses: a maximized metric starts cold.
+                    source_trials=complete if self.direction == MINIMIZE else None,
+                    warn_independent_sampling=False,
                 )
             if used == "random":
                 return optuna.samplers.RandomSampler(seed=seed)
@@ -379,25 +388,29 @@ class Suggester:
         return unified_diff({EDITABLE: current}, {EDITABLE: "".join(lines)}), missing
 
     def recent(self, agent: str, limit: int = 5) -> list[dict[str, Any]]:
-        """The agent's latest suggestions and, where a run took one, its status and val_bpb."""
+        """The agent's latest suggestions and, where a run took one, its status and metric_value."""
         out = []
         for row in self.store.recent_of(agent, limit):
             entry = {key: row[key] for key in ("id", "params", "sampler", "experiment_id")}
             if row["experiment_id"]:
                 run = self.lab.store.get_experiment(int(row["experiment_id"]))
-                entry |= {"status": run.get("status"), "val_bpb": run.get("val_bpb")}
+                entry |= {"status": run.get("status"), "metric_value": run.get("metric_value")}
             out.append(entry)
         return out
 
 
-def _best(complete: Sequence[FrozenTrial]) -> dict[str, Any] | None:
-    """The completed trial with the lowest val_bpb: its experiment, value and parameter values."""
-    best = min(complete, key=lambda t: t.value or math.inf, default=None)
+def _best(complete: Sequence[FrozenTrial], direction: str) -> dict[str, Any] | None:
+    """The completed trial with the best value: its experiment, value and parameter values."""
+    best = min(
+        (t for t in complete if t.value is not None),
+        key=lambda t: loss(float(t.value or 0.0), direction),
+        default=None,
+    )
     if best is None:
         return None
     return {
         "experiment_id": best.user_attrs.get("experiment_id"),
-        "val_bpb": best.value,
+        "metric_value": best.value,
         "values": best.params,
     }
 

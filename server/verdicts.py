@@ -37,11 +37,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.orientation import gain as oriented_gain
 from server.record import BASELINE, CANDIDATE, FAILED, IMPROVED, WITHIN_NOISE, WORSE
 from server.record import Verdict as VerdictValue
 
-# Used until the baseline has been measured twice on this hardware: the seed-to-seed sd of
-# val_bpb seen on a 2-core CPU at 60 s (bench/results/README.md). Replaced by the measured value.
+# Used until the baseline has been measured twice on this hardware, where the target gives no
+# `assumed_sd` of its own: the seed-to-seed sd of the bundled trainer/ target on a 2-core CPU at 60 s
+# (bench/results/README.md). Replaced by the measured value.
 ASSUMED_SD = 0.02
 MIN_SD = 1e-4  # a perfectly deterministic machine still gets a non-zero threshold
 OUTLIER_Z = 4.0  # a run this many sd (of the other groups) from its group's median is left out
@@ -126,7 +128,7 @@ def t_quantile(p: float, df: float) -> float:
 
 @dataclass(frozen=True)
 class Noise:
-    """The run-to-run spread of val_bpb for one code on one hardware fingerprint and budget."""
+    """The run-to-run spread of the metric for one code on one hardware fingerprint and budget."""
 
     sd: float
     runs: int  # runs that went into the estimate
@@ -147,11 +149,12 @@ class Noise:
         *,
         baseline: Sequence[float] = (),
         ids: Sequence[Sequence[int]] | None = None,
+        assumed_sd: float = ASSUMED_SD,
     ) -> Noise:
         """The pooled within-group sd over groups of repeated runs, robust to a disturbed run.
 
-        Each group is the val_bpb of one code at different seeds. Before two runs of one code
-        exist, ASSUMED_SD stands in (measured False, df infinite: the screen still works, and no
+        Each group is the metric of one code at different seeds. Before two runs of one code
+        exist, `assumed_sd` (the target's) stands in (measured False, df infinite: the screen still works, and no
         candidate can be confirmed before its own confirmation runs measure the noise).
         """
         usable = [list(g) for g in groups if len(g) >= 2]
@@ -159,7 +162,7 @@ class Noise:
         mean = statistics.fmean(baseline) if baseline else None
         if not usable:
             runs = sum(len(g) for g in groups)
-            return cls(sd=ASSUMED_SD, runs=runs, mean=mean, measured=False, df=math.inf)
+            return cls(sd=assumed_sd, runs=runs, mean=mean, measured=False, df=math.inf)
         left_out: list[int] = []
         kept_groups = []
         for n, group in enumerate(usable):
@@ -180,7 +183,7 @@ class Noise:
             kept_groups.append(kept)
         usable = [g for g in kept_groups if len(g) >= 2]
         if not usable:
-            return cls(sd=ASSUMED_SD, runs=0, mean=mean, measured=False, df=math.inf)
+            return cls(sd=assumed_sd, runs=0, mean=mean, measured=False, df=math.inf)
         sd, df = _pooled_sd(usable)
         return cls(
             sd=max(sd, MIN_SD),
@@ -206,6 +209,11 @@ class Reference:
     runs: int
     experiment_id: int | None  # None: the baseline
     label: str  # "the baseline (mean of 4 runs)", "#12 (mean of its 4 confirmation runs)"
+    direction: str = "minimize"  # the target's: which way the metric improves
+
+    def gain(self, value: float) -> float:
+        """How much better `value` is than this reference's mean (positive = better)."""
+        return oriented_gain(value, self.mean, self.direction)
 
 
 @dataclass(frozen=True)
@@ -234,14 +242,12 @@ class ErrorBudget:
 class Verdict:
     verdict: VerdictValue
     note: str
-    threshold: float  # the gain this step needed (val_bpb)
+    threshold: float  # the gain this step needed (in the metric's units)
     z: float | None = None  # the test statistic, in units of its own sd
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-PUBLISHED_DIGITS = (
-    5  # val_bpb reaches agents at 4 decimals; derived figures (deltas, means, sd) at 5
-)
+PUBLISHED_DIGITS = 5  # metrics reach agents at metric_decimals (4 by default); derived figures at 5
 
 
 def published(value: float | None, digits: int = PUBLISHED_DIGITS) -> float | None:
@@ -262,7 +268,7 @@ def noise_basis(noise: Noise) -> str:
 def screen(
     *,
     status: str,
-    val_bpb: float | None,
+    metric_value: float | None,
     reference: Reference | None,
     noise: Noise,
     budget: ErrorBudget,
@@ -275,14 +281,14 @@ def screen(
     becomes a candidate; a run made under conditions not comparable with the reference (a
     contended CPU) is not compared at all.
     """
-    if status != "ok" or val_bpb is None or not math.isfinite(val_bpb):
-        return Verdict(FAILED, "the run did not produce a valid val_bpb", 0.0)
+    if status != "ok" or metric_value is None or not math.isfinite(metric_value):
+        return Verdict(FAILED, "the run did not produce a valid result", 0.0)
     if reference is None:
         return Verdict(WITHIN_NOISE, "nothing measured yet to compare with on this setting", 0.0)
     spread = noise.sd * math.sqrt(1.0 + 1.0 / max(reference.runs, 1))
     screen_at = t_quantile(1.0 - budget.screen_share, noise.df) * spread
     worse_at = t_quantile(WORSE_QUANTILE, noise.df) * spread
-    gain = reference.mean - val_bpb
+    gain = reference.gain(metric_value)
     z = gain / spread
     versus = f"{reference.label}, {noise_basis(noise)}"
     if not_comparable:
@@ -340,7 +346,7 @@ def describe_rule(noise: Noise, reference: Reference | None, budget: ErrorBudget
         "threshold": published(screen_at),
         "reference": {
             "label": reference.label,
-            "val_bpb": published(reference.mean),
+            "metric_value": published(reference.mean),
             "runs": reference.runs,
         }
         if reference
@@ -382,7 +388,7 @@ def judge_confirmation(
     if n == 0:
         return None
     mean = statistics.fmean(runs)
-    gain = reference.mean - mean
+    gain = reference.gain(mean)
     spread = noise.sd * math.sqrt(1.0 / n + 1.0 / max(reference.runs, 1))
     z = gain / spread
     runs_text = f"{n} fresh seed{'s' if n > 1 else ''}"
@@ -436,8 +442,10 @@ def judge_confirmation(
 
 
 def seeds_of(rows: Sequence[Mapping[str, Any]]) -> dict[int, float]:
-    """{seed: val_bpb} of rows (for the seed-sensitivity check)."""
-    return {int(r["seed"]): float(r["val_bpb"]) for r in rows if r.get("val_bpb") is not None}
+    """{seed: metric_value} of rows (for the seed-sensitivity check)."""
+    return {
+        int(r["seed"]): float(r["metric_value"]) for r in rows if r.get("metric_value") is not None
+    }
 
 
 # ---------------------------------------------------------------- the budget's clock

@@ -107,7 +107,7 @@ def record(
         files=files,
         parent_files=parent,
         status=status,
-        val_bpb=3.0 if status == "ok" else None,
+        metric_value=3.0 if status == "ok" else None,
         verdict="within_noise" if status == "ok" else "failed",
         parent_id=parent_id,
     )
@@ -163,7 +163,9 @@ async def test_a_two_part_change_is_ablated_on_paired_seeds(training_lab: Lab) -
         assert done == await call(client, "get_ablation", ablation_id=started["ablation_id"])
     assert done["status"] == "done"
     analysis = done["analysis"]
-    value = {(r["role"], r["seed_index"]): lab.experiment(r["run_id"])["val_bpb"] for r in runs}
+    value = {
+        (r["role"], r["seed_index"]): lab.experiment(r["run_id"])["metric_value"] for r in runs
+    }
     total = statistics.fmean(value[("base", n)] - value[("full", n)] for n in (0, 1))
     assert analysis["total_gain"] == pytest.approx(total, abs=1e-6)
     for part in (1, 2):
@@ -287,10 +289,22 @@ def test_additivity_is_judged_against_the_noise() -> None:
         out = []
         for seed in (0, 1):
             out.append(
-                {"role": "full", "part": None, "seed_index": seed, "status": "ok", "val_bpb": full}
+                {
+                    "role": "full",
+                    "part": None,
+                    "seed_index": seed,
+                    "status": "ok",
+                    "metric_value": full,
+                }
             )
             out.append(
-                {"role": "base", "part": None, "seed_index": seed, "status": "ok", "val_bpb": base}
+                {
+                    "role": "base",
+                    "part": None,
+                    "seed_index": seed,
+                    "status": "ok",
+                    "metric_value": base,
+                }
             )
             for i, value in enumerate(without):
                 out.append(
@@ -299,7 +313,7 @@ def test_additivity_is_judged_against_the_noise() -> None:
                         "part": i,
                         "seed_index": seed,
                         "status": "ok",
-                        "val_bpb": value,
+                        "metric_value": value,
                     }
                 )
         return out
@@ -319,6 +333,6 @@ def test_additivity_is_judged_against_the_noise() -> None:
     crashed = runs(3.0, 3.1, [3.06, 3.04])
     for run in crashed:
         if run["part"] == 1:
-            run.update(status="crash", val_bpb=None)
+            run.update(status="crash", metric_value=None)
     partial = analyse(crashed, 2, 0.005, 2.0)
     assert partial["additivity"] == "unknown" and "2 run(s) failed" in partial["summary"]

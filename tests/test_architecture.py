@@ -1,4 +1,5 @@
-"""The server's shape: SQL only in the store, no import cycle, no module too large to read.
+"""The server's shape: SQL only in the store, no import cycle, no module too large to read, and
+nothing specific to one research target in the target-neutral code.
 
 Each assertion names the offender: the module and line with SQL, the modules of a cycle, the
 module over the size limit.
@@ -10,7 +11,8 @@ import ast
 import re
 from pathlib import Path
 
-SERVER = Path(__file__).resolve().parents[1] / "server"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVER = REPO_ROOT / "server"
 STORE = SERVER / "store"
 MAX_MODULE_LINES = 600
 
@@ -156,3 +158,29 @@ def test_the_design_doc_names_every_status_verdict_and_kind() -> None:
     words = {a or b for a, b in named}
     missing = [v for v in (*STATUSES, *VERDICTS, *KINDS) if v not in words]
     assert not missing, f"docs/design.md 'Statuses and verdicts' does not name: {missing}"
+
+
+# Names that belong to the GPT target (trainer/), never to the target-neutral server and sandbox:
+# the metric, its unit, the model family and its data. (A migration naming an old column marks its
+# line "# legacy name".) A second target (targets/digits) runs
+# through the same code, so a GPT assumption here would be a bug there.
+GPT_SPECIFIC = re.compile(
+    r"val_bpb|\bbpb\b|bits per byte|\bGPT\b|small-GPT|nanochat|tokeni[sz]er|\bvocab(_size)?\b"
+    r"|lower is better|\bperplexity\b",
+    re.IGNORECASE,
+)
+NEUTRAL_ROOTS = ("server", "sandbox")
+
+
+def test_server_and_sandbox_name_nothing_gpt_specific() -> None:
+    """server/ and sandbox/ (code, comments, the dashboard's script and page) say nothing that only
+    holds for the GPT target; the metric's name, unit and direction come from target.toml."""
+    found = []
+    for root in NEUTRAL_ROOTS:
+        for path in sorted((REPO_ROOT / root).rglob("*")):
+            if path.suffix not in (".py", ".js", ".html", ".css") or "__pycache__" in path.parts:
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
+                if GPT_SPECIFIC.search(line) and "# legacy name" not in line:
+                    found.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()[:100]}")
+    assert not found, "GPT-specific names outside trainer/:\n" + "\n".join(found)

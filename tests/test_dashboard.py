@@ -96,7 +96,7 @@ def add_synthetic_experiments(lab: Lab, agent: str, count: int, *, start: float,
         )
         lab.store.update_experiment(
             experiment_id,
-            val_bpb=value,
+            metric_value=value,
             verdict=verdict,
             delta_best=(best - value) if value is not None else None,
             train_seconds=4.0,
@@ -129,7 +129,10 @@ def add_measured_baseline(lab: Lab, values: list[float]) -> None:
             scale="S",
         )
         lab.store.update_experiment(
-            experiment_id, val_bpb=value, verdict="baseline", finished_at="2026-01-01T00:00:00Z"
+            experiment_id,
+            metric_value=value,
+            verdict="baseline",
+            finished_at="2026-01-01T00:00:00Z",
         )
         ids.append(experiment_id)
     lab.store.set_baseline(
@@ -333,9 +336,9 @@ def test_running_best_skips_disqualified_and_failed_runs(tmp_path: Path, data_di
                 hardware=lab.hardware,
                 budget_seconds=lab.budget_seconds,
             )
-            lab.store.update_experiment(i, val_bpb=value, disqualified=disqualified)
+            lab.store.update_experiment(i, metric_value=value, disqualified=disqualified)
         data = chart_data(lab)
-        assert [(b.index, b.val_bpb) for b in data.best] == [(0, 3.0), (3, 2.95), (4, 2.8)]
+        assert [(b.index, b.metric_value) for b in data.best] == [(0, 3.0), (3, 2.95), (4, 2.8)]
         assert data.failures == 1 and len(data.points) == 5
         assert data.points[1].disqualified
     finally:
@@ -360,7 +363,7 @@ def test_ablation_section_and_patches_link_render(tmp_path: Path, data_dir: Path
             kind="experiment",
             status="ok",
             description="two changes",
-            val_bpb=3.70,
+            metric_value=3.70,
             verdict="improved",
             code=code,
             code_hash=hash_files({k: v.encode() for k, v in code.items()}),
@@ -394,7 +397,7 @@ def test_ablation_section_and_patches_link_render(tmp_path: Path, data_dir: Path
                 }
                 for run in ablation["runs"]:
                     lab.store.update_experiment(
-                        run["run_id"], status="ok", val_bpb=values[run["role"]]
+                        run["run_id"], status="ok", metric_value=values[run["role"]]
                     )
                 done = client.get(f"/experiments/{experiment_id}").text
                 assert "+0.0400" in done and "+0.0100" in done  # each part's contribution
@@ -436,12 +439,12 @@ def test_browser_shows_chart_leaderboard_and_opens_a_diff(live: LiveServer) -> N
             expect(rows).to_have_count(len(board))
             for row, entry in zip(rows.all(), board, strict=True):
                 assert row.get_attribute("data-id") == str(entry["id"])
-                assert row.locator("td.val").inner_text() == f"{entry['val_bpb']:.6f}"
+                assert row.locator("td.val").inner_text() == f"{entry['metric_value']:.6f}"
             agents = page.locator("#per-agent tbody tr")
             expect(agents).to_have_count(len(lab.per_agent()))
             for row, agent in zip(agents.all(), lab.per_agent(), strict=True):
                 assert row.get_attribute("data-agent") == agent["agent"]
-                best = agent["best_val_bpb"]
+                best = agent["best_metric_value"]
                 assert row.locator("td.val").inner_text() == (
                     f"{best:.6f}" if best is not None else "—"
                 )
@@ -523,7 +526,7 @@ def test_the_chart_draws_the_latest_points_and_every_best_step(
         values = [2.0, 1.9, 2.1, 2.2, 1.95, 2.3, 2.05]
         ids = [
             finished_run(lab, "alice", f"idea {n}", files={"train.py": base + f"IDEA = {n}\n"},
-                         val_bpb=v, budget_kind=lab.settings.resolved_budget_kind())
+                         metric_value=v, budget_kind=lab.settings.resolved_budget_kind())
             for n, v in enumerate(values)
         ]  # fmt: skip
         chart = dashboard_data.chart_data(lab)

@@ -175,13 +175,15 @@ async def test_a_duplicate_by_another_edit_returns_the_earlier_result(lab: Lab) 
     async with connect(lab, "auto", agent="alice") as alice, connect(lab, "auto", "bob") as bob:
         await call(alice, "edit_file", path="train.py", old=HEAD, new="HEAD_LR = 0.008")
         first = await call(alice, "run_experiment", description="head lr x2", wait=False)
-        finish(lab, first["id"], status="ok", val_bpb=2.5, verdict="worse")
+        finish(lab, first["id"], status="ok", metric_value=2.5, verdict="worse")
         text = base["train.py"].replace(HEAD, "HEAD_LR = 0.004 * 2  # bob's idea", 1)
         await call(bob, "write_file", path="train.py", content=text)
         count = lab.store.count_experiments()
         again = await call(bob, "run_experiment", description="double the head lr", wait=False)
         assert lab.store.count_experiments() == count  # nothing queued
-        assert (again["id"], again["reused_from"], again["val_bpb"]) == (first["id"],) * 2 + (2.5,)
+        assert (again["id"], again["reused_from"], again["metric_value"]) == (first["id"],) * 2 + (
+            2.5,
+        )
         assert again["next_step"].startswith(
             "nothing new was queued: the same code (the same constant change: HEAD_LR 0.004 -> "
             f"0.008) already ran as #{first['id']} by alice with the same settings: its result "
@@ -220,7 +222,7 @@ async def test_a_near_duplicate_is_only_a_note(lab: Lab) -> None:
         "head lr x2",
         {"train.py": base.replace(HEAD, "HEAD_LR = 0.008", 1)},
         status="ok",
-        val_bpb=2.5,
+        metric_value=2.5,
         verdict="worse",
     )
     async with connect(lab, "auto", agent="bob") as bob:
@@ -291,7 +293,7 @@ async def test_similar_experiments_finds_failed_and_worse_runs(lab: Lab) -> None
         "gelu in the MLP",
         {"train.py": base.replace("F.relu(self.up(x)).square()", "F.gelu(self.up(x))", 1)},
         status="ok",
-        val_bpb=2.61,
+        metric_value=2.61,
         verdict="worse",
     )
     unrelated = recorded(
@@ -300,7 +302,7 @@ async def test_similar_experiments_finds_failed_and_worse_runs(lab: Lab) -> None
         "head lr x2",
         {"train.py": base.replace(HEAD, "HEAD_LR = 0.008", 1)},
         status="ok",
-        val_bpb=2.4,
+        metric_value=2.4,
         verdict="within_noise",
     )
     # The same cosine schedule, the local renamed: a diff vs the baseline.

@@ -170,13 +170,15 @@ def experiment_lines(stdout: str) -> list[str]:
 
 
 def check_final_rows(rows: list[dict[str, Any]]) -> None:
-    """Final statuses with their figures: val_bpb for ok runs, train_seconds for all that ran."""
+    """Final statuses with their figures: metric_value for ok runs, train_seconds for all that ran."""
     for row in rows:
         assert row["status"] in FINAL_STATUSES, row
         assert row["verdict"], row
         if row["status"] == "ok":
-            assert isinstance(row["val_bpb"], float) and math.isfinite(row["val_bpb"]), row
-            assert row["val_bpb"] > 0, row
+            assert isinstance(row["metric_value"], float) and math.isfinite(row["metric_value"]), (
+                row
+            )
+            assert row["metric_value"] > 0, row
         if row["status"] not in ("cancelled", "interrupted"):
             assert row["train_seconds"] is not None and row["train_seconds"] > 0, row
 

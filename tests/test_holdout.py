@@ -143,13 +143,7 @@ def test_training_cannot_read_the_holdout(runner: ExperimentRunner) -> None:
 
 def probing_target(runner: ExperimentRunner) -> ExperimentRunner:
     """The runner with an 'evaluator' that only reports what its jail holds under the data dir."""
-    trusted = runner.expected_hashes
-    hashes = {
-        "evaluator": trusted["evaluator"],
-        "val": trusted["val/tokens.bin"],
-        "tokenizer": trusted["tokenizer/tokenizer.tiktoken"],
-        "token_bytes": trusted["tokenizer/token_bytes.bin"],
-    }
+    hashes = dict(runner.expected_hashes)  # the evaluator's and every eval-side file's
     code = (
         "import json, os, sys\n"
         f"hashes = json.loads({json.dumps(hashes)!r})\n"
@@ -189,7 +183,7 @@ def test_a_normal_evaluation_cannot_see_the_holdout(runner: ExperimentRunner) ->
 
 def test_holdout_is_scored_only_when_asked_and_never_published(runner: ExperimentRunner) -> None:
     """Hack: an agent reads the holdout's number from what a run returns (metrics, log tail,
-    reason) and selects against it, making it a second val set. Defence: holdout_bpb comes back
+    reason) and selects against it, making it a second val set. Defence: holdout_value comes back
     on its own RunResult field only, for a run the server asks to score it on; the published
     metrics are a whitelist that does not name it, and the status is val's alone."""
     files = load_target().baseline_files()
@@ -201,17 +195,17 @@ def test_holdout_is_scored_only_when_asked_and_never_published(runner: Experimen
         plain.failure_reason,
         scored.failure_reason,
     )
-    assert plain.holdout_bpb is None and plain.holdout_note is None
-    assert scored.holdout_bpb is not None and scored.holdout_note is None, scored.holdout_note
-    assert np.isfinite(scored.holdout_bpb) and scored.val_bpb is not None
+    assert plain.holdout_value is None and plain.holdout_note is None
+    assert scored.holdout_value is not None and scored.holdout_note is None, scored.holdout_note
+    assert np.isfinite(scored.holdout_value) and scored.metric_value is not None
     assert scored.holdout_windows == scored.metrics["windows"] == 24
     # Same distribution (a secret hash of the same corpus): the baseline scores alike on both.
-    assert abs(scored.holdout_bpb - scored.val_bpb) < 0.25 * scored.val_bpb
+    assert abs(scored.holdout_value - scored.metric_value) < 0.25 * scored.metric_value
     published = json.dumps(scored.metrics) + scored.log_tail + str(scored.failure_reason)
     for shown in (
-        repr(scored.holdout_bpb),
-        f"{scored.holdout_bpb:.4f}",
-        f"{scored.holdout_bpb:.3f}",
+        repr(scored.holdout_value),
+        f"{scored.holdout_value:.4f}",
+        f"{scored.holdout_value:.3f}",
     ):
         assert shown not in published
     assert "holdout" not in published
@@ -222,8 +216,8 @@ def test_folder_without_holdout_still_runs_and_says_holdout_unavailable(
     data_dir: Path, tmp_path: Path
 ) -> None:
     """Hack: none; a home prepared before the holdout must keep working. Defence: runs
-    evaluate val as before (same val_bpb), and a run asked to score the holdout gets
-    holdout_bpb None and a note saying to re-run prepare; nothing fails."""
+    evaluate val as before (same metric_value), and a run asked to score the holdout gets
+    holdout_value None and a note saying to re-run prepare; nothing fails."""
     old = strip_holdout(data_dir, tmp_path / "old-data")
     old_runner = ExperimentRunner(load_target(), old, tmp_path / "runs")
     assert old_runner.expected_holdout_hashes == {}
@@ -231,8 +225,8 @@ def test_folder_without_holdout_still_runs_and_says_holdout_unavailable(
     new_runner = ExperimentRunner(load_target(), data_dir, tmp_path / "runs-new")
     reference = new_runner.run({"train.py": UNIFORM_TRAINER}, quick(score_holdout=True))
     assert (result.status, reference.status) == ("ok", "ok"), result.failure_reason
-    assert result.val_bpb == reference.val_bpb
-    assert result.holdout_bpb is None and reference.holdout_bpb is not None
+    assert result.metric_value == reference.metric_value
+    assert result.holdout_value is None and reference.holdout_value is not None
     assert result.holdout_note is not None and result.holdout_note.startswith("not available")
     assert "re-run `autoresearch-mcp prepare`" in result.holdout_note
 

@@ -83,7 +83,7 @@ async def test_a_task_handle_follows_the_run_to_its_result(training_lab: Lab) ->
     assert not result.is_error, result.content
     assert result.structured_content is not None
     row = result.structured_content
-    assert row["status"] == "ok" and row["val_bpb"] is not None
+    assert row["status"] == "ok" and row["metric_value"] is not None
     assert training_lab.experiment(row["id"])["status"] == "ok"
 
 
@@ -129,7 +129,7 @@ async def test_task_lifecycle_by_hand_and_cancel(idle_lab: Lab) -> None:
 
 async def test_confirm_experiment_answers_with_a_task(idle_lab: Lab) -> None:
     experiment_id, _ = idle_lab.submit("alice", "an idea to confirm")
-    assert idle_lab.store.transition(experiment_id, ["queued"], status="ok", val_bpb=2.0)
+    assert idle_lab.store.transition(experiment_id, ["queued"], status="ok", metric_value=2.0)
     async with Client(
         build_server(idle_lab, default_agent="bob"), mode="auto", extensions=[TasksClient()]
     ) as client:
@@ -197,7 +197,7 @@ async def test_view_renders_in_chromium(idle_lab: Lab) -> None:
             experiment_id,
             ["queued"],
             status="ok",
-            val_bpb=value,
+            metric_value=value,
             finished_at="2026-11-30T00:00:00Z",
         )
     idle_lab.submit("carol", "still queued", files={"train.py": base + "UNUSED_Q = 1\n"})
@@ -316,12 +316,12 @@ async def test_the_patches_index_is_a_resource(idle_lab: Lab) -> None:
     base = idle_lab.baseline_files["train.py"]
     win = finished_run(
         idle_lab, "alice", "warmup 200 steps", files={"train.py": base + "WARMUP = 200\n"},
-        val_bpb=1.9, verdict="improved",
+        metric_value=1.9, verdict="improved",
     )  # fmt: skip
     for n in range(2):
         finished_run(
             idle_lab, "alice", f"{SERVER_CONFIRMATION} #{win}", files={"train.py": base + "WARMUP = 200\n"},
-            kind="confirmation", confirms_id=win, val_bpb=1.91, seed=300 + n, cpu_share=1.0,
+            kind="confirmation", confirms_id=win, metric_value=1.91, seed=300 + n, cpu_share=1.0,
         )  # fmt: skip
     for reader, shown in (
         ("alice", "warmup 200 steps"),

@@ -164,7 +164,7 @@ def add_experiment(
     lab: Lab,
     agent: str,
     description: str,
-    val_bpb: float | None = None,
+    metric_value: float | None = None,
     *,
     status: str = "ok",
     kind: str = "experiment",
@@ -181,7 +181,7 @@ def add_experiment(
         kind=kind,
         status=status,
         description=description,
-        val_bpb=val_bpb if ok else None,
+        metric_value=metric_value if ok else None,
         verdict=("within_noise" if kind == "experiment" else kind) if ok else "failed",
         code=files,
         code_hash=hash_files({k: v.encode() for k, v in files.items()}),
@@ -495,7 +495,7 @@ async def test_run_experiment_without_waiting_and_one_live_at_a_time(lab: Lab, m
         experiment_id = queued["id"]
         assert queued["status"] == "queued"
         assert queued["agent"] == "alice"
-        assert queued["val_bpb"] is None and queued["verdict"] is None
+        assert queued["metric_value"] is None and queued["verdict"] is None
         assert queued["progress"] == "queued, position 1"
         assert queued["next_step"] == (
             f"still queued: call wait_experiment({experiment_id}) (each call waits up to 60 s)"
@@ -597,7 +597,7 @@ async def test_get_experiment_with_diff_log_and_lineage(lab: Lab, mode: str) -> 
     async with connect(lab, mode) as client:
         plain = await call(client, "get_experiment", experiment_id=second)
         assert plain["id"] == second and plain["agent"] == "bob"
-        assert plain["status"] == "ok" and plain["val_bpb"] == 1.85
+        assert plain["status"] == "ok" and plain["metric_value"] == 1.85
         assert plain["diff_vs_parent"] is None and plain["diff_vs_baseline"] is None
         assert plain["log_tail"] is None  # a success shows its log only when asked
         assert [step["id"] for step in plain["lineage"]] == [second, first]
@@ -653,7 +653,7 @@ async def test_get_history_scope_order_query_paging_status(lab: Lab, mode: str) 
         assert mine["total"] == len(ids["alice"]) == 20
 
         best = await call(client, "get_history", order="best", limit=100)
-        values = [r["val_bpb"] for r in best["rows"]]
+        values = [r["metric_value"] for r in best["rows"]]
         assert values[:25] == sorted(values[:25])
         assert values[25:] == [None, None]  # crashes last
 
@@ -680,7 +680,7 @@ async def test_get_history_scope_order_query_paging_status(lab: Lab, mode: str) 
         quoted = await call(client, "get_history", query='lr" OR (x')
         assert quoted["rows"] == [] and quoted["total"] == 0
 
-        assert recent["leaderboard"][0]["val_bpb"] == min(v for v in values if v is not None)
+        assert recent["leaderboard"][0]["metric_value"] == min(v for v in values if v is not None)
 
         # One scale level of the promotion ladder.
         larger = add_experiment(lab, "bob", "warmdown at level M", 1.5, scale="M")
@@ -933,7 +933,7 @@ async def test_resources(lab: Lab, mode: str) -> None:
         record = json.loads(
             (await client.read_resource(f"experiment://{finished}")).contents[0].text
         )
-        assert record["id"] == finished and record["val_bpb"] == 1.8
+        assert record["id"] == finished and record["metric_value"] == 1.8
         assert "code" not in record
 
 
@@ -959,11 +959,12 @@ async def test_research_loop_prompt(lab: Lab, mode: str) -> None:
         [listed] = (await client.list_prompts()).prompts
         assert listed.name == "research_loop"
         custom = await client.get_prompt(
-            "research_loop", {"goal": "reach val_bpb 1.5", "stopping_policy": "stop after 3 runs"}
+            "research_loop",
+            {"goal": "reach metric_value 1.5", "stopping_policy": "stop after 3 runs"},
         )
         default = await client.get_prompt("research_loop")
     text = custom.messages[0].content.text
-    assert "Goal: reach val_bpb 1.5\n" in text
+    assert "Goal: reach metric_value 1.5\n" in text
     assert "Budget per experiment: 4 s (cpu clock) on cpu." in text
     assert "It waits up to\n   60 seconds" in text
     assert text.rstrip().endswith("stop after 3 runs")
@@ -1017,7 +1018,7 @@ async def test_run_experiment_waits_for_the_verdict(training_lab: Lab, mode: str
         result = response.structured_content
         assert result is not None
         assert result["status"] == "ok", result
-        assert isinstance(result["val_bpb"], float) and 0 < result["val_bpb"] < 20
+        assert isinstance(result["metric_value"], float) and 0 < result["metric_value"] < 20
         assert result["verdict"] in ("improved", "within_noise", "worse")
         assert result["verdict_note"]
         assert result["next_step"]
@@ -1026,7 +1027,9 @@ async def test_run_experiment_waits_for_the_verdict(training_lab: Lab, mode: str
 
         count = lab.store.count_experiments()
         again = await call(client, "run_experiment", description="the same code once more")
-        assert again["reused_from"] == result["id"] and again["val_bpb"] == result["val_bpb"]
+        assert (
+            again["reused_from"] == result["id"] and again["metric_value"] == result["metric_value"]
+        )
         assert lab.store.count_experiments() == count
 
         detail = await call(

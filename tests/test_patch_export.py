@@ -43,7 +43,7 @@ def add(
     agent: str = "alice",
     parent: int | None = None,
     verdict: str | None = None,
-    val_bpb: float = 3.0,
+    metric_value: float = 3.0,
     confirms: int | None = None,
     parent_code: dict[str, str] | None = None,
 ) -> int:
@@ -52,7 +52,7 @@ def add(
         kind=kind,
         status="ok",
         description=description,
-        val_bpb=val_bpb,
+        metric_value=metric_value,
         verdict=verdict,
         code=code,
         code_hash=hash_files({k: v.encode() for k, v in code.items()}),
@@ -79,7 +79,7 @@ def confirm(
             description=f"{SERVER_CONFIRMATION} #{experiment_id}",
             agent="alice",
             confirms=experiment_id,
-            val_bpb=v,
+            metric_value=v,
         )
         for v in values
     ]
@@ -89,7 +89,7 @@ def confirm(
 def record(tmp_path: Path) -> dict[str, Any]:
     store = Store(tmp_path / "history.sqlite")
     base_ids = [
-        add(store, "baseline", BASELINE, description="baseline", verdict="baseline", val_bpb=v)
+        add(store, "baseline", BASELINE, description="baseline", verdict="baseline", metric_value=v)
         for v in (3.10, 3.12)
     ]
     store.set_baseline(
@@ -100,7 +100,7 @@ def record(tmp_path: Path) -> dict[str, Any]:
         **{k: SETTING[k] for k in ("hardware", "scale", "budget_kind", "budget_seconds")},
     )
     for run_id, holdout in zip(base_ids, (3.20, 3.22), strict=True):
-        store.sealed.record(run_id, val_bpb_exact=None, holdout_bpb=holdout)
+        store.sealed.record(run_id, metric_exact=None, holdout_value=holdout)
     first_code = changed(BASELINE, "MATRIX_LR = 0.02", "MATRIX_LR = 0.03")
     first = add(
         store,
@@ -108,7 +108,7 @@ def record(tmp_path: Path) -> dict[str, Any]:
         first_code,
         description="matrix lr 0.02 -> 0.03 | faster",
         verdict="improved",
-        val_bpb=3.05,
+        metric_value=3.05,
     )
     confirm(store, first, first_code, [3.06, 3.08])
     step_code = changed(first_code, "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.6")
@@ -132,15 +132,20 @@ def record(tmp_path: Path) -> dict[str, Any]:
         agent="bob",
         parent=step,
         verdict="improved",
-        val_bpb=3.00,
+        metric_value=3.00,
         parent_code=step_code,
     )
     best_runs = confirm(store, best, best_code, [3.01, 3.03])
-    store.sealed.record(best_runs[0], val_bpb_exact=None, holdout_bpb=3.15)
+    store.sealed.record(best_runs[0], metric_exact=None, holdout_value=3.15)
     # A confirmed win on another branch, not as good: not on the path to the best.
     other = changed(BASELINE, "WEIGHT_DECAY = 0.0", "WEIGHT_DECAY = 0.1")
     other_id = add(
-        store, "experiment", other, description="weight decay", verdict="improved", val_bpb=3.07
+        store,
+        "experiment",
+        other,
+        description="weight decay",
+        verdict="improved",
+        metric_value=3.07,
     )
     confirm(store, other_id, other, [3.09])
     return {

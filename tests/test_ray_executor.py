@@ -102,7 +102,7 @@ def test_ray_cluster_loses_a_node_and_the_experiment_is_requeued(
     assert retry["status"] == "ok", retry
     ok = [row for row in rows.values() if row["status"] == "ok"]
     assert len(ok) == 4, rows
-    assert all(row["val_bpb"] is not None and row["val_bpb"] > 0 for row in ok)
+    assert all(row["metric_value"] is not None and row["metric_value"] > 0 for row in ok)
     # The retry ran on the node that survived; every run ran on a worker node.
     assert retry["ray_node"] != report["killed_node"]
     assert {row["ray_node"] for row in ok} <= set(report["worker_nodes"].values())
@@ -334,7 +334,7 @@ async def _drive(
                 "attempt": r.get("attempt") or 1,
                 "retry_of": r.get("retry_of"),
                 "code_hash": r["code_hash"],
-                "val_bpb": r.get("val_bpb"),
+                "metric_value": r.get("metric_value"),
                 "failure_reason": r.get("failure_reason"),
                 "ray_node": (r.get("metrics") or {}).get("ray_node"),
             }

@@ -13,14 +13,14 @@ from server.store import Store, write_transaction
 from server.store.read_cache import experiments_changes
 
 
-def finished(store: Store, agent: str, val_bpb: float, verdict: str = "worse") -> int:
+def finished(store: Store, agent: str, metric_value: float, verdict: str = "worse") -> int:
     return store.create_experiment(
         agent=agent,
         requested_by=agent,
         kind="experiment",
         status="ok",
         verdict=verdict,
-        val_bpb=val_bpb,
+        metric_value=metric_value,
         total_seconds=10.0,
         description="an idea",
     )
@@ -37,7 +37,7 @@ def test_an_answer_is_kept_until_experiments_change(tmp_path: Path) -> None:
     assert store.per_agent_totals() == first
     finished(store, "bob", 1.8, verdict="improved")  # an insert
     assert store.per_agent_totals() == [("bob", 1, 1, 1.8), ("alice", 1, 0, 1.9)]
-    store.update_experiment(1, val_bpb=1.7)  # an update of a row already there
+    store.update_experiment(1, metric_value=1.7)  # an update of a row already there
     assert store.per_agent_totals()[0] == ("alice", 1, 0, 1.7)
     assert store.device_seconds_by_requester() == {"alice": 10.0, "bob": 10.0}
 

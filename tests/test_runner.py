@@ -1,7 +1,7 @@
 """The runner's evaluation phase: a prewarmed evaluator beside training, against a cold one.
 
 Real jails, the real evaluator, a training script that exports a fixed (uniform) model in a
-few seconds, so that both modes must give the same val_bpb to the last bit.
+few seconds, so that both modes must give the same metric_value to the last bit.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_prewarmed_evaluator_scores_exactly_like_a_cold_one(
     cold = runner.run({"train.py": UNIFORM_TRAINER}, settings(prewarm=False))
     warm = runner.run({"train.py": UNIFORM_TRAINER}, settings(prewarm=True))
     assert (cold.status, warm.status) == ("ok", "ok"), (cold.failure_reason, warm.failure_reason)
-    assert cold.val_bpb == warm.val_bpb
+    assert cold.metric_value == warm.metric_value
     # A uniform model scores log2(V) bits per scored token, whatever the evaluator's start; the
     # runner publishes it to 4 decimals and no data-derived counts (scored tokens or bytes).
     tokens = np.fromfile(data_dir / "val" / "tokens.bin", dtype="<u2")
@@ -87,8 +87,8 @@ def test_prewarmed_evaluator_scores_exactly_like_a_cold_one(
     targets = val_windows(tokens, warm.metrics["context"], warm.metrics["windows"])[:, 1:]
     counted = token_bytes[targets]
     expected = math.log2(warm.metrics["vocab_size"]) * (counted > 0).sum() / counted.sum()
-    assert warm.val_bpb == pytest.approx(expected, abs=1e-4)
-    assert warm.val_bpb == round(warm.val_bpb, 4)
+    assert warm.metric_value == pytest.approx(expected, abs=1e-4)
+    assert warm.metric_value == round(warm.metric_value, 4)
     assert "scored_tokens" not in warm.metrics and "scored_bytes" not in warm.metrics
     assert "warmup_seconds" not in cold.metrics
     assert warm.metrics["warmup_seconds"] > 0

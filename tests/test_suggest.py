@@ -91,7 +91,7 @@ def with_values(lab: Lab, values: dict[str, float], text: str | None = None) -> 
 def add_run(
     lab: Lab,
     train_py: str,
-    val_bpb: float | None,
+    metric_value: float | None,
     *,
     agent: str = "bob",
     status: str = "ok",
@@ -105,7 +105,7 @@ def add_run(
         kind="experiment",
         status=status,
         description="constants",
-        val_bpb=val_bpb if status == "ok" else None,
+        metric_value=metric_value if status == "ok" else None,
         verdict="within_noise" if status == "ok" else "failed",
         code=files,
         code_hash=hash_files({k: v.encode() for k, v in files.items()}),
@@ -237,7 +237,7 @@ def test_the_study_is_fed_by_the_record(lab: Lab) -> None:
     assert (result.trials_complete, result.trials_failed, result.trials_dropped) == (2, 1, 1)
     assert result.best == {
         "experiment_id": good,
-        "val_bpb": 1.90,
+        "metric_value": 1.90,
         "values": {"MATRIX_LR": 0.03, "EMBED_LR": 0.02},
     }
     assert set(result.values) == set(LRS) and result.sampler == "tpe"
@@ -263,7 +263,7 @@ def test_a_run_of_a_suggestion_is_linked_and_feeds_the_next_study(lab: Lab) -> N
     assert third.trials_running == 1  # the second suggestion, still pending
     by_id = {entry["id"]: entry for entry in third.recent}
     assert by_id[first.suggestion_id]["experiment_id"] == ran
-    assert by_id[first.suggestion_id]["val_bpb"] == 1.75
+    assert by_id[first.suggestion_id]["metric_value"] == 1.75
     assert by_id[second.suggestion_id]["experiment_id"] is None
 
 

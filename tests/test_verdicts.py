@@ -64,28 +64,32 @@ def test_screen_makes_candidates_never_improvements() -> None:
     spread = 0.01 * (1 + 1 / 4) ** 0.5
     at = t_quantile(1 - BUDGET.screen_share, 30) * spread
     just_over = screen(
-        status="ok", val_bpb=1.0 - at - 1e-4, reference=REFERENCE, noise=KNOWN, budget=BUDGET
+        status="ok", metric_value=1.0 - at - 1e-4, reference=REFERENCE, noise=KNOWN, budget=BUDGET
     )
     assert just_over.verdict == CANDIDATE and "fresh seeds" in just_over.note
-    far = screen(status="ok", val_bpb=0.5, reference=REFERENCE, noise=KNOWN, budget=BUDGET)
+    far = screen(status="ok", metric_value=0.5, reference=REFERENCE, noise=KNOWN, budget=BUDGET)
     assert far.verdict == CANDIDATE  # however good one run looks, it is only a candidate
     inside = screen(
-        status="ok", val_bpb=1.0 - at + 1e-4, reference=REFERENCE, noise=KNOWN, budget=BUDGET
+        status="ok", metric_value=1.0 - at + 1e-4, reference=REFERENCE, noise=KNOWN, budget=BUDGET
     )
     assert inside.verdict == WITHIN_NOISE
-    worse = screen(status="ok", val_bpb=1.05, reference=REFERENCE, noise=KNOWN, budget=BUDGET)
+    worse = screen(status="ok", metric_value=1.05, reference=REFERENCE, noise=KNOWN, budget=BUDGET)
     assert worse.verdict == WORSE
 
 
 def test_failed_runs_first_results_and_disqualified_runs() -> None:
     kwargs = dict(reference=REFERENCE, noise=KNOWN, budget=BUDGET)
-    assert screen(status="crash", val_bpb=None, **kwargs).verdict == "failed"
-    assert screen(status="ok", val_bpb=float("nan"), **kwargs).verdict == "failed"
-    first = screen(status="ok", val_bpb=0.9, reference=None, noise=KNOWN, budget=BUDGET)
+    assert screen(status="crash", metric_value=None, **kwargs).verdict == "failed"
+    assert screen(status="ok", metric_value=float("nan"), **kwargs).verdict == "failed"
+    first = screen(status="ok", metric_value=0.9, reference=None, noise=KNOWN, budget=BUDGET)
     assert first.verdict == WITHIN_NOISE and "nothing measured yet" in first.note
-    seed_only = screen(status="ok", val_bpb=0.5, disqualifications=["seed-only change"], **kwargs)
+    seed_only = screen(
+        status="ok", metric_value=0.5, disqualifications=["seed-only change"], **kwargs
+    )
     assert seed_only.verdict == WITHIN_NOISE and "cannot count as an improvement" in seed_only.note
-    contended = screen(status="ok", val_bpb=1.5, not_comparable="the CPU was contended", **kwargs)
+    contended = screen(
+        status="ok", metric_value=1.5, not_comparable="the CPU was contended", **kwargs
+    )
     assert contended.verdict == WITHIN_NOISE and "not compared" in contended.note  # nor worse
 
 
@@ -159,10 +163,11 @@ def quiet_lab(tmp_path: Path, data_dir: Path) -> Lab:
     lab.close()
 
 
-def _finish(lab: Lab, experiment_id: int, val_bpb: float, share: float = 0.95) -> dict:
+def _finish(lab: Lab, experiment_id: int, metric_value: float, share: float = 0.95) -> dict:
     lab.store.update_experiment(experiment_id, status="running")
     lab.on_finish(
-        experiment_id, RunResult(status="ok", val_bpb=val_bpb, cpu_share=share, phase="done")
+        experiment_id,
+        RunResult(status="ok", metric_value=metric_value, cpu_share=share, phase="done"),
     )
     return lab.experiment(experiment_id)
 
@@ -332,7 +337,7 @@ def test_seed_only_change_never_becomes_a_candidate(quiet_lab: Lab) -> None:
 
 
 def test_seed_ignoring_code_is_caught_by_its_confirmation(quiet_lab: Lab) -> None:
-    """Runs of one code at different seeds with bitwise-identical val_bpb: the code ignores the
+    """Runs of one code at different seeds with bitwise-identical metric_value: the code ignores the
     seed whatever it says, so it is flagged seed_ignored and never improved."""
     _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
     idea = _submit(quiet_lab, "alice", "0.03")
@@ -431,7 +436,7 @@ def test_leaderboard_flags_a_val_gain_the_holdout_does_not_show(quiet_lab: Lab) 
     _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
     base_ids = [r["id"] for r in quiet_lab.store.list_experiments(kind="baseline", limit=10)]
     for run_id, value in zip(base_ids, (3.01, 3.03, 3.02, 3.02), strict=True):
-        quiet_lab.store.sealed.record(run_id, val_bpb_exact=None, holdout_bpb=value)
+        quiet_lab.store.sealed.record(run_id, metric_exact=None, holdout_value=value)
     ideas = []
     for lr, screening, fresh in (
         ("0.03", 2.90, (2.903, 2.91, 2.897, 2.90)),
@@ -451,13 +456,13 @@ def test_leaderboard_flags_a_val_gain_the_holdout_does_not_show(quiet_lab: Lab) 
     (transfers, transfer_runs), (overfits, overfit_runs) = ideas
     for run, holdout in zip(transfer_runs, (2.91, 2.92), strict=True):
         _finish(quiet_lab, run["id"], 2.90)
-        quiet_lab.store.sealed.record(run["id"], val_bpb_exact=None, holdout_bpb=holdout)
+        quiet_lab.store.sealed.record(run["id"], metric_exact=None, holdout_value=holdout)
     for run, holdout in zip(overfit_runs, (3.01, 3.00), strict=True):
         _finish(quiet_lab, run["id"], 2.80)
-        quiet_lab.store.sealed.record(run["id"], val_bpb_exact=None, holdout_bpb=holdout)
+        quiet_lab.store.sealed.record(run["id"], metric_exact=None, holdout_value=holdout)
     board = {e["id"]: e for e in quiet_lab.leaderboard()}
     assert (
-        board[transfers]["holdout_bpb"] == pytest.approx(2.915)
+        board[transfers]["holdout_value"] == pytest.approx(2.915)
         and board[transfers]["holdout_flag"] is None
     )
     assert (

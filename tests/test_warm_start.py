@@ -48,7 +48,7 @@ def test_warm_start_runs_train_py_as_main_with_torch_loaded_and_the_clock_after_
     data_dir: Path, tmp_path: Path
 ) -> None:
     target = load_target()
-    assert target.warm_imports == ("torch",)
+    assert target.warm_imports == ("torch", "torch._dynamo")
     runner = ExperimentRunner(target, data_dir, tmp_path / "runs")
     log, clock_cpu, fields = run_introspecting(runner)
     assert READY_MARKER in log

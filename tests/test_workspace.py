@@ -20,7 +20,7 @@ from sandbox.workspace import (
 
 TRAIN_PY = b'"""Baseline trainer."""\n\nLEARNING_RATE = 3e-4\nprint(LEARNING_RATE)\n'
 EVALUATE_PY = b"print('trusted evaluator')\n"
-PROGRAM_MD = b"# Program\n\nMake val_bpb go down.\n"
+PROGRAM_MD = b"# Program\n\nMake metric_value go down.\n"
 
 
 @pytest.fixture

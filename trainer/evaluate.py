@@ -866,7 +866,7 @@ def score_holdout(module, holdout: ValSet | str, device: str) -> dict[str, Any]:
         }
     return {
         "status": "ok",
-        "bpb": scoring.val_bpb,
+        "value": scoring.val_bpb,
         "windows": int(holdout.inputs.size(0)),
         "seconds": round(time.perf_counter() - began, 3),
     }
@@ -1004,14 +1004,13 @@ def _raise_broken_rule(module, val: ValSet, scoring: Scoring, window: int, row, 
 
 def file_hashes(data_dir: Path, holdout: bool = False) -> dict[str, str]:
     """sha256 of the evaluator itself, the tokenizer and the val split (and the holdout's, when scored)."""
-    paths = {
-        "evaluator": Path(__file__).resolve(),
-        "tokenizer": data_dir / "tokenizer" / "tokenizer.tiktoken",
-        "token_bytes": data_dir / "tokenizer" / "token_bytes.bin",
-        "val": data_dir / "val" / "tokens.bin",
-    }
-    if holdout:
-        paths[HOLDOUT] = data_dir / HOLDOUT / "tokens.bin"
+    paths = {"evaluator": Path(__file__).resolve()}
+    # Every file of the folders the evaluator reads, keyed by its path in the data folder as
+    # the server's manifest names them: the server checks each against the manifest.
+    for folder in ["tokenizer", "val"] + ([HOLDOUT] if holdout else []):
+        for path in sorted((data_dir / folder).rglob("*")):
+            if path.is_file():
+                paths[path.relative_to(data_dir).as_posix()] = path
     return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in paths.items()}
 
 

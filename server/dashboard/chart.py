@@ -18,7 +18,8 @@ LABEL_CHARS = 44  # improvement labels on the chart are cut here (the tooltip ha
 
 
 def y_range(values: list[float], noise: NoiseInfo) -> tuple[float, float]:
-    """The val_bpb range to draw: all values, unless a few outliers would squash the rest."""
+    """The range to draw (values oriented lower = better): all values, unless a few outliers
+    (bad ones, at the top) would squash the rest."""
     band = (
         [noise.baseline_mean - noise.threshold, noise.baseline_mean + noise.threshold]
         if noise.baseline_mean is not None and noise.measured
@@ -44,12 +45,15 @@ def render_progress_png(data: ChartData) -> bytes:
     """The progress chart as a PNG (matplotlib Agg): the same picture as the page, for reports."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     colors = {a.name: a.color for a in data.agents}
+    maximize = data.direction == "maximize"
+    data = _oriented(data)  # drawn lower = better; a maximized metric's axis is turned over below
     fig = Figure(figsize=(16, 8), dpi=100)  # no pyplot: no global state across threads
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    values = [p.val_bpb for p in data.points if p.val_bpb is not None]
+    values = [p.metric_value for p in data.points if p.metric_value is not None]
     lo, hi = y_range(values, data.noise)
     n = max(len(data.points), 1)
     noise = data.noise
@@ -66,23 +70,23 @@ def render_progress_png(data: ChartData) -> bytes:
     top = hi - 0.02 * (hi - lo)
     for agent, color in colors.items():
         mine = [p for p in data.points if p.agent == agent]
-        plain = [p for p in mine if p.val_bpb is not None and p.verdict != "improved"]
+        plain = [p for p in mine if p.metric_value is not None and p.verdict != "improved"]
         xs = [p.index for p in plain]
-        ys = [min(p.val_bpb or 0.0, top) for p in plain]
+        ys = [min(p.metric_value or 0.0, top) for p in plain]
         if xs:
             ax.scatter(xs, ys, s=14, color=color, alpha=0.35, lw=0)
-        wins = [p for p in mine if p.verdict == "improved" and p.val_bpb is not None]
+        wins = [p for p in mine if p.verdict == "improved" and p.metric_value is not None]
         if wins:
             ax.scatter(
                 [p.index for p in wins],
-                [p.val_bpb or 0.0 for p in wins],
+                [p.metric_value or 0.0 for p in wins],
                 s=60,
                 color=color,
                 edgecolors="black",
                 linewidths=0.8,
                 zorder=4,
             )
-        failed = [p for p in mine if p.val_bpb is None]
+        failed = [p for p in mine if p.metric_value is None]
         if failed:
             ax.scatter(
                 [p.index for p in failed],
@@ -97,12 +101,16 @@ def render_progress_png(data: ChartData) -> bytes:
     ax.set_xlim(-0.5, n - 0.5 + max(1, n * 0.02))
     if data.best:
         steps_x = [b.index for b in data.best] + [n - 1]
-        steps_y = [b.val_bpb for b in data.best] + [data.best[-1].val_bpb]
+        steps_y = [b.metric_value for b in data.best] + [data.best[-1].metric_value]
         ax.step(steps_x, steps_y, where="post", color="#222222", lw=1.8, label="running best")
     ax.scatter([], [], s=60, color="white", edgecolors="black", label="improved (labelled)")
-    ax.scatter([], [], marker="x", s=24, color="black", label="failed (top edge)")
+    edge = "bottom" if maximize else "top"
+    ax.scatter([], [], marker="x", s=24, color="black", label=f"failed ({edge} edge)")
     ax.set_xlabel("Experiment #")
-    ax.set_ylabel("val_bpb (lower is better)")
+    ax.set_ylabel(f"{data.metric} ({'higher' if maximize else 'lower'} is better)")
+    if maximize:  # values were drawn negated: show them as they are, the best at the top
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{-y:g}"))
+        ax.invert_yaxis()
     ax.set_title(f"autoresearch progress: {data.title}")
     ax.grid(True, alpha=0.25)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
@@ -113,12 +121,35 @@ def render_progress_png(data: ChartData) -> bytes:
     return out.getvalue()
 
 
+def _oriented(data: ChartData) -> ChartData:
+    """The chart's figures with a maximized metric negated, so that smaller = better throughout."""
+    if data.direction != "maximize":
+        return data
+    noise = data.noise
+    return data.model_copy(
+        update={
+            "points": [
+                p.model_copy(update={"metric_value": -p.metric_value})
+                if p.metric_value is not None
+                else p
+                for p in data.points
+            ],
+            "best": [b.model_copy(update={"metric_value": -b.metric_value}) for b in data.best],
+            "noise": noise.model_copy(
+                update={
+                    "baseline_mean": None if noise.baseline_mean is None else -noise.baseline_mean
+                }
+            ),
+        }
+    )
+
+
 def _label_improvements(ax: Any, data: ChartData, colors: dict[str, str]) -> None:
     """Label improvements with their description, the best first, leaving out any that would
     overlap a label already placed (the same rule as the page's chart)."""
     wins = sorted(
-        (p for p in data.points if p.verdict == "improved" and p.val_bpb is not None),
-        key=lambda p: (p.val_bpb, p.index),
+        (p for p in data.points if p.verdict == "improved" and p.metric_value is not None),
+        key=lambda p: (p.metric_value, p.index),
     )
     width = ax.figure.bbox.width
     height = ax.figure.bbox.height
@@ -126,7 +157,7 @@ def _label_improvements(ax: Any, data: ChartData, colors: dict[str, str]) -> Non
     placed: list[tuple[float, float, float, float]] = []
     for p in wins:
         text = _short(p.description)
-        cx, cy = ax.transData.transform((p.index, p.val_bpb))
+        cx, cy = ax.transData.transform((p.index, p.metric_value))
         cy = height - cy  # screen coordinates, y down, like the page
         length = len(text) * 6.2
         for flip in (False, True):
@@ -143,7 +174,7 @@ def _label_improvements(ax: Any, data: ChartData, colors: dict[str, str]) -> Non
             placed.append(seg)
             ax.annotate(
                 text,
-                (p.index, p.val_bpb),
+                (p.index, p.metric_value),
                 xytext=(-6 if flip else 6, 6),
                 textcoords="offset points",
                 rotation=-30 if flip else 30,

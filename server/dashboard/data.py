@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from server.ablation import Ablations
 from server.lab import Lab, LabError
 from server.models import ExperimentDetail, HistoryRow, NoiseInfo
+from server.orientation import is_better
 from server.presentation import experiment_result, history_row
 
 # One colour per agent, in order of first appearance (tab10: readable on white, distinct).
@@ -47,7 +48,7 @@ class ChartPoint(BaseModel):
     agent: str
     kind: str
     status: str
-    val_bpb: float | None = Field(description="null for a failed run (drawn on the top edge)")
+    metric_value: float | None = Field(description="null for a failed run (drawn on the top edge)")
     verdict: str | None
     description: str
     disqualified: bool = Field(
@@ -56,11 +57,11 @@ class ChartPoint(BaseModel):
 
 
 class BestStep(BaseModel):
-    """A point where the running best moved down."""
+    """A point where the running best improved."""
 
     index: int
     id: int
-    val_bpb: float
+    metric_value: float
 
 
 class AgentColor(BaseModel):
@@ -72,8 +73,10 @@ class ChartData(BaseModel):
     """Everything the progress chart (and progress.png) draws."""
 
     title: str
+    metric: str = Field(description="the research target's metric (target.toml's name)")
+    direction: str = Field(description="minimize | maximize: which way the metric improves")
     points: list[ChartPoint]
-    best: list[BestStep] = Field(description="the running best, one entry per step down")
+    best: list[BestStep] = Field(description="the running best, one entry per improvement")
     agents: list[AgentColor]
     noise: NoiseInfo
     improvements: int
@@ -157,7 +160,7 @@ def chart_data(lab: Lab) -> ChartData:
     best_value: float | None = None
     improvements = failures = 0
     for index, row in enumerate(rows):
-        ok = row["status"] == "ok" and row["val_bpb"] is not None
+        ok = row["status"] == "ok" and row["metric_value"] is not None
         disqualified = bool(row["disqualified"])
         improvements += row["verdict"] == "improved"
         failures += not ok
@@ -168,10 +171,12 @@ def chart_data(lab: Lab) -> ChartData:
             and row["hardware"] == lab.hardware
             and row["budget_seconds"] == lab.budget_seconds
         )
-        steps_down = counts and (best_value is None or row["val_bpb"] < best_value)
+        steps_down = counts and (
+            best_value is None or is_better(row["metric_value"], best_value, lab.target.direction)
+        )
         if steps_down:
-            best_value = row["val_bpb"]
-            best.append(BestStep(index=index, id=row["id"], val_bpb=row["val_bpb"]))
+            best_value = row["metric_value"]
+            best.append(BestStep(index=index, id=row["id"], metric_value=row["metric_value"]))
         if index >= first_drawn or steps_down:
             points.append(
                 ChartPoint(
@@ -180,7 +185,7 @@ def chart_data(lab: Lab) -> ChartData:
                     agent=row["agent"],
                     kind=row["kind"] or "experiment",
                     status=row["status"],
-                    val_bpb=row["val_bpb"] if ok else None,
+                    metric_value=row["metric_value"] if ok else None,
                     verdict=row["verdict"],
                     description=row["description"] or "",
                     disqualified=disqualified,
@@ -190,6 +195,8 @@ def chart_data(lab: Lab) -> ChartData:
     drawn = f" (the latest {CHART_POINTS:,} drawn)" if first_drawn else ""
     return ChartData(
         title=f"{len(rows)} experiments, {improvements} improvements{drawn}",
+        metric=lab.target.metric,
+        direction=lab.target.direction,
         points=points,
         best=best,
         agents=[AgentColor(name=name, color=color) for name, color in colors.items()],

@@ -47,6 +47,8 @@ def page(title: str, body: str, version: str, *, script: bool = False) -> str:
 def index_body(lab: Lab) -> str:
     """The dashboard's skeleton: dashboard.js fills the chart, the tables and the queue."""
     noise = noise_info(lab)
+    metric = html.escape(lab.target.metric)
+    metric_title = html.escape(f"{lab.target.metric_label}; {lab.target.metric_unit}".strip("; "))
     return f"""
 <header>
   <h1>autoresearch <span id=title class=muted></span></h1>
@@ -63,10 +65,10 @@ def index_body(lab: Lab) -> str:
   </section>
   <div class=columns>
     <section><h2>Leaderboard</h2><table id=leaderboard class=rows>
-      <thead><tr><th>#</th><th>id</th><th>agent</th><th class=num>val_bpb</th><th class=num>± sd</th><th class=num>runs</th><th class=num title="the sealed holdout: scored only for leaderboard entries">holdout</th><th>description</th></tr></thead>
+      <thead><tr><th>#</th><th>id</th><th>agent</th><th class=num title="{metric_title}">{metric}</th><th class=num>± sd</th><th class=num>runs</th><th class=num title="the sealed holdout: scored only for leaderboard entries">holdout</th><th>description</th></tr></thead>
       <tbody></tbody></table></section>
     <section><h2>Per agent</h2><table id=per-agent class=rows>
-      <thead><tr><th>agent</th><th class=num>best val_bpb</th><th>best</th><th class=num>experiments</th><th class=num>improved</th></tr></thead>
+      <thead><tr><th>agent</th><th class=num title="{metric_title}">best {metric}</th><th>best</th><th class=num>experiments</th><th class=num>improved</th></tr></thead>
       <tbody></tbody></table></section>
   </div>
   <section><h2>Running and queued</h2><div id=queue></div></section>
@@ -109,7 +111,7 @@ def experiment_body(lab: Lab, detail: ExperimentDetail, row: Mapping[str, Any]) 
     share = f"{detail.cpu_share:.0%}" if detail.cpu_share is not None else None
     memory = row.get("peak_memory_mb")
     figures = [
-        ("val_bpb", _fmt(detail.val_bpb, ".6f")),
+        (lab.target.metric, _fmt(detail.metric_value, ".6f")),
         ("Δ vs parent", _fmt(detail.delta_vs_parent, "+.6f")),
         ("Δ vs best", _fmt(detail.delta_vs_best, "+.6f")),
         ("train", _fmt(detail.train_seconds, ".1f", " s")),
@@ -132,7 +134,7 @@ def experiment_body(lab: Lab, detail: ExperimentDetail, row: Mapping[str, Any]) 
     integrity = [
         f"<p class={tone}>"
         + (
-            "evaluation integrity: passed (fixed evaluator, tokenizer and validation data)"
+            "evaluation integrity: passed (fixed evaluator and evaluation data)"
             if integrity_ok and detail.status == "ok"
             else "evaluation integrity: FAILED"
             if not integrity_ok
@@ -159,7 +161,11 @@ def experiment_body(lab: Lab, detail: ExperimentDetail, row: Mapping[str, Any]) 
     lineage = []
     for step in detail.lineage:
         current = " aria-current=page" if step["id"] == detail.id else ""
-        value = f"{step['val_bpb']:.6f}" if step.get("val_bpb") is not None else step["status"]
+        value = (
+            f"{step['metric_value']:.6f}"
+            if step.get("metric_value") is not None
+            else step["status"]
+        )
         lineage.append(
             f'<li><a href="/experiments/{step["id"]}"{current}>#{step["id"]}</a> '
             f'<span class=agent style="color:{colors.get(step["agent"], SERVER_COLOR)}">{e(step["agent"])}</span> '

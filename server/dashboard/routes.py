@@ -123,7 +123,7 @@ def register(app: FastAPI, lab: Lab, access: Callable[[Request], str]) -> None:
             **UNAUTHORIZED,
             200: {"content": {"text/tab-separated-values": {}}, "description": "TSV"},
         },
-        summary="autoresearch's results.tsv: commit val_bpb memory_gb status description",
+        summary="autoresearch's results.tsv: commit metric_value memory_gb status description",
     )
     def results_tsv(request: Request, viewer: str = Depends(access)) -> Response:
         text = lab.store.export_results_tsv()

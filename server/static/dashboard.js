@@ -123,11 +123,15 @@
     const m = { l: 76, r: 28, t: 48, b: 48 };
     const points = data.points;
     const n = Math.max(points.length, 1);
-    const values = points.filter((p) => p.val_bpb != null).map((p) => p.val_bpb);
-    const [lo, hi] = yRange(values, data.noise);
+    // Values are laid out oriented (lower = better); a maximized metric's axis runs upward.
+    const sign = data.direction === "maximize" ? -1 : 1;
+    const values = points.filter((p) => p.metric_value != null).map((p) => sign * p.metric_value);
+    const oriented = { ...data.noise, baseline_mean: data.noise.baseline_mean == null ? null : sign * data.noise.baseline_mean };
+    const [lo, hi] = yRange(values, oriented);
     const xMax = n - 0.5 + Math.max(1, n * 0.02);
     const x = (i) => m.l + ((i + 0.5) / (xMax + 0.5)) * (W - m.l - m.r);
-    const y = (v) => m.t + ((hi - v) / (hi - lo)) * (H - m.t - m.b);
+    const y = (o) => m.t + ((sign > 0 ? hi - o : o - lo) / (hi - lo)) * (H - m.t - m.b);
+    const yOf = (value) => y(sign * value);
     const colors = Object.fromEntries(data.agents.map((a) => [a.name, a.color]));
     const parts = [];
     parts.push(`<svg xmlns="${SVG_NS}" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role=img>`);
@@ -137,7 +141,7 @@
     const yd = decimals(yt.step);
     for (const v of yt.values) {
       parts.push(`<line class=grid x1=${m.l} x2=${W - m.r} y1=${y(v)} y2=${y(v)} />`);
-      parts.push(`<text class=tick x=${m.l - 8} y=${y(v) + 4} text-anchor=end>${v.toFixed(yd)}</text>`);
+      parts.push(`<text class=tick x=${m.l - 8} y=${y(v) + 4} text-anchor=end>${(sign * v).toFixed(yd)}</text>`);
     }
     const xt = ticks(0, n - 1, Math.min(10, n));
     for (const v of xt.values) {
@@ -147,22 +151,22 @@
     }
     parts.push(`<rect class=frame x=${m.l} y=${m.t} width=${W - m.l - m.r} height=${H - m.t - m.b} />`);
     parts.push(`<text class=axis x=${(m.l + W - m.r) / 2} y=${H - 8} text-anchor=middle>experiment # (finished, in order)</text>`);
-    parts.push(`<text class=axis transform="translate(18 ${(m.t + H - m.b) / 2}) rotate(-90)" text-anchor=middle>val_bpb (lower is better)</text>`);
+    parts.push(`<text class=axis transform="translate(18 ${(m.t + H - m.b) / 2}) rotate(-90)" text-anchor=middle>${esc(data.metric)} (${sign > 0 ? "lower" : "higher"} is better)</text>`);
     parts.push(`<text class=tick x=${m.l - 8} y=${m.t - 14} text-anchor=end>failed</text>`);
     // The baseline's noise band.
     const noise = data.noise;
     parts.push(`<g clip-path="url(#plot-clip)">`);
     if (noise.baseline_mean != null) {
-      const top = y(noise.baseline_mean + noise.threshold);
-      const bottom = y(noise.baseline_mean - noise.threshold);
+      const top = Math.min(yOf(noise.baseline_mean + noise.threshold), yOf(noise.baseline_mean - noise.threshold));
+      const bottom = Math.max(yOf(noise.baseline_mean + noise.threshold), yOf(noise.baseline_mean - noise.threshold));
       parts.push(`<rect class=band x=${m.l} y=${top} width=${W - m.l - m.r} height=${Math.max(0, bottom - top)} />`);
-      parts.push(`<line class=band-mean x1=${m.l} x2=${W - m.r} y1=${y(noise.baseline_mean)} y2=${y(noise.baseline_mean)} />`);
-      parts.push(`<text class=band-label x=${W - m.r - 6} y=${y(noise.baseline_mean) - 5} text-anchor=end>baseline ± noise threshold</text>`);
+      parts.push(`<line class=band-mean x1=${m.l} x2=${W - m.r} y1=${yOf(noise.baseline_mean)} y2=${yOf(noise.baseline_mean)} />`);
+      parts.push(`<text class=band-label x=${W - m.r - 6} y=${yOf(noise.baseline_mean) - 5} text-anchor=end>baseline ± noise threshold</text>`);
     }
     // The running best as a step line.
     if (data.best.length) {
-      let d = `M${x(data.best[0].index)} ${y(data.best[0].val_bpb)}`;
-      for (const step of data.best.slice(1)) d += `H${x(step.index)}V${y(step.val_bpb)}`;
+      let d = `M${x(data.best[0].index)} ${yOf(data.best[0].metric_value)}`;
+      for (const step of data.best.slice(1)) d += `H${x(step.index)}V${yOf(step.metric_value)}`;
       d += `H${x(n - 1)}`;
       parts.push(`<path class=best d="${d}" />`);
     }
@@ -171,22 +175,22 @@
     const wins = [];
     for (const p of points) {
       const color = colors[p.agent] || "#555";
-      const tip = `#${p.id} ${p.agent} · ${p.status}${p.val_bpb != null ? " · " + p.val_bpb.toFixed(6) : ""}` +
+      const tip = `#${p.id} ${p.agent} · ${p.status}${p.metric_value != null ? " · " + p.metric_value.toFixed(6) : ""}` +
         `${p.verdict ? " · " + p.verdict : ""}\n${p.description}`;
       const attrs = `class="dot ${p.verdict === "improved" ? "improved" : ""}" data-id=${p.id} data-agent="${esc(p.agent)}"`;
       const cx = x(p.index);
-      if (p.val_bpb == null) {
+      if (p.metric_value == null) {
         const cy = m.t - 14;
         parts.push(`<path ${attrs} d="M${cx - 4} ${cy - 4}L${cx + 4} ${cy + 4}M${cx + 4} ${cy - 4}L${cx - 4} ${cy + 4}" stroke="${color}" stroke-width=2><title>${esc(tip)}</title></path>`);
-      } else if (p.val_bpb > hi) {
-        const cy = m.t + 6;
+      } else if (sign * p.metric_value > hi) {
+        const cy = sign > 0 ? m.t + 6 : H - m.b - 6;
         parts.push(`<path ${attrs} d="M${cx} ${cy - 5}L${cx + 4} ${cy + 2}L${cx - 4} ${cy + 2}Z" fill="${color}" fill-opacity=.6><title>${esc(tip + "\n(off the scale)")}</title></path>`);
       } else if (p.verdict === "improved") {
-        wins.push({ p, cx, cy: y(p.val_bpb), color, attrs, tip });
+        wins.push({ p, cx, cy: yOf(p.metric_value), color, attrs, tip });
       } else if (p.disqualified) {
-        parts.push(`<circle ${attrs} cx=${cx} cy=${y(p.val_bpb)} r=4 fill="#fff" fill-opacity=0 stroke="${color}" stroke-width=1.5><title>${esc(tip + "\n(disqualified)")}</title></circle>`);
+        parts.push(`<circle ${attrs} cx=${cx} cy=${yOf(p.metric_value)} r=4 fill="#fff" fill-opacity=0 stroke="${color}" stroke-width=1.5><title>${esc(tip + "\n(disqualified)")}</title></circle>`);
       } else {
-        parts.push(`<circle ${attrs} cx=${cx} cy=${y(p.val_bpb)} r=${p.kind === "baseline" ? 5 : 4} fill="${color}" fill-opacity=.45><title>${esc(tip)}</title></circle>`);
+        parts.push(`<circle ${attrs} cx=${cx} cy=${yOf(p.metric_value)} r=${p.kind === "baseline" ? 5 : 4} fill="${color}" fill-opacity=.45><title>${esc(tip)}</title></circle>`);
       }
     }
     // Improvements: a larger outlined dot and its description. The best first; a label that
@@ -195,7 +199,7 @@
     for (const w of wins) {
       parts.push(`<circle ${w.attrs} cx=${w.cx} cy=${w.cy} r=6.5 fill="${w.color}" stroke="#111" stroke-width=1.2><title>${esc(w.tip)}</title></circle>`);
     }
-    for (const w of wins.slice().sort((a, b) => a.p.val_bpb - b.p.val_bpb || a.p.index - b.p.index)) {
+    for (const w of wins.slice().sort((a, b) => sign * (a.p.metric_value - b.p.metric_value) || a.p.index - b.p.index)) {
       const text = shortText(w.p.description, 44);
       const label = placeLabel(w.cx, w.cy, text.length * 6.3, W, placed);
       if (!label) continue;
@@ -215,10 +219,10 @@
     const rows = board.entries.map((e) =>
       `<tr data-id=${e.id}><td>${e.rank}</td><td><a href="/experiments/${e.id}">#${e.id}</a></td>` +
       `<td><span class=swatch style="background:${esc(agentColor(e.agent))}"></span>${esc(e.agent)}</td>` +
-      `<td class="num val">${fmt(e.val_bpb, 6)}</td><td class=num>${e.sd == null ? "—" : fmt(e.sd, 6)}</td>` +
+      `<td class="num val">${fmt(e.metric_value, 6)}</td><td class=num>${e.sd == null ? "—" : fmt(e.sd, 6)}</td>` +
       `<td class=num>${e.runs}${e.confirmed ? " ✓" : ""}</td>` +
       `<td class="num holdout"${e.holdout_flag ? ` title="${esc(e.holdout_flag)}"` : ""}>` +
-      `${e.holdout_bpb == null ? "—" : fmt(e.holdout_bpb, 6)}${e.holdout_flag ? " ⚠" : ""}</td>` +
+      `${e.holdout_value == null ? "—" : fmt(e.holdout_value, 6)}${e.holdout_flag ? " ⚠" : ""}</td>` +
       `<td class=desc>${esc(e.description)}</td></tr>`
     ).join("");
     document.querySelector("#leaderboard tbody").innerHTML =
@@ -226,7 +230,7 @@
     const agents = board.per_agent.map((a) =>
       `<tr data-agent="${esc(a.agent)}"${a.best_id != null ? ` data-id=${a.best_id}` : ""}>` +
       `<td><span class=swatch style="background:${esc(agentColor(a.agent))}"></span>${esc(a.agent)}</td>` +
-      `<td class="num val">${fmt(a.best_val_bpb, 6)}</td>` +
+      `<td class="num val">${fmt(a.best_metric_value, 6)}</td>` +
       `<td>${a.best_id != null ? `<a href="/experiments/${a.best_id}">#${a.best_id}</a>` : "—"}</td>` +
       `<td class=num>${a.experiments}</td><td class=num>${a.improvements}</td></tr>`
     ).join("");

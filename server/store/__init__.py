@@ -10,7 +10,7 @@ are named for a reader: open the file with any SQLite tool (datasette works) and
 - schema: the tables, their columns and the migrations of old files
 - experiments: `Store`, every read and write of the record; counts: its aggregate queries
 - promotions, papers: the ladder's table and the paper cache; exports: results.tsv and CSV
-- sealed: figures no agent reads per experiment (full-precision val_bpb, holdout scores)
+- sealed: figures no agent reads per experiment (full-precision metric_value, holdout scores)
 
 Nothing in this package deletes an experiment: history is append-and-update only.
 """

@@ -17,6 +17,29 @@ class ExperimentCounts:
     """The aggregate and lookup queries `Store` offers over its `db`."""
 
     db: sqlite_utils.Database
+    # Which way the target's metric improves ("minimize" | "maximize"): the record's binding.
+    direction: str
+    # The target's seed-to-seed sd, assumed until the noise is measured.
+    assumed_sd: float
+
+    # The target's tie-break (a figure in each run's metrics JSON, its direction), or None.
+    tie_break: tuple[str, str] | None
+
+    @property
+    def best_first(self) -> str:
+        """SQL order of the metric, best first."""
+        return "ASC" if self.direction == "minimize" else "DESC"
+
+    def best_order(self, alias: str = "") -> str:
+        """SQL ORDER BY terms, best first: the metric, then the target's tie-break figure (its
+        name was checked to be an identifier when the target was loaded)."""
+        order = f"{alias}metric_value {self.best_first}"
+        if self.tie_break is not None:
+            name, direction = self.tie_break
+            second = "ASC" if direction == "minimize" else "DESC"
+            order += f", json_extract({alias}metrics, '$.{name}') {second}"
+        return order
+
     # Whole-table reads are kept until `experiments` changes (server.store.read_cache).
     read_cache: ReadCache
 
@@ -70,10 +93,10 @@ class ExperimentCounts:
         )
 
     def ok_confirmations(self, experiment_id: int) -> list[dict[str, Any]]:
-        """id, val_bpb and seed of each successful confirmation run of an experiment."""
+        """id, metric_value and seed of each successful confirmation run of an experiment."""
         return list(
             self.db.query(
-                "SELECT id, val_bpb, seed FROM experiments WHERE confirms_id = ? AND kind = 'confirmation' AND status = 'ok'",
+                "SELECT id, metric_value, seed FROM experiments WHERE confirms_id = ? AND kind = 'confirmation' AND status = 'ok'",
                 [experiment_id],
             )
         )
@@ -92,10 +115,10 @@ class ExperimentCounts:
         """The best `limit` successful, qualified experiment and promotion runs of one setting."""
         return list(
             self.db.query(
-                "SELECT id, agent, kind, verdict, description, val_bpb FROM experiments WHERE status = 'ok' "
+                "SELECT id, agent, kind, verdict, description, metric_value FROM experiments WHERE status = 'ok' "
                 "AND kind IN ('experiment', 'promotion') "
-                "AND COALESCE(disqualified, 0) = 0 AND val_bpb IS NOT NULL AND hardware = ? AND budget_seconds = ? "
-                "AND COALESCE(scale, 'S') = ? ORDER BY val_bpb ASC LIMIT ?",
+                "AND COALESCE(disqualified, 0) = 0 AND metric_value IS NOT NULL AND hardware = ? AND budget_seconds = ? "
+                f"AND COALESCE(scale, 'S') = ? ORDER BY {self.best_order()}, id ASC LIMIT ?",
                 [hardware, budget_seconds, scale, limit],
             )
         )
@@ -168,7 +191,7 @@ class ExperimentCounts:
         # the kind index SQLite sorted every experiment first (0.5 s at 100,000, now < 1 ms).
         return list(
             self.db.query(
-                "SELECT id, agent, status, verdict, val_bpb, description, failure_reason FROM experiments "
+                "SELECT id, agent, status, verdict, metric_value, description, failure_reason FROM experiments "
                 "WHERE +kind = 'experiment' AND (status IN ('crash', 'timeout', 'integrity_fail') "
                 "OR verdict IN ('worse', 'within_noise', 'failed')) ORDER BY id DESC LIMIT ?",
                 [limit],
@@ -176,7 +199,7 @@ class ExperimentCounts:
         )
 
     def per_agent_totals(self) -> list[tuple[str, int, int | None, float | None]]:
-        """(agent, experiments, improvements, best qualified val_bpb) per agent, best first."""
+        """(agent, experiments, improvements, best qualified metric_value) per agent, best first."""
         return self.read_cache.get(
             self.db, ("per_agent_totals",), lambda: self._per_agent_totals_read()
         )
@@ -186,16 +209,18 @@ class ExperimentCounts:
             (row[0], row[1], row[2], row[3])
             for row in self.db.execute(
                 "SELECT agent, COUNT(*) AS n, SUM(verdict = 'improved') AS wins, "
-                "MIN(CASE WHEN status = 'ok' AND COALESCE(disqualified, 0) = 0 THEN val_bpb END) AS best "
-                "FROM experiments WHERE kind = 'experiment' GROUP BY agent ORDER BY best IS NULL, best"
+                f"{'MIN' if self.best_first == 'ASC' else 'MAX'}(CASE WHEN status = 'ok' "
+                "AND COALESCE(disqualified, 0) = 0 THEN metric_value END) AS best "
+                "FROM experiments WHERE kind = 'experiment' GROUP BY agent "
+                f"ORDER BY best IS NULL, best {self.best_first}"
             ).fetchall()
         ]
 
-    def first_ok_with_value(self, agent: str, val_bpb: float) -> int | None:
-        """The first successful run of `agent` that scored exactly `val_bpb`."""
+    def first_ok_with_value(self, agent: str, metric_value: float) -> int | None:
+        """The first successful run of `agent` that scored exactly `metric_value`."""
         hit = self.db.execute(
-            "SELECT id FROM experiments WHERE agent = ? AND val_bpb = ? AND status = 'ok' ORDER BY id LIMIT 1",
-            [agent, val_bpb],
+            "SELECT id FROM experiments WHERE agent = ? AND metric_value = ? AND status = 'ok' ORDER BY id LIMIT 1",
+            [agent, metric_value],
         ).fetchone()
         return hit[0] if hit else None
 
@@ -250,10 +275,10 @@ class ExperimentCounts:
         return [
             {**row, "flags": json.loads(row["flags"]) if row["flags"] else []}
             for row in self.db.query(
-                "SELECT e.id, e.kind, e.confirms_id, e.val_bpb, e.seed, e.flags, e.cpu_share, e.description, "
+                "SELECT e.id, e.kind, e.confirms_id, e.metric_value, e.seed, e.flags, e.cpu_share, e.description, "
                 "COALESCE(o.disqualified, 0) AS original_disqualified FROM experiments e "
                 "LEFT JOIN experiments o ON o.id = e.confirms_id "
-                "WHERE e.kind IN ('baseline', 'confirmation') AND e.status = 'ok' AND e.val_bpb IS NOT NULL "
+                "WHERE e.kind IN ('baseline', 'confirmation') AND e.status = 'ok' AND e.metric_value IS NOT NULL "
                 "AND e.hardware = ? AND e.budget_seconds = ? AND COALESCE(e.budget_kind, 'wall') = ? "
                 "AND COALESCE(e.scale, 'S') = ? ORDER BY e.id",
                 [hardware, budget_seconds, budget_kind, scale],
@@ -302,11 +327,11 @@ class ExperimentCounts:
         ]
 
     def confirmation_runs(self, experiment_id: int) -> list[dict[str, Any]]:
-        """Every confirmation run of an experiment, oldest first: id, status, val_bpb, seed, flags."""
+        """Every confirmation run of an experiment, oldest first: id, status, metric_value, seed, flags."""
         return [
             {**row, "flags": json.loads(row["flags"]) if row["flags"] else []}
             for row in self.db.query(
-                "SELECT id, status, val_bpb, seed, flags, requested_by, description FROM experiments "
+                "SELECT id, status, metric_value, seed, flags, requested_by, description FROM experiments "
                 "WHERE confirms_id = ? AND kind = 'confirmation' ORDER BY id",
                 [experiment_id],
             )
@@ -330,7 +355,7 @@ class ExperimentCounts:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             for row in self.db.query(
-                "SELECT confirms_id, id, status, val_bpb, seed, flags, requested_by, description "
+                "SELECT confirms_id, id, status, metric_value, seed, flags, requested_by, description "
                 f"FROM experiments WHERE confirms_id IN ({', '.join('?' for _ in chunk)}) "
                 "AND kind = 'confirmation' ORDER BY id",
                 chunk,

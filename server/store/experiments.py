@@ -47,9 +47,37 @@ class Store(ExperimentCounts):
         self.requests = RunRequestStore(self.db)
         self.requests.ensure_table()
         self.similar = SimilarStore(self.db)
+        bound = self.bound_target()
+        # Which way the target's metric improves: the "best first" orderings follow it.
+        self.direction: str = bound["direction"] if bound else "minimize"
+        self.target_name: str | None = bound["name"] if bound else None
+        self.metric_name: str = bound["metric"] if bound else "metric"
+        self.tie_break = None  # the bound target's (bind_record)
+        self.assumed_sd = 0.02  # target.toml's default; bind_record sets the target's
 
     def _create_tables(self) -> None:
         create_tables(self.db)
+
+    # ------------------------------------------------------------ the research target
+
+    def bound_target(self) -> dict[str, str] | None:
+        """The research target this record belongs to (name, metric, direction), or None."""
+        rows = self.db.execute(
+            "SELECT key, value FROM meta WHERE key IN ('target_name', 'target_metric', 'target_direction')"
+        ).fetchall()
+        values = {key.removeprefix("target_"): value for key, value in rows}
+        return values if len(values) == 3 else None
+
+    def bind_target(self, name: str, metric: str, direction: str) -> None:
+        """Bind the record to a target; rows from before targets were recorded take its name."""
+        with write_transaction(self.db):
+            for key, value in (("name", name), ("metric", metric), ("direction", direction)):
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [f"target_{key}", value],
+                )
+            self.db.execute("UPDATE experiments SET target = ? WHERE target IS NULL", [name])
+        self.direction, self.target_name, self.metric_name = direction, name, metric
 
     # ------------------------------------------------------------ experiments
 
@@ -59,6 +87,8 @@ class Store(ExperimentCounts):
         row.setdefault("status", QUEUED)
         row.setdefault("created_at", utc_now())
         row.setdefault("attempt", 1)
+        if self.target_name is not None:
+            row.setdefault("target", self.target_name)
         with write_transaction(self.db):
             experiment_id = int(cast(int, self.db.table("experiments").insert(row).last_pk))
             for arxiv_id in fields.get("paper_ids") or []:
@@ -124,7 +154,7 @@ class Store(ExperimentCounts):
         columns: Sequence[str] | None = None,
         before_id: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Filtered, ordered rows (`recent`: newest first; `best`: lowest val_bpb first; `oldest`).
+        """Filtered, ordered rows (`recent`: newest first; `best`: best metric first; `oldest`).
 
         `agent`: credited to that agent; `requested_by`: asked for (charged to) that agent;
         `involving`: either of the two.
@@ -161,7 +191,7 @@ class Store(ExperimentCounts):
         order_sql = {
             "recent": "e.id DESC",
             "oldest": "e.id ASC",
-            "best": "e.val_bpb IS NULL, e.val_bpb ASC, e.id ASC",
+            "best": f"e.metric_value IS NULL, {self.best_order('e.')}, e.id ASC",
         }[order]
         select = ", ".join(f"e.[{c}]" for c in columns) if columns else "e.*"
         sql = f"SELECT {select} FROM experiments e"
@@ -232,7 +262,7 @@ class Store(ExperimentCounts):
         """The best `ok` experiment whose verdict did not disqualify it (seed-only, contended)."""
         where = [
             "status = 'ok'",
-            "val_bpb IS NOT NULL",
+            "metric_value IS NOT NULL",
             "COALESCE(disqualified, 0) = 0",
         ]
         params: list[Any] = []
@@ -250,7 +280,7 @@ class Store(ExperimentCounts):
             params.append(exclude_id)
         rows = list(
             self.db.query(
-                f"SELECT * FROM experiments WHERE {' AND '.join(where)} ORDER BY val_bpb ASC, id ASC LIMIT 1",
+                f"SELECT * FROM experiments WHERE {' AND '.join(where)} ORDER BY {self.best_order()}, id ASC LIMIT 1",
                 params,
             )
         )
@@ -331,7 +361,7 @@ class Store(ExperimentCounts):
             ("finished_for_chart",),
             lambda: list(
                 self.db.query(
-                    "SELECT id, agent, kind, status, val_bpb, verdict, description, disqualified, "
+                    "SELECT id, agent, kind, status, metric_value, verdict, description, disqualified, "
                     "hardware, budget_seconds FROM experiments "
                     "WHERE status NOT IN ('queued', 'running') ORDER BY id"
                 )
@@ -347,7 +377,7 @@ class Store(ExperimentCounts):
             seen.add(current)
             rows = list(
                 self.db.query(
-                    "SELECT id, agent, kind, parent_id, status, verdict, val_bpb, description FROM experiments WHERE id = ?",
+                    "SELECT id, agent, kind, parent_id, status, verdict, metric_value, description FROM experiments WHERE id = ?",
                     [current],
                 )
             )
@@ -514,7 +544,7 @@ class Store(ExperimentCounts):
 
     def export_results_tsv(self) -> str:
         """autoresearch's results.tsv (see server.store.exports.results_tsv)."""
-        return results_tsv(self.db)
+        return results_tsv(self.db, self.metric_name)
 
     def export_rows(self) -> list[dict[str, Any]]:
         return [_decode(r) for r in self.db.query("SELECT * FROM experiments ORDER BY id")]

@@ -11,27 +11,28 @@ from server.record import OK
 from server.store.schema import EXPERIMENT_COLUMNS
 
 
-def results_tsv(db: sqlite_utils.Database) -> str:
-    """autoresearch's results.tsv: `commit val_bpb memory_gb status description`, tab-separated.
+def results_tsv(db: sqlite_utils.Database, metric: str) -> str:
+    """autoresearch's results.tsv: `commit METRIC memory_gb status description`, tab-separated
+    (METRIC: the target's metric name, as autoresearch names its metric's column).
 
     commit = the experiment's code hash (7 chars) or `baseline`; status keep/discard/crash
     (keep = it improved on the best before it); crashes logged as 0.000000 like autoresearch.
     """
     out = io.StringIO()
-    out.write("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n")
+    out.write(f"commit\t{metric}\tmemory_gb\tstatus\tdescription\n")
     rows = db.query(
-        "SELECT id, kind, code_hash, val_bpb, peak_memory_mb, status, verdict, description FROM experiments "
+        "SELECT id, kind, code_hash, metric_value, peak_memory_mb, status, verdict, description FROM experiments "
         "WHERE status NOT IN ('queued', 'running') ORDER BY id"
     )
     for row in rows:
         commit = "baseline" if row["kind"] == "baseline" else (row["code_hash"] or "")[:7]
         if row["status"] == OK:
             status = "keep" if row["verdict"] in ("improved", "baseline") else "discard"
-            bpb, memory = row["val_bpb"] or 0.0, (row["peak_memory_mb"] or 0.0) / 1024
+            value, memory = row["metric_value"] or 0.0, (row["peak_memory_mb"] or 0.0) / 1024
         else:
-            status, bpb, memory = "crash", 0.0, 0.0
+            status, value, memory = "crash", 0.0, 0.0
         description = " ".join((row["description"] or "").split())
-        out.write(f"{commit}\t{bpb:.6f}\t{memory:.1f}\t{status}\t{description}\n")
+        out.write(f"{commit}\t{value:.6f}\t{memory:.1f}\t{status}\t{description}\n")
     return out.getvalue()
 
 

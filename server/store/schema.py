@@ -32,7 +32,7 @@ EXPERIMENT_COLUMNS: dict[str, type] = {
     "code": str,  # JSON {file name: text} of the editable files
     "diff_parent": str,
     "diff_baseline": str,
-    "val_bpb": float,
+    "metric_value": float,  # the target's metric as agents see it (metric_decimals)
     "delta_parent": float,  # improvement over the parent (positive = better)
     "delta_best": float,  # improvement over the best at the time it finished
     "metrics": str,  # JSON: everything the evaluator reported
@@ -54,7 +54,7 @@ EXPERIMENT_COLUMNS: dict[str, type] = {
     "disqualified": int,  # 1: may not count as an improvement (seed-only change, contended CPU)
     "failure_reason": str,
     "log_tail": str,
-    "hashes": str,  # JSON: evaluator / tokenizer / val sha256 used for this run
+    "hashes": str,  # JSON: sha256 of the evaluator and the eval data used for this run
     "paper_ids": str,  # JSON list of arXiv ids that motivated it
     "attempt": int,
     "retry_of": int,  # re-queued after an interruption: the interrupted experiment
@@ -65,6 +65,7 @@ EXPERIMENT_COLUMNS: dict[str, type] = {
     "change_fingerprint": str,
     "change_edits": str,
     "force_reason": str,  # an agent ran a duplicate anyway: why it says the run differs
+    "target": str,  # the research target (target.toml's name) the run belongs to
     "created_at": str,
     "started_at": str,
     "finished_at": str,
@@ -74,11 +75,11 @@ EXPERIMENT_COLUMNS: dict[str, type] = {
 READ_INDEXES = {
     "idx_experiments_confirms_id": "CREATE INDEX IF NOT EXISTS idx_experiments_confirms_id "
     "ON experiments(confirms_id)",
-    "idx_experiments_status_val_bpb": "CREATE INDEX IF NOT EXISTS idx_experiments_status_val_bpb "
-    "ON experiments(status, val_bpb)",
+    "idx_experiments_status_metric": "CREATE INDEX IF NOT EXISTS idx_experiments_status_metric "
+    "ON experiments(status, metric_value)",
     # list_experiments(order='best') sorts by exactly these expressions.
     "idx_experiments_best": "CREATE INDEX IF NOT EXISTS idx_experiments_best "
-    "ON experiments(val_bpb IS NULL, val_bpb, id)",
+    "ON experiments(metric_value IS NULL, metric_value, id)",
     # Every submit counts the requester's live and total runs (the quota).
     "idx_experiments_requested_by": "CREATE INDEX IF NOT EXISTS idx_experiments_requested_by "
     "ON experiments(requested_by, status)",
@@ -89,9 +90,9 @@ READ_INDEXES = {
     # holds the code (~18 kB) before the figures, so a scan of the table reads every overflow
     # page: 1-3 s each at 100,000 experiments (bench/agents.py --history 100000). Each index
     # covers its query, so the scan reads the index alone.
-    # per-agent totals (kind, agent; verdict, status, disqualified, val_bpb) and the outcome counts
+    # per-agent totals (kind, agent; verdict, status, disqualified, metric_value) and the outcome counts
     "idx_experiments_agent_totals": "CREATE INDEX IF NOT EXISTS idx_experiments_agent_totals "
-    "ON experiments(kind, agent, verdict, status, disqualified, val_bpb)",
+    "ON experiments(kind, agent, verdict, status, disqualified, metric_value)",
     # device-seconds by requester
     "idx_experiments_requester_seconds": "CREATE INDEX IF NOT EXISTS "
     "idx_experiments_requester_seconds ON experiments(requested_by, total_seconds)",
@@ -107,11 +108,26 @@ READ_INDEXES = {
 }
 
 # Columns added after the first release: old files get them (NULL) on open.
-ADDED_COLUMNS = {"change_fingerprint": "TEXT", "change_edits": "TEXT", "force_reason": "TEXT"}
+ADDED_COLUMNS = {
+    "change_fingerprint": "TEXT",
+    "change_edits": "TEXT",
+    "force_reason": "TEXT",
+    "target": "TEXT",
+}
+
+# Columns renamed when the record became target-neutral (the first target's metric column is now
+# the metric_value of any target): (table, old, new). Indexes follow a renamed column on their own.
+RENAMED_COLUMNS = (
+    ("experiments", "val_bpb", "metric_value"),  # legacy name
+    ("sealed", "val_bpb_exact", "metric_exact"),  # legacy name
+    ("sealed", "holdout_bpb", "holdout_value"),
+)
+RETIRED_INDEXES = ("idx_experiments_status_val_bpb",)  # legacy name
 
 
 def create_tables(db: sqlite_utils.Database) -> None:
     """Create the record's tables, indexes and full-text search where missing; migrate old files."""
+    _rename_columns(db)
     with write_transaction(db):
         if "experiments" not in db.table_names():
             db.table("experiments").create(
@@ -120,7 +136,8 @@ def create_tables(db: sqlite_utils.Database) -> None:
             db.table("experiments").create_index(["status"])
             db.table("experiments").create_index(["agent", "id"])
             db.table("experiments").create_index(["code_hash"])
-            db.table("experiments").create_index(["val_bpb"])
+            db.table("experiments").create_index(["metric_value"])
+            db.table("experiments").create_index(["target"])
         if "agents" not in db.table_names():
             db.table("agents").create(
                 {
@@ -187,8 +204,8 @@ def create_tables(db: sqlite_utils.Database) -> None:
             db.table("experiments").enable_fts(
                 ["description", "diff_parent"], tokenize="porter", create_triggers=True
             )
-    # Every get_history call reads the leaderboard (ok runs by val_bpb, each one's
-    # confirmations). val_bpb and the filter columns sit behind the code and diff text in
+    # Every get_history call reads the leaderboard (ok runs by metric_value, each one's
+    # confirmations). metric_value and the filter columns sit behind the code and diff text in
     # each row, so without these indexes each of those reads scans the whole table
     # (bench/tools.py: 1.7 s at 10,000 experiments). Created on old files too.
     missing = {
@@ -206,6 +223,23 @@ def create_tables(db: sqlite_utils.Database) -> None:
     if counter is None or not set(CHANGE_TRIGGERS) <= triggers:
         with write_transaction(db):
             ensure_change_counter(db)
+
+
+def _rename_columns(db: sqlite_utils.Database) -> None:
+    """Files written before the record was target-neutral: rename their metric columns."""
+    tables = set(db.table_names())
+    renames = [
+        (table, old, new)
+        for table, old, new in RENAMED_COLUMNS
+        if table in tables and old in db.table(table).columns_dict
+    ]
+    if not renames:
+        return
+    with write_transaction(db):
+        for name in RETIRED_INDEXES:
+            db.execute(f"DROP INDEX IF EXISTS [{name}]")
+        for table, old, new in renames:
+            db.execute(f"ALTER TABLE [{table}] RENAME COLUMN [{old}] TO [{new}]")
 
 
 def _add_columns(db: sqlite_utils.Database) -> None:

@@ -1,9 +1,9 @@
 """The `sealed` table: figures the server keeps and no agent ever reads per experiment.
 
-- `val_bpb_exact`: the evaluator's val_bpb at full precision (agents get 4 decimals: more would
+- `metric_exact`: the evaluator's metric_value at full precision (agents get 4 decimals: more would
   leak the val tokens bit by bit). The server uses it to see that runs at different seeds gave
   bitwise-identical results (code that ignores the seed).
-- `holdout_bpb`: the sealed holdout split's score of a run the server chose to score it (the
+- `holdout_value`: the sealed holdout split's score of a run the server chose to score it (the
   baseline, a confirmed improvement's holdout runs, promotions). Every scoring is one read of
   the holdout, recorded with its time; their number is bounded by an operator setting.
   Agents see only the mean per leaderboard entry, beside its val mean.
@@ -33,26 +33,34 @@ class SealedStore:
                 self.db.table("sealed").create(
                     {
                         "experiment_id": int,
-                        "val_bpb_exact": float,
-                        "holdout_bpb": float,
+                        "metric_exact": float,
+                        # the target's tie-break figure at full precision: a discrete metric
+                        # (an accuracy) repeats across seeds, this one does not
+                        "tie_break_exact": float,
+                        "holdout_value": float,
                         "holdout_read_at": str,  # when the holdout was scored (one read)
                         "holdout_note": str,  # why it was not scored, when asked
                     },
                     pk="experiment_id",
                 )
+            elif "tie_break_exact" not in self.db.table("sealed").columns_dict:
+                self.db.execute("ALTER TABLE sealed ADD COLUMN tie_break_exact FLOAT")
 
     def record(
         self,
         experiment_id: int,
         *,
-        val_bpb_exact: float | None,
-        holdout_bpb: float | None,
+        metric_exact: float | None,
+        holdout_value: float | None,
         holdout_note: str | None = None,
+        tie_break_exact: float | None = None,
     ) -> None:
         """Store a finished run's sealed figures (a holdout score is one recorded read)."""
-        row: dict[str, Any] = {"experiment_id": experiment_id, "val_bpb_exact": val_bpb_exact}
-        if holdout_bpb is not None:
-            row["holdout_bpb"] = holdout_bpb
+        row: dict[str, Any] = {"experiment_id": experiment_id, "metric_exact": metric_exact}
+        if tie_break_exact is not None:
+            row["tie_break_exact"] = tie_break_exact
+        if holdout_value is not None:
+            row["holdout_value"] = holdout_value
             row["holdout_read_at"] = utc_now()
         if holdout_note:
             row["holdout_note"] = holdout_note
@@ -60,15 +68,21 @@ class SealedStore:
             self.db.table("sealed").upsert(row, pk="experiment_id")
 
     def exact_values(self, experiment_ids: Sequence[int]) -> dict[int, float]:
-        """{id: full-precision val_bpb} of those runs that have one."""
-        return self._column("val_bpb_exact", experiment_ids)
+        """{id: full-precision metric_value} of those runs that have one."""
+        return self._column("metric_exact", experiment_ids)
+
+    def tie_break_values(self, experiment_ids: Sequence[int]) -> dict[int, float]:
+        """{id: full-precision tie-break figure} of those runs that have one."""
+        return self._column("tie_break_exact", experiment_ids)
 
     def holdout_values(self, experiment_ids: Sequence[int]) -> dict[int, float]:
-        """{id: holdout_bpb} of those runs that scored the holdout."""
-        return self._column("holdout_bpb", experiment_ids)
+        """{id: holdout_value} of those runs that scored the holdout."""
+        return self._column("holdout_value", experiment_ids)
 
     def _column(
-        self, column: Literal["val_bpb_exact", "holdout_bpb"], experiment_ids: Sequence[int]
+        self,
+        column: Literal["metric_exact", "tie_break_exact", "holdout_value"],
+        experiment_ids: Sequence[int],
     ) -> dict[int, float]:
         if not experiment_ids:
             return {}
@@ -93,7 +107,7 @@ class SealedStore:
         """The latest holdout reads (for the operator): run id, score, time."""
         return list(
             self.db.query(
-                "SELECT experiment_id, holdout_bpb, holdout_read_at FROM sealed "
+                "SELECT experiment_id, holdout_value, holdout_read_at FROM sealed "
                 "WHERE holdout_read_at IS NOT NULL ORDER BY holdout_read_at DESC LIMIT ?",
                 [limit],
             )

@@ -14,7 +14,7 @@ import sqlite_utils
 
 # What the dedupe and similar_experiments read of a row (never the code or the diffs).
 SIMILAR_COLUMNS = (
-    "id, agent, kind, status, verdict, val_bpb, description, failure_reason, force_reason, "
+    "id, agent, kind, status, verdict, metric_value, description, failure_reason, force_reason, "
     "change_fingerprint, change_edits, code_hash"
 )
 

@@ -26,8 +26,8 @@ HEAD_LR = "HEAD_LR = 0.004"
 Edit = tuple[str, str]
 
 # Hacks that do not need a trained model spend almost no budget on training (same outcome, less time).
-# The model is then exactly the initialisation from the server's seed: its val_bpb is the same on
-# every run, whatever the machine's load, so any effect of a hack on val_bpb would show.
+# The model is then exactly the initialisation from the server's seed: its metric_value is the same on
+# every run, whatever the machine's load, so any effect of a hack on metric_value would show.
 SKIP_TRAINING: Edit = (LOOP_PROGRESS, "    progress = 1.0  # red team: no training needed\n")
 
 
@@ -168,7 +168,7 @@ print("PERSIST run", _RUN, "found:", _seen or "nothing", flush=True)
 for _t in _targets:
     try:
         with open(_t, "w") as _f:
-            _f.write("the answer: val_bpb 0.001")
+            _f.write("the answer: metric_value 0.001")
         print("PERSIST wrote", _t, flush=True)
     except OSError as _exc:
         print("PERSIST blocked", _t, _exc.strerror, flush=True)
@@ -232,7 +232,7 @@ def hostile_artifact(kind: str, markers: list[str]) -> list[Edit]:
         "        open(p, 'w').write('pwned')\n"
         "    except OSError:\n"
         "        pass\n"
-        'print(\'{"status": "ok", "val_bpb": 0.001}\', flush=True)\n'
+        'print(\'{"status": "ok", "metric_value": 0.001}\', flush=True)\n'
     )
     return [
         SKIP_TRAINING,

@@ -29,8 +29,8 @@ def lab(tmp_path_factory, data_dir):
 @pytest.fixture(scope="module")
 def honest_bpb(lab) -> float:
     """The honest reference: the baseline with its training skipped (the model as initialised from
-    the server's seed). Its val_bpb does not depend on the machine's load, so a hack that adds
-    something to that same program must score exactly the same: any effect on val_bpb shows."""
+    the server's seed). Its metric_value does not depend on the machine's load, so a hack that adds
+    something to that same program must score exactly the same: any effect on metric_value shows."""
     code = lab.baseline_files["train.py"]
     old, new = patches.SKIP_TRAINING
     experiment_id, _ = lab.submit(
@@ -38,20 +38,20 @@ def honest_bpb(lab) -> float:
     )
     (row,) = wait_rows(lab, [experiment_id])
     assert row["status"] == "ok", row["failure_reason"]
-    return row["val_bpb"]
+    return row["metric_value"]
 
 
 def assert_normal(received: dict, row: dict, honest: float) -> None:
-    """An ok run whose val_bpb is the honest program's: the hack had no effect on the metric."""
+    """An ok run whose metric_value is the honest program's: the hack had no effect on the metric."""
     assert received["status"] == row["status"] == "ok", received["failure_reason"]
-    assert received["val_bpb"] == row["val_bpb"]
-    assert NORMAL_BPB[0] < row["val_bpb"] < NORMAL_BPB[1]
-    assert row["val_bpb"] == pytest.approx(honest, abs=1e-5), (row["val_bpb"], honest)
+    assert received["metric_value"] == row["metric_value"]
+    assert NORMAL_BPB[0] < row["metric_value"] < NORMAL_BPB[1]
+    assert row["metric_value"] == pytest.approx(honest, abs=1e-5), (row["metric_value"], honest)
 
 
 def assert_failed(received: dict, row: dict, status: str, *phrases: str) -> None:
     assert received["status"] == row["status"] == status, received["failure_reason"]
-    assert received["val_bpb"] is None and row["val_bpb"] is None
+    assert received["metric_value"] is None and row["metric_value"] is None
     assert received["verdict"] == row["verdict"] == "failed"
     reason = received["failure_reason"] or ""
     assert reason == row["failure_reason"]
@@ -64,7 +64,7 @@ def assert_failed(received: dict, row: dict, status: str, *phrases: str) -> None
 
 async def test_printed_fake_metric_is_ignored(lab, honest_bpb):
     """Hack: train.py prints 'val_bpb: 0.001' and a fake JSON report, and writes metrics.json.
-    Defence: val_bpb comes only from the evaluator's report, read from its own jail's log."""
+    Defence: metric_value comes only from the evaluator's report, read from its own jail's log."""
     received, row = await run_hack(
         lab,
         "mallory-fake-metric",
@@ -360,5 +360,5 @@ async def test_history_and_server_intact_after_the_attacks(lab, honest_bpb):
     failed = {a for a, s in statuses.items() if s != "ok"}
     assert not failed & {entry["agent"] for entry in board["entries"]}
     assert board["entries"] and all(
-        NORMAL_BPB[0] < e["val_bpb"] < NORMAL_BPB[1] for e in board["entries"]
+        NORMAL_BPB[0] < e["metric_value"] < NORMAL_BPB[1] for e in board["entries"]
     )

@@ -77,7 +77,7 @@ def record(
     lab: Lab,
     agent: str,
     description: str,
-    val_bpb: float,
+    metric_value: float,
     files: dict[str, str],
     *,
     kind: str = "experiment",
@@ -89,7 +89,7 @@ def record(
         kind=kind,
         status="ok",
         description=description,
-        val_bpb=val_bpb,
+        metric_value=metric_value,
         verdict="within_noise",
         code=files,
         code_hash=hash_files({k: v.encode() for k, v in files.items()}),
@@ -107,15 +107,15 @@ def record(
     )
 
 
-def confirmed_win(lab: Lab, agent: str, knob: tuple[str, str], val_bpb: float) -> int:
+def confirmed_win(lab: Lab, agent: str, knob: tuple[str, str], metric_value: float) -> int:
     """An experiment of `agent` the server confirmed on a fresh seed (`improved`): promotable."""
     files = variant(lab, *knob)
-    experiment_id = record(lab, agent, f"{knob[1]}", val_bpb, files)
+    experiment_id = record(lab, agent, f"{knob[1]}", metric_value, files)
     record(
         lab,
         agent,
         f"{SERVER_CONFIRMATION} #{experiment_id}",
-        val_bpb + 0.001,
+        metric_value + 0.001,
         files,
         kind="confirmation",
         confirms_id=experiment_id,
@@ -124,14 +124,16 @@ def confirmed_win(lab: Lab, agent: str, knob: tuple[str, str], val_bpb: float) -
     return experiment_id
 
 
-def finish(lab: Lab, experiment_id: int, status: str = "ok", val_bpb: float | None = 3.0) -> None:
+def finish(
+    lab: Lab, experiment_id: int, status: str = "ok", metric_value: float | None = 3.0
+) -> None:
     """Finish a queued run through the lab's own path (what the scheduler does after a run)."""
     lab.store.update_experiment(experiment_id, status="running", started_at=utc_now())
     lab.on_finish(
         experiment_id,
         RunResult(
             status=status,  # type: ignore[arg-type]
-            val_bpb=val_bpb if status == "ok" else None,
+            metric_value=metric_value if status == "ok" else None,
             failure_reason=None if status == "ok" else "train.py raised RuntimeError: boom",
             cpu_share=0.95,
             phase="done",
@@ -265,7 +267,7 @@ async def test_confirmation_credits_author(quiet_lab: Lab) -> None:
             ("alice", "bob", "confirmation")
         ] * 2
         for run, value in zip(runs, (3.12, 3.11), strict=True):
-            finish(lab, run["id"], val_bpb=value)
+            finish(lab, run["id"], metric_value=value)
             stored = lab.experiment(run["id"])
             assert stored["agent"] == "alice" and stored["requested_by"] == "bob"
             assert "judged with its group" in stored["metrics"]["verdict_note"]
@@ -278,7 +280,7 @@ async def test_confirmation_credits_author(quiet_lab: Lab) -> None:
         # the mean of the fresh-seed runs: the first run, compared first, is not in it; runs an
         # agent asked for add to the mean, but only the server's confirmation confirms an idea
         assert entry["agent"] == "alice" and entry["runs"] == 2 and not entry["confirmed"]
-        assert entry["val_bpb"] == round((3.12 + 3.11) / 2, 5)
+        assert entry["metric_value"] == round((3.12 + 3.11) / 2, 5)
         # No credit for bob: he shows only for the device time he spent (he asked for the runs).
         bobs = [a for a in board["per_agent"] if a["agent"] == "bob"]
         assert all(
@@ -313,10 +315,10 @@ async def test_promotion_with_failed_runs_finishes(tmp_path: Path, data_dir: Pat
             ]
             # 1. Every run ok: a transfer verdict, although the gain at S is unknown.
             for run_id in scored["run_ids"]:
-                finish(lab, run_id, val_bpb=3.0)
+                finish(lab, run_id, metric_value=3.0)
             for baseline_id in scored["baseline_ids"]:
                 if lab.experiment(baseline_id)["status"] == "queued":
-                    finish(lab, baseline_id, val_bpb=3.2)
+                    finish(lab, baseline_id, metric_value=3.2)
             ladder = await ok(alice, "get_ladder", experiment_id=wins[0])
             (done,) = ladder["promotions"]
             assert done["status"] == "done", done
@@ -539,7 +541,7 @@ async def test_run_into_grace_is_flagged_never_improved(tmp_path: Path, data_dir
                 received = await ok(mallory, "wait_experiment", experiment_id=received["id"])
         row = lab.experiment(received["id"])
         assert received["status"] == row["status"] == "ok", received["failure_reason"]
-        assert row["val_bpb"] < 9.0 - 1.0  # far beyond any noise threshold ...
+        assert row["metric_value"] < 9.0 - 1.0  # far beyond any noise threshold ...
         flags = {flag["name"]: flag for flag in received["flags"]}
         assert "over_budget" in flags, received["flags"]
         assert flags["over_budget"]["seconds"] > over_budget_tolerance(6)

@@ -137,10 +137,10 @@ def lab(tmp_path_factory, data_dir):
 def assert_caught(received: dict, row: dict, *rules: str) -> None:
     assert received["status"] == row["status"] == "integrity_fail", (
         received["status"],
-        received["val_bpb"],
+        received["metric_value"],
         received["failure_reason"],
     )
-    assert received["val_bpb"] is None and row["val_bpb"] is None
+    assert received["metric_value"] is None and row["metric_value"] is None
     assert received["failure_reason"].startswith(rules), received["failure_reason"]
 
 
@@ -148,7 +148,7 @@ async def test_replayed_probe_draws_are_caught(lab):
     """Hack: the old evaluator drew its probe from PROBE_SEED, a constant in a file every agent
     reads, with windows in fixed rows and one cut per checked row. train.py replays those draws at
     export time and bakes the 4 checked positions into the graph; the model reads the next token
-    at every other position. On 0dfea74 it is recorded ok with a val_bpb near 0.
+    at every other position. On 0dfea74 it is recorded ok with a metric_value near 0.
     Defence: cuts, the window-to-row layouts of scoring and probing, and the windows probed are
     drawn from os.urandom in every run; 12 passes x 3 cuts land on a read of the future."""
     received, row = await run_hack(
@@ -166,7 +166,7 @@ async def test_replayed_probe_draws_are_caught(lab):
 async def test_sparse_future_reading_is_caught(lab):
     """Hack: read the next token at a fraction f = 0.2 of positions, chosen by a hash of the
     prefix (so the scoring and the probe agree on where), and never at the old probe's
-    positions. On 0dfea74 it is recorded ok with val_bpb lowered by about f.
+    positions. On 0dfea74 it is recorded ok with metric_value lowered by about f.
     Defence: n uniformly random cuts miss such a model with probability (1 - f)^n; the lab's
     4 windows get n = 36 cuts, so f = 0.2 is caught with probability 1 - 0.8^36 > 0.9996
     (>= 99% holds for f >= 1 - 0.01^(1/36) = 0.12)."""
@@ -214,4 +214,4 @@ async def test_model_error_text_carries_no_val_tokens(lab):
     assert not [n for n in re.findall(r"310\d{5}", visible) if n != str(TOKEN_OFFSET)], visible
     assert received["status"] == row["status"] == "crash", (received["status"], reason)
     assert "the model raised an error" in reason
-    assert received["val_bpb"] is None
+    assert received["metric_value"] is None

@@ -27,7 +27,7 @@ CHOSEN_BPB = 0.4242  # what the attacker wants recorded; an honest run here scor
 
 # ---------------------------------------------------------------- an artifact that runs code in the evaluator
 
-# Runs inside the evaluator (see below how): it writes a report with the chosen val_bpb and the
+# Runs inside the evaluator (see below how): it writes a report with the chosen metric_value and the
 # hashes the runner expects (computed from the evaluator's own files, which it can read), in the
 # log (stdout, with a \u2028 line trick), optionally on the report channel too, then exits 0.
 PAYLOAD = """
@@ -38,9 +38,10 @@ def digest(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 report = {"hashes": {"evaluator": digest(sys.modules["__main__"].__file__),
-                     "tokenizer": digest(data + "/tokenizer/tokenizer.tiktoken"),
-                     "token_bytes": digest(data + "/tokenizer/token_bytes.bin"),
-                     "val": digest(data + "/val/tokens.bin")},
+                     "tokenizer/tokenizer.tiktoken": digest(data + "/tokenizer/tokenizer.tiktoken"),
+                     "tokenizer/token_bytes.bin": digest(data + "/tokenizer/token_bytes.bin"),
+                     "tokenizer/tokenizer.json": digest(data + "/tokenizer/tokenizer.json"),
+                     "val/tokens.bin": digest(data + "/val/tokens.bin")},
           "val_bpb": CHOSEN, "status": "ok", "windows": 4, "context": 256}
 line = json.dumps(report)
 if WRITE_CHANNEL and "--report-fd" in argv:
@@ -102,7 +103,7 @@ def lab(tmp_path_factory, data_dir):
 @pytest.mark.anyio
 async def test_forged_report_in_log_is_ignored(lab):
     """Hack: the exported .pt2 makes the evaluator run code (a parameter name torch.fx pastes into
-    generated code) that prints a JSON report with a chosen val_bpb and the right hashes into the
+    generated code) that prints a JSON report with a chosen metric_value and the right hashes into the
     evaluator's log, behind a \\u2028 line trick, and exits 0 before the real report. On 0dfea74
     the runner took the last JSON line of the log: recorded ok with 0.4242.
     Defence: the report is read only from the evaluator's own pipe (--report-fd), never from
@@ -110,7 +111,7 @@ async def test_forged_report_in_log_is_ignored(lab):
     received, row = await run_hack(
         lab, "mallory-log-report", "a report in the log", code_in_artifact(write_channel=False)
     )
-    assert received["val_bpb"] != CHOSEN_BPB and row["val_bpb"] != CHOSEN_BPB
+    assert received["metric_value"] != CHOSEN_BPB and row["metric_value"] != CHOSEN_BPB
     assert row["status"] != "ok", row
     assert str(CHOSEN_BPB) not in json.dumps(received)
     assert not row["failure_reason"].startswith("train.py"), row["failure_reason"]  # it got scored
@@ -128,7 +129,7 @@ async def test_code_in_artifact_names_cannot_forge_the_report(lab):
         "a report on the channel",
         code_in_artifact(write_channel=True),
     )
-    assert received["val_bpb"] != CHOSEN_BPB and row["val_bpb"] != CHOSEN_BPB
+    assert received["metric_value"] != CHOSEN_BPB and row["metric_value"] != CHOSEN_BPB
     assert row["status"] != "ok", row
     assert not row["failure_reason"].startswith("train.py"), row["failure_reason"]
 
@@ -157,10 +158,11 @@ def digest(path):
 
 data = args.data_dir
 report = {"hashes": {"evaluator": digest(__file__),
-                     "tokenizer": digest(data + "/tokenizer/tokenizer.tiktoken"),
-                     "token_bytes": digest(data + "/tokenizer/token_bytes.bin"),
-                     "val": digest(data + "/val/tokens.bin")},
-          "status": "ok", "val_bpb": 1.23456789, "val_loss_nats": 2.3456789,
+                     "tokenizer/tokenizer.tiktoken": digest(data + "/tokenizer/tokenizer.tiktoken"),
+                     "tokenizer/token_bytes.bin": digest(data + "/tokenizer/token_bytes.bin"),
+                     "tokenizer/tokenizer.json": digest(data + "/tokenizer/tokenizer.json"),
+                     "val/tokens.bin": digest(data + "/val/tokens.bin")},
+          "status": "ok", "metric_value": 1.23456789, "val_loss_nats": 2.3456789,
           "scored_tokens": 1020, "windows": 4, "context": 256, "vocab_size": 4096,
           "load_seconds": 0.123456, "causality": {"probes": 4, "passes": 2, "max_leak": 1e-7}}
 line = (json.dumps(report) + "\n").encode()
@@ -195,7 +197,7 @@ sys.exit(5)
 
 TARGET_TOML = """
 name = "stand-in"
-metric = "val_bpb"
+metric = "metric_value"
 direction = "minimize"
 editable = ["train.py"]
 train_command = ["{python}", "train.py"]
@@ -204,6 +206,7 @@ evaluate_command = ["{python}", "{target_dir}/evaluate.py", "--artifact", "{arti
 train_data = ["train", "tokenizer"]
 eval_data = ["val", "tokenizer"]
 eval_context = 256
+published_counts = ["windows", "context", "vocab_size"]
 """
 
 
@@ -251,9 +254,9 @@ def test_report_missing_or_truncated_rejects_the_run(stand_in):
     accepted = stand_in(writes_artifact("ok"))
     assert accepted.status == "ok", accepted.failure_reason
     # Published: a whitelist, rounded; nothing else of the report.
-    assert accepted.val_bpb == 1.2346
+    assert accepted.metric_value == 1.2346
     assert accepted.metrics == {
-        "val_bpb": 1.2346,
+        "metric_value": 1.2346,
         "load_seconds": 0.12,
         "windows": 4,
         "context": 256,
@@ -272,7 +275,7 @@ def test_report_missing_or_truncated_rejects_the_run(stand_in):
         for prewarm in (True, False):
             result = stand_in(writes_artifact(mode), prewarm=prewarm)
             assert result.status == "crash", (mode, result.status, result.failure_reason)
-            assert result.val_bpb is None and result.metrics == {}, mode
+            assert result.metric_value is None and result.metrics == {}, mode
             assert phrase in (result.failure_reason or ""), (mode, result.failure_reason)
             assert "1.23" not in result.log_tail and "1.23" not in (result.failure_reason or "")
 
@@ -288,7 +291,7 @@ def test_nonzero_exit_rejects_the_run(stand_in):
     ):
         result = stand_in(writes_artifact(mode))
         assert result.status == "crash", (mode, result.status, result.failure_reason)
-        assert result.val_bpb is None, mode
+        assert result.metric_value is None, mode
         assert phrase in (result.failure_reason or ""), (mode, result.failure_reason)
 
 

@@ -47,7 +47,7 @@ def lab(tmp_path_factory, data_dir):
         budget_seconds=CONTROL_BUDGET_CPU_SECONDS,
         eval_windows=CONTROL_EVAL_WINDOWS,
         # An operator's looser error budget for a short campaign at a 15 s budget (5 false wins per
-        # 700 null changes instead of 0.5): at ~14 training steps a seed moves val_bpb by up to
+        # 700 null changes instead of 0.5): at ~14 training steps a seed moves metric_value by up to
         # 0.1, and this module is about the path, not the default's power (bench/campaign.py
         # measures that: a true gain of 3 sd is confirmed at the default budget).
         false_wins_per_campaign=5.0,
@@ -81,7 +81,10 @@ async def test_honest_improvement_counts(lab):
         for r in lab.store.list_experiments(kind="baseline", status="ok", limit=10)
         if r["seed"] == row["seed"]
     )
-    assert row["val_bpb"] < paired["val_bpb"], (row["val_bpb"], paired["val_bpb"])
+    assert row["metric_value"] < paired["metric_value"], (
+        row["metric_value"],
+        paired["metric_value"],
+    )
     assert received["verdict"] == row["verdict"] == "improved", received["verdict_note"]
     assert "fresh seeds" in received["verdict_note"]
     runs = [r for r in lab.store.confirmation_runs(row["id"]) if is_candidate_run(r)]
@@ -144,10 +147,10 @@ async def test_holdout_is_sealed_per_experiment_and_shown_on_the_leaderboard(lab
         ]
         history = await call(client, "get_history", limit=50)
     entries = {e["id"]: e for e in board["entries"]}
-    assert entries[control]["holdout_runs"] == 2 and entries[control]["holdout_bpb"] is not None
+    assert entries[control]["holdout_runs"] == 2 and entries[control]["holdout_value"] is not None
     base = next(e for e in board["entries"] if e["agent"] == "server")
-    assert base["holdout_runs"] == 5 and base["holdout_bpb"] is not None
-    assert abs(base["holdout_bpb"] - base["val_bpb"]) < 0.5  # same distribution as val
+    assert base["holdout_runs"] == 5 and base["holdout_value"] is not None
+    assert abs(base["holdout_value"] - base["metric_value"]) < 0.5  # same distribution as val
     published = json.dumps([details, history["rows"]])
 
     def keys(value: object) -> set[str]:

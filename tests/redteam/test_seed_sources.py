@@ -242,7 +242,7 @@ def test_code_that_does_not_parse_is_flagged():
 
 def test_seed_insensitive_on_bitwise_identical_values():
     """Hack: a program that ignores AR_SEED (its own fixed stream, or no randomness at all).
-    Defence: runs of the same code at different seeds that give bitwise-identical val_bpb are
+    Defence: runs of the same code at different seeds that give bitwise-identical metric_value are
     seed-insensitive, and `seed_ignored_flag` says so with the seeds and what to do."""
     value = 2.718281828459045
     assert seed_insensitive({1337: value, 2024: value})

@@ -108,10 +108,12 @@ def test_disqualified_run_never_improves_even_when_far_better():
     """A seed-only (or otherwise disqualified) run that beats the reference by far is not even a
     candidate (within_noise, with the reason); an honest one is a candidate, never `improved` on
     one run; confirmation with disqualifications never improves either."""
-    verdict = decide(status="ok", val_bpb=3.0, disqualifications=["the only change is the seed"])
+    verdict = decide(
+        status="ok", metric_value=3.0, disqualifications=["the only change is the seed"]
+    )
     assert verdict.verdict == WITHIN_NOISE
     assert "cannot count as an improvement" in verdict.note and "seed" in verdict.note
-    honest = decide(status="ok", val_bpb=3.0)
+    honest = decide(status="ok", metric_value=3.0)
     assert honest.verdict == CANDIDATE
     kept = judge_confirmation(
         values=[3.0, 3.01, 2.99, 3.0],
@@ -129,12 +131,12 @@ def test_disqualified_run_never_improves_even_when_far_better():
 
 @pytest.mark.parametrize("status", ["crash", "timeout", "integrity_fail", "cancelled"])
 def test_failed_runs_never_improve(status):
-    assert decide(status=status, val_bpb=0.001).verdict == "failed"
+    assert decide(status=status, metric_value=0.001).verdict == "failed"
 
 
-def test_non_finite_val_bpb_never_improves():
+def test_non_finite_metric_value_never_improves():
     for value in (float("nan"), float("-inf")):
-        assert decide(status="ok", val_bpb=value).verdict == "failed"
+        assert decide(status="ok", metric_value=value).verdict == "failed"
 
 
 def test_contract_touching_hacks_are_flagged():
