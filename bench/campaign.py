@@ -846,7 +846,9 @@ def real_campaign(
         all_rows = lab.store.list_experiments(order="oldest", limit=10_000)
     finally:
         lab.close()
-    null_values = [r["metric_value"] for r in rows if r["status"] == "ok" and r["metric_value"] is not None]
+    null_values = [
+        r["metric_value"] for r in rows if r["status"] == "ok" and r["metric_value"] is not None
+    ]
     return {
         "home": str(home),
         "budget_seconds": budget_seconds,

@@ -188,7 +188,9 @@ def markdown(result: dict[str, Any]) -> str:
     same = [
         (a, b)
         for a, b in zip(arms["suggest"]["runs"], arms["random"]["runs"], strict=True)
-        if a["values"] == b["values"] and a["metric_value"] is not None and b["metric_value"] is not None
+        if a["values"] == b["values"]
+        and a["metric_value"] is not None
+        and b["metric_value"] is not None
     ]
     if same:
         gaps = ", ".join(
@@ -237,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for lab in labs.values():
             lab.scheduler.start()
         baseline = run_and_wait(labs["baseline"], "the unchanged baseline")
-        print(f"baseline: {baseline['status']} metric_value {fmt(baseline.get('metric_value'))}", flush=True)
+        print(
+            f"baseline: {baseline['status']} metric_value {fmt(baseline.get('metric_value'))}",
+            flush=True,
+        )
         arms = {
             "suggest": Arm("suggest", "auto", labs["suggest"], args.parameters),
             "random": Arm("random", "random", labs["random"], args.parameters),

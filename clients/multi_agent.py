@@ -82,7 +82,11 @@ def summary_line(name: str, results: list[dict[str, Any]], error: str | None) ->
         )
     return (
         f"{name}: {len(results)} experiment(s), {len(ok)} ok"
-        + (f", best #{best['id']} metric_value {best['metric_value']:.4f} ({best['change']})" if best else "")
+        + (
+            f", best #{best['id']} metric_value {best['metric_value']:.4f} ({best['change']})"
+            if best
+            else ""
+        )
         + f", verdicts {verdicts}"
     )
 
