@@ -32,6 +32,7 @@ SETTINGS: dict[str, Any] = {
     "call_wait_seconds": 60,
     "contended_share": 0.0,
     "contended_share_cpu_budget": 0.0,
+    "confirm_runs": 2,  # a candidate's own confirmation is tests/test_verdicts.py's subject
 }
 
 

@@ -183,7 +183,18 @@ def live(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[L
     """A lab with real finished experiments, synthetic rows for a second agent, served for real."""
     home = tmp_path_factory.mktemp("dashboard-home")
     shutil.copytree(data_dir, home / "data")
-    lab = Lab(LabSettings(home=home, budget_seconds=4, baseline_repeats=0, eval_windows=4))
+    # confirm_runs=2 and no drift checks: the page is under test here, not the confirmation
+    # (tests/test_verdicts.py); each run the server adds is ~10 s of the suite on a loaded machine.
+    lab = Lab(
+        LabSettings(
+            home=home,
+            budget_seconds=4,
+            baseline_repeats=0,
+            eval_windows=4,
+            confirm_runs=2,
+            drift_check_every=0,
+        )
+    )
     try:
         add_measured_baseline(lab, BASELINE_VALUES)
         add_synthetic_experiments(lab, "bob", 24, start=3.749, seed=7)

