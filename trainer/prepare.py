@@ -757,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         secret = (
             parse_split_secret(args.split_secret, "--split-secret") if args.split_secret else None
         )
-        manifest = prepare(
+        prepare(
             args.data_dir,
             corpus=args.corpus,
             source=args.source,
@@ -769,12 +769,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrepareError as exc:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2
-    tokens = manifest["tokens"]
-    print(
-        f"data ready in {args.data_dir}: {tokens['train']:,} train / {tokens['val']:,} val tokens, "
-        f"vocab {manifest['vocab_size']}",
-        file=sys.stderr,
-    )
     return 0
 
 
