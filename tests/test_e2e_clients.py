@@ -49,6 +49,8 @@ SERVE_OPTIONS = [
     "0",
     "--eval-windows",
     "4",
+    "--confirm-runs",  # the clients are under test here; a candidate's 2 fresh seeds suffice
+    "2",
 ]
 EXPERIMENT_TIMEOUT = 1500  # seconds for a whole scripted-agent run (queues behind neighbours)
 CLIENT_TIMEOUT = 240  # seconds for one Inspector / claude invocation
