@@ -68,6 +68,7 @@ class Server:
         argv = [
             EXE, "serve", "--http", "--port", str(self.port), "--data-dir", str(self.home),
             "--budget", "3", "--baseline-repeats", "0", "--eval-windows", "2", "--max-live", "1",
+            "--confirm-runs", "2",  # sharing is under test, not a candidate's confirmation
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
