@@ -57,7 +57,7 @@ def make_executor(
         return LocalExecutor(runner, slots)
     # Ray is an optional dependency: imported only when the operator asks for it.
     from server.ray_executor import RayExecutor
-    from trainer.prepare import read_split_secret
+    from server.targets import read_split_key
 
     return RayExecutor(
         settings.ray_address,
@@ -67,7 +67,7 @@ def make_executor(
         expected_hashes=runner.expected_hashes,
         expected_holdout_hashes=runner.expected_holdout_hashes,
         keep_run_dirs=settings.keep_run_dirs,
-        split_secret=read_split_secret(data_dir),
+        split_secret=read_split_key(data_dir),
     )
 
 

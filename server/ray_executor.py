@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.runner import RunResult, RunSettings
+from sandbox.target import ResearchTarget
 from server.scheduler import Job, ProgressFn
 from server.settings import default_home
+from server.targets import run_prepare
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +109,23 @@ def worker_home() -> Path:
     return default_home().expanduser().resolve()
 
 
-def prepare_once(data_dir: Path, split_secret: bytes | None = None) -> None:
-    """Prepare the node's data (idempotent and cached), one task at a time per node.
+def prepare_once(target: ResearchTarget, data_dir: Path, split_secret: str | None = None) -> None:
+    """Prepare the node's data with the target's own prepare step (idempotent and cached), one
+    task at a time per node.
 
-    ``split_secret`` is the server's: every node must hold out the same val documents, and the
-    split is secret per installation (a node that drew its own would score another val set).
+    ``split_secret`` is the server's (split.key's hex): every node must hold out the same val
+    examples, and the split is secret per installation (a node that drew its own would score
+    another val set).
     """
-    from trainer.prepare import prepare
-
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with (data_dir.parent / ".prepare.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            prepare(data_dir, quiet=True, split_secret=split_secret)
+            code = run_prepare(target, data_dir, [], split_secret=split_secret, quiet=True)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+    if code != 0:
+        raise RuntimeError(f"the node could not prepare {target.name}'s data (exit {code})")
 
 
 def run_on_worker(
@@ -131,7 +135,7 @@ def run_on_worker(
     expected_hashes: dict[str, str],
     keep_run_dirs: str,
     cpus: int | None,
-    split_secret: bytes | None = None,
+    split_secret: str | None = None,
     expected_holdout_hashes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Ray task: prepare the node's data, run the job in the node's jail, return the result as a dict."""
@@ -150,8 +154,8 @@ def run_on_worker(
     report("preparing")
     home = worker_home()
     data_dir = home / "data"
-    prepare_once(data_dir, split_secret)
     target = load_target(Path(target_file)) if target_file else load_target()
+    prepare_once(target, data_dir, split_secret)
     try:
         runner = ExperimentRunner(
             target,
@@ -239,7 +243,7 @@ class RayExecutor:
         expected_holdout_hashes: dict[str, str] | None = None,
         keep_run_dirs: str = "failed",
         cancel_grace_seconds: float = CANCEL_GRACE_SECONDS,
-        split_secret: bytes | None = None,
+        split_secret: str | None = None,
     ) -> None:
         ray = _import_ray()
         self._ray = ray

@@ -9,6 +9,7 @@ never share a record by accident: opening a record with another target is refuse
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,9 +41,28 @@ def target_home(target: ResearchTarget, home: Path | None) -> Path:
 
 
 TARGET_MARK = ".target"  # in the data folder: the name of the target that prepared it
+# The split secret every target's prepare step keeps in its data folder (hex text, mode 0600)
+# and takes from the environment when given (to prepare the same split on another node).
+SPLIT_KEY_FILE = "split.key"
+SPLIT_SECRET_ENV = "AUTORESEARCH_SPLIT_SECRET"
 
 
-def run_prepare(target: ResearchTarget, data_dir: Path, extra: list[str]) -> int:
+def read_split_key(data_dir: Path) -> str | None:
+    """The split secret a prepared data folder holds (its hex text), or None."""
+    try:
+        return (data_dir / SPLIT_KEY_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def run_prepare(
+    target: ResearchTarget,
+    data_dir: Path,
+    extra: list[str],
+    *,
+    split_secret: str | None = None,
+    quiet: bool = False,
+) -> int:
     """Run the target's trusted prepare_command (idempotent: a prepared folder is kept).
 
     `extra` (options the CLI did not know, and --force) go to the target's own prepare. A data
@@ -70,7 +90,16 @@ def run_prepare(target: ResearchTarget, data_dir: Path, extra: list[str]) -> int
         for part in target.prepare_command
     ] + extra
     data_dir.mkdir(parents=True, exist_ok=True)
-    code = subprocess.run(argv, cwd=target.target_dir, check=False).returncode
+    env = dict(os.environ)
+    if split_secret:
+        env[SPLIT_SECRET_ENV] = split_secret
+    code = subprocess.run(
+        argv,
+        cwd=target.target_dir,
+        env=env,
+        check=False,
+        stdout=subprocess.DEVNULL if quiet else None,  # its errors still reach stderr
+    ).returncode
     if code == 0:
         mark.write_text(target.name + "\n")
     return code
