@@ -5,7 +5,7 @@ The digits target differs from the GPT one in every field of target.toml: its da
 scikit-learn, its model is an MLP exported as a JSON layer spec with weights, and its metric,
 accuracy, is MAXIMIZED. What is asserted is what the server makes of that: a real change is
 `improved` (confirmed on fresh seeds), a harmful one `worse`; the leaderboard puts the higher
-accuracy first; results.tsv, the program, the noise and the chart name `accuracy` and say
+accuracy first; the win climbs the promotion ladder with a positive gain; results.tsv, the program, the noise and the chart name `accuracy` and say
 higher is better; every row names its target; and a record of one target is refused to another.
 The template target (targets/template, minimized mse) runs through the same server too.
 """
@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from support import free_port, wait_for_healthz, wait_until
 from test_multi_agent import EXE, call, connect, rows
@@ -138,6 +139,20 @@ async def test_digits_improves_through_mcp(digits_home: Path, tmp_path: Path) ->
             best = await call(client, "get_history", order="best", limit=3)
             top = [r["metric_value"] for r in best["rows"] if r["metric_value"] is not None]
             assert top == sorted(top, reverse=True), top
+
+            # The ladder works the same for this target: the win re-run at level M (5x the
+            # budget) beside M's baseline on paired seeds, judged in the metric's direction.
+            await call(client, "promote", experiment_id=better["id"])
+            done: list[dict[str, Any]] = []
+            for _ in range(300):
+                ladder = await call(client, "get_ladder", experiment_id=better["id"])
+                done = [p for p in ladder["promotions"] if p["status"] == "done"]
+                if done:
+                    break
+                await anyio.sleep(1)
+            assert done, ladder
+            assert done[0]["verdict"] in ("transfers", "within_noise"), done[0]
+            assert done[0]["large_gain"] > 0, done[0]  # momentum helps at M too: a positive gain
 
             program = await client.read_resource("autoresearch://program.md")
             text = program.contents[0].text
