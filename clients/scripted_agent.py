@@ -1,4 +1,5 @@
-"""A researcher without an LLM: random search over train.py's hyperparameters, MCP tools only.
+"""A researcher without an LLM: random search over train.py's hyperparameters, MCP tools only
+(the constants of either bundled target: the GPT trainer's or targets/digits').
 
 It speaks to the server the way any MCP client does, so it doubles as an end-to-end check
 of the tools. Each experiment: read train.py (read_file), change one hyperparameter constant
@@ -71,6 +72,8 @@ def _frac(value: float | int) -> str:
     return f"{float(value):.2f}"
 
 
+# The constants of both bundled targets' train.py (the GPT trainer's and targets/digits'); an
+# experiment changes one that the file defines.
 KNOBS: tuple[Knob, ...] = (
     Knob("MATRIX_LR", _log_uniform(0.005, 0.06), _lr),
     Knob("EMBED_LR", _log_uniform(0.002, 0.05), _lr),
@@ -78,6 +81,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("WARMDOWN_FRAC", lambda rng: rng.uniform(0.1, 0.9), _frac),
     Knob("WEIGHT_DECAY", lambda rng: rng.choice((0.0, 0.01, 0.05, 0.1)), _frac),
     Knob("BATCH_SIZE", lambda rng: rng.choice((4, 6, 8, 12, 16)), lambda v: str(int(v))),
+    Knob("LEARNING_RATE", _log_uniform(0.01, 0.5), _lr),
+    Knob("MOMENTUM", lambda rng: rng.choice((0.0, 0.5, 0.8, 0.9, 0.95)), _frac),
+    Knob("EPOCHS", lambda rng: rng.choice((5, 10, 20, 40)), lambda v: str(int(v))),
 )
 
 

@@ -960,7 +960,7 @@ def published_metrics(report: dict[str, Any], target: ResearchTarget) -> dict[st
     if target.tie_break is not None:
         second = _finite(report.get(target.tie_break[0]))
         if second is not None:
-            metrics[target.tie_break[0]] = target.round(second)
+            metrics[target.tie_break[0]] = round(second, target.tie_break_decimals)
     for key in PUBLISHED_SECONDS:
         seconds = _finite(report.get(key))
         if seconds is not None:

@@ -44,14 +44,20 @@ class ResearchTarget:
     # The trusted data preparation (run by the server, outside any jail, for `prepare` and before
     # serving when the data folder has no manifest); () for a target whose data is made elsewhere.
     prepare_command: tuple[str, ...] = ()
-    # A second figure the evaluator reports that orders equal metric values (name, direction).
+    # A second figure the evaluator reports that orders equal metric values (name, direction),
+    # published at tie_break_decimals (fewer than the metric's: every published figure is a
+    # channel from the hidden split back to the agent).
     tie_break: tuple[str, str] | None = None
+    tie_break_decimals: int = 2
     # Integer keys of the evaluator's report the server may publish (counts of what was scored).
     published_counts: tuple[str, ...] = ()
     # The seed-to-seed sd of the metric assumed until the baseline's runs measure it.
     assumed_sd: float = 0.02
     # The research program agents read (program.md, with {goal}, {budget}... filled in by the server).
     program_file: Path | None = None
+    # Lower embedded_data thresholds (server/diff_review.py) for a target whose eval data is
+    # public: (name, limit) of literal_chars, text_chars, spaceless_run, number_run, numbers.
+    embedded_data: tuple[tuple[str, int], ...] = ()
 
     @property
     def better_word(self) -> str:
@@ -129,9 +135,7 @@ def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
         )
     if not isinstance(raw["metric"], str) or not IDENTIFIER.fullmatch(raw["metric"]):
         raise ValueError(f"{path}: metric must be a plain identifier (letters, digits, _)")
-    decimals = raw.get("metric_decimals", 4)
-    if not isinstance(decimals, int) or isinstance(decimals, bool) or not 1 <= decimals <= 8:
-        raise ValueError(f"{path}: metric_decimals must be a whole number from 1 to 8")
+    decimals = _decimals(raw.get("metric_decimals", 4), "metric_decimals", path)
     tie_break = raw.get("tie_break")
     if tie_break is not None and (
         not isinstance(tie_break, dict)
@@ -169,10 +173,35 @@ def load_target(path: Path = DEFAULT_TARGET_FILE) -> ResearchTarget:
         metric_decimals=decimals,
         prepare_command=tuple(raw.get("prepare_command", [])),
         tie_break=(tie_break["metric"], tie_break["direction"]) if tie_break else None,
+        tie_break_decimals=_decimals(
+            (tie_break or {}).get("decimals", 2), "tie_break.decimals", path
+        ),
         published_counts=tuple(raw.get("published_counts", [])),
         assumed_sd=_positive(raw.get("assumed_sd", 0.02), "assumed_sd", path),
         program_file=_program(raw.get("program"), target_dir, path),
+        embedded_data=_embedded_limits(raw.get("embedded_data", {}), path),
     )
+
+
+EMBEDDED_LIMITS = ("literal_chars", "text_chars", "spaceless_run", "number_run", "numbers")
+
+
+def _embedded_limits(value: object, path: Path) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict) or not all(
+        key in EMBEDDED_LIMITS and isinstance(v, int) and not isinstance(v, bool) and v > 0
+        for key, v in value.items()
+    ):
+        raise ValueError(
+            f"{path}: embedded_data must map some of {', '.join(EMBEDDED_LIMITS)} to positive "
+            "whole numbers"
+        )
+    return tuple(sorted(value.items()))
+
+
+def _decimals(value: object, field: str, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 8:
+        raise ValueError(f"{path}: {field} must be a whole number from 1 to 8")
+    return value
 
 
 def _program(value: object, target_dir: Path, path: Path) -> Path | None:

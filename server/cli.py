@@ -17,6 +17,7 @@ from typing import Any
 
 from sandbox.target import ResearchTarget
 from server.lab import DEFAULT_SCALES, Lab, LabSettings, ScaleLevel
+from server.refusals import check_agent_name
 from server.targets import TargetMismatch, check_record, open_target, run_prepare, target_home
 
 
@@ -269,9 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from server.app import build_server
             from server.request_limits import serve_stdio
 
-            agent = lab.check_agent_name(
-                args.agent or os.environ.get("AUTORESEARCH_AGENT") or "agent"
-            )
+            agent = check_agent_name(args.agent or os.environ.get("AUTORESEARCH_AGENT") or "agent")
             anyio.run(serve_stdio, build_server(lab, default_agent=agent))
     finally:
         lab.close()

@@ -58,6 +58,22 @@ TEXT_CHARS = 20480  # net added characters of string literals and comments
 SPACELESS_RUN_CHARS = 256
 NUMBER_RUN = 256  # numbers in a row, separated only by commas, brackets, spaces or operators
 NUMBERS_TOTAL = 1024  # net added numbers
+
+
+@dataclass(frozen=True)
+class EmbeddedLimits:
+    """The embedded_data thresholds. The defaults fit a target whose eval data no agent can get;
+    a target whose data is public (its val examples can be fitted offline and pasted in) sets
+    lower ones in target.toml (`embedded_data = { text_chars = ..., numbers = ... }`)."""
+
+    literal_chars: int = LARGE_LITERAL_CHARS
+    text_chars: int = TEXT_CHARS
+    spaceless_run: int = SPACELESS_RUN_CHARS
+    number_run: int = NUMBER_RUN
+    numbers: int = NUMBERS_TOTAL
+
+
+DEFAULT_LIMITS = EmbeddedLimits()
 SHOWN_LINES = 3
 SHOWN_LINE_CHARS = 160
 
@@ -114,7 +130,7 @@ def changed_code_lines(diff: str) -> list[str]:
     return lines
 
 
-def review_diff(diff: str) -> list[Flag]:
+def review_diff(diff: str, limits: EmbeddedLimits = DEFAULT_LIMITS) -> list[Flag]:
     """Contract-touching findings in a diff, and embedded data (empty for an ordinary change)."""
     lines = changed_code_lines(diff)
     flags = []
@@ -122,7 +138,7 @@ def review_diff(diff: str) -> list[Flag]:
         hits = tuple(line for line in lines if pattern.search(line))
         if hits:
             flags.append(Flag(name, reason, hits))
-    embedded = embedded_data(diff)
+    embedded = embedded_data(diff, limits)
     if embedded is not None:
         flags.append(embedded)
     return flags
@@ -149,24 +165,24 @@ class _Content:
     samples: list[str] = field(default_factory=list)  # where data was found
 
 
-def embedded_data(diff: str) -> Flag | None:
+def embedded_data(diff: str, limits: EmbeddedLimits = DEFAULT_LIMITS) -> Flag | None:
     """An `embedded_data` flag when the added lines carry data or text rather than code."""
     added, removed = _scan(diff, "+"), _scan(diff, "-")
     findings = []
-    if added.largest_literal >= LARGE_LITERAL_CHARS:
+    if added.largest_literal >= limits.literal_chars:
         findings.append(f"a string literal of {added.largest_literal:,} characters")
     net_text = added.text_chars - removed.text_chars
-    if net_text >= TEXT_CHARS:
+    if net_text >= limits.text_chars:
         findings.append(f"{net_text:,} more characters of string literals and comments")
-    if added.longest_spaceless_run >= SPACELESS_RUN_CHARS:
+    if added.longest_spaceless_run >= limits.spaceless_run:
         findings.append(
             f"a run of {added.longest_spaceless_run:,} characters without a space "
             "(base64, hex or packed data looks like this)"
         )
-    if added.longest_number_run >= NUMBER_RUN:
+    if added.longest_number_run >= limits.number_run:
         findings.append(f"a list of {added.longest_number_run:,} numbers in a row")
     net_numbers = added.numbers - removed.numbers
-    if net_numbers >= NUMBERS_TOTAL:
+    if net_numbers >= limits.numbers:
         findings.append(f"{net_numbers:,} more numbers")
     if not findings:
         return None

@@ -69,7 +69,7 @@ from server.settings import (
     hardware_fingerprint,
 )
 from server.store import ExperimentNotFound, Store
-from server.targets import bind_record
+from server.targets import bind_record, embedded_limits
 from server.verdicts import IMPROVED, Noise, Reference, describe_rule, fresh_seed
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class Lab:
             min_interval_s=s.arxiv_min_interval_s,
         )
         self.policy = PathPolicy.from_target(self.target)
+        self.embedded_limits = embedded_limits(self.target)
         self.baseline_files = {k: v.decode() for k, v in self.target.baseline_files().items()}
         self.runner = ExperimentRunner(
             self.target,
@@ -186,12 +187,9 @@ class Lab:
 
     # ------------------------------------------------------------ agents and workspaces
 
-    def check_agent_name(self, agent: str) -> str:
-        return check_agent_name(agent)
-
     def workspace(self, agent: str) -> Workspace:
         """The agent's own working copy, created from the baseline on first use."""
-        self.check_agent_name(agent)
+        check_agent_name(agent)
         with self._workspace_lock:
             if agent not in self._known_agents:  # a write transaction per tool call otherwise
                 self.store.ensure_agent(agent)
@@ -299,7 +297,9 @@ class Lab:
         parent_code = self._code_of(parent_id) if parent_id is not None else self.baseline_files
         diff_parent = unified_diff(parent_code, files)
         diff_baseline = unified_diff(self.baseline_files, files)
-        flags = review_flags(diff_parent, diff_baseline, kind, files, self.baseline_files)
+        flags = review_flags(
+            diff_parent, diff_baseline, kind, files, self.baseline_files, self.embedded_limits
+        )
         return {
             "agent": agent,
             "kind": kind,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.runner import RunResult
-from server.diff_review import is_seed_only, review_diff
+from server.diff_review import DEFAULT_LIMITS, EmbeddedLimits, is_seed_only, review_diff
 from server.orientation import gain
 from server.record import OK, ExperimentRow, Verdict
 from server.seed_checks import SEED_FLAGS, review_seed_code
@@ -45,11 +45,12 @@ def review_flags(
     kind: str,
     files: Mapping[str, str],
     baseline_files: Mapping[str, str],
+    limits: EmbeddedLimits = DEFAULT_LIMITS,
 ) -> list[dict[str, Any]]:
     """The review's findings on a planned run's code: the diff review (server.diff_review), the
     seed review of the whole new files (server.seed_checks: seed_source, rng_shift), and
     `seed_only` for an experiment whose only change from its parent is the seed."""
-    flags = [f.as_dict() for f in review_diff(diff_baseline)]
+    flags = [f.as_dict() for f in review_diff(diff_baseline, limits)]
     flags += [f.as_dict() for f in review_seed_code(files, baseline_files)]
     if kind == "experiment" and is_seed_only(diff_parent):
         flags.insert(

@@ -9,12 +9,14 @@ never share a record by accident: opening a record with another target is refuse
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from sandbox.target import DEFAULT_TARGET_FILE, ResearchTarget, load_target, resolve_target_file
+from server.diff_review import DEFAULT_LIMITS, EmbeddedLimits
 from server.refusals import LabError
 from server.settings import default_home
 from server.store import Store
@@ -110,6 +112,11 @@ def check_record(home: Path, target: ResearchTarget) -> None:
     path = home / "history.sqlite"
     if path.is_file():
         bind_record(Store(path), target, bind=False)
+
+
+def embedded_limits(target: ResearchTarget) -> EmbeddedLimits:
+    """The embedded_data thresholds of this target (lower where its eval data is public)."""
+    return dataclasses.replace(DEFAULT_LIMITS, **dict(target.embedded_data))
 
 
 def bind_record(store: Store, target: ResearchTarget, *, bind: bool = True) -> None:

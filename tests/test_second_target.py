@@ -12,7 +12,9 @@ The template target (targets/template, minimized mse) runs through the same serv
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,18 @@ SETTINGS = [
     "--confirm-runs", "3", "--campaign-experiments", "20", "--false-wins", "1",
     "--call-wait", "60",
 ]  # fmt: skip
+
+
+def scripted_agent() -> Any:
+    """clients/scripted_agent.py as a module (clients/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "scripted_agent", REPO / "clients" / "scripted_agent.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("scripted_agent", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -139,6 +153,12 @@ async def test_digits_improves_through_mcp(digits_home: Path, tmp_path: Path) ->
             best = await call(client, "get_history", order="best", limit=3)
             top = [r["metric_value"] for r in best["rows"] if r["metric_value"] is not None]
             assert top == sorted(top, reverse=True), top
+
+            # The scripted researcher (clients/scripted_agent.py) works this target too, from
+            # the best code.
+            await call(client, "checkout", ref="best")
+            scripted = await scripted_agent().run_agent(client, 2, seed=5, log=lambda line: None)
+            assert [r["final"] for r in scripted] == [True, True], scripted
 
             # The ladder works the same for this target: the win re-run at level M (5x the
             # budget) beside M's baseline on paired seeds, judged in the metric's direction.

@@ -9,9 +9,12 @@ val/ (and holdout/ when it asks for it), and can write nothing.
 
 The artifact is hostile: an agent wrote the code that wrote it. Nothing in it is ever run.
 1. Opening it: a regular file of at most MAX_ARTIFACT_BYTES; a zip (.npz) of at most
-   MAX_ARRAYS members, each "<name>.npy" with a plain name, at most MAX_UNPACKED_BYTES unpacked
-   in all (checked before anything is decompressed), each read with numpy's .npy reader and
-   allow_pickle=False (an object array is refused, never unpickled).
+   MAX_ARRAYS members (counted from the zip's end records, and its central directory at most
+   MAX_DIRECTORY_BYTES, before zipfile parses that directory), each "<name>.npy" with a plain
+   name, at most MAX_UNPACKED_BYTES unpacked in all (checked before anything is decompressed),
+   each header checked (at most 2 dimensions, each 0..MAX_WIDTH, the size it implies) and then
+   read with numpy's .npy reader and allow_pickle=False (an object array is refused, never
+   unpickled).
 2. The spec: the member "spec" is a 0-d unicode array holding JSON,
    {"format": "digits-mlp/1", "layers": [...]}. Each layer is one of
        {"op": "linear", "weight": NAME, "bias": NAME or null}   weight float32 [out, in]
@@ -20,8 +23,11 @@ The artifact is hostile: an agent wrote the code that wrote it. Nothing in it is
        {"op": "residual", "layers": [...]}                      x + f(x), f keeps the width
    checked against the widths they see (64 in, 10 out), every named array float32, of the
    shape its layer needs, finite; every array in the file used by the spec. At most MAX_LAYERS
-   layers in all, MAX_NESTING residuals deep, MAX_MACS multiply-adds per example. Anything
-   else is status invalid_artifact with a reason naming the rule.
+   layers in all, MAX_NESTING residuals deep, and at most MAX_COST compute units per example,
+   every op counted (the compute cap): a linear layer costs in*out (its multiply-adds), gelu
+   and silu COST_GELU_SILU per feature, relu, tanh, sigmoid and layernorm COST_ELEMENTWISE per
+   feature, a residual's add 1 per feature. Anything else is status invalid_artifact with a
+   reason naming the rule.
 3. The forward pass is computed here, in numpy, in float64, on x / 16 (pixels 0..1): gelu is
    the exact (erf) form as torch's default, layernorm normalizes each example over its features
    (no batch statistics exist in this whitelist). The output must be finite logits [N, 10].
@@ -31,8 +37,11 @@ The artifact is hostile: an agent wrote the code that wrote it. Nothing in it is
    (PROBE_TOLERANCE), else status integrity_fail. With this whitelist an honest model always
    passes; the probe is there so that an op added later that lets examples see each other (batch
    statistics, attention across the batch) cannot score its val examples together unnoticed.
-5. accuracy = mean(argmax logits == label) (the metric, maximize) and log_loss = mean negative
-   log-softmax of the label, in nats (the tie-break, minimize), from the first pass.
+5. accuracy = mean(argmax logits == label) (the metric, maximize) and log_loss = mean clipped
+   negative log-softmax of the label, in nats (the tie-break, minimize), from the first pass:
+   computed in float64, each example's probability of its label floored at LABEL_PROB_FLOOR
+   (1e-4), so one example adds at most ln(1e4) = 9.2103 nats and the tie-break cannot carry
+   more than a bounded figure. A log_loss that is not finite anyway is status invalid_artifact.
 6. With --holdout: the holdout split is scored the same way (one pass) and reported apart.
 
 The report is ONE JSON line: on stdout, or with --report-fd N only on fd N (stdout then goes to
@@ -40,8 +49,10 @@ stderr, the log). It holds status ("ok", "invalid_artifact", "integrity_fail", "
 "not_started") and reason, accuracy, log_loss, examples, hashes {"evaluator": sha256 of this
 file, "val/x.npy": ..., "val/y.npy": ...} (and holdout/ files with --holdout), probes {probes:
 examples compared, passes: layouts compared}, load/score/probe/total_seconds (warmup_seconds
-with --wait) and with --holdout "holdout": {status, value, log_loss, examples}. The exit code is
-0 only for status ok (EXIT_* below, the same as the GPT target's evaluator).
+with --wait) and with --holdout "holdout": {status, value, log_loss, examples}. It is strict JSON
+(written with allow_nan=False: a report that could not be becomes status "error" with a fixed
+reason). The exit code is 0 only for status ok (EXIT_* below, the same as the GPT target's
+evaluator).
 
 With --wait it loads the data first, prints a line to stderr, and reads one line from stdin:
 it scores only if that line is "go", else it reports not_started.
@@ -57,6 +68,7 @@ import math
 import os
 import re
 import secrets
+import struct
 import sys
 import time
 import zipfile
@@ -70,21 +82,37 @@ EXIT_OK, EXIT_INVALID_ARTIFACT, EXIT_INTEGRITY, EXIT_ERROR, EXIT_NOT_STARTED = 0
 N_FEATURES, N_CLASSES, MAX_PIXEL = 64, 10, 16.0
 FORMAT = "digits-mlp/1"
 MAX_ARTIFACT_BYTES = 64 << 20  # the .npz on disk
-# All members unpacked (a compressed npz cannot hide a bomb): MAX_MACS bounds the weights a valid
+# All members unpacked (a compressed npz cannot hide a bomb): MAX_COST bounds the weights a valid
 # model can use to ~64 MiB of float32, every array must be used, so more is never valid.
 MAX_UNPACKED_BYTES = 96 << 20
 MAX_ARRAYS = 256
+# The zip's central directory, read before any member (numpy.savez writes ~100 bytes a member).
+MAX_DIRECTORY_BYTES = MAX_ARRAYS * 1024
 MAX_SPEC_CHARS = 64 << 10
 MAX_LAYERS = 256  # layers in all, nested ones included
 MAX_NESTING = 4  # residuals inside residuals
 MAX_WIDTH = 1 << 16
-MAX_MACS = 1 << 24  # multiply-adds per example (~16.8 M: far beyond what trains in the budget)
+# The compute cap: cost units per example, every op counted (~16.8 M: far beyond what trains in
+# the budget; a depth-8 width-1024 MLP costs ~8.7 M). A linear layer costs its multiply-adds
+# (in * out); elementwise ops cost per feature, weighted by their numpy passes here.
+MAX_COST = 1 << 24
+COST_GELU_SILU = 200  # per feature (erf / tanh forms: ~50 times a multiply-add, measured)
+COST_ELEMENTWISE = 50  # per feature: relu, tanh, sigmoid, layernorm
+COST_RESIDUAL_ADD = 10  # per feature
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "silu")
 OPS = ("linear", "layernorm", "residual", *ACTIVATIONS)
 PROBE_TOLERANCE = 1e-6  # float64, per example: an honest model agrees to ~1e-15
 MAX_BATCH = 64  # the secret batchings use batches of 1..MAX_BATCH examples
 DECOYS = 8  # rows of noise mixed into the probe pass
+# log_loss: each example's probability of its label is floored here (loss <= ln 1e4 = 9.2103).
+LABEL_PROB_FLOOR = 1e-4
+MAX_EXAMPLE_LOSS = -math.log(LABEL_PROB_FLOOR)
+# Zip end records (the same layout zipfile reads).
+EOCD_SIGNATURE, EOCD_SIZE = b"PK\x05\x06", 22
+ZIP64_LOCATOR_SIGNATURE, ZIP64_LOCATOR_SIZE = b"PK\x06\x07", 20
+ZIP64_EOCD_SIGNATURE, ZIP64_EOCD_SIZE = b"PK\x06\x06", 56
+MAX_ZIP_COMMENT = (1 << 16) - 1
 SPLITS = {"val": "val", "holdout": "holdout"}
 
 
@@ -135,6 +163,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         )
     if not zipfile.is_zipfile(path):
         raise InvalidArtifact("model.npz is not an .npz (zip) file: save it with numpy.savez")
+    check_directory(path, size)
     arrays: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as archive:
@@ -165,9 +194,74 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
                 arrays[name] = read_npy(name, data)
     except InvalidArtifact:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError):
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        OverflowError,
+        TypeError,
+        MemoryError,
+        struct.error,
+    ):
         raise InvalidArtifact("model.npz is not a readable .npz (zip) file") from None
     return arrays
+
+
+def check_directory(path: Path, size: int) -> None:
+    """The member count and central-directory size from the zip's end records, checked BEFORE
+    zipfile parses the directory (it reads the whole directory first, whatever it holds).
+
+    Finds the end-of-central-directory record the way zipfile does (the last 22 bytes, else the
+    last occurrence of its signature in the last 64 KiB), and the zip64 end record it may point
+    to (both places a zipfile version may read it from); every count and directory size any of
+    them claims must be within the caps. numpy.savez never writes a zip64 end record for a file
+    this small, so a valid model always passes.
+    """
+    try:
+        with path.open("rb") as f:
+            start = max(
+                0, size - MAX_ZIP_COMMENT - EOCD_SIZE - ZIP64_LOCATOR_SIZE - ZIP64_EOCD_SIZE
+            )
+            f.seek(start)
+            tail = f.read()
+            search_from = max(0, size - (1 << 16) - EOCD_SIZE) - start
+            if tail[-EOCD_SIZE:][:4] == EOCD_SIGNATURE and tail[-2:] == b"\0\0":
+                at = len(tail) - EOCD_SIZE
+            else:
+                at = tail.rfind(EOCD_SIGNATURE, search_from)
+            if at < 0 or len(tail) - at < EOCD_SIZE:
+                raise InvalidArtifact("model.npz is not a readable .npz (zip) file")
+            _, _, _, here, total, directory, _, _ = struct.unpack(
+                "<4s4H2LH", tail[at : at + EOCD_SIZE]
+            )
+            claims = [(here, total, directory)]
+            locator = tail[max(0, at - ZIP64_LOCATOR_SIZE) : at]
+            if len(locator) == ZIP64_LOCATOR_SIZE and locator[:4] == ZIP64_LOCATOR_SIGNATURE:
+                _, _, offset, _ = struct.unpack("<4sLQL", locator)
+                places = {at - ZIP64_LOCATOR_SIZE - ZIP64_EOCD_SIZE + start, offset}
+                for place in places:
+                    if not 0 <= place <= size - ZIP64_EOCD_SIZE:
+                        continue
+                    f.seek(place)
+                    record = f.read(ZIP64_EOCD_SIZE)
+                    if len(record) == ZIP64_EOCD_SIZE and record[:4] == ZIP64_EOCD_SIGNATURE:
+                        fields = struct.unpack("<4sQ2H2L4Q", record)
+                        claims.insert(0, (fields[6], fields[7], fields[8]))
+    except OSError:
+        raise InvalidArtifact("the artifact model.npz cannot be read") from None
+    for here, total, directory in claims:
+        if max(here, total) > MAX_ARRAYS:
+            raise InvalidArtifact(
+                f"model.npz holds {max(here, total):,} arrays; at most {MAX_ARRAYS}"
+            )
+        if directory > MAX_DIRECTORY_BYTES:
+            raise InvalidArtifact(
+                f"model.npz's zip directory is {directory:,} bytes; at most "
+                f"{MAX_DIRECTORY_BYTES:,} ({MAX_ARRAYS} arrays)"
+            )
 
 
 def read_npy(name: str, data: bytes) -> np.ndarray:
@@ -182,8 +276,19 @@ def read_npy(name: str, data: bytes) -> np.ndarray:
             shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
         else:
             raise ValueError("unsupported .npy version")
-    except ValueError:
+    except (ValueError, TypeError, OverflowError, MemoryError, SyntaxError, RecursionError):
         raise InvalidArtifact(f"the array {name!r} is not a valid .npy array") from None
+    # Before any arithmetic on the shape and before numpy sees it (a header may claim
+    # (0, 10**20): zero bytes, and numpy overflows on it).
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > 2
+        or not all(type(d) is int and 0 <= d <= MAX_WIDTH for d in shape)
+    ):
+        raise InvalidArtifact(
+            f"the array {name!r} has a shape outside the format: at most 2 dimensions, "
+            f"each 0..{MAX_WIDTH}"
+        )
     if dtype.hasobject:
         raise InvalidArtifact(
             f"the array {name!r} holds Python objects; only numeric arrays and the spec string "
@@ -193,7 +298,7 @@ def read_npy(name: str, data: bytes) -> np.ndarray:
         raise InvalidArtifact(f"the array {name!r} holds another size than its header says")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError, MemoryError, EOFError):
         raise InvalidArtifact(f"the array {name!r} is not a valid .npy array") from None
     if not isinstance(array, np.ndarray):
         raise InvalidArtifact(f"the member {name!r} is not a .npy array")
@@ -230,7 +335,7 @@ class Model:
         self.arrays = {k: v for k, v in arrays.items() if k != "spec"}
         self.used: set[str] = set()
         self.layer_count = 0
-        self.macs = 0
+        self.cost = 0
         self.layers, width = self._check_layers(spec.get("layers"), N_FEATURES, 0, "layers")
         if width != N_CLASSES:
             raise InvalidArtifact(
@@ -297,11 +402,7 @@ class Model:
                 bias = layer.get("bias")
                 if bias is not None:
                     self._array(bias, (out,), here)
-                self.macs += out * width
-                if self.macs > MAX_MACS:
-                    raise InvalidArtifact(
-                        f"the model costs more than {MAX_MACS:,} multiply-adds per example"
-                    )
+                self._charge(out * width)
                 checked.append(("linear", weight, bias))
                 width = out
             elif op == "layernorm":
@@ -313,6 +414,7 @@ class Model:
                     self._array(weight, (width,), here)
                 if bias is not None:
                     self._array(bias, (width,), here)
+                self._charge(COST_ELEMENTWISE * width)
                 checked.append(("layernorm", weight, bias, float(eps)))
             elif op == "residual":
                 if depth >= MAX_NESTING:
@@ -322,10 +424,25 @@ class Model:
                     raise InvalidArtifact(
                         f"{here}: a residual's layers must keep the width ({width} -> {inner_width})"
                     )
+                self._charge(COST_RESIDUAL_ADD * width)
                 checked.append(("residual", inner))
             else:
+                self._charge(
+                    (COST_GELU_SILU if op in ("gelu", "silu") else COST_ELEMENTWISE) * width
+                )
                 checked.append((op,))
         return checked, width
+
+    def _charge(self, cost: int) -> None:
+        """Count one op's cost per example against the compute cap, refusing past it."""
+        self.cost += cost
+        if self.cost > MAX_COST:
+            raise InvalidArtifact(
+                f"the model costs more than the compute cap of {MAX_COST:,} units per example "
+                f"(every op counts: linear in*out, gelu/silu {COST_GELU_SILU} per feature, relu, "
+                f"tanh, sigmoid and layernorm {COST_ELEMENTWISE}, a residual's add "
+                f"{COST_RESIDUAL_ADD})"
+            )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
@@ -420,12 +537,23 @@ def run_layout(model: Model, x: np.ndarray, decoys: int = 0) -> np.ndarray:
 
 
 def metrics(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, mean log-loss in nats)."""
+    """(accuracy, mean clipped log-loss in nats).
+
+    Each example's loss is -log_softmax(logits)[label] in float64, clipped at MAX_EXAMPLE_LOSS
+    (its label's probability floored at LABEL_PROB_FLOOR): every term is in [0, 9.2103], so the
+    mean is too, whatever scale the logits have (a bounded figure, never inf). A result that is
+    not finite anyway is the model's fault: invalid_artifact, with a fixed reason.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
     accuracy = float((logits.argmax(axis=1) == y).mean())
-    top = logits.max(axis=1, keepdims=True)
-    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    log_loss = float((log_z - logits[np.arange(len(y)), y]).mean())
-    return accuracy, log_loss
+    with np.errstate(all="ignore"):
+        shifted = logits - logits.max(axis=1, keepdims=True)  # <= 0 (-inf if the spread overflows)
+        log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        losses = np.minimum(-log_softmax[np.arange(len(y)), y], MAX_EXAMPLE_LOSS)
+        log_loss = float(losses.mean())
+    if not (math.isfinite(accuracy) and math.isfinite(log_loss)):
+        raise InvalidArtifact("the model's log-loss is not a finite number")
+    return accuracy, min(max(log_loss, 0.0), MAX_EXAMPLE_LOSS)
 
 
 def probe(model: Model, x: np.ndarray, scored: np.ndarray) -> dict[str, int]:
@@ -512,6 +640,8 @@ def score_holdout(model: Model, holdout: Split | str) -> dict[str, Any]:
         return {"status": "error", "reason": holdout}
     try:
         accuracy, log_loss = metrics(run_layout(model, holdout.x), holdout.y)
+    except InvalidArtifact as exc:
+        return {"status": "invalid_artifact", "reason": str(exc)[:1000]}
     except Exception:
         return {"status": "error", "reason": "the model failed on the holdout split"}
     return {"status": "ok", "value": accuracy, "log_loss": log_loss, "examples": len(holdout.y)}
@@ -569,7 +699,15 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(2, 1)
         sys.stdout = sys.stderr
     report, code = run_evaluation(args)
-    line = json.dumps(report) + "\n"
+    try:
+        line = json.dumps(report, allow_nan=False) + "\n"  # strict JSON: never NaN or Infinity
+    except (ValueError, TypeError):
+        report = {
+            "status": "error",
+            "reason": "the evaluator's report held a value strict JSON cannot carry (NaN or infinity)",
+        }
+        code = EXIT_ERROR
+        line = json.dumps(report) + "\n"
     if args.report_fd is None:
         print(line, end="", flush=True)
     else:
