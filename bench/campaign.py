@@ -93,7 +93,7 @@ class MeasuredNoise:
 def noise_from_results(path: Path = NOISE_SOURCE) -> MeasuredNoise:
     """The seed-to-seed sd of the baseline from the newest real baseline repeats in bench/results."""
     data = json.loads(path.read_text())
-    values = [run["eval"]["metric_value"] for run in data["runs"][NOISE_SOURCE_RUNS]]
+    values = [run["eval"]["val_bpb"] for run in data["runs"][NOISE_SOURCE_RUNS]]
     return MeasuredNoise(
         sd=statistics.stdev(values),
         mean=statistics.fmean(values),
