@@ -88,6 +88,7 @@ def confirm(
 @pytest.fixture
 def record(tmp_path: Path) -> dict[str, Any]:
     store = Store(tmp_path / "history.sqlite")
+    store.bind_target("small-gpt", "val_bpb", "minimize")  # as the GPT target's server binds it
     base_ids = [
         add(store, "baseline", BASELINE, description="baseline", verdict="baseline", metric_value=v)
         for v in (3.10, 3.12)
