@@ -394,6 +394,26 @@ def test_a_store_from_before_fingerprints_gets_the_columns(tmp_path: Path) -> No
     assert store.similar.recent_changes(10) == []  # an old row has no recorded change
 
 
+def test_the_servers_own_reruns_never_answer_an_agents_request(tmp_path: Path) -> None:
+    """A drift check re-runs the best's code with its seed, and confirmation and ablation runs
+    are parts of another request: none of them is an answer to an agent's new experiment (an
+    agent's run answered by an in-flight drift check got a row with no verdict; a red-team test
+    saw it). The agent's own earlier experiment of the same code is."""
+    from server.store import Store
+
+    store = Store(tmp_path / "history.sqlite")
+    settings = {"hardware": "h", "budget_seconds": 6.0, "budget_kind": "cpu", "scale": "S"}
+    row = {**settings, "change_fingerprint": "f" * 32, "code_hash": "c" * 64, "status": "running"}
+    for kind in ("drift_check", "confirmation", "ablation"):
+        store.create_experiment(agent="server", kind=kind, description=kind, **row)
+    assert store.similar.find_by_fingerprint("f" * 32, settings) is None
+    assert store.find_by_code("c" * 64, settings) is None
+    earlier = store.create_experiment(agent="alice", kind="experiment", description="x", **row)
+    found = store.similar.find_by_fingerprint("f" * 32, settings)
+    assert found is not None and found["id"] == earlier
+    assert store.find_by_code("c" * 64, settings)["id"] == earlier
+
+
 async def test_another_agents_open_claim_on_the_same_idea_is_noted(lab: Lab) -> None:
     async with connect(lab, "auto", agent="bob") as bob, connect(lab, "auto", "alice") as alice:
         claim = await call(bob, "claim_idea", text="cosine warmdown instead of linear")

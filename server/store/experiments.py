@@ -238,7 +238,7 @@ class Store(ExperimentCounts):
         rows = self.db.query(
             "SELECT * FROM experiments WHERE code_hash = ? AND status IN ('ok', 'queued', 'running') "
             "AND hardware IS ? AND budget_seconds IS ? AND budget_kind IS ? AND COALESCE(scale, 'S') = ? "
-            "AND kind NOT IN ('confirmation', 'ablation') ORDER BY id DESC LIMIT 1",
+            "AND kind NOT IN ('confirmation', 'ablation', 'drift_check') ORDER BY id DESC LIMIT 1",
             [
                 code_hash,
                 settings.get("hardware"),

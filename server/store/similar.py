@@ -41,7 +41,7 @@ class SimilarStore:
         rows = self._rows(
             f"SELECT {SIMILAR_COLUMNS} FROM experiments WHERE change_fingerprint = ? "
             "AND status IN ('ok', 'queued', 'running') AND hardware IS ? AND budget_seconds IS ? "
-            "AND budget_kind IS ? AND COALESCE(scale, 'S') = ? AND kind NOT IN ('confirmation', 'ablation') "
+            "AND budget_kind IS ? AND COALESCE(scale, 'S') = ? AND kind NOT IN ('confirmation', 'ablation', 'drift_check') "
             "ORDER BY id DESC LIMIT 1",
             [
                 change_fingerprint,

@@ -308,8 +308,14 @@ async def test_evaluation_has_its_own_budget(lab):
     # Far below any evaluation: a prewarmed evaluator scores 4 windows in a few tenths of a second.
     lab.settings.eval_timeout_seconds = 0.01
     try:
+        # A statement of its own: with only SKIP_TRAINING (and the agent's comment, which the
+        # dedupe ignores) this is the honest reference's code, and the server would answer with
+        # that run instead of running it under the shrunk eval budget.
         received, row = await run_hack(
-            lab, "mallory-slow-eval", "slow at evaluation", [patches.SKIP_TRAINING]
+            lab,
+            "mallory-slow-eval",
+            "slow at evaluation",
+            [patches.SKIP_TRAINING, patches.after(patches.AFTER_CONTRACT, "SLOW_EVAL = 1\n")],
         )
     finally:
         lab.settings.eval_timeout_seconds = saved
