@@ -433,9 +433,11 @@ def cmd_connect_info(args: argparse.Namespace) -> int:
     from server.auth import issue_token
     from server.store import Store
 
-    home = home_of(args, target_of(args))
+    target = target_of(args)
+    home = home_of(args, target)
     store = Store(home / "history.sqlite")
     token = issue_token(store, args.name, "agent")
+    chosen = f" --target {target.target_dir}" if getattr(args, "target", None) else ""
     beside = Path(sys.executable).parent / "autoresearch-mcp"  # the venv's console script
     exe = (
         str(beside)
@@ -450,7 +452,7 @@ Connect an agent (a fresh token for agent '{args.name}'):
 
 or over stdio (Claude Code starts the server itself):
 
-  claude mcp add autoresearch -- {exe} serve --agent {args.name} --data-dir {home}
+  claude mcp add autoresearch -- {exe} serve{chosen} --agent {args.name} --data-dir {home}
 
 Dashboard: {url}/?token={token}
 """)
