@@ -241,3 +241,13 @@ def test_the_template_target_runs_as_written(tmp_path: Path) -> None:
     ok = rows(home, "SELECT metric_value, target FROM experiments WHERE status = 'ok'")
     assert len(ok) >= 2 and {r["target"] for r in ok} == {"template"}
     assert all(0 < r["metric_value"] < 10 for r in ok), ok
+
+
+def test_connect_info_names_the_target(tmp_path: Path) -> None:
+    """`connect-info --target DIR` prints a stdio line that starts the server for that target."""
+    out = cli("connect-info", "--target", str(DIGITS), "--data-dir", str(tmp_path / "home"))
+    assert out.returncode == 0, out.stderr
+    (stdio,) = [line for line in out.stdout.splitlines() if " serve " in line]
+    assert f"serve --target {DIGITS}" in stdio and f"--data-dir {tmp_path / 'home'}" in stdio
+    default = cli("connect-info", "--data-dir", str(tmp_path / "other"))
+    assert "--target" not in default.stdout
