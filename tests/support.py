@@ -206,3 +206,33 @@ def finished_run(
     }
     row.update(fields)
     return int(lab.store.create_experiment(**row))
+
+
+def run_with_report_fd(
+    argv: list[str], *, stdin: str | None = None, timeout: float = 120
+) -> tuple[int, bytes, str]:
+    """Run an evaluator as the runner does, its report on an inherited pipe (`--report-fd N`
+    appended to `argv`): (exit code, the raw report bytes, stderr). Nothing is parsed here."""
+    import os
+
+    read_fd, write_fd = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [*argv, "--report-fd", str(write_fd)],
+            pass_fds=(write_fd,),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(write_fd)
+        write_fd = -1
+        _, stderr = process.communicate(input=stdin, timeout=timeout)
+        chunks = []
+        while chunk := os.read(read_fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    return process.returncode, b"".join(chunks), stderr

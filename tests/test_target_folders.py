@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import run_with_report_fd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS = REPO_ROOT / "targets"
@@ -150,32 +151,14 @@ def evaluate(
         )
         for part in config(target)["evaluate_command"]
     ]
-    read_fd, write_fd = os.pipe()
-    try:
-        process = subprocess.Popen(
-            [*argv, "--device", "cpu", "--report-fd", str(write_fd), *extra],
-            pass_fds=(write_fd,),
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        os.close(write_fd)
-        write_fd = -1
-        _, stderr = process.communicate(input=stdin, timeout=120)
-        chunks = []
-        while chunk := os.read(read_fd, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
-    data = b"".join(chunks)
+    code, data, stderr = run_with_report_fd(
+        [*argv, "--device", "cpu", *extra], stdin=stdin, timeout=120
+    )
     assert len(data) <= REPORT_MAX_BYTES and data.endswith(b"\n") and data.count(b"\n") == 1, (
         data[:500],
         stderr[-2000:],
     )
-    return process.returncode, json.loads(data)
+    return code, json.loads(data)
 
 
 # ---------------------------------------------------------------- prepare

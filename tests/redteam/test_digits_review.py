@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import run_with_report_fd
 
 from sandbox.runner import parse_report, published_metrics
 from sandbox.target import load_target
@@ -74,27 +75,7 @@ def evaluate_raw(artifact: Path, data_dir: Path, *extra: str) -> tuple[int, byte
         part.format(python=PYTHON, target_dir=DIGITS, artifact=artifact, data_dir=data_dir)
         for part in config()["evaluate_command"]
     ]
-    read_fd, write_fd = os.pipe()
-    try:
-        process = subprocess.Popen(
-            [*argv, "--device", "cpu", "--report-fd", str(write_fd), *extra],
-            pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        os.close(write_fd)
-        write_fd = -1
-        _, stderr = process.communicate(timeout=170)
-        chunks = []
-        while chunk := os.read(read_fd, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
-    return process.returncode, b"".join(chunks), stderr
+    return run_with_report_fd([*argv, "--device", "cpu", *extra], timeout=170)
 
 
 def evaluate(artifact: Path, data_dir: Path, *extra: str) -> tuple[int, dict[str, Any]]:
