@@ -127,8 +127,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--scale",
         action="append",
         default=None,
-        metavar="NAME=BUDGETxMODEL[@SLOT+SLOT][:quota=HOURS]",
-        help="a promotion-ladder level, smallest first, repeatable (default: S=1x1 M=5x1 L=5x2)",
+        metavar="NAME=BUDGETxMODEL[@SLOT+SLOT][:quota=HOURS][:device=D][:data=DIR][:budget=S]",
+        help="a promotion-ladder level, smallest first, repeatable (default: S=1x1 M=5x1 L=5x2); "
+        "a level may run on its own device and data, e.g. L=1x1:device=cuda:0:data=DIR "
+        "(docs/design.md, 'Levels across devices and data')",
     )
     parser.add_argument(
         "--auto-promote",
@@ -163,6 +165,11 @@ def parse_scales(texts: list[str] | None) -> tuple[ScaleLevel, ...]:
         raise SystemExit(f"serve: {exc}") from exc
     if levels[0].budget_factor != 1.0 or levels[0].model_scale != 1:
         raise SystemExit("serve: the first --scale level must be the default (NAME=1x1)")
+    if levels[0].own_machine:
+        raise SystemExit(
+            "serve: the first --scale level runs on the server's own device and data: set them "
+            "with --device, --budget and --home; name another device or data on a later level"
+        )
     return levels
 
 
@@ -239,6 +246,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     queued = lab.ensure_baseline()
     if queued:
         logging.info("measuring the baseline noise: queued baseline runs %s", queued)
+    for name in lab.machines.own_machines():
+        (level,) = [d for d in lab.machines.describe() if d["level"] == name]
+        logging.info(
+            "level %s runs on %s with the data in %s (%s budget of %s s): its own baseline and noise",
+            name,
+            level["device"],
+            lab.machines.of(name).data_dir,
+            level["budget_kind"],
+            level["budget_seconds"],
+        )
     try:
         if args.http:
             import uvicorn

@@ -22,13 +22,8 @@ from sandbox.workspace import FileTooLarge, PathPolicy, Workspace
 from server import dedupe, drift, standings
 from server.diffs import unified_diff as bounded_unified_diff
 from server.ladder import PromotionLadder
-from server.machine import (
-    make_executor,
-    run_slots,
-    threads_per_run,
-    torch_version,
-    val_set_fingerprint,
-)
+from server.levels import LevelMachines
+from server.machine import make_executor, run_slots, torch_version
 from server.papers import PaperSearch, ensure_paper_tables
 from server.quotas import check_quota, live_runs
 from server.record import (
@@ -60,14 +55,7 @@ from server.refusals import (
 )
 from server.run_lifecycle import RunLifecycle
 from server.scheduler import Executor, Job, Scheduler
-from server.settings import (
-    DEFAULT_SCALES,
-    LabSettings,
-    ScaleLevel,
-    default_home,
-    detect_device,
-    hardware_fingerprint,
-)
+from server.settings import DEFAULT_SCALES, LabSettings, ScaleLevel
 from server.store import ExperimentNotFound, Store
 from server.targets import bind_record, embedded_limits
 from server.verdicts import IMPROVED, Noise, Reference, describe_rule, fresh_seed
@@ -109,10 +97,6 @@ class Lab:
         # Settled once: every comparison is within one budget kind and one error budget.
         s.budget_kind = s.resolved_budget_kind()
         s.error_budget()  # refuses a malformed error budget before anything runs
-        self.slots = run_slots(self.device, s.cpu_slots)
-        self.threads = threads_per_run(self.slots)
-        self.budget_seconds = s.resolved_budget(self.threads)
-        self.hardware = hardware_fingerprint(self.device, self.threads)
         self.isolation: IsolationLevel = detect_isolation()
         if s.require_isolation and self.isolation != IsolationLevel.NAMESPACES:
             from sandbox.jail import require_namespaces
@@ -136,9 +120,28 @@ class Lab:
             keep_run_dirs=s.keep_run_dirs,
             isolation=self.isolation,
         )
-        self.hardware = f"{self.hardware} | val {val_set_fingerprint(self.runner.expected_hashes)}"
+        # Each level's device, data, clock and fingerprint (server.levels); S's are the server's.
+        self.machines = LevelMachines(
+            s,
+            self.target,
+            self.home,
+            self.device,
+            run_slots(self.device, s.cpu_slots),
+            self.runner,
+            self.isolation,
+        )
+        s.scales = self.machines.levels  # with the slots each level reserves
+        self.slots, self.threads = self.machines.slots, self.machines.threads
+        self.budget_seconds = self.machines.default.base_budget
+        self.hardware = self.machines.default.hardware
         self.executor: Executor = executor or make_executor(
-            s, self.runner, self.slots, self.device, self.data_dir
+            s,
+            self.runner,
+            self.slots,
+            self.device,
+            self.data_dir,
+            self.machines.level_runners(),
+            self.machines.own_machines(),
         )
         self.scheduler = Scheduler(
             self.store, self.executor, self.job_for, self.on_finish, slot_accepts=self.slot_accepts
@@ -160,7 +163,7 @@ class Lab:
         return self.settings.level(scale)
 
     def level_budget(self, scale: str | None) -> float:
-        return round(self.budget_seconds * self.level(scale).budget_factor, 3)
+        return round(self.machines.of(scale).base_budget * self.level(scale).budget_factor, 3)
 
     def slot_accepts(self, slot: str, experiment: dict[str, Any]) -> bool:
         """A level with reserved slots runs only there; reserved slots serve only their level."""
@@ -169,14 +172,14 @@ class Lab:
     def run_settings(
         self, seed: int, budget_seconds: float | None = None, scale: str | None = None
     ) -> RunSettings:
-        level = self.level(scale)
+        level, machine = self.level(scale), self.machines.of(scale)
         return RunSettings(
             extra_env={"AR_SCALE": str(level.model_scale)},
             budget_seconds=budget_seconds or self.level_budget(scale),
-            budget_kind=self.settings.resolved_budget_kind(),
-            device=self.device if not self.device.startswith("cuda") else self.slots[0],
+            budget_kind=machine.budget_kind,
+            device=machine.device if not machine.device.startswith("cuda") else self.slots[0],
             seed=seed,
-            threads=self.threads,
+            threads=machine.threads,
             eval_timeout_seconds=self.settings.eval_timeout_seconds,
             eval_windows=self.settings.eval_windows,
             require_isolation=self.settings.require_isolation,
@@ -314,9 +317,9 @@ class Lab:
             "flags": flags,
             "disqualified": int(is_disqualified(flags)),
             "budget_seconds": self.level_budget(scale),
-            "budget_kind": self.settings.budget_kind,
-            "device": self.device,
-            "hardware": self.hardware,
+            "budget_kind": self.machines.of(scale).budget_kind,
+            "device": self.machines.of(scale).device,
+            "hardware": self.machines.of(scale).hardware,
             "torch_version": torch_version(),
             "seed": self.settings.seed if seed is None else seed,
             "isolation": self.isolation.value,
@@ -449,9 +452,9 @@ class Lab:
         """Ranked by confirmed mean where confirmations exist, else the single run (server.standings)."""
         return standings.leaderboard(
             self.store,
-            hardware=self.hardware,
+            hardware=self.machines.of(scale).hardware,
             budget_seconds=self.level_budget(scale),
-            budget_kind=self.settings.resolved_budget_kind(),
+            budget_kind=self.machines.of(scale).budget_kind,
             scale=scale,
             limit=limit,
         )
@@ -464,9 +467,9 @@ class Lab:
         return {
             "metric": self.target.metric,
             "direction": self.target.direction,
-            "hardware": self.hardware,
+            "hardware": self.machines.of(scale).hardware,
             "budget_seconds": self.level_budget(scale),
-            "budget_kind": self.settings.budget_kind,
+            "budget_kind": self.machines.of(scale).budget_kind,
             **describe_rule(self.noise(scale), self.reference(scale), self.settings.error_budget()),
             "last_drift_check": drift.last_drift_check(self.store),
         }
@@ -593,8 +596,5 @@ __all__ = [
     "LabSettings",
     "ScaleLevel",
     "check_experiment_id",
-    "default_home",
-    "detect_device",
-    "hardware_fingerprint",
     "unified_diff",
 ]

@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from server.levels import LevelMachines
 from server.orientation import gain
 from server.record import FINAL_STATUSES, IMPROVED, OK, SERVER_AGENT, ExperimentRow
 from server.run_queue import RunQueue
@@ -56,6 +57,7 @@ class LadderLab(RunQueue, Protocol):
     settings: LabSettings
     store: Store
     hardware: str
+    machines: LevelMachines
     baseline_files: dict[str, str]
     _submit_lock: AbstractContextManager[Any]
 
@@ -206,7 +208,7 @@ class PromotionLadder:
         run_id = self.lab.store.baseline_run_for(
             scale=scale,
             seed=seed,
-            hardware=self.lab.hardware,
+            hardware=self.lab.machines.of(scale).hardware,
             budget_seconds=self.lab.level_budget(scale),
         )
         if run_id is None:
@@ -366,6 +368,7 @@ class PromotionLadder:
             "metric_value": experiment.get("metric_value"),
             "confirmed": stats,
             "promotions": promotions,
+            "levels": self.lab.machines.describe(),  # where each level runs: device, data, clock
         }
 
     # ------------------------------------------------------------ combine

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sandbox.runner import ExperimentRunner
+from server.refusals import LabError
 from server.scheduler import Executor, LocalExecutor
 from server.settings import LabSettings
 
@@ -51,10 +53,21 @@ def make_executor(
     slots: list[str],
     device: str,
     data_dir: Path,
+    level_runners: Mapping[str, ExperimentRunner] | None = None,
+    own_levels: Sequence[str] = (),
 ) -> Executor:
-    """Local processes on `slots`, or (settings.executor == 'ray') tasks on a Ray cluster."""
+    """Local processes on `slots`, or (settings.executor == 'ray') tasks on a Ray cluster.
+
+    `level_runners`: the runner of each level with data of its own; `own_levels`: the levels
+    naming their own device or data (server.levels), which only the local executor runs."""
     if settings.executor != "ray":
-        return LocalExecutor(runner, slots)
+        return LocalExecutor(runner, slots, level_runners)
+    if own_levels:
+        raise LabError(
+            f"levels {', '.join(own_levels)} name their own device or data: such a "
+            "level runs on the local executor (serve without --executor ray), or drop its "
+            "':device=' and ':data=' options"
+        )
     # Ray is an optional dependency: imported only when the operator asks for it.
     from server.ray_executor import RayExecutor
     from server.targets import read_split_key

@@ -16,6 +16,7 @@ from typing import Any
 
 from sandbox.runner import RunResult
 from server.diff_review import DEFAULT_LIMITS, EmbeddedLimits, is_seed_only, review_diff
+from server.levels import LevelMachine
 from server.orientation import gain
 from server.record import OK, ExperimentRow, Verdict
 from server.seed_checks import SEED_FLAGS, review_seed_code
@@ -69,18 +70,24 @@ def is_disqualified(flags: list[dict[str, Any]]) -> bool:
     return any(f["name"] in DISQUALIFYING_FLAGS for f in flags)
 
 
-def contended_threshold(settings: LabSettings) -> float:
+def contended_threshold(settings: LabSettings, budget_kind: str) -> float:
     """The CPU share below which a CPU run counts as contended."""
     # A CPU-time budget is robust to load by construction: only a starved run is contended.
-    if settings.budget_kind == "wall":
+    if budget_kind == "wall":
         return settings.contended_share
     return settings.contended_share_cpu_budget
 
 
-def is_contended(result: RunResult, device: str, settings: LabSettings) -> bool:
+def is_contended(
+    result: RunResult, device: str, settings: LabSettings, budget_kind: str | None = None
+) -> bool:
+    """Whether a CPU run got too little of its threads for its clock (`budget_kind`: the run's,
+    by default the server's)."""
     if device.startswith("cuda") or result.cpu_share is None:
         return False
-    return result.cpu_share < contended_threshold(settings)
+    return result.cpu_share < contended_threshold(
+        settings, budget_kind or settings.budget_kind or "cpu"
+    )
 
 
 @dataclass(frozen=True)
@@ -101,8 +108,7 @@ def finished_run_fields(
     noise: Noise,
     budget: ErrorBudget,
     settings: LabSettings,
-    device: str,
-    default_budget: float,
+    machine: LevelMachine,
     finished_at: str,
 ) -> FinishedRun:
     """Figures, flags, verdict and deltas of a finished run, against the incumbent's reference
@@ -112,12 +118,13 @@ def finished_run_fields(
     flags = list(experiment.get("flags") or [])
     disqualifications = [f["reason"] for f in flags if f.get("name") in DISQUALIFYING_FLAGS]
     not_comparable = None
-    if result.status == OK and is_contended(result, device, settings):
+    kind = experiment.get("budget_kind") or machine.budget_kind
+    if result.status == OK and is_contended(result, machine.device, settings, kind):
         flags.append(
             {
                 "name": "contended",
                 "reason": f"the run got {result.cpu_share:.0%} of its CPU threads (below "
-                f"{contended_threshold(settings):.0%}): on a busy machine a {settings.budget_kind}-clock "
+                f"{contended_threshold(settings, kind):.0%}): on a busy machine a {kind}-clock "
                 "budget measures the neighbours",
                 "lines": [],
             }
@@ -126,9 +133,9 @@ def finished_run_fields(
             f"the CPU was contended during the run ({result.cpu_share:.0%} of its threads)"
         )
     over_budget = float(getattr(result, "over_budget_seconds", 0.0) or 0.0)
-    budget_seconds = experiment.get("budget_seconds") or default_budget
+    budget_seconds = experiment.get("budget_seconds") or machine.base_budget
     if result.status == OK and over_budget > over_budget_tolerance(budget_seconds):
-        flags.append(over_budget_flag(over_budget, budget_seconds, settings.resolved_budget_kind()))
+        flags.append(over_budget_flag(over_budget, budget_seconds, kind))
         disqualifications.append(over_budget_reason(over_budget, budget_seconds))
     verdict: Verdict | None
     if experiment["kind"] == "baseline":

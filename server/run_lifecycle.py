@@ -22,6 +22,7 @@ from sandbox.runner import RunResult, RunSettings
 from server import baselines, drift, standings
 from server.baselines import is_comparable
 from server.candidates import Candidates
+from server.levels import LevelMachines
 from server.record import (
     CANDIDATE,
     INTERRUPTED,
@@ -57,6 +58,7 @@ class LifecycleLab(RunQueue, Protocol):
     home: Path
     device: str
     hardware: str
+    machines: LevelMachines
     budget_seconds: float
     baseline_files: dict[str, str]
     scheduler: Scheduler
@@ -109,6 +111,7 @@ class RunLifecycle:
             experiment_id=experiment["id"],
             files={name: text.encode() for name, text in code.items()},
             settings=settings,
+            level=experiment.get("scale") or "S",
         )
 
     # ------------------------------------------------------------ the sealed holdout
@@ -195,8 +198,7 @@ class RunLifecycle:
             noise=self.noise_for(experiment),
             budget=self.lab.settings.error_budget(),
             settings=self.lab.settings,
-            device=self.lab.device,
-            default_budget=self.lab.budget_seconds,
+            machine=self.lab.machines.of(experiment.get("scale")),
             finished_at=utc_now(),
         )
         verdict, val = finished.verdict, result.metric_value
@@ -316,10 +318,11 @@ class RunLifecycle:
 
     def _setting_of(self, row: Mapping[str, Any]) -> dict[str, Any]:
         scale = row.get("scale") or "S"
+        machine = self.lab.machines.of(scale)
         return {
-            "hardware": row.get("hardware") or self.lab.hardware,
+            "hardware": row.get("hardware") or machine.hardware,
             "scale": scale,
-            "budget_kind": row.get("budget_kind") or self.lab.settings.resolved_budget_kind(),
+            "budget_kind": row.get("budget_kind") or machine.budget_kind,
             "budget_seconds": row.get("budget_seconds") or self.lab.level_budget(scale),
         }
 
@@ -390,10 +393,11 @@ class RunLifecycle:
 
     def _setting(self, scale: str) -> dict[str, Any]:
         """This lab's hardware, budget kind and the level's budget: what results compare within."""
+        machine = self.lab.machines.of(scale)
         return {
-            "hardware": self.lab.hardware,
+            "hardware": machine.hardware,
             "scale": scale,
-            "budget_kind": self.lab.settings.resolved_budget_kind(),
+            "budget_kind": machine.budget_kind,
             "budget_seconds": self.lab.level_budget(scale),
         }
 
@@ -424,7 +428,7 @@ class RunLifecycle:
         repeats = self.lab.settings.baseline_repeats if repeats is None else repeats
         existing = baselines.live_or_ok_baseline_runs(
             self.lab.store,
-            hardware=self.lab.hardware,
+            hardware=self.lab.machines.of(scale).hardware,
             scale=scale,
             budget_seconds=self.lab.level_budget(scale),
         )

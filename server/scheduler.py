@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ class Job:
     experiment_id: int
     files: dict[str, bytes]
     settings: RunSettings
+    level: str = "S"  # the promotion level: a level with its own data has its own runner
 
 
 @dataclass
@@ -78,9 +79,15 @@ class Executor(Protocol):
 class LocalExecutor:
     """Runs experiments on this machine through the sandbox runner."""
 
-    def __init__(self, runner: ExperimentRunner, slots: Sequence[str]) -> None:
+    def __init__(
+        self,
+        runner: ExperimentRunner,
+        slots: Sequence[str],
+        level_runners: Mapping[str, ExperimentRunner] | None = None,
+    ) -> None:
         self.runner = runner
         self._slots = list(slots)
+        self._level_runners = dict(level_runners or {})  # levels with data of their own
 
     def slots(self) -> list[str]:
         return list(self._slots)
@@ -91,7 +98,8 @@ class LocalExecutor:
         settings = job.settings
         if slot.startswith("cuda"):
             settings = RunSettings(**{**settings.__dict__, "device": slot})
-        return self.runner.run(
+        runner = self._level_runners.get(job.level, self.runner)
+        return runner.run(
             job.files,
             settings,
             on_progress=on_progress,

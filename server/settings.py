@@ -30,35 +30,85 @@ def detect_device() -> str:
         return "cpu"
 
 
+LEVEL_OPTIONS = ("quota", "device", "data", "budget")
+
+
 @dataclass(frozen=True)
 class ScaleLevel:
-    """A named rung of the promotion ladder: a budget multiple and a model size (AR_SCALE)."""
+    """A named rung of the promotion ladder: a budget multiple and a model size (AR_SCALE), and
+    optionally the device and the data folder it runs on (server.levels settles both)."""
 
     name: str
     budget_factor: float = 1.0
     model_scale: int = 1
     slots: tuple[str, ...] = ()  # devices reserved for this level (empty: any slot)
     device_hours_quota: float | None = None  # promotions stop when the level has used this much
+    device: str | None = None  # cpu | cuda | cuda:N (None: the server's device)
+    data: Path | None = None  # a prepared data folder of the same target (None: the server's)
+    budget_seconds: float | None = (
+        None  # the level's base budget before the factor (None: by device)
+    )
 
     @classmethod
     def parse(cls, text: str) -> ScaleLevel:
-        """'M=5x1' (budget x5, model scale 1), optionally '@cuda:1+cuda:2' and ':quota=2.5' (device-hours)."""
-        match = re.fullmatch(
-            r"([A-Za-z][\w-]{0,15})=([0-9.]+)x(\d+)(?:@([\w:+]+))?(?::quota=([0-9.]+))?",
-            text.strip(),
+        """'M=5x1' (budget x5, model scale 1), optionally '@cuda:1+cuda:2' (reserved slots) and
+        options ':quota=2.5' (device-hours), ':device=cuda:0', ':data=/path/to/data' and
+        ':budget=300' (the level's base budget in seconds of its clock)."""
+        usage = (
+            f"scale level {text!r} is malformed; use NAME=BUDGETxMODEL[@SLOT+SLOT]"
+            "[:quota=HOURS][:device=cpu|cuda|cuda:N][:data=DIR][:budget=SECONDS], "
+            "e.g. M=5x1 or L=1x1:device=cuda:0:data=/data/climbmix/data"
         )
+        # Options split at ':KEY=' only: a device (cuda:0) and a path may hold colons themselves.
+        head, *options = re.split(rf":(?=(?:{'|'.join(LEVEL_OPTIONS)})=)", text.strip())
+        match = re.fullmatch(r"([A-Za-z][\w-]{0,15})=([0-9.]+)x(\d+)(?:@([\w:+]+))?", head)
         if not match:
-            raise ValueError(
-                f"scale level {text!r} is malformed; use NAME=BUDGETxMODEL[@slot+slot][:quota=HOURS], e.g. M=5x1"
+            raise ValueError(usage)
+        name, factor, model, slots = match.groups()
+        values: dict[str, str] = {}
+        for option in options:
+            key, _, value = option.partition("=")
+            if key in values or not value:
+                raise ValueError(f"{usage} (option {key!r} is empty or given twice)")
+            values[key] = value
+        device = values.get("device")
+        if device is not None and not re.fullmatch(r"cpu|cuda(:\d{1,2})?", device):
+            raise ValueError(f"{usage} (device {device!r}: send cpu, cuda or cuda:N)")
+        try:
+            level = cls(
+                name,
+                float(factor),
+                int(model),
+                tuple(slots.split("+")) if slots else (),
+                float(values["quota"]) if "quota" in values else None,
+                device,
+                Path(values["data"]).expanduser() if "data" in values else None,
+                float(values["budget"]) if "budget" in values else None,
             )
-        name, factor, model, slots, quota = match.groups()
-        return cls(
-            name,
-            float(factor),
-            int(model),
-            tuple(slots.split("+")) if slots else (),
-            float(quota) if quota else None,
-        )
+        except ValueError as exc:
+            raise ValueError(f"{usage} ({exc})") from None
+        if not level.budget_factor > 0 or (
+            level.budget_seconds is not None and not level.budget_seconds > 0
+        ):
+            raise ValueError(f"{usage} (budgets must be positive)")
+        return level
+
+    @property
+    def own_machine(self) -> bool:
+        """Whether the level names its own device, data or base budget (server.levels)."""
+        return (self.device, self.data, self.budget_seconds) != (None, None, None)
+
+
+def default_budget_kind(device: str) -> Literal["wall", "cpu"]:
+    """CPU time on the CPU (robust to a busy neighbour), the wall clock on a GPU."""
+    return "wall" if device.startswith("cuda") else "cpu"
+
+
+def default_budget(device: str, kind: Literal["wall", "cpu"], threads: int = 1) -> float:
+    """300 s on a GPU; 60 s on the CPU (a CPU-time budget counts every thread: 60 s per thread)."""
+    if device.startswith("cuda"):
+        return 300.0
+    return 60.0 * (max(1, threads) if kind == "cpu" else 1)
 
 
 DEFAULT_SCALES = (ScaleLevel("S", 1.0, 1), ScaleLevel("M", 5.0, 1), ScaleLevel("L", 5.0, 2))
@@ -143,16 +193,13 @@ class LabSettings:
         """The budget's clock: as set, else CPU time on the CPU and the wall clock on a GPU."""
         if self.budget_kind is not None:
             return self.budget_kind
-        return "wall" if self.resolved_device().startswith("cuda") else "cpu"
+        return default_budget_kind(self.resolved_device())
 
     def resolved_budget(self, threads: int = 1) -> float:
-        """The budget in seconds of its clock: as set, else 300 s on a GPU and 60 s on the CPU
-        (a CPU-time budget counts every thread: 60 s per thread)."""
+        """The budget in seconds of its clock: as set, else by device (default_budget)."""
         if self.budget_seconds is not None:
             return float(self.budget_seconds)
-        if self.resolved_device().startswith("cuda"):
-            return 300.0
-        return 60.0 * (max(1, threads) if self.resolved_budget_kind() == "cpu" else 1)
+        return default_budget(self.resolved_device(), self.resolved_budget_kind(), threads)
 
     def error_budget(self) -> ErrorBudget:
         """The verdict rule's error budget (server.verdicts.ErrorBudget) from these settings."""
@@ -179,7 +226,8 @@ def hardware_fingerprint(device: str, threads: int) -> str:
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
+        index = int(device.split(":")[1]) if ":" in device else 0
+        name = torch.cuda.get_device_name(index)
     else:
         import platform
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from support import wait_until_finished
 
+from sandbox.target import load_target
 from server.lab import Lab, LabSettings, ScaleLevel
 from server.ladder import PromotionRefused, three_way_merge
+from server.targets import run_prepare
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -20,9 +22,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Lab]:
     home = tmp_path_factory.mktemp("ladder")
     shutil.copytree(data_dir, home / "data")
+    # Level M runs on data of its own (server.levels): another folder, prepared by the target's
+    # own prepare step with another vocabulary, so its val set and fingerprint are not S's.
+    m_home = tmp_path_factory.mktemp("ladder-m")
+    assert run_prepare(load_target(), m_home / "data", ["--vocab", "2048"], quiet=True) == 0
     scales = (
         ScaleLevel("S", 1.0, 1),
-        ScaleLevel("M", 1.5, 2),
+        ScaleLevel.parse(f"M=1.5x2:device=cpu:data={m_home}"),
         ScaleLevel("L", 1.0, 1, device_hours_quota=0.0),
     )
     lab = Lab(
@@ -89,6 +95,21 @@ def test_a_confirmed_change_is_promoted_and_its_transfer_recorded(lab: Lab) -> N
     )
     runs = wait_all(lab, promotion["run_ids"] + promotion["baseline_ids"])
     assert all(r["scale"] == "M" and r["budget_seconds"] == 6.0 for r in runs)
+    # M trains and is judged on its own data: its runs carry M's fingerprint (another val set),
+    # and its baseline and noise are its own, never S's.
+    s_machine, m_machine = lab.machines.of("S"), lab.machines.of("M")
+    assert (
+        m_machine.data_dir.parent.name.startswith("ladder-m")
+        and m_machine.data_dir != s_machine.data_dir
+    )
+    assert m_machine.hardware != s_machine.hardware
+    assert m_machine.hardware.split(" | val ")[0] == s_machine.hardware.split(" | val ")[0]
+    assert all(r["status"] == "ok" and r["hardware"] == m_machine.hardware for r in runs)
+    baselines = lab.store.list_experiments(kind="baseline", limit=100)
+    on_m = {r["id"] for r in baselines if r["hardware"] == m_machine.hardware}
+    assert on_m == set(promotion["baseline_ids"])
+    assert all(r["hardware"] == s_machine.hardware for r in baselines if r["id"] not in on_m)
+    assert lab.noise("M").runs <= 2 and lab.noise("S").runs == 2
     # paired seeds: run n and baseline n share the server's seed n
     assert [r["seed"] for r in runs[:2]] == [r["seed"] for r in runs[2:]]
     ladder = lab.ladder.ladder(a["id"])
@@ -97,6 +118,9 @@ def test_a_confirmed_change_is_promoted_and_its_transfer_recorded(lab: Lab) -> N
     assert done["verdict"] in ("transfers", "does_not_transfer", "within_noise"), done["note"]
     assert done["small_gain"] is not None and done["large_gain"] is not None
     assert f"{done['large_gain']:+.4f} at M" in done["note"]
+    levels = {level["level"]: level for level in ladder["levels"]}
+    assert levels["M"]["own_data"] and not levels["S"]["own_data"]
+    assert levels["M"]["data"].endswith("/data") and "/" not in levels["M"]["data"].split("/", 1)[1]
     assert lab.ladder.promote("alice", a["id"])["id"] == done["id"]  # asked again: the same record
     # The promotion run ranks at level M unless disqualified: at these tiny budgets even the
     # baseline's export can end past the budget (flag `over_budget`), which rules a run out.

@@ -163,6 +163,19 @@ def quiet_lab(tmp_path: Path, data_dir: Path) -> Lab:
     lab.close()
 
 
+@pytest.fixture
+def wall_lab(tmp_path: Path, data_dir: Path) -> Lab:
+    """quiet_lab under a wall-clock budget (where a CPU share of 0.3 is contended)."""
+    shutil.copytree(data_dir, tmp_path / "data")
+    lab = Lab(
+        LabSettings(
+            home=tmp_path, budget_seconds=60, budget_kind="wall", start_scheduler=False, noise_k=2.0
+        )
+    )
+    yield lab
+    lab.close()
+
+
 def _finish(lab: Lab, experiment_id: int, metric_value: float, share: float = 0.95) -> dict:
     lab.store.update_experiment(experiment_id, status="running")
     lab.on_finish(
@@ -267,19 +280,18 @@ def test_a_fresh_seed_that_fails_ends_the_candidate(quiet_lab: Lab) -> None:
     assert [quiet_lab.experiment(r["id"])["status"] for r in runs[2:]] == ["cancelled"] * 2
 
 
-def test_runs_the_machine_spoiled_are_replaced_then_given_up(quiet_lab: Lab) -> None:
+def test_runs_the_machine_spoiled_are_replaced_then_given_up(wall_lab: Lab) -> None:
     """A fresh-seed run on a contended machine says nothing about the code: it is replaced, up to
     twice the planned number in all; then the candidate ends within_noise, never stuck."""
-    quiet_lab.settings.budget_kind = "wall"
-    _baseline(quiet_lab, [3.00, 3.02, 3.04, 3.02])
-    idea = _submit(quiet_lab, "alice", "0.03")
-    _finish(quiet_lab, idea, 2.90)
+    _baseline(wall_lab, [3.00, 3.02, 3.04, 3.02])
+    idea = _submit(wall_lab, "alice", "0.03")
+    _finish(wall_lab, idea, 2.90)
     for _ in range(3):
-        for run in [r for r in _confirmations(quiet_lab, idea) if r["status"] == "queued"]:
-            _finish(quiet_lab, run["id"], 2.80, share=0.3)
-    runs = _confirmations(quiet_lab, idea)
+        for run in [r for r in _confirmations(wall_lab, idea) if r["status"] == "queued"]:
+            _finish(wall_lab, run["id"], 2.80, share=0.3)
+    runs = _confirmations(wall_lab, idea)
     assert len(runs) == 8  # the planned 4, replaced once
-    judged = quiet_lab.experiment(idea)
+    judged = wall_lab.experiment(idea)
     assert judged["verdict"] == WITHIN_NOISE
     assert "could not be confirmed" in judged["metrics"]["verdict_note"]
 
@@ -351,24 +363,24 @@ def test_seed_ignoring_code_is_caught_by_its_confirmation(quiet_lab: Lab) -> Non
     assert quiet_lab.noise().runs == 4  # its zero spread is not taken for the noise
 
 
-def test_contended_runs_are_not_compared_and_never_the_reference(quiet_lab: Lab) -> None:
-    quiet_lab.settings.budget_kind = "wall"
-    _baseline(quiet_lab, [3.00, 3.01])
-    row = _finish(quiet_lab, _submit(quiet_lab, "alice", "0.05"), 3.50, share=0.4)
+def test_contended_runs_are_not_compared_and_never_the_reference(wall_lab: Lab) -> None:
+    _baseline(wall_lab, [3.00, 3.01])
+    row = _finish(wall_lab, _submit(wall_lab, "alice", "0.05"), 3.50, share=0.4)
     assert "contended" in [f["name"] for f in row["flags"]]
     assert row["verdict"] == WITHIN_NOISE and row["disqualified"] == 1  # not compared: nor worse
     assert "not compared" in row["metrics"]["verdict_note"]
     # a contended baseline run is re-measured with its own seed, and is not in the reference
-    (rerun_of,) = quiet_lab.ensure_baseline(3)
-    seed = quiet_lab.experiment(rerun_of)["seed"]
-    _finish(quiet_lab, rerun_of, 2.20, share=0.3)
-    queued = quiet_lab.store.list_experiments(kind="baseline", status="queued")
+    (rerun_of,) = wall_lab.ensure_baseline(3)
+    seed = wall_lab.experiment(rerun_of)["seed"]
+    _finish(wall_lab, rerun_of, 2.20, share=0.3)
+    queued = wall_lab.store.list_experiments(kind="baseline", status="queued")
     assert seed in [r["seed"] for r in queued]  # measured again with the same paired seed
-    assert quiet_lab.reference().runs == 2 and quiet_lab.reference().mean == pytest.approx(3.005)
+    assert wall_lab.reference().runs == 2 and wall_lab.reference().mean == pytest.approx(3.005)
     # under a CPU-time budget only a starved run is contended
-    quiet_lab.settings.budget_kind = "cpu"
-    assert not is_contended(RunResult(status="ok", cpu_share=0.4), "cpu", quiet_lab.settings)
-    assert is_contended(RunResult(status="ok", cpu_share=0.2), "cpu", quiet_lab.settings)
+    cpu_run = RunResult(status="ok", cpu_share=0.4)
+    assert is_contended(cpu_run, "cpu", wall_lab.settings, "wall")
+    assert not is_contended(cpu_run, "cpu", wall_lab.settings, "cpu")
+    assert is_contended(RunResult(status="ok", cpu_share=0.2), "cpu", wall_lab.settings, "cpu")
 
 
 def test_a_squeezed_timeout_is_queued_again_once(quiet_lab: Lab) -> None:
