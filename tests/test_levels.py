@@ -51,10 +51,8 @@ def test_a_level_on_a_gpu_this_machine_lacks_is_refused_at_start(
 ) -> None:
     import torch
 
-    if torch.cuda.is_available():  # the refusal names a device beyond the machine's
-        missing = f"cuda:{torch.cuda.device_count()}"
-    else:
-        missing = "cuda:0"
+    # the refusal names a device beyond the machine's
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda:0"
     with pytest.raises(LabError, match=f"names device {missing}, which this machine does not have"):
         _lab(tmp_path, data_dir, f"L=1x1:device={missing}")
 
