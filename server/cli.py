@@ -246,16 +246,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     queued = lab.ensure_baseline()
     if queued:
         logging.info("measuring the baseline noise: queued baseline runs %s", queued)
-    for name in lab.machines.own_machines():
-        (level,) = [d for d in lab.machines.describe() if d["level"] == name]
-        logging.info(
-            "level %s runs on %s with the data in %s (%s budget of %s s): its own baseline and noise",
-            name,
-            level["device"],
-            lab.machines.of(name).data_dir,
-            level["budget_kind"],
-            level["budget_seconds"],
-        )
+    for line in lab.machines.own_machine_lines():
+        logging.info("%s", line)
     try:
         if args.http:
             import uvicorn

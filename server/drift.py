@@ -37,12 +37,7 @@ def drift_metrics(
 
 def last_drift_check(store: Store) -> dict[str, Any] | None:
     """The latest successful drift check: its id, the run it re-ran, the drift and when."""
-    rows = store.list_experiments(
-        kind="drift_check",
-        status=OK,
-        limit=1,
-        columns=["id", "confirms_id", "metrics", "finished_at"],
-    )
+    rows = store.latest_of_kind("drift_check", ["id", "confirms_id", "metrics", "finished_at"])
     if not rows:
         return None
     metrics = rows[0].get("metrics") or {}

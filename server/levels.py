@@ -199,6 +199,16 @@ class LevelMachines:
             if machine.device != self.default.device or machine.runner is not self.default.runner
         ]
 
+    def own_machine_lines(self) -> list[str]:
+        """One line per level with a machine of its own, for the operator at start."""
+        return [
+            f"level {d['level']} runs on {d['device']} with the data in "
+            f"{self.of(str(d['level'])).data_dir} ({d['budget_kind']} budget of "
+            f"{d['budget_seconds']} s): its own baseline and noise"
+            for d in self.describe()
+            if d["level"] in self.own_machines()
+        ]
+
     def describe(self) -> list[dict[str, object]]:
         """Each level's device, data, clock and budget, for the agents (get_ladder) and the
         operator: the data folder by its last two names only (no host paths to the agents)."""

@@ -37,6 +37,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[La
             budget_seconds=4,
             # CPU seconds: on the shared machine a 4 s wall-clock budget ends honest runs in `timeout`
             budget_kind="cpu",
+            cpu_slots=2,  # a promotion's paired runs two at a time (start-up is one thread)
             baseline_repeats=0,
             eval_windows=2,
             scales=scales,

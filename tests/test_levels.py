@@ -87,6 +87,8 @@ def test_a_level_with_its_own_data_and_budget_gets_its_own_machine(
         assert big.hardware != s.hardware and big.budget_kind == s.budget_kind == "cpu"
         assert (lab.level_budget("S"), lab.level_budget("L"), lab.level_budget("M")) == (6, 20, 18)
         assert lab.machines.own_machines() == ["L"]
+        (line,) = lab.machines.own_machine_lines()
+        assert line.startswith("level L runs on cpu with the data in") and "20.0 s" in line
         assert lab.run_settings(1, scale="L").budget_seconds == 20
         plan = lab.plan_run("alice", "an idea at level L", scale="L")
         assert plan["hardware"] == big.hardware and plan["budget_seconds"] == 20

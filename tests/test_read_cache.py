@@ -97,3 +97,36 @@ def test_the_second_read_is_served_without_a_query(tmp_path: Path) -> None:
     assert len(computed) == 1
     finished(store, "bob", 1.8)
     assert store.read_cache.get(store.db, ("spy",), compute) == [2]
+
+
+def test_a_stale_answer_is_rebuilt_once_while_the_other_callers_wait(tmp_path: Path) -> None:
+    """Sixteen threads ask for the same stale answer at once: one rebuilds it, the others get
+    that answer (with the agents' calls in worker threads, each change used to set off dozens
+    of identical rebuilds). A later change is rebuilt again."""
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9)
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def slow_count() -> int:
+        calls.append(1)
+        gate.wait(5)  # every other thread arrives while this rebuild is under way
+        return store.count_experiments()
+
+    answers: list[int] = []
+
+    def ask() -> None:
+        answers.append(store.read_cache.get(store.db, ("slow_count",), slow_count))
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    while not calls:
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.2)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers == [1] * 16 and len(calls) == 1
+    finished(store, "bob", 1.8)
+    assert store.read_cache.get(store.db, ("slow_count",), slow_count) == 2 and len(calls) == 2

@@ -58,11 +58,25 @@ def _copy(value: Any) -> Any:
 
 
 class ReadCache:
-    """Kept answers by (query, arguments), valid for one value of the change counter."""
+    """Kept answers by (query, arguments), valid for one value of the change counter.
+
+    One computation per key at a time: when a change makes an answer stale, the first caller
+    rebuilds it and the others wait for that answer instead of each rebuilding it too (with 100
+    agents' calls in worker threads, every change set off dozens of identical ~1 s rebuilds).
+    """
 
     def __init__(self) -> None:
         self._entries: dict[Hashable, tuple[str, Any]] = {}
         self._lock = threading.Lock()
+        self._building: dict[Hashable, threading.Lock] = {}
+
+    def _fresh(self, key: Hashable, version: str) -> tuple[bool, Any]:
+        """(True, the kept answer) if it was computed at `version` or later, else (False, None)."""
+        with self._lock:
+            kept = self._entries.get(key)
+        if kept is not None and _not_older(kept[0], version):
+            return True, kept[1]
+        return False, None
 
     def get(self, db: sqlite_utils.Database, key: Hashable, compute: Callable[[], T]) -> T:
         """The kept answer of `key` while `experiments` is unchanged, else `compute()` (kept)."""
@@ -71,13 +85,27 @@ class ReadCache:
         version = experiments_changes(db)  # read first: a change during compute() is not hidden
         if version is None:
             return compute()
+        found, value = self._fresh(key, version)
+        if found:
+            return _copy(value)
         with self._lock:
-            kept = self._entries.get(key)
-        if kept is not None and kept[0] == version:
-            return _copy(kept[1])
-        value = compute()
-        with self._lock:
-            if len(self._entries) >= MAX_ENTRIES:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (version, value)
+            building = self._building.setdefault(key, threading.Lock())
+        with building:  # one rebuild per key; the others wait for it, then use its answer
+            found, value = self._fresh(key, version)
+            if found:
+                return _copy(value)
+            value = compute()
+            with self._lock:
+                if len(self._entries) >= MAX_ENTRIES:
+                    self._entries.pop(next(iter(self._entries)))
+                self._entries[key] = (version, value)
         return _copy(value)
+
+
+def _not_older(kept: str, wanted: str) -> bool:
+    """Whether an answer computed at counter value `kept` serves a reader who saw `wanted`:
+    the same value, or a later one (computed from a state at least as new as the reader's)."""
+    try:
+        return int(kept) >= int(wanted)
+    except ValueError:
+        return kept == wanted

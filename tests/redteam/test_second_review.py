@@ -253,6 +253,9 @@ async def test_paper_searches_cannot_hold_every_worker_thread(
                 )
                 finished.append("alice")
                 assert not result.is_error, result.content
+                # Let the stalled requests end now: the cancelled searches return only once
+                # arXiv answers (else the group waited out the fake's 30 s stall).
+                fake.release.set()
                 group.cancel_scope.cancel()
     finally:
         fake.stop()
