@@ -85,7 +85,7 @@ def make_executor(
 
 
 def torch_version() -> str:
-    """The torch version runs are recorded with."""
-    import torch
+    """The torch version runs are recorded with (server.settings reads it without importing torch)."""
+    from server.settings import torch_version as installed
 
-    return str(torch.__version__)
+    return installed()

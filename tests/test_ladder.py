@@ -28,7 +28,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[La
     assert run_prepare(load_target(), m_home / "data", ["--vocab", "2048"], quiet=True) == 0
     scales = (
         ScaleLevel("S", 1.0, 1),
-        ScaleLevel.parse(f"M=1.5x2:device=cpu:data={m_home}"),
+        ScaleLevel.parse(f"M=1x2:device=cpu:data={m_home}"),
         ScaleLevel("L", 1.0, 1, device_hours_quota=0.0),
     )
     lab = Lab(
@@ -95,7 +95,7 @@ def test_a_confirmed_change_is_promoted_and_its_transfer_recorded(lab: Lab) -> N
         and len(promotion["baseline_ids"]) == 2
     )
     runs = wait_all(lab, promotion["run_ids"] + promotion["baseline_ids"])
-    assert all(r["scale"] == "M" and r["budget_seconds"] == 6.0 for r in runs)
+    assert all(r["scale"] == "M" and r["budget_seconds"] == 4.0 for r in runs)
     # M trains and is judged on its own data: its runs carry M's fingerprint (another val set),
     # and its baseline and noise are its own, never S's.
     s_machine, m_machine = lab.machines.of("S"), lab.machines.of("M")

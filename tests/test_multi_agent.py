@@ -1,8 +1,8 @@
-"""Many agents, one server (issue 7): four scripted agents over HTTP against the real server process.
+"""Many agents, one server (issue 7): three scripted agents over HTTP against the real server process.
 
 One CPU slot, tiny budgets. What is asserted, precisely:
 
-* no lost or duplicated rows: 8 `experiment` rows (2 per agent), unique ids and code hashes,
+* no lost or duplicated rows: 6 `experiment` rows (2 per agent), unique ids and code hashes,
   all final (none cancelled or interrupted);
 * one slot: sorted by started_at, each run starts at or after the previous one finished;
 * fairness: in dispatch order (started_at), for every prefix, the numbers of runs started per
@@ -43,9 +43,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXE = str(Path(sys.executable).with_name("autoresearch-mcp"))
 FINAL = frozenset(FINAL_STATUSES)
-# Four agents, two runs each: enough for rounds to interleave (fairness), and each real run
+# Three agents, two runs each: enough for rounds to interleave (fairness), and each real run
 # costs ~10 s of CI (six agents cost 150 s).
-AGENTS = [f"agent{i}" for i in range(4)]
+AGENTS = [f"agent{i}" for i in range(3)]
 RUNS = 2 * len(AGENTS)
 STARTUP_S = 180.0
 
@@ -177,7 +177,7 @@ def weight_decay(agent: int, k: int) -> str:
 
 
 @pytest.mark.anyio
-async def test_four_agents_share_one_slot_fairly(server: Server) -> None:
+async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
     home = server.home
     tokens = {name: cli(home, "tokens", "add", name) for name in [*AGENTS, "copycat"]}
     revoked = cli(home, "tokens", "add", "revoked-agent")
@@ -318,7 +318,7 @@ async def test_four_agents_share_one_slot_fairly(server: Server) -> None:
         )
         assert "quota reached" in await refused(a, "run_experiment", description="a third one")
 
-    # The record: 8 experiments, none lost or duplicated, all final; one slot; fair order.
+    # The record: 6 experiments, none lost or duplicated, all final; one slot; fair order.
     runs = rows(
         home,
         "SELECT id, agent, status, code_hash, started_at, finished_at, device FROM experiments "
