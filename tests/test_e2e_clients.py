@@ -209,11 +209,11 @@ def node_client(path: Path) -> str:
 # ---------------------------------------------------------------- (a) stdio, 3 experiments
 
 
-def test_scripted_agent_stdio_runs_three_experiments(data_dir: Path, tmp_path: Path) -> None:
+def test_scripted_agent_stdio_runs_two_experiments(data_dir: Path, tmp_path: Path) -> None:
     home = make_home(data_dir, tmp_path / "home")
     out = scripted_agent(
         "-n",
-        "3",
+        "2",
         "--seed",
         "7",
         "--server-log",
@@ -224,13 +224,13 @@ def test_scripted_agent_stdio_runs_three_experiments(data_dir: Path, tmp_path: P
     print(out.stdout)
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
     lines = experiment_lines(out.stdout)
-    assert len(lines) == 3, out.stdout
-    assert "history: 3 experiment(s) of this agent" in out.stdout
+    assert len(lines) == 2, out.stdout
+    assert "history: 2 experiment(s) of this agent" in out.stdout
 
     store = Store(home / "history.sqlite")
     rows = store.list_experiments(agent="scripted", kind="experiment", limit=10, order="oldest")
-    assert len(rows) == 3, rows
-    assert len({row["code_hash"] for row in rows}) == 3  # three different changes
+    assert len(rows) == 2, rows
+    assert len({row["code_hash"] for row in rows}) == 2  # two different changes
     check_final_rows(rows)
     for row, line in zip(rows, lines, strict=True):
         assert f"#{row['id']} " in line and f"status {row['status']}" in line, (row, line)
