@@ -201,12 +201,13 @@ class LevelMachines:
 
     def own_machine_lines(self) -> list[str]:
         """One line per level with a machine of its own, for the operator at start."""
+        own = set(self.own_machines())
         return [
             f"level {d['level']} runs on {d['device']} with the data in "
             f"{self.of(str(d['level'])).data_dir} ({d['budget_kind']} budget of "
             f"{d['budget_seconds']} s): its own baseline and noise"
             for d in self.describe()
-            if d["level"] in self.own_machines()
+            if d["level"] in own
         ]
 
     def describe(self) -> list[dict[str, object]]:
