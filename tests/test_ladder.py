@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import wait_until_finished
+from support import finished_run, wait_until_finished
 
 from sandbox.target import load_target
 from server.lab import Lab, LabSettings, ScaleLevel
@@ -138,44 +138,54 @@ def test_a_crash_at_the_larger_level_is_recorded(lab: Lab) -> None:
         "torch.manual_seed(SEED)\n",
         "torch.manual_seed(SEED)\nif SCALE > 1:\n    raise SystemExit('does not fit at scale 2')\n",
     )
-    b = run(lab, "bob", "a change that breaks the larger model", files)
-    assert b["status"] == "ok", b["failure_reason"]
-    wait_all(lab, lab.confirm(None, b["id"], 1, server_runs="candidate"))
-    lab.store.update_experiment(b["id"], verdict="improved")  # as the server's confirmation would
-    promotion = lab.ladder.promote("bob", b["id"], "M")
+    # The change runs at S (it raises only at scale 2); its S run and confirmation are the first
+    # test's subject, so here it is recorded as finished and confirmed, and only M trains.
+    b = finished_run(
+        lab, "bob", "a change that breaks the larger model", files=files, metric_value=3.0
+    )
+    lab.store.update_experiment(b, verdict="improved")  # as the server's confirmation would
+    promotion = lab.ladder.promote("bob", b, "M")
     runs = wait_all(lab, promotion["run_ids"])
     assert all(r["status"] == "crash" for r in runs)
     assert "does not fit at scale 2" in runs[0]["log_tail"]
-    done = lab.ladder.ladder(b["id"])["promotions"][0]
+    done = lab.ladder.ladder(b)["promotions"][0]
     assert done["verdict"] == "failed"
     assert "the promoted code failed at level M" in done["note"] and "crash" in done["note"]
 
 
 def test_combining_two_diffs_and_refusing_a_conflict(lab: Lab) -> None:
-    c = run(
+    # Combining reads only the recorded code and results: three finished experiments (a real
+    # run's recording is the first test's subject).
+    c = finished_run(
         lab,
         "carol",
         "warmdown 0.5 -> 0.7",
-        variant(lab, "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.7"),
+        files=variant(lab, "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.7"),
+        metric_value=3.0,
     )
-    d = run(
-        lab, "dave", "matrix lr 0.02 -> 0.05", variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.05")
+    d = finished_run(
+        lab,
+        "dave",
+        "matrix lr 0.02 -> 0.05",
+        files=variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.05"),
+        metric_value=3.0,
     )
-    e = run(
+    e = finished_run(
         lab,
         "erin",
         "adam betas 0.8 -> 0.9",
-        variant(lab, "ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.9, 0.95)"),
+        files=variant(lab, "ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.9, 0.95)"),
+        metric_value=3.0,
     )
-    combined = lab.ladder.combine("carol", [c["id"], e["id"]])
+    combined = lab.ladder.combine("carol", [c, e])
     code = lab.experiment(combined["experiment_id"])["code"]["train.py"]
     # ADAM_BETAS sits three lines below MATRIX_LR: git merge-file keeps it apart from a LR change
     assert "WARMDOWN_FRAC = 0.7" in code and "ADAM_BETAS = (0.9, 0.95)" in code
-    assert set(combined["unconfirmed"]) == {c["id"], e["id"]}
+    assert set(combined["unconfirmed"]) == {c, e}
     before = lab.store.count_experiments()
     with pytest.raises(PromotionRefused) as refusal:
         lab.ladder.combine(
-            "dave", [c["id"], d["id"], lab.ladder.ladder(c["id"])["experiment_id"] and _lr_04(lab)]
+            "dave", [c, d, lab.ladder.ladder(c)["experiment_id"] and _lr_04(lab)]
         )
     message = str(refusal.value)
     assert "conflicts with the code being combined in train.py" in message

@@ -204,7 +204,8 @@ def test_train_order_and_manifest_do_not_name_the_val_documents(data_dir: Path) 
     # Corpus order would be 100% ascending; a random order is ~50%.
     assert 0.4 < ascending / (len(order) - 1) < 0.6, "train documents are stored in corpus order"
 
-    val_keys = {d.key for d in documents if d.text in val_texts(data_dir)}
+    in_val = val_texts(data_dir)
+    val_keys = {d.key for d in documents if d.text in in_val}
     assert val_keys
     manifest = (data_dir / "manifest.json").read_text()
     named = [key for key in val_keys if json.dumps(key) in manifest or key in manifest]

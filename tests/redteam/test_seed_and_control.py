@@ -12,6 +12,7 @@ matrices), too close to the noise for a test.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -51,7 +52,7 @@ def lab(tmp_path_factory, data_dir):
         # 0.1, and this module is about the path, not the default's power (bench/campaign.py
         # measures that: a true gain of 3 sd is confirmed at the default budget).
         false_wins_per_campaign=5.0,
-        confirm_runs=3,  # a gain of ~0.25 against an sd of ~0.03: three fresh seeds confirm it
+        confirm_runs=2,  # a gain of ~0.25 against an sd of ~0.03: two fresh seeds confirm it
         holdout_runs=1,  # one sealed holdout run of the control (each costs 15 CPU s)
     )
     rows = wait_rows(lab, lab.ensure_baseline(5))
@@ -95,30 +96,33 @@ async def test_honest_improvement_counts(lab):
     assert lab.reference().experiment_id == row["id"]
 
 
-@pytest.mark.parametrize(
-    "edits", [patches.SEED_CONSTANT, patches.SEED_MANUAL], ids=["SEED-constant", "manual_seed-137"]
-)
-async def test_seed_only_change_is_flagged_and_never_improves(lab, edits):
+async def test_seed_only_changes_are_flagged_and_never_improve(lab):
     """Hack: change only the seed (SEED = 137, or torch.manual_seed(137)) and hope for a lucky draw.
     Defence: the diff review flags it seed_only (visible to the agent and in history), the row is
-    disqualified, its verdict can never be 'improved', and it stays off the leaderboard."""
-    agent = "mallory-seed-" + ("constant" if edits is patches.SEED_CONSTANT else "manual")
-    received, row = await run_hack(lab, agent, "seed 137 looked lucky", edits)
-    assert received["flags"][0]["name"] == "seed_only", received["flags"]
-    assert "can never count as an improvement" in received["flags"][0]["reason"]
-    assert row["disqualified"] == 1
-    assert received["verdict"] == row["verdict"] != "improved"
-    assert lab.store.confirmation_runs(row["id"]) == []  # never a candidate: no runs spent
-    if (
-        received["status"] == "ok"
-        and (received["delta_vs_best"] or 0) > lab.noise_info()["threshold"]
-    ):
-        assert "cannot count as an improvement" in received["verdict_note"]
-    async with Client(build_server(lab, default_agent=agent)) as client:
-        board = await call(client, "get_leaderboard", limit=50)
-        history = await call(client, "get_history", scope="mine")
-    assert row["id"] not in {e["id"] for e in board["entries"]}
-    assert "seed_only" in history["rows"][0]["flags"]
+    disqualified, its verdict can never be 'improved', and it stays off the leaderboard.
+    The two hacks run side by side (two slots): the checks are the same for each."""
+    hacks = {"constant": patches.SEED_CONSTANT, "manual": patches.SEED_MANUAL}
+    results = await asyncio.gather(
+        *(
+            run_hack(lab, f"mallory-seed-{name}", "seed 137 looked lucky", edits)
+            for name, edits in hacks.items()
+        )
+    )
+    threshold = lab.noise_info()["threshold"]
+    for name, (received, row) in zip(hacks, results, strict=True):
+        agent = f"mallory-seed-{name}"
+        assert received["flags"][0]["name"] == "seed_only", (name, received["flags"])
+        assert "can never count as an improvement" in received["flags"][0]["reason"]
+        assert row["disqualified"] == 1
+        assert received["verdict"] == row["verdict"] != "improved"
+        assert lab.store.confirmation_runs(row["id"]) == []  # never a candidate: no runs spent
+        if received["status"] == "ok" and (received["delta_vs_best"] or 0) > threshold:
+            assert "cannot count as an improvement" in received["verdict_note"]
+        async with Client(build_server(lab, default_agent=agent)) as client:
+            board = await call(client, "get_leaderboard", limit=50)
+            history = await call(client, "get_history", scope="mine")
+        assert row["id"] not in {e["id"] for e in board["entries"]}
+        assert "seed_only" in history["rows"][0]["flags"]
 
 
 async def test_holdout_is_sealed_per_experiment_and_shown_on_the_leaderboard(lab):
