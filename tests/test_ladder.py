@@ -184,9 +184,7 @@ def test_combining_two_diffs_and_refusing_a_conflict(lab: Lab) -> None:
     assert set(combined["unconfirmed"]) == {c, e}
     before = lab.store.count_experiments()
     with pytest.raises(PromotionRefused) as refusal:
-        lab.ladder.combine(
-            "dave", [c, d, lab.ladder.ladder(c)["experiment_id"] and _lr_04(lab)]
-        )
+        lab.ladder.combine("dave", [c, d, lab.ladder.ladder(c)["experiment_id"] and _lr_04(lab)])
     message = str(refusal.value)
     assert "conflicts with the code being combined in train.py" in message
     assert (
