@@ -508,7 +508,8 @@ def classify(a: Change, b: Change) -> Match:
         )
     score = jaccard(a.edits, b.edits)
     if a.edits and b.edits and score >= NEAR_THRESHOLD:
-        shared = [x for x in a.assignments if x in set(b.assignments)]
+        theirs = set(b.assignments)
+        shared = [x for x in a.assignments if x in theirs]
         detail = f" ({_assignment_words(shared)})" if shared else ""
         return Match(
             "near",

@@ -129,7 +129,8 @@ class Suggester:
                 f"unknown parameter(s) {', '.join(repr(n[:60]) for n in unknown[:5])}; send some "
                 f"of {', '.join(self.params)} (or none: all of them)"
             )
-        return [n for n in self.params if n in set(names)]
+        wanted = set(names)
+        return [n for n in self.params if n in wanted]
 
     def observations(self) -> list[Observation]:
         """The recent comparable runs that differ from the baseline only in parameter values."""
