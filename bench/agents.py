@@ -21,7 +21,8 @@ calls from a realistic mix (MIX below) with an exponential think time of mean `-
 seconds between calls (open-loop per agent: ~agents/think calls/s offered), then a closed-loop
 saturation run (no think time). Measures p50/p95/max per tool, calls/s, the dashboard (GET /
 and the JSON API the page polls, viewer token) idle and under load, the server's RSS, and
-that no row was lost or duplicated. `--profile` also times every tool in-process under
+that no row was lost or duplicated, and the CPU seconds the server and the clients spent in each
+run (who the bottleneck is). `--profile` also times every tool in-process under
 cProfile (where the time goes).
 
     .venv/bin/python bench/agents.py --history 100000 [--agent-count 100] [--calls 20]
@@ -512,6 +513,34 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive_measured(server_pid: int, *args: Any) -> dict[str, Any]:
+    """`drive(*args)`, with the CPU seconds the server process and this one (the clients, the
+    dashboard poller and the churn thread) spent during it: where the machine's cores went."""
+    server_before, clients_before = process_cpu_seconds(server_pid), time.process_time()
+    run = asyncio.run(drive(*args))
+    run["server_cpu_s"] = process_cpu_seconds(server_pid) - server_before
+    run["clients_cpu_s"] = time.process_time() - clients_before
+    return run
+
+
+def cpu_line(run: dict[str, Any]) -> str:
+    """CPU per call and cores used, server and clients: who the bottleneck is."""
+    calls, wall = len(run["samples"]), run["wall_s"]
+    return (
+        f"CPU during the run: server {run['server_cpu_s']:.1f} s "
+        f"({run['server_cpu_s'] / wall:.2f} cores, {1000 * run['server_cpu_s'] / calls:.1f} ms "
+        f"per call); clients {run['clients_cpu_s']:.1f} s ({run['clients_cpu_s'] / wall:.2f} "
+        f"cores, {1000 * run['clients_cpu_s'] / calls:.1f} ms per call); "
+        f"{os.cpu_count()} cores in all"
+    )
+
+
 def tool_table(title: str, run: dict[str, Any]) -> list[str]:
     by_tool: dict[str, list[float]] = {}
     for tool, seconds in run["samples"]:
@@ -624,15 +653,15 @@ def run_large(args: argparse.Namespace) -> int:
             idle = asyncio.run(poll_dashboard(url, seeded["viewer"], None, rounds=5))
             rss["after dashboard"] = rss_mb(server.pid)
             with Churn(lab, args.churn) as churn:
-                think = asyncio.run(
-                    drive(url, seeded["tokens"], args.calls, args.think, top_id, seeded["viewer"])
-                )
+                think = drive_measured(
+                    server.pid, url, seeded["tokens"], args.calls, args.think, top_id,
+                    seeded["viewer"],
+                )  # fmt: skip
                 rss["after think-time run"] = rss_mb(server.pid)
-                saturated = asyncio.run(
-                    drive(
-                        url, seeded["tokens"], args.saturation_calls, 0.0, top_id, seeded["viewer"]
-                    )
-                )
+                saturated = drive_measured(
+                    server.pid, url, seeded["tokens"], args.saturation_calls, 0.0, top_id,
+                    seeded["viewer"],
+                )  # fmt: skip
                 rss["after saturation run"] = rss_mb(server.pid)
         finally:
             server.terminate()
@@ -657,6 +686,7 @@ def run_large(args: argparse.Namespace) -> int:
     )
     lines = [*report, ""]
     lines += tool_table(f"Think-time run ({arrival})", think)
+    lines += ["", cpu_line(think)]
     lines += [
         "",
         *dashboard_table("Dashboard under the think-time load (viewer token)", think["dashboard"]),
@@ -667,6 +697,8 @@ def run_large(args: argparse.Namespace) -> int:
             f"Saturation run ({args.agent_count} agents x {args.saturation_calls} calls, no think time)",
             saturated,
         ),
+        "",
+        cpu_line(saturated),
     ]
     lines += ["", *dashboard_table("Dashboard under the saturation load", saturated["dashboard"])]
     lines += ["", *dashboard_table("Dashboard idle (5 rounds, before the agents)", idle)]
