@@ -102,6 +102,15 @@ READ_INDEXES = {
     # the repeated runs the noise is pooled over, the last drift check, the outcome counts
     "idx_experiments_kind_status_verdict": "CREATE INDEX IF NOT EXISTS "
     "idx_experiments_kind_status_verdict ON experiments(kind, status, verdict)",
+    # the leaderboard of a setting (ranked_candidates): hardware, budget and level first, so that
+    # a setting with few runs in a large record -- a new level, budget or machine -- is found
+    # in the index instead of walking every ok run in metric order (0.75 s at 10^5 rows)
+    "idx_experiments_setting_rank": "CREATE INDEX IF NOT EXISTS idx_experiments_setting_rank "
+    "ON experiments(hardware, budget_seconds, COALESCE(scale, 'S'), status, metric_value)",
+    # get_history(level=...): the newest runs of one level, found in the index instead of
+    # walking every newer row of the other levels (0.6 s for a level with few runs at 10^5 rows)
+    "idx_experiments_level_id": "CREATE INDEX IF NOT EXISTS idx_experiments_level_id "
+    "ON experiments(COALESCE(scale, 'S'), id)",
     # record_version's last finish
     "idx_experiments_finished_at": "CREATE INDEX IF NOT EXISTS idx_experiments_finished_at "
     "ON experiments(finished_at)",
