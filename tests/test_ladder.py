@@ -70,6 +70,11 @@ def run(lab: Lab, agent: str, description: str, files: dict[str, str]) -> dict:
     return wait_all(lab, [experiment_id])[0]
 
 
+def recorded(lab: Lab, agent: str, description: str, old: str, new: str) -> int:
+    """A finished ok experiment of one edit, written into the record as the server records one."""
+    return finished_run(lab, agent, description, files=variant(lab, old, new), metric_value=3.0)
+
+
 def test_a_confirmed_change_is_promoted_and_its_transfer_recorded(lab: Lab) -> None:
     a = run(
         lab, "alice", "matrix lr 0.02 -> 0.04", variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.04")
@@ -159,26 +164,10 @@ def test_a_crash_at_the_larger_level_is_recorded(lab: Lab) -> None:
 def test_combining_two_diffs_and_refusing_a_conflict(lab: Lab) -> None:
     # Combining reads only the recorded code and results: three finished experiments (a real
     # run's recording is the first test's subject).
-    c = finished_run(
-        lab,
-        "carol",
-        "warmdown 0.5 -> 0.7",
-        files=variant(lab, "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.7"),
-        metric_value=3.0,
-    )
-    d = finished_run(
-        lab,
-        "dave",
-        "matrix lr 0.02 -> 0.05",
-        files=variant(lab, "MATRIX_LR = 0.02", "MATRIX_LR = 0.05"),
-        metric_value=3.0,
-    )
-    e = finished_run(
-        lab,
-        "erin",
-        "adam betas 0.8 -> 0.9",
-        files=variant(lab, "ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.9, 0.95)"),
-        metric_value=3.0,
+    c = recorded(lab, "carol", "warmdown 0.5 -> 0.7", "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.7")
+    d = recorded(lab, "dave", "matrix lr 0.02 -> 0.05", "MATRIX_LR = 0.02", "MATRIX_LR = 0.05")
+    e = recorded(
+        lab, "erin", "adam betas 0.8 -> 0.9", "ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.9, 0.95)"
     )
     combined = lab.ladder.combine("carol", [c, e])
     code = lab.experiment(combined["experiment_id"])["code"]["train.py"]
