@@ -153,48 +153,43 @@ def chart_data(lab: Lab) -> ChartData:
     """The finished experiments in order (the latest CHART_POINTS of them drawn, each at its
     place in the whole record, with every step of the running best), the running best over
     all of them, the agents' colours and the noise."""
-    rows = lab.store.finished_for_chart()
-    first_drawn = max(0, len(rows) - CHART_POINTS)
-    points: list[ChartPoint] = []
+    outline = lab.store.chart_outline(lab.hardware, lab.budget_seconds)
+    first_drawn = max(0, len(outline) - CHART_POINTS)
     best: list[BestStep] = []
     best_value: float | None = None
     improvements = failures = 0
-    for index, row in enumerate(rows):
-        ok = row["status"] == "ok" and row["metric_value"] is not None
-        disqualified = bool(row["disqualified"])
-        improvements += row["verdict"] == "improved"
+    for index, (experiment_id, ok, counts, improved, value) in enumerate(outline):
+        improvements += bool(improved)
         failures += not ok
-        counts = (
-            ok
-            and not disqualified
-            and row["kind"] in ("experiment", "baseline")
-            and row["hardware"] == lab.hardware
-            and row["budget_seconds"] == lab.budget_seconds
+        if (
+            counts
+            and ok
+            and value is not None
+            and (best_value is None or is_better(value, best_value, lab.target.direction))
+        ):
+            best_value = value
+            best.append(BestStep(index=index, id=experiment_id, metric_value=value))
+    index_of = {experiment_id: index for index, (experiment_id, *_) in enumerate(outline)}
+    drawn_from = outline[first_drawn][0] if outline else 0
+    points = [
+        ChartPoint(
+            index=index_of[row["id"]],
+            id=row["id"],
+            agent=row["agent"],
+            kind=row["kind"] or "experiment",
+            status=row["status"],
+            metric_value=row["metric_value"] if row["status"] == "ok" else None,
+            verdict=row["verdict"],
+            description=row["description"] or "",
+            disqualified=bool(row["disqualified"]),
         )
-        steps_down = counts and (
-            best_value is None or is_better(row["metric_value"], best_value, lab.target.direction)
-        )
-        if steps_down:
-            best_value = row["metric_value"]
-            best.append(BestStep(index=index, id=row["id"], metric_value=row["metric_value"]))
-        if index >= first_drawn or steps_down:
-            points.append(
-                ChartPoint(
-                    index=index,
-                    id=row["id"],
-                    agent=row["agent"],
-                    kind=row["kind"] or "experiment",
-                    status=row["status"],
-                    metric_value=row["metric_value"] if ok else None,
-                    verdict=row["verdict"],
-                    description=row["description"] or "",
-                    disqualified=disqualified,
-                )
-            )
+        for row in lab.store.chart_points(drawn_from, [step.id for step in best])
+        if row["id"] in index_of  # finished after the outline was read: the next change draws it
+    ]
     colors = lab_agent_colors(lab)
     drawn = f" (the latest {CHART_POINTS:,} drawn)" if first_drawn else ""
     return ChartData(
-        title=f"{len(rows)} experiments, {improvements} improvements{drawn}",
+        title=f"{len(outline)} experiments, {improvements} improvements{drawn}",
         metric=lab.target.metric,
         direction=lab.target.direction,
         points=points,

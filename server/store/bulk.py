@@ -13,7 +13,8 @@ from typing import Any
 
 from server.record import QUEUED
 from server.store.database import utc_now, write_transaction
-from server.store.experiments import Store, _encode
+from server.store.experiments import Store
+from server.store.rows import encode_value
 from server.store.schema import EXPERIMENT_COLUMNS
 
 
@@ -24,7 +25,7 @@ def insert_experiments(store: Store, rows: Iterable[dict[str, Any]], batch_size:
     def encoded() -> Iterable[dict[str, Any]]:
         nonlocal count
         for fields in rows:
-            row = {k: _encode(v) for k, v in fields.items() if k in EXPERIMENT_COLUMNS}
+            row = {k: encode_value(v) for k, v in fields.items() if k in EXPERIMENT_COLUMNS}
             row.setdefault("status", QUEUED)
             row.setdefault("created_at", utc_now())
             row.setdefault("attempt", 1)

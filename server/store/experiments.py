@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
 
 import sqlite_utils
 
 from server.record import INTERRUPTED, QUEUED, ExperimentRow
-from server.store.counts import ExperimentCounts
 from server.store.database import ThreadLocalDatabase, utc_now, write_transaction
 from server.store.exports import experiments_csv, results_tsv
+from server.store.listing import ExperimentListing
 from server.store.papers import PaperStore
 from server.store.promotions import PromotionStore
 from server.store.read_cache import ReadCache
 from server.store.requests import RunRequestStore
+from server.store.rows import decode_row, encode_value
 from server.store.schema import EXPERIMENT_COLUMNS, create_tables
 from server.store.sealed import SealedStore
 from server.store.similar import SimilarStore
@@ -31,7 +31,7 @@ class ExperimentNotFound(KeyError):
     """No experiment with that id."""
 
 
-class Store(ExperimentCounts):
+class Store(ExperimentListing):
     """The research record: agents, tokens, experiments (with full-text search), claims, baselines."""
 
     def __init__(self, path: Path | str) -> None:
@@ -83,7 +83,9 @@ class Store(ExperimentCounts):
 
     def create_experiment(self, **fields: Any) -> int:
         """Insert a new experiment row (normally status `queued`) and return its id."""
-        row = {k: _encode(v) for k, v in fields.items() if k in EXPERIMENT_COLUMNS and k != "id"}
+        row = {
+            k: encode_value(v) for k, v in fields.items() if k in EXPERIMENT_COLUMNS and k != "id"
+        }
         row.setdefault("status", QUEUED)
         row.setdefault("created_at", utc_now())
         row.setdefault("attempt", 1)
@@ -100,7 +102,7 @@ class Store(ExperimentCounts):
     def update_experiment(self, experiment_id: int, **fields: Any) -> None:
         """Set some columns of one experiment (never its id, agent or creation time)."""
         row = {
-            k: _encode(v)
+            k: encode_value(v)
             for k, v in fields.items()
             if k in EXPERIMENT_COLUMNS and k not in ("id", "agent", "created_at")
         }
@@ -115,7 +117,7 @@ class Store(ExperimentCounts):
         The compare-and-set that keeps a cancel and a finishing run from overwriting each other.
         """
         row = {
-            k: _encode(v)
+            k: encode_value(v)
             for k, v in fields.items()
             if k in EXPERIMENT_COLUMNS and k not in ("id", "agent", "created_at")
         }
@@ -133,105 +135,10 @@ class Store(ExperimentCounts):
         rows = list(self.db.query("SELECT * FROM experiments WHERE id = ?", [experiment_id]))
         if not rows:
             raise ExperimentNotFound(experiment_id)
-        return cast(ExperimentRow, _decode(rows[0]))
+        return cast(ExperimentRow, decode_row(rows[0]))
 
     def experiment_exists(self, experiment_id: int) -> bool:
         return bool(list(self.db.query("SELECT 1 FROM experiments WHERE id = ?", [experiment_id])))
-
-    def list_experiments(
-        self,
-        *,
-        agent: str | None = None,
-        requested_by: str | None = None,
-        involving: str | None = None,
-        status: str | Sequence[str] | None = None,
-        order: str = "recent",
-        query: str | None = None,
-        kind: str | None = None,
-        scale: str | None = None,
-        limit: int = 20,
-        offset: int = 0,
-        columns: Sequence[str] | None = None,
-        before_id: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Filtered, ordered rows (`recent`: newest first; `best`: best metric first; `oldest`).
-
-        `agent`: credited to that agent; `requested_by`: asked for (charged to) that agent;
-        `involving`: either of the two.
-        """
-        where: list[str] = []
-        params: list[Any] = []
-        if agent:
-            where.append("e.agent = ?")
-            params.append(agent)
-        if requested_by:
-            where.append("e.requested_by = ?")
-            params.append(requested_by)
-        if involving:
-            where.append("(e.agent = ? OR e.requested_by = ?)")
-            params.extend([involving, involving])
-        if status:
-            statuses = [status] if isinstance(status, str) else list(status)
-            where.append(f"e.status IN ({', '.join('?' for _ in statuses)})")
-            params.extend(statuses)
-        if kind:
-            where.append("e.kind = ?")
-            params.append(kind)
-        if scale:
-            where.append("COALESCE(e.scale, 'S') = ?")
-            params.append(scale)
-        if before_id is not None:
-            where.append("e.id < ?")
-            params.append(before_id)
-        if query:
-            where.append(
-                "e.rowid IN (SELECT rowid FROM experiments_fts WHERE experiments_fts MATCH ?)"
-            )
-            params.append(_fts_quote(query))
-        order_sql = {
-            "recent": "e.id DESC",
-            "oldest": "e.id ASC",
-            "best": f"e.metric_value IS NULL, {self.best_order('e.')}, e.id ASC",
-        }[order]
-        select = ", ".join(f"e.[{c}]" for c in columns) if columns else "e.*"
-        sql = f"SELECT {select} FROM experiments e"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {order_sql} LIMIT ? OFFSET ?"
-        return [_decode(r) for r in self.db.query(sql, [*params, limit, offset])]
-
-    def count_experiments(self, **filters: Any) -> int:
-        """How many experiments match: agent, requested_by, involving, status (one or several),
-        kind, scale and query as in list_experiments."""
-        where: list[str] = []
-        params: list[Any] = []
-        for key in ("agent", "requested_by", "kind"):
-            if filters.get(key):
-                where.append(f"{key} = ?")
-                params.append(filters[key])
-        if filters.get("involving"):
-            where.append("(agent = ? OR requested_by = ?)")
-            params.extend([filters["involving"], filters["involving"]])
-        status = filters.get("status")
-        if status:
-            statuses = [status] if isinstance(status, str) else list(status)
-            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
-            params.extend(statuses)
-        if filters.get("scale"):
-            where.append("COALESCE(scale, 'S') = ?")
-            params.append(filters["scale"])
-        if filters.get("query") and not where:  # the index alone: no experiment row read
-            sql = "SELECT COUNT(*) FROM experiments_fts WHERE experiments_fts MATCH ?"
-            return int(next(iter(self.db.execute(sql, [_fts_quote(filters["query"])])))[0])
-        if filters.get("query"):
-            where.append(
-                "rowid IN (SELECT rowid FROM experiments_fts WHERE experiments_fts MATCH ?)"
-            )
-            params.append(_fts_quote(filters["query"]))
-        sql = "SELECT COUNT(*) FROM experiments" + (
-            " WHERE " + " AND ".join(where) if where else ""
-        )
-        return int(next(iter(self.db.execute(sql, params)))[0])
 
     def find_by_code(self, code_hash: str, settings: dict[str, Any]) -> dict[str, Any] | None:
         """The latest finished, non-failed experiment with the same code and run settings, if any."""
@@ -248,7 +155,7 @@ class Store(ExperimentCounts):
             ],
         )
         for row in rows:
-            return _decode(row)
+            return decode_row(row)
         return None
 
     def best_experiment(
@@ -284,12 +191,12 @@ class Store(ExperimentCounts):
                 params,
             )
         )
-        return _decode(rows[0]) if rows else None
+        return decode_row(rows[0]) if rows else None
 
     def next_queued(self) -> list[dict[str, Any]]:
         """Every queued experiment, oldest first (the scheduler picks fairly among them)."""
         return [
-            _decode(r)
+            decode_row(r)
             for r in self.db.query("SELECT * FROM experiments WHERE status = 'queued' ORDER BY id")
         ]
 
@@ -349,7 +256,7 @@ class Store(ExperimentCounts):
             self.db,
             ("latest_of_kind", kind, tuple(columns)),
             lambda: [
-                _decode(r)
+                decode_row(r)
                 for r in self.db.query(
                     f"SELECT {select} FROM experiments INDEXED BY "
                     "idx_experiments_kind_status_verdict WHERE kind = ? AND status = 'ok' "
@@ -370,21 +277,6 @@ class Store(ExperimentCounts):
                     "SELECT agent FROM experiments GROUP BY agent ORDER BY MIN(id)"
                 ).fetchall()
             ],
-        )
-
-    def finished_for_chart(self) -> list[dict[str, Any]]:
-        """Every finished experiment in id order, with the columns the progress chart plots
-        (kept until the record changes: 1.7 s at 100,000 experiments)."""
-        return self.read_cache.get(
-            self.db,
-            ("finished_for_chart",),
-            lambda: list(
-                self.db.query(
-                    "SELECT id, agent, kind, status, metric_value, verdict, description, disqualified, "
-                    "hardware, budget_seconds FROM experiments "
-                    "WHERE status NOT IN ('queued', 'running') ORDER BY id"
-                )
-            ),
         )
 
     def lineage(self, experiment_id: int, limit: int = 200) -> list[dict[str, Any]]:
@@ -566,34 +458,10 @@ class Store(ExperimentCounts):
         return results_tsv(self.db, self.metric_name)
 
     def export_rows(self) -> list[dict[str, Any]]:
-        return [_decode(r) for r in self.db.query("SELECT * FROM experiments ORDER BY id")]
+        return [decode_row(r) for r in self.db.query("SELECT * FROM experiments ORDER BY id")]
 
     def export_csv(self) -> str:
         return experiments_csv(self.db)
 
     def export_json(self) -> str:
         return json.dumps(self.export_rows(), indent=1)
-
-
-_JSON_COLUMNS = ("metrics", "flags", "hashes", "paper_ids", "code", "change_edits")
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value)
-    return value
-
-
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
-    for column in _JSON_COLUMNS:
-        if isinstance(row.get(column), str):
-            with suppress(json.JSONDecodeError):
-                row[column] = json.loads(row[column])
-    return row
-
-
-def _fts_quote(query: str) -> str:
-    """Quote every word so that text an agent wrote cannot be FTS5 syntax (`lr"` would raise)."""
-    words = [w.replace('"', "") for w in query.split()]
-    return " ".join(f'"{w}"' for w in words if w) or '""'
