@@ -35,6 +35,7 @@ from server.ladder import MAX_COMBINED
 from server.live_updates import ChangeNotifier
 from server.mcp_tasks import ExperimentTasks, TaskCreated, client_declared_tasks, poll_interval
 from server.models import (
+    LISTED_AGENTS,
     CancelResult,
     CheckoutResult,
     ClaimResult,
@@ -454,7 +455,12 @@ def build_server(
         """The best experiments (confirmed means first-class), each agent's best, and the measured noise."""
         with refusals():
             lab.level(level)
-            return await in_thread(lambda: views.leaderboard(lab, limit, level))
+            name = agent()
+            return await in_thread(
+                lambda: views.leaderboard(
+                    lab, limit, level, agents_listed=LISTED_AGENTS, caller=name
+                )
+            )
 
     @mcp.tool(annotations=EDITS)
     def checkout(

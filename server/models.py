@@ -6,6 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# Lists in a tool result that grow with the team are cut to these lengths, with their totals:
+# with 100 agents, get_history carried 94 open claims (41 kB of text) and get_leaderboard 100
+# agents' rows; Claude Code moves a result over 50,000 characters out of the conversation.
+LISTED_CLAIMS = 20
+LISTED_QUEUE = 30
+LISTED_AGENTS = 20
+
 
 class FileInfo(BaseModel):
     name: str
@@ -221,7 +228,11 @@ class NoiseInfo(BaseModel):
 
 class Leaderboard(BaseModel):
     entries: list[LeaderboardEntry]
-    per_agent: list[AgentBest]
+    per_agent: list[AgentBest] = Field(
+        description="the agents with the best results first (over MCP: the first "
+        f"{LISTED_AGENTS}, and yours)"
+    )
+    agents_total: int = Field(0, description="agents in the record (per_agent may list fewer)")
     noise: NoiseInfo
 
 
@@ -242,10 +253,14 @@ class History(BaseModel):
     total: int
     next_offset: int | None
     leaderboard: list[LeaderboardEntry]
-    open_claims: list[Claim]
+    open_claims: list[Claim] = Field(description=f"the newest {LISTED_CLAIMS} open idea claims")
+    open_claims_total: int = Field(0, description="open idea claims in all")
     queue: list[dict[str, Any]] = Field(
-        default_factory=list, description="queued and running experiments, in dispatch order"
+        default_factory=list,
+        description=f"the running experiments, then the first {LISTED_QUEUE} queued ones in "
+        "dispatch order",
     )
+    queue_total: int = Field(0, description="running and queued experiments in all")
     requests: list[RunRequest] = Field(
         default_factory=list,
         description="with scope 'mine' or a query: run requests an earlier experiment answered "
@@ -268,7 +283,8 @@ class CancelResult(BaseModel):
 
 class ClaimResult(BaseModel):
     claim: Claim
-    open_claims: list[Claim]
+    open_claims: list[Claim] = Field(description=f"the newest {LISTED_CLAIMS} open idea claims")
+    open_claims_total: int = Field(0, description="open idea claims in all")
     note: str
 
 

@@ -12,6 +12,8 @@ from typing import Any
 from sandbox.target import ResearchTarget
 from server.lab import Lab, LabError
 from server.models import (
+    LISTED_CLAIMS,
+    LISTED_QUEUE,
     AgentBest,
     CancelResult,
     CheckoutResult,
@@ -305,6 +307,7 @@ def history(
     )
     more = len(rows) > limit
     queue = queue_entries(lab)
+    claims = lab.store.open_claims()
     return History(
         rows=[history_row(r) for r in rows[:limit]],
         total=lab.store.count_experiments(
@@ -312,8 +315,10 @@ def history(
         ),
         next_offset=offset + limit if more else None,
         leaderboard=leaderboard_entries(lab, 10, level or "S"),
-        open_claims=open_claims(lab),
-        queue=queue,
+        open_claims=claim_views(claims[:LISTED_CLAIMS]),
+        open_claims_total=len(claims),
+        queue=queue[: sum(e["status"] == "running" for e in queue) + LISTED_QUEUE],
+        queue_total=len(queue),
         requests=[
             run_request(r)
             for r in lab.store.requests.search(
@@ -341,12 +346,9 @@ def leaderboard_entries(lab: Lab, limit: int, level: str) -> list[LeaderboardEnt
     ]
 
 
-def open_claims(lab: Lab) -> list[Claim]:
-    """The open idea claims, other agents' texts as untrusted blocks."""
-    return [
-        Claim(**{**c, "text": agent_text(c["text"], c["agent"]) or ""})
-        for c in lab.store.open_claims()
-    ]
+def claim_views(claims: list[dict[str, Any]]) -> list[Claim]:
+    """Idea claims, other agents' texts as untrusted blocks."""
+    return [Claim(**{**c, "text": agent_text(c["text"], c["agent"]) or ""}) for c in claims]
 
 
 def noise_info(lab: Lab, level: str = "S") -> dict[str, Any]:
@@ -357,11 +359,23 @@ def noise_info(lab: Lab, level: str = "S") -> dict[str, Any]:
     )
 
 
-def leaderboard(lab: Lab, limit: int = 10, level: str = "S") -> Leaderboard:
-    """The best experiments of a level, each agent's best, and the noise the verdicts used."""
+def leaderboard(
+    lab: Lab,
+    limit: int = 10,
+    level: str = "S",
+    *,
+    agents_listed: int | None = None,
+    caller: str | None = None,
+) -> Leaderboard:
+    """The best experiments of a level, each agent's best (the first `agents_listed` and the
+    caller's own; every agent when None), and the noise the verdicts used."""
+    agents = lab.per_agent()
+    listed = agents if agents_listed is None else agents[:agents_listed]
+    listed += [a for a in agents[len(listed) :] if a["agent"] == caller]
     return Leaderboard(
         entries=leaderboard_entries(lab, limit, level),
-        per_agent=[AgentBest(**a) for a in lab.per_agent()],
+        per_agent=[AgentBest(**a) for a in listed],
+        agents_total=len(agents),
         noise=NoiseInfo(**noise_info(lab, level)),
     )
 
@@ -464,12 +478,13 @@ def checkout_result(lab: Lab, agent: str, source: int | None, files: list[str]) 
 
 
 def claim_result(lab: Lab, claim_id: int) -> ClaimResult:
-    """The new claim among all open claims, and when it lapses."""
-    claims = open_claims(lab)
-    mine = next(c for c in claims if c.id == claim_id)
+    """The new claim, the newest open claims, and when it lapses."""
+    claims = lab.store.open_claims()
+    mine = claim_views([c for c in claims if c["id"] == claim_id])[0]
     return ClaimResult(
         claim=mine,
-        open_claims=claims,
+        open_claims=claim_views(claims[:LISTED_CLAIMS]),
+        open_claims_total=len(claims),
         note=f"claimed until {mine.expires_at}; released when you run your next experiment",
     )
 

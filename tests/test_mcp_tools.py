@@ -1082,3 +1082,49 @@ async def test_client_disconnecting_mid_run_leaves_the_run_recorded(training_lab
 
     with anyio.fail_after(60):
         await nothing_live()
+
+
+async def test_results_that_grow_with_the_team_stay_compact(lab: Lab, mode: str) -> None:
+    """With many agents, claims and queued runs, get_history, claim_idea and get_leaderboard
+    list the newest claims, the head of the queue and the best agents (plus the caller's own
+    row), each with its total: a result over 50,000 characters leaves the conversation in
+    Claude Code (100 agents made get_history 41 kB and growing)."""
+    from support import finished_run
+
+    from server.models import LISTED_AGENTS, LISTED_CLAIMS, LISTED_QUEUE
+
+    agents = [f"agent{n:02d}" for n in range(45)]
+    for n, name in enumerate(agents):  # agent44, the caller, has the worst result
+        finished_run(lab, name, f"idea {n}", metric_value=2.0 + n / 100)
+        lab.claim(name, f"{name} tries idea {n} " + "with a long explanation " * 8)
+    for n in range(50):
+        finished_run(lab, agents[n % 10], f"queued {n}", status="queued", finished_at=None)
+    caller = agents[-1]
+    async with connect(lab, mode, agent=caller) as client:
+        for tool, arguments in (
+            ("get_history", {}),
+            ("get_leaderboard", {}),
+            ("claim_idea", {"text": "one more idea"}),
+        ):
+            result = await client.call_tool(tool, arguments)
+            assert not result.is_error, result.content
+            text = "".join(getattr(part, "text", "") for part in result.content)
+            assert len(text) < 50_000, (tool, len(text))
+        history = await call(client, "get_history")
+        board = await call(client, "get_leaderboard")
+        claimed = await call(client, "claim_idea", text="and another")
+    open_claims = lab.store.open_claims()
+    assert history["open_claims_total"] == 46 and claimed["open_claims_total"] == 47
+    assert [c["id"] for c in history["open_claims"]] == [
+        c["id"] for c in open_claims[1:][:LISTED_CLAIMS]
+    ]
+    assert [c["id"] for c in claimed["open_claims"]] == [
+        c["id"] for c in open_claims[:LISTED_CLAIMS]
+    ]
+    assert claimed["claim"]["id"] == open_claims[0]["id"]
+    assert history["queue_total"] == 50
+    assert [e["position"] for e in history["queue"]] == list(range(1, LISTED_QUEUE + 1))
+    everyone = lab.per_agent()
+    assert board["agents_total"] == len(everyone) >= 45
+    listed = [a["agent"] for a in board["per_agent"]]
+    assert listed == [a["agent"] for a in everyone[:LISTED_AGENTS]] + [caller]
