@@ -614,8 +614,19 @@ def profile_tools(lab: Any, top_id: int, out: list[str]) -> None:
         out.append(f"| {tool} | {mean:.1f} | {'; '.join(interesting)} |")
 
 
+def machine_reference() -> str:
+    """The machine's speed now: CPU seconds of a fixed pure-Python loop. This VM's speed drifts
+    between runs (the same code measured 10.8 and 15.4 ms of server CPU per call an hour
+    apart), so each run prints it before and after, and runs are compared beside it."""
+    started = time.process_time()
+    total = 0
+    for n in range(10**7):
+        total += n
+    return f"reference: a pure-Python loop of 10^7 additions took {time.process_time() - started:.2f} CPU-s"
+
+
 def run_large(args: argparse.Namespace) -> int:
-    report: list[str] = []
+    report: list[str] = [machine_reference()]
     with tempfile.TemporaryDirectory(prefix="ar-bench-agents100-") as tmp:
         home = args.home or Path(tmp)
         if (home / "data").exists():
@@ -710,6 +721,7 @@ def run_large(args: argparse.Namespace) -> int:
         f"opened): {len(TRANSPORT_ERRORS)}",
         *[f"  - {e}" for e in TRANSPORT_ERRORS[:5]],
     ]
+    lines += ["", machine_reference()]
     print("\n".join(lines))
     return 0
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 # with 100 agents, get_history carried 94 open claims (41 kB of text) and get_leaderboard 100
 # agents' rows; Claude Code moves a result over 50,000 characters out of the conversation.
 LISTED_CLAIMS = 20
+LISTED_CLAIMS_PER_AGENT = 3  # one agent's claims cannot fill the list and hide the others'
 LISTED_QUEUE = 30
 LISTED_AGENTS = 20
 
@@ -253,7 +254,10 @@ class History(BaseModel):
     total: int
     next_offset: int | None
     leaderboard: list[LeaderboardEntry]
-    open_claims: list[Claim] = Field(description=f"the newest {LISTED_CLAIMS} open idea claims")
+    open_claims: list[Claim] = Field(
+        description=f"the newest {LISTED_CLAIMS} open idea claims, at most "
+        f"{LISTED_CLAIMS_PER_AGENT} per agent"
+    )
     open_claims_total: int = Field(0, description="open idea claims in all")
     queue: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -283,7 +287,10 @@ class CancelResult(BaseModel):
 
 class ClaimResult(BaseModel):
     claim: Claim
-    open_claims: list[Claim] = Field(description=f"the newest {LISTED_CLAIMS} open idea claims")
+    open_claims: list[Claim] = Field(
+        description=f"the newest {LISTED_CLAIMS} open idea claims, at most "
+        f"{LISTED_CLAIMS_PER_AGENT} per agent"
+    )
     open_claims_total: int = Field(0, description="open idea claims in all")
     note: str
 

@@ -13,6 +13,7 @@ from sandbox.target import ResearchTarget
 from server.lab import Lab, LabError
 from server.models import (
     LISTED_CLAIMS,
+    LISTED_CLAIMS_PER_AGENT,
     LISTED_QUEUE,
     AgentBest,
     CancelResult,
@@ -315,7 +316,7 @@ def history(
         ),
         next_offset=offset + limit if more else None,
         leaderboard=leaderboard_entries(lab, 10, level or "S"),
-        open_claims=claim_views(claims[:LISTED_CLAIMS]),
+        open_claims=claim_views(listed_claims(claims)),
         open_claims_total=len(claims),
         queue=queue[: sum(e["status"] == "running" for e in queue) + LISTED_QUEUE],
         queue_total=len(queue),
@@ -344,6 +345,21 @@ def leaderboard_entries(lab: Lab, limit: int, level: str) -> list[LeaderboardEnt
         LeaderboardEntry(**{**e, "description": agent_text(e["description"], e["agent"]) or ""})
         for e in lab.leaderboard(limit, scale=level)
     ]
+
+
+def listed_claims(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The open claims a result lists: the newest LISTED_CLAIMS (`claims` is newest first), at
+    most LISTED_CLAIMS_PER_AGENT of each agent, so that an agent claiming in bulk cannot push
+    the others' claims out of every other agent's view."""
+    per_agent: dict[str, int] = {}
+    listed = []
+    for claim in claims:
+        if per_agent.get(claim["agent"], 0) < LISTED_CLAIMS_PER_AGENT:
+            per_agent[claim["agent"]] = per_agent.get(claim["agent"], 0) + 1
+            listed.append(claim)
+            if len(listed) == LISTED_CLAIMS:
+                break
+    return listed
 
 
 def claim_views(claims: list[dict[str, Any]]) -> list[Claim]:
@@ -483,7 +499,7 @@ def claim_result(lab: Lab, claim_id: int) -> ClaimResult:
     mine = claim_views([c for c in claims if c["id"] == claim_id])[0]
     return ClaimResult(
         claim=mine,
-        open_claims=claim_views(claims[:LISTED_CLAIMS]),
+        open_claims=claim_views(listed_claims(claims)),
         open_claims_total=len(claims),
         note=f"claimed until {mine.expires_at}; released when you run your next experiment",
     )

@@ -145,6 +145,7 @@ def test_no_other_read_walks_the_level_listings_index(tmp_path: Path) -> None:
         ),
         "idx_experiments_confirmation_runs": lambda: store.confirmation_runs_of([1, 2, 3]),
         "idx_experiments_chart": lambda: store.chart_outline(HARDWARE, 60.0),
+        "idx_experiments_status_metric": lambda: store.first_ok_with_value("agent1", 2.999),
     }
     for index, read in reads.items():
         found = plans(store, read)
@@ -157,5 +158,22 @@ def test_no_other_read_walks_the_level_listings_index(tmp_path: Path) -> None:
     for read in (lambda: store.seconds_at_scale("S"), lambda: store.count_experiments(scale="M")):
         for sql, plan in plans(store, read):
             assert any("idx_experiments_level_listing" in step for step in plan), (sql, plan)
+    assert store.first_ok_with_value("agent1", 2.999) == 2  # metric 3.0 - 1/1000
     assert store.seconds_at_scale("M") == 0.0
     assert store.count_experiments(scale="S") == 40
+
+
+def test_the_open_claims_are_read_from_their_index(tmp_path: Path) -> None:
+    """Every get_history, claim_idea and submit reads the open claims; with 100 agents the
+    claims table holds thousands that lapsed or were released."""
+    store = seeded(tmp_path)
+    connection: sqlite3.Connection = store.db.conn
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    try:
+        store.open_claims()
+    finally:
+        connection.set_trace_callback(None)
+    [sql] = [s for s in statements if "FROM claims" in s]
+    plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql)]
+    assert any("idx_claims_open" in step for step in plan), plan

@@ -8,7 +8,8 @@ are named for a reader: open the file with any SQLite tool (datasette works) and
 
 - database: connections (WAL, busy timeout, one per thread) and `write_transaction`
 - schema: the tables, their columns and the migrations of old files
-- experiments: `Store`, every read and write of the record; counts: its aggregate queries
+- experiments: `Store`, every read and write of the record; listing: its pages, counts and
+  the chart's rows; counts: its aggregate queries; rows: how JSON columns are stored
 - promotions, papers: the ladder's table and the paper cache; exports: results.tsv and CSV
 - sealed: figures no agent reads per experiment (full-precision metric_value, holdout scores)
 

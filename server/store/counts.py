@@ -220,7 +220,9 @@ class ExperimentCounts:
     def first_ok_with_value(self, agent: str, metric_value: float) -> int | None:
         """The first successful run of `agent` that scored exactly `metric_value`."""
         hit = self.db.execute(
-            "SELECT id FROM experiments WHERE agent = ? AND metric_value = ? AND status = 'ok' ORDER BY id LIMIT 1",
+            # by the value (a handful of rows), not the agent's runs in id order (the planner's pick)
+            "SELECT id FROM experiments INDEXED BY idx_experiments_status_metric "
+            "WHERE agent = ? AND metric_value = ? AND status = 'ok' ORDER BY id LIMIT 1",
             [agent, metric_value],
         ).fetchone()
         return hit[0] if hit else None

@@ -552,3 +552,28 @@ async def test_run_into_grace_is_flagged_never_improved(tmp_path: Path, data_dir
         assert all(e["id"] != row["id"] for e in lab.leaderboard())
     finally:
         lab.close()
+
+
+async def test_claims_in_bulk_do_not_hide_the_other_agents_claims(quiet_lab: Lab) -> None:
+    """Hack: results list the newest open claims only (a compact answer with 100 agents), so
+    mallory claims 30 ideas to push bob's claim out of every other agent's view, and to look
+    like she is working on everything. Each agent shows at most 3 claims; the total counts all."""
+    from server.models import LISTED_CLAIMS_PER_AGENT
+
+    async with (
+        as_agent(quiet_lab, "bob") as bob,
+        as_agent(quiet_lab, "mallory") as mallory,
+        as_agent(quiet_lab, "alice") as alice,
+    ):
+        await ok(bob, "claim_idea", text="bob: rotary base 50k")
+        for n in range(30):
+            await ok(mallory, "claim_idea", text=f"mallory: idea {n}")
+        history = await ok(alice, "get_history")
+        answer = await ok(alice, "claim_idea", text="alice: wider MLP")
+    for seen in (history, answer):
+        agents = [c["agent"] for c in seen["open_claims"]]
+        assert "bob" in agents
+        assert agents.count("mallory") == LISTED_CLAIMS_PER_AGENT
+        mallorys = [c["text"] for c in seen["open_claims"] if c["agent"] == "mallory"]
+        assert all(f"mallory: idea {n}" in t for n, t in zip((29, 28, 27), mallorys, strict=True))
+    assert history["open_claims_total"] == 31 and answer["open_claims_total"] == 32
