@@ -101,7 +101,7 @@ def briefing(lab: Lab, agent: str) -> Briefing:
         for row in reversed(chain):
             if row.get("kind") == "baseline":
                 continue
-            full = store.get_experiment(int(row["id"]))
+            full = store.experiment_figures(int(row["id"]), ["delta_parent"])
             path.append(
                 BriefingStep(
                     id=int(row["id"]),

@@ -47,7 +47,7 @@ def confirmation_stats(
     rows = _fresh_runs(store, experiment_id) if runs is None else _fresh_of(runs)
     if not rows:
         return None  # the common case (every leaderboard row asks): no need to read the row
-    original = store.get_experiment(experiment_id)
+    original = store.experiment_figures(experiment_id, ["metric_value"])
     values = [r["metric_value"] for r in rows]
     mean, sd = mean_sd(values)
     return {

@@ -137,6 +137,20 @@ class Store(ExperimentListing):
             raise ExperimentNotFound(experiment_id)
         return cast(ExperimentRow, decode_row(rows[0]))
 
+    def experiment_figures(self, experiment_id: int, columns: Sequence[str]) -> dict[str, Any]:
+        """Some plain columns of one experiment (not the code: get_experiment reads and decodes
+        the whole row, ~18 kB of JSON, for a figure); ExperimentNotFound if absent."""
+        unknown = [c for c in columns if c not in EXPERIMENT_COLUMNS]
+        if unknown:
+            raise ValueError(f"not columns of experiments: {unknown}")
+        select = ", ".join(f"[{c}]" for c in columns)
+        rows = list(
+            self.db.query(f"SELECT {select} FROM experiments WHERE id = ?", [experiment_id])
+        )
+        if not rows:
+            raise ExperimentNotFound(experiment_id)
+        return rows[0]
+
     def experiment_exists(self, experiment_id: int) -> bool:
         return bool(list(self.db.query("SELECT 1 FROM experiments WHERE id = ?", [experiment_id])))
 
