@@ -386,8 +386,8 @@ def leaderboard(
     """The best experiments of a level, each agent's best (the first `agents_listed` and the
     caller's own; every agent when None), and the noise the verdicts used."""
     agents = lab.per_agent()
-    listed = agents if agents_listed is None else agents[:agents_listed]
-    listed += [a for a in agents[len(listed) :] if a["agent"] == caller]
+    shown = agents if agents_listed is None else agents[:agents_listed]
+    listed = shown + [a for a in agents[len(shown) :] if a["agent"] == caller]
     return Leaderboard(
         entries=leaderboard_entries(lab, limit, level),
         per_agent=[AgentBest(**a) for a in listed],
