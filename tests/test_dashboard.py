@@ -168,7 +168,7 @@ class LiveServer:
     lab: Lab
     url: str
     token: str
-    real_ids: dict[str, int]
+    recorded_ids: dict[str, int]
 
 
 def serve(lab: Lab) -> Iterator[str]:
@@ -180,7 +180,8 @@ def serve(lab: Lab) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[LiveServer]:
-    """A lab with real finished experiments, synthetic rows for a second agent, served for real."""
+    """A lab with three agents' finished experiments (one crashed), synthetic rows for a fourth,
+    served for real."""
     home = tmp_path_factory.mktemp("dashboard-home")
     shutil.copytree(data_dir, home / "data")
     # confirm_runs=2 and no drift checks: the page is under test here, not the confirmation
@@ -199,21 +200,40 @@ def live(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[L
         add_measured_baseline(lab, BASELINE_VALUES)
         add_synthetic_experiments(lab, "bob", 24, start=3.749, seed=7)
         source = lab.baseline_files["train.py"]
+        # Three agents' finished runs, recorded as the server records them: the pages are under
+        # test here (real runs train in the browser test below; each costs ~10 s of the suite).
         changes = {
             "alice": ("warmdown 0.5 -> 0.7", "WARMDOWN_FRAC = 0.5", "WARMDOWN_FRAC = 0.7"),
             "carol": ("matrix lr 0.02 -> 0.03", "MATRIX_LR = 0.02", "MATRIX_LR = 0.03"),
             "erin": ("crash on purpose: no model", "DEPTH = 4", "DEPTH = 4\nraise SystemExit(3)"),
         }
-        real_ids = {}
+        outcomes: dict[str, dict[str, Any]] = {
+            "alice": {"metric_value": 3.745, "verdict": "within_noise"},
+            "carol": {"metric_value": 3.761, "verdict": "worse"},
+            "erin": {
+                "status": "crash",
+                "metric_value": None,
+                "verdict": "failed",
+                "failure_reason": "train.py exited with status 3",
+            },
+        }
+        recorded_ids = {}
         for agent, (description, old, new) in changes.items():
             assert old in source
-            real_ids[agent], _ = lab.submit(
-                agent, description, files={"train.py": source.replace(old, new, 1)}
+            recorded_ids[agent] = support.finished_run(
+                lab,
+                agent,
+                description,
+                files={"train.py": source.replace(old, new, 1)},
+                log_tail=f"step 1/12 loss 4.01\nstep 12/12 loss 3.80\n{description}",
+                train_seconds=4.0,
+                eval_seconds=1.0,
+                **outcomes[agent],
             )
         wait_idle(lab)
         token = issue_token(lab.store, "person", role="viewer")
         for url in serve(lab):
-            yield LiveServer(lab=lab, url=url, token=token, real_ids=real_ids)
+            yield LiveServer(lab=lab, url=url, token=token, recorded_ids=recorded_ids)
     finally:
         lab.close()
 
@@ -314,7 +334,7 @@ def test_api_and_downloads_match_the_lab(live: LiveServer) -> None:
         assert listing["next_offset"] == 5
         mine = client.get("/api/experiments", params={"agent": "bob", "status": "crash"}).json()
         assert all(r["agent"] == "bob" and r["status"] == "crash" for r in mine["rows"])
-        alice = live.real_ids["alice"]
+        alice = live.recorded_ids["alice"]
         detail = client.get(f"/api/experiments/{alice}").json()
         assert "+WARMDOWN_FRAC = 0.7" in detail["diff_vs_parent"]
         assert detail["lineage"][0]["id"] == alice
@@ -498,7 +518,7 @@ def test_browser_shows_chart_leaderboard_and_opens_a_diff(live: LiveServer) -> N
                 )
 
             # A click on alice's dot opens her experiment with its diff highlighted.
-            alice = live.real_ids["alice"]
+            alice = live.recorded_ids["alice"]
             page.locator(f'#chart .dot[data-id="{alice}"]').click()
             page.wait_for_url(f"**/experiments/{alice}")
             expect(page.locator("h1")).to_contain_text("warmdown 0.5 -> 0.7")
