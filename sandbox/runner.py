@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sandbox.jail import IsolationLevel, JailedProcess, JailLimits, JailSpec, detect_isolation
+from sandbox.standby import Standby, files_digest
 from sandbox.target import ResearchTarget
 from sandbox.warm_start import (
     LAUNCHER,
@@ -161,9 +162,12 @@ class RunResult:
     output_truncated: bool = False
     seed: int = 0
     first_output_seconds: float | None = None
-    # How long the warm training process took to start (Python, imports, the CUDA context)
-    # before the clock started (sandbox/warm_start.py); None for a cold start.
+    # How long the run waited for its warm training process (Python, imports, the CUDA
+    # context) before the clock started (sandbox/warm_start.py): the whole warm-up, or for a run
+    # prepared ahead (sandbox/standby.py) what was left of it; None for a cold start.
     startup_seconds: float | None = None
+    # The training process was launched and warmed ahead, behind the slot's previous run.
+    prepared_ahead: bool = False
     # Budget used past AR_BUDGET_SECONDS (wall seconds for a wall budget, CPU seconds for a
     # CPU budget), inside the grace period or beyond it; 0.0 when training stopped in time.
     # An honest train.py stops by itself within its budget: the lab flags such a run.
@@ -328,10 +332,14 @@ class ExperimentRunner:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         run_name: str | None = None,
+        standby: Standby | None = None,
     ) -> RunResult:
         """Train `files` (the editable files) in a jail, evaluate the artifact in another, return the result.
 
-        Never raises for anything the agent's code does; raises RunRefused for bad settings.
+        ``standby``: this run prepared ahead (``prepare``); used when it was made for the same
+        files and settings and its process still waits, else discarded and the run starts as
+        usual. Never raises for anything the agent's code does; raises RunRefused for bad
+        settings.
         """
         settings = settings.validated()
         started = time.monotonic()
@@ -340,25 +348,28 @@ class ExperimentRunner:
         result = RunResult(
             status="crash", isolation=self.isolation.value, seed=settings.seed, phase="setup"
         )
+        if standby is not None and not standby.serves(files, settings):
+            standby.discard()
+            standby = None
         try:
             result.hashes = self.verify_fixed_parts()
         except RunRefused as exc:
+            if standby is not None:
+                standby.discard()
             result.status, result.failure_reason = "integrity_fail", str(exc)
             return result
 
-        run_dir = self.runs_dir / (run_name or uuid.uuid4().hex[:12])
-        try:
-            (run_dir / "code").mkdir(parents=True, exist_ok=False)
-            (run_dir / "code" / "out").mkdir()
-            (run_dir / "eval").mkdir()
-            (run_dir / ARTIFACT_DIR).mkdir()
-            for name, content in files.items():
-                (run_dir / "code" / name).write_bytes(content)
-        except OSError as exc:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            result.failure_reason = f"could not create the run directory {run_dir}: {exc.strerror or exc}; free disk space or check permissions"
-            result.total_seconds = time.monotonic() - started
-            return result
+        if standby is not None:
+            run_dir = standby.run_dir
+        else:
+            run_dir = self.runs_dir / (run_name or uuid.uuid4().hex[:12])
+            try:
+                self._make_run_dir(run_dir, files)
+            except OSError as exc:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                result.failure_reason = f"could not create the run directory {run_dir}: {exc.strerror or exc}; free disk space or check permissions"
+                result.total_seconds = time.monotonic() - started
+                return result
 
         holdout = False
         if settings.score_holdout:
@@ -368,7 +379,7 @@ class ExperimentRunner:
         try:
             if settings.prewarm_evaluator:
                 evaluator = self._start_evaluator(run_dir, settings, wait=True, holdout=holdout)
-            self._train(run_dir, settings, result, progress, cancel, evaluator)
+            self._train(run_dir, settings, result, progress, cancel, evaluator, standby)
             if result.phase == "evaluate":
                 self._evaluate(run_dir, settings, result, progress, cancel, evaluator, holdout)
         finally:
@@ -388,6 +399,67 @@ class ExperimentRunner:
             else:
                 remove_tree(run_dir)
         return result
+
+    def prepare(
+        self, files: dict[str, bytes], settings: RunSettings, *, run_name: str | None = None
+    ) -> Standby | None:
+        """Prepare a run ahead (sandbox/standby.py): write its run folder and launch its training
+        process, which warms up and waits; pass the standby to ``run`` to start its clock at once.
+
+        None when there is nothing to prepare (no warm start for this target or these settings)
+        or the folder or the jail could not be made (``run`` then meets and reports the same).
+        """
+        settings = settings.validated()
+        if not (settings.warm_start and self.target.warm_imports):
+            return None
+        if warm_script(self.target.train_command) is None:
+            return None
+        if settings.device.startswith("cuda") and not _shares_gpu(settings.device):
+            # An exclusive compute mode: a waiting context would lock out the running run's
+            # evaluator (or be refused while its training holds the GPU).
+            return None
+        run_dir = self.runs_dir / (run_name or uuid.uuid4().hex[:12])
+        try:
+            self._make_run_dir(run_dir, files)
+            process, _ = self._start_training(run_dir, settings)
+        except Exception:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return None
+        return Standby(run_dir, files_digest(files), settings, process)
+
+    @staticmethod
+    def _make_run_dir(run_dir: Path, files: dict[str, bytes]) -> None:
+        """The run folder: code/ with the editable files and out/, eval/, and the artifact's folder."""
+        (run_dir / "code").mkdir(parents=True, exist_ok=False)
+        (run_dir / "code" / "out").mkdir()
+        (run_dir / "eval").mkdir()
+        (run_dir / ARTIFACT_DIR).mkdir()
+        for name, content in files.items():
+            (run_dir / "code" / name).write_bytes(content)
+
+    def _start_training(self, run_dir: Path, settings: RunSettings) -> tuple[JailedProcess, bool]:
+        """Launch the training jail: the warm launcher (True: it waits for "go") or train.py itself."""
+        code_dir = run_dir / "code"
+        spec = JailSpec(
+            workdir=code_dir,
+            readonly_paths=tuple(self.data_dir / sub for sub in self.target.train_data),
+            env=self._contract_env(settings, code_dir / "out"),
+            limits=self._limits(settings),
+            gpu=settings.device.startswith("cuda"),
+            isolation=self.isolation,
+            require_isolation=settings.require_isolation,
+            hidden_paths=self.target.hidden_paths(),
+        )
+        argv = [
+            part.format(python=self.python, target_dir=self.target.target_dir)
+            for part in self.target.train_command
+        ]
+        script = warm_script(self.target.train_command)
+        warm = settings.warm_start and bool(self.target.warm_imports) and script is not None
+        if warm and script is not None:
+            argv = launcher_argv(self.python, script, self.target.warm_imports)
+            spec = replace(spec, stdin_pipe=True, readonly_paths=(*spec.readonly_paths, LAUNCHER))
+        return JailedProcess.start(argv, spec, run_dir / "train.log"), warm
 
     def _contract_env(self, settings: RunSettings, out_dir: Path) -> dict[str, str]:
         threads = str(settings.threads or os.cpu_count() or 1)
@@ -430,33 +502,19 @@ class ExperimentRunner:
         progress: ProgressCallback,
         cancel: threading.Event,
         evaluator: _Evaluator | None = None,
+        standby: Standby | None = None,
     ) -> None:
         """Train under the runner's clock; ``evaluator`` is this run's prewarmed one (its CPU
-        is the run's own, not other load)."""
+        is the run's own, not other load); ``standby`` its training process, launched ahead."""
         code_dir = run_dir / "code"
         out_dir = code_dir / "out"
         log_path = run_dir / "train.log"
-        spec = JailSpec(
-            workdir=code_dir,
-            readonly_paths=tuple(self.data_dir / sub for sub in self.target.train_data),
-            env=self._contract_env(settings, out_dir),
-            limits=self._limits(settings),
-            gpu=settings.device.startswith("cuda"),
-            isolation=self.isolation,
-            require_isolation=settings.require_isolation,
-            hidden_paths=self.target.hidden_paths(),
-        )
-        argv = [
-            part.format(python=self.python, target_dir=self.target.target_dir)
-            for part in self.target.train_command
-        ]
-        script = warm_script(self.target.train_command)
-        warm = settings.warm_start and bool(self.target.warm_imports) and script is not None
-        if warm and script is not None:
-            argv = launcher_argv(self.python, script, self.target.warm_imports)
-            spec = replace(spec, stdin_pipe=True, readonly_paths=(*spec.readonly_paths, LAUNCHER))
         result.phase = "train"
-        process = JailedProcess.start(argv, spec, log_path)
+        if standby is not None:
+            process, warm = standby.process, True
+            result.prepared_ahead = True
+        else:
+            process, warm = self._start_training(run_dir, settings)
         cpu_at_start = 0.0
         if warm:
             took, why = wait_until_ready(process, log_path, WARM_UP_TIMEOUT_SECONDS, cancel)
@@ -1148,6 +1206,12 @@ def gpu_takes_two_processes(device: str) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0 and done.stdout.strip() == "Default"
+
+
+@functools.lru_cache(maxsize=16)
+def _shares_gpu(device: str) -> bool:
+    """gpu_takes_two_processes, asked once per device rather than once per prepared run."""
+    return gpu_takes_two_processes(device)
 
 
 def cpu_share(

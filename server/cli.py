@@ -60,41 +60,21 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--cpu-slots", type=int, default=1, help="experiments at once on a CPU machine (default 1)"
     )
     parser.add_argument(
-        "--baseline-repeats",
-        type=int,
-        default=4,
-        help="baseline runs that measure the noise on first use (default 4)",
+        "--prepare-ahead",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="warm a busy slot's next run while it trains, so the slot does not wait for "
+        "start-up between runs (auto: on GPU slots; on: every slot; off: never)",
     )
-    parser.add_argument(
-        "--noise-k",
-        type=float,
-        default=2.0,
-        help="drift checks and the ladder's transfer verdicts: k x sd (default 2)",
-    )
-    parser.add_argument(
-        "--campaign-experiments",
-        type=int,
-        default=700,
-        help="the campaign the error budget covers, in experiments (default 700)",
-    )
-    parser.add_argument(
-        "--false-wins",
-        type=float,
-        default=0.5,
-        help="expected false improvements per campaign of changes that do nothing (default 0.5)",
-    )
-    parser.add_argument(
-        "--confirm-runs",
-        type=int,
-        default=4,
-        help="fresh-seed runs the server spends on each candidate (default 4)",
-    )
-    parser.add_argument(
-        "--holdout-reads",
-        type=int,
-        default=200,
-        help="how many times the sealed holdout may be scored over the record (default 200)",
-    )
+    for flag, kind, default, text in (
+        ("--baseline-repeats", int, 4, "baseline runs that measure the noise on first use"),
+        ("--noise-k", float, 2.0, "drift checks and the ladder's transfer verdicts: k x sd"),
+        ("--campaign-experiments", int, 700, "the campaign the error budget covers, in experiments"),
+        ("--false-wins", float, 0.5, "expected false improvements per campaign of changes that do nothing"),
+        ("--confirm-runs", int, 4, "fresh-seed runs the server spends on each candidate"),
+        ("--holdout-reads", int, 200, "how many times the sealed holdout may be scored over the record"),
+    ):  # fmt: skip
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default:g})")
     parser.add_argument(
         "--seed", type=int, default=1337, help="the server-owned seed for paired comparisons"
     )
@@ -182,6 +162,7 @@ def lab_settings(args: argparse.Namespace, **overrides: Any) -> LabSettings:
         budget_seconds=args.budget,
         budget_kind=args.budget_kind,
         cpu_slots=args.cpu_slots,
+        prepare_ahead=args.prepare_ahead,
         baseline_repeats=args.baseline_repeats,
         noise_k=args.noise_k,
         campaign_experiments=args.campaign_experiments,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Literal
 
-from sandbox.jail import IsolationLevel, detect_isolation
+from sandbox.jail import IsolationLevel, detect_isolation, require_namespaces
 from sandbox.runner import ExperimentRunner, RunResult, RunSettings
 from sandbox.target import ResearchTarget, load_target
 from sandbox.workspace import FileTooLarge, PathPolicy, Workspace
@@ -99,8 +99,6 @@ class Lab:
         s.error_budget()  # refuses a malformed error budget before anything runs
         self.isolation: IsolationLevel = detect_isolation()
         if s.require_isolation and self.isolation != IsolationLevel.NAMESPACES:
-            from sandbox.jail import require_namespaces
-
             require_namespaces()
         self.store = Store(self.home / "history.sqlite")
         bind_record(self.store, self.target)  # one record, one target: another is refused
@@ -144,7 +142,12 @@ class Lab:
             self.machines.own_machines(),
         )
         self.scheduler = Scheduler(
-            self.store, self.executor, self.job_for, self.on_finish, slot_accepts=self.slot_accepts
+            self.store,
+            self.executor,
+            self.job_for,
+            self.on_finish,
+            self.slot_accepts,
+            s.prepares_ahead,
         )
         self.lifecycle = RunLifecycle(self)
         self.ladder: PromotionLadder | None = PromotionLadder(self)
@@ -172,18 +175,7 @@ class Lab:
     def run_settings(
         self, seed: int, budget_seconds: float | None = None, scale: str | None = None
     ) -> RunSettings:
-        level, machine = self.level(scale), self.machines.of(scale)
-        return RunSettings(
-            extra_env={"AR_SCALE": str(level.model_scale)},
-            budget_seconds=budget_seconds or self.level_budget(scale),
-            budget_kind=machine.budget_kind,
-            device=machine.device if not machine.device.startswith("cuda") else self.slots[0],
-            seed=seed,
-            threads=machine.threads,
-            eval_timeout_seconds=self.settings.eval_timeout_seconds,
-            eval_windows=self.settings.eval_windows,
-            require_isolation=self.settings.require_isolation,
-        )
+        return self.machines.run_settings(seed, budget_seconds or self.level_budget(scale), scale)
 
     def close(self) -> None:
         self.scheduler.stop()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from sandbox.jail import IsolationLevel
-from sandbox.runner import ExperimentRunner, RunRefused
+from sandbox.runner import ExperimentRunner, RunRefused, RunSettings
 from sandbox.target import ResearchTarget
 from server.machine import threads_per_run, val_set_fingerprint
 from server.refusals import LabError
@@ -109,6 +109,7 @@ class LevelMachines:
         isolation: IsolationLevel,
     ) -> None:
         self.server_device = server_device
+        self.settings = settings
         levels: list[ScaleLevel] = []
         slots = list(server_slots)
         for level in settings.scales:
@@ -182,6 +183,21 @@ class LevelMachines:
     def of(self, scale: str | None) -> LevelMachine:
         """The machine of a level (an unknown name: the server's own; Lab.level refuses it)."""
         return self._by_level.get(scale or "S", self.default)
+
+    def run_settings(self, seed: int, budget_seconds: float, scale: str | None) -> RunSettings:
+        """What the runner is told for one run of `scale` (a GPU level: the executor sets the slot)."""
+        level, machine, s = self.settings.level(scale), self.of(scale), self.settings
+        return RunSettings(
+            extra_env={"AR_SCALE": str(level.model_scale)},
+            budget_seconds=budget_seconds,
+            budget_kind=machine.budget_kind,
+            device=machine.device if not machine.device.startswith("cuda") else self.slots[0],
+            seed=seed,
+            threads=machine.threads,
+            eval_timeout_seconds=s.eval_timeout_seconds,
+            eval_windows=s.eval_windows,
+            require_isolation=s.require_isolation,
+        )
 
     def level_runners(self) -> dict[str, ExperimentRunner]:
         """The runner of each level whose data is not the server's (for the executor)."""

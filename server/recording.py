@@ -175,6 +175,8 @@ def finished_run_fields(
         metrics["first_output_seconds"] = round(result.first_output_seconds, 3)
     if result.startup_seconds is not None:
         metrics["startup_seconds"] = round(result.startup_seconds, 2)
+    if result.prepared_ahead:
+        metrics["prepared_ahead"] = True
     val = result.metric_value
     fields = {
         "status": result.status,

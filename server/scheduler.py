@@ -6,7 +6,10 @@ thread hands each free slot the next experiment in round-robin order: the agent 
 least recently goes first, so no agent waits more than one round behind another.
 
 Executors run one experiment on one slot: `LocalExecutor` (this machine, the default) and
-`RayExecutor` (server/ray_executor.py) share the `Executor` protocol.
+`RayExecutor` (server/ray_executor.py) share the `Executor` protocol. An executor that can also
+prepare runs ahead (`PreparingExecutor`: the local one) gets each busy slot's next queued run
+prepared once the running one is past PREPARE_AT of its budget (sandbox/standby.py), so the slot
+does not wait for the next run's start-up.
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sandbox.runner import ExperimentRunner, RunResult, RunSettings
+from sandbox.standby import Standby
 from server.record import QUEUED, RUNNING
 from server.store import Store, utc_now
 
 log = logging.getLogger(__name__)
+
+#: A busy slot's next run is prepared ahead once the running one has used this share of its
+#: budget: late enough that the queue has settled and the warm-up stays clear of the running
+#: run's compilation, early enough that a warm-up (5-15 s on a GPU) ends well before it.
+PREPARE_AT = 0.5
 
 
 class RunStartedListener(Protocol):
@@ -76,8 +85,23 @@ class Executor(Protocol):
     def slots(self) -> list[str]: ...
 
 
+@runtime_checkable
+class PreparingExecutor(Executor, Protocol):
+    """An executor that can prepare a slot's next run while the slot is busy (sandbox/standby.py)."""
+
+    def prepare(self, job: Job, slot: str) -> bool: ...
+
+    def prepared(self) -> dict[str, int]: ...
+
+    def discard(self, slot: str | None = None) -> None: ...
+
+
 class LocalExecutor:
-    """Runs experiments on this machine through the sandbox runner."""
+    """Runs experiments on this machine through the sandbox runner.
+
+    It also keeps at most one run prepared ahead per slot (`prepare`): its folder written and
+    its training process warmed, used by `run` when the same experiment comes to that slot.
+    """
 
     def __init__(
         self,
@@ -88,24 +112,70 @@ class LocalExecutor:
         self.runner = runner
         self._slots = list(slots)
         self._level_runners = dict(level_runners or {})  # levels with data of their own
+        self._lock = threading.Lock()
+        self._standby: dict[str, tuple[int, Standby]] = {}  # slot -> (experiment id, standby)
 
     def slots(self) -> list[str]:
         return list(self._slots)
 
+    def _settings_for(self, job: Job, slot: str) -> RunSettings:
+        if slot.startswith("cuda"):
+            return RunSettings(**{**job.settings.__dict__, "device": slot})
+        return job.settings
+
+    def _run_name(self, job: Job) -> str:
+        return f"exp{job.experiment_id:06d}-{int(time.time())}"
+
     def run(
         self, job: Job, slot: str, on_progress: ProgressFn, cancel: threading.Event
     ) -> RunResult:
-        settings = job.settings
-        if slot.startswith("cuda"):
-            settings = RunSettings(**{**settings.__dict__, "device": slot})
+        with self._lock:
+            waiting = self._standby.pop(slot, None)
+        standby = None
+        if waiting is not None:
+            if waiting[0] == job.experiment_id:
+                standby = waiting[1]
+            else:
+                waiting[1].discard()
         runner = self._level_runners.get(job.level, self.runner)
         return runner.run(
             job.files,
-            settings,
+            self._settings_for(job, slot),
             on_progress=on_progress,
             cancel=cancel,
-            run_name=f"exp{job.experiment_id:06d}-{int(time.time())}",
+            run_name=self._run_name(job),
+            standby=standby,
         )
+
+    def prepare(self, job: Job, slot: str) -> bool:
+        """Prepare `job` to be `slot`'s next run (replacing one prepared for another); False
+        when the runner has nothing to prepare for it."""
+        self.discard(slot)
+        runner = self._level_runners.get(job.level, self.runner)
+        standby = runner.prepare(
+            job.files, self._settings_for(job, slot), run_name=self._run_name(job)
+        )
+        if standby is None:
+            return False
+        with self._lock:
+            replaced = self._standby.get(slot)
+            self._standby[slot] = (job.experiment_id, standby)
+        if replaced is not None:
+            replaced[1].discard()
+        return True
+
+    def prepared(self) -> dict[str, int]:
+        """The experiment each slot has prepared ahead."""
+        with self._lock:
+            return {slot: experiment_id for slot, (experiment_id, _) in self._standby.items()}
+
+    def discard(self, slot: str | None = None) -> None:
+        """Discard the run prepared for `slot` (every slot's with None)."""
+        with self._lock:
+            slots = list(self._standby) if slot is None else [slot]
+            dropped = [self._standby.pop(name) for name in slots if name in self._standby]
+        for _, standby in dropped:
+            standby.discard()
 
 
 def turn_of(experiment: dict[str, Any]) -> str:
@@ -150,6 +220,7 @@ class Scheduler:
         job_for: Callable[[dict[str, Any]], Job],
         on_finish: Callable[[int, RunResult], None],
         slot_accepts: Callable[[str, dict[str, Any]], bool] | None = None,
+        prepares_ahead: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -157,6 +228,10 @@ class Scheduler:
         self.on_finish = on_finish
         # Which experiments a slot may take (scale levels reserve devices); default: any.
         self.slot_accepts = slot_accepts or (lambda slot, experiment: True)
+        # Which busy slots get their next run prepared ahead (sandbox/standby.py), where the
+        # executor can; default: GPU slots (on a CPU slot the warm-up takes the running
+        # run's cores).
+        self.prepares_ahead = prepares_ahead or (lambda slot: slot.startswith("cuda"))
         self._condition = threading.Condition()
         # Told (from the scheduler's thread) that a run started: live updates subscribe. Weak:
         # a listener lives as long as its MCP server.
@@ -193,6 +268,9 @@ class Scheduler:
             worker.join(max(0.0, deadline - time.monotonic()))
         if self._thread:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+        preparer = self._preparer()
+        if preparer is not None:
+            preparer.discard()
 
     def pause(self, paused: bool = True) -> None:
         with self._condition:
@@ -280,9 +358,72 @@ class Scheduler:
                     if slot is not None and self._start(experiment, slot):
                         free.remove(slot)
                         started_any = True
+            try:
+                self._prepare_ahead()
+            except Exception:  # preparing ahead only saves time: never stop dispatching for it
+                log.exception("preparing the next run ahead failed")
             with self._condition:
                 if not started_any and not self._stopping:
                     self._condition.wait(1.0)
+
+    # ------------------------------------------------------------ runs prepared ahead
+
+    def _preparer(self) -> PreparingExecutor | None:
+        return self.executor if isinstance(self.executor, PreparingExecutor) else None
+
+    def _prepare_ahead(self) -> None:
+        """Prepare the next run of each busy slot past PREPARE_AT of its budget (sandbox/standby.py).
+
+        A standby is kept while its experiment is queued (a run dispatched to another slot, or
+        cancelled, loses its standby); the dispatcher does not bend its order for one: a slot
+        whose next run is another experiment discards it and warms up as usual.
+        """
+        preparer = self._preparer()
+        if preparer is None:
+            return
+        with self._condition:
+            if self._stopping:
+                return
+            running = {experiment_id: slot for experiment_id, (slot, _) in self._running.items()}
+            nearly_free = (
+                []
+                if self._paused
+                else [
+                    slot
+                    for experiment_id, slot in running.items()
+                    if self.prepares_ahead(slot) and self._nearly_done(experiment_id)
+                ]
+            )
+        prepared = preparer.prepared()
+        if not prepared and not nearly_free:
+            return
+        order = self.queue_order()
+        queued = {experiment["id"] for experiment in order}
+        for slot, experiment_id in list(prepared.items()):
+            # Dispatched to its slot: the run's worker is taking it. Still queued: kept.
+            if running.get(experiment_id) != slot and experiment_id not in queued:
+                preparer.discard(slot)
+                del prepared[slot]
+        taken = set(prepared.values())
+        for slot in nearly_free:
+            if slot in prepared:
+                continue
+            following = next(
+                (e for e in order if e["id"] not in taken and self.slot_accepts(slot, e)), None
+            )
+            if following is None:
+                continue
+            taken.add(following["id"])
+            preparer.prepare(self.job_for(following), slot)
+
+    def _nearly_done(self, experiment_id: int) -> bool:
+        """Training past PREPARE_AT of its budget, or evaluating (called holding the condition)."""
+        live = self._progress.get(experiment_id)
+        if live is None or live.phase == "finishing":
+            return False
+        if live.phase != "training":
+            return True
+        return bool(live.total) and live.done >= PREPARE_AT * live.total
 
     def _start(self, experiment: dict[str, Any], slot: str) -> bool:
         experiment_id = experiment["id"]

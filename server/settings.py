@@ -145,6 +145,10 @@ class LabSettings:
     # the wall clock (the GPU is not shared with the neighbours' CPU load).
     budget_kind: Literal["wall", "cpu"] | None = None
     cpu_slots: int = 1
+    # Prepare a busy slot's next run ahead (sandbox/standby.py: folder written, training
+    # process warmed) so its clock starts as soon as the slot frees. auto: GPU slots only (on a
+    # CPU slot the warm-up would take the running run's cores); on: every slot; off: none.
+    prepare_ahead: Literal["auto", "on", "off"] = "auto"
     seed: int = 1337  # the paired-comparison seed; repeats use seed + n
     noise_k: float = 2.0  # drift checks and the ladder's transfer verdicts: k x sd
     baseline_repeats: int = 4
@@ -186,6 +190,12 @@ class LabSettings:
     executor: Literal["local", "ray"] = "local"  # ray: experiments as tasks on a Ray cluster
     ray_address: str | None = None  # e.g. HEAD:6379; None: RAY_ADDRESS or a local Ray
     ray_cpus_per_slot: int = 1  # on a CPU-only Ray cluster: CPUs per experiment (one slot each)
+
+    def prepares_ahead(self, slot: str) -> bool:
+        """Whether `slot`'s next run is prepared while it is busy (prepare_ahead)."""
+        if self.prepare_ahead == "auto":
+            return slot.startswith("cuda")
+        return self.prepare_ahead == "on"
 
     def level(self, scale: str | None) -> ScaleLevel:
         """The operator's definition of a scale level ('S' is the default budget and model)."""
