@@ -14,6 +14,7 @@ import sqlite_utils
 
 # What the dedupe and similar_experiments read of a row (never the code or the diffs).
 DESCRIPTION_SCAN = 20_000  # similar_experiments(description): the newest experiments searched
+MAX_COUNTED_WORDS = 20_000  # words whose description counts are kept (then counted afresh)
 SIMILAR_COLUMNS = (
     "id, agent, kind, status, verdict, metric_value, description, failure_reason, force_reason, "
     "change_fingerprint, change_edits, code_hash"
@@ -25,6 +26,8 @@ class SimilarStore:
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
+        # word -> (descriptions holding it, the largest experiment id when counted)
+        self._description_counts: dict[str, tuple[int, int]] = {}
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         rows = [dict(r) for r in self.db.query(sql, params)]
@@ -74,19 +77,63 @@ class SimilarStore:
         """Experiments and promotions whose description shares words with `text` (any word,
         best match first, any status: failures are what this is for), among the newest
         DESCRIPTION_SCAN experiments: ranking every match of a common word over a 10^5-row
-        record cost ~140 ms a call (bench/agents.py), the newest 20,000 ~35 ms."""
-        match = any_word_query(text)
-        if match is None:
+        record cost ~140 ms a call (bench/agents.py), the newest 20,000 ~35 ms.
+
+        Words in half the record's descriptions or more are left out of the ranked search:
+        FTS5's bm25 clamps their idf to 1e-6, so they moved no rank, yet each one made every
+        row a match to score (a word in every description took a call from ~68 to ~29 ms
+        without it). The rows that share only such words come after the ranked ones, newest
+        first (their scores were ~0, ordered by description length alone)."""
+        words = description_words(text)
+        if not words:
             return []
         newest = self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM experiments").fetchone()[0]
+        common = self._common_words(words, newest)
+        rare = [word for word in words if word not in common]
+        rows = self._matching(rare, newest - DESCRIPTION_SCAN, limit, ranked=True) if rare else []
+        if len(rows) < limit and common:
+            seen = {row["id"] for row in rows}
+            newest_first = self._matching(
+                sorted(common), newest - DESCRIPTION_SCAN, limit + len(rows), ranked=False
+            )
+            rows += [row for row in newest_first if row["id"] not in seen][: limit - len(rows)]
+        return rows
+
+    def _matching(
+        self, words: list[str], after_id: int, limit: int, *, ranked: bool
+    ) -> list[dict[str, Any]]:
+        """Experiments and promotions past `after_id` whose description has any of `words`:
+        by bm25 (then newest) when `ranked`, else newest first (FTS5 walks its index by rowid)."""
+        order = "bm25(experiments_fts), e.id DESC" if ranked else "experiments_fts.rowid DESC"
         return self._rows(
             f"SELECT {', '.join('e.' + c.strip() for c in SIMILAR_COLUMNS.split(','))} "
             "FROM experiments_fts JOIN experiments e ON e.rowid = experiments_fts.rowid "
             "WHERE experiments_fts MATCH ? AND experiments_fts.rowid > ? "
-            "AND e.kind IN ('experiment', 'promotion') "
-            "ORDER BY bm25(experiments_fts), e.id DESC LIMIT ?",
-            ["description : " + match, newest - DESCRIPTION_SCAN, limit],
+            f"AND e.kind IN ('experiment', 'promotion') ORDER BY {order} LIMIT ?",
+            ["description : " + quoted_any(words), after_id, limit],
         )
+
+    def _common_words(self, words: list[str], newest: int) -> set[str]:
+        """The words in at least half of the record's descriptions (idf <= 0 for bm25).
+
+        A word's count is kept with the largest id at the time: counts only grow and the
+        largest id bounds the row count from above, so a word found common stays common; one
+        that was not is counted again once the record has grown by a tenth."""
+        common = set()
+        for word in words:
+            kept = self._description_counts.get(word)
+            if kept is None or (kept[0] * 2 < newest and newest > kept[1] * 1.1):
+                if len(self._description_counts) >= MAX_COUNTED_WORDS:
+                    self._description_counts.clear()
+                count = self.db.execute(
+                    "SELECT count(*) FROM experiments_fts WHERE experiments_fts MATCH ?",
+                    ["description : " + quoted_any([word])],
+                ).fetchone()[0]
+                kept = (count, newest)
+                self._description_counts[word] = kept
+            if kept[0] * 2 >= newest:
+                common.add(word)
+        return common
 
 
 def all_words_query(text: str) -> str:
@@ -95,10 +142,19 @@ def all_words_query(text: str) -> str:
     return " ".join(f'"{w}"' for w in words if w) or '""'
 
 
+def description_words(text: str, max_words: int = 16) -> list[str]:
+    """The words (3+ characters, lower case, sorted, at most `max_words`) a description search
+    matches on."""
+    return sorted({w for w in re.findall(r"[a-z0-9_]+", text.lower()) if len(w) >= 3})[:max_words]
+
+
+def quoted_any(words: list[str]) -> str:
+    """An FTS5 query matching any of `words` (letters, digits and _ only), each quoted."""
+    return "(" + " OR ".join(f'"{w}"' for w in words) + ")"
+
+
 def any_word_query(text: str, max_words: int = 16) -> str | None:
     """An FTS5 query matching any of the words (3+ characters) of agent-written text, each
     quoted so that no text is FTS5 syntax; None when there is no such word."""
-    words = sorted({w for w in re.findall(r"[a-z0-9_]+", text.lower()) if len(w) >= 3})
-    if not words:
-        return None
-    return "(" + " OR ".join(f'"{w}"' for w in words[:max_words]) + ")"
+    words = description_words(text, max_words)
+    return quoted_any(words) if words else None
