@@ -239,6 +239,7 @@ class Scheduler:
         self._running: dict[
             int, tuple[str, threading.Event]
         ] = {}  # experiment id -> (slot, cancel)
+        self._unprepared: set[tuple[str, int]] = set()  # (slot, experiment) not prepared ahead
         self._progress: dict[int, LiveProgress] = {}
         self._last_served: dict[str, float] = {}
         self._stopping = False
@@ -411,10 +412,15 @@ class Scheduler:
             following = next(
                 (e for e in order if e["id"] not in taken and self.slot_accepts(slot, e)), None
             )
-            if following is None:
+            if following is None or (slot, following["id"]) in self._unprepared:
                 continue
             taken.add(following["id"])
-            preparer.prepare(self.job_for(following), slot)
+            if not preparer.prepare(self.job_for(following), slot):
+                # Nothing to prepare for it (a cold start, an exclusive GPU) or it failed: the
+                # run starts as usual, and this is not tried again every second.
+                if len(self._unprepared) > 1000:
+                    self._unprepared.clear()
+                self._unprepared.add((slot, following["id"]))
 
     def _nearly_done(self, experiment_id: int) -> bool:
         """Training past PREPARE_AT of its budget, or evaluating (called holding the condition)."""
