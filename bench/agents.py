@@ -464,7 +464,7 @@ async def drive(
         if any(t.done() and t.exception() for t in tasks):
             await asyncio.gather(*tasks)
         await asyncio.sleep(0.05)
-    t0 = time.perf_counter()
+    t0, began = time.perf_counter(), time.time()
     gate.set()
     agents_done = asyncio.gather(*tasks)
     dashboard = asyncio.create_task(poll_dashboard(url, viewer, agents_done))
@@ -475,7 +475,18 @@ async def drive(
         "wall_s": wall,
         "claims_seen": claims_seen,
         "dashboard": await dashboard,
+        "server_side": await server_timings(url, viewer, began),
     }
+
+
+async def server_timings(url: str, viewer: str, since: float) -> dict[str, Any]:
+    """The server's own time per tool for the calls since `since` (GET /api/timings)."""
+    import httpx2
+
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {viewer}"}) as http:
+        response = await http.get(url + "/api/timings", params={"since": since}, timeout=60)
+    response.raise_for_status()
+    return dict(response.json())
 
 
 DASHBOARD_PATHS = ("/", "/api/chart", "/api/leaderboard", "/api/queue")
@@ -565,6 +576,28 @@ def tool_table(title: str, run: dict[str, Any]) -> list[str]:
         f"| **all** | {len(every)} | {quantile(every, 0.5):.1f} | {p95:.1f} | {max(every):.1f} "
         f"| {'met' if p95 <= 100 else 'MISSED'} (<= 100) |"
     )
+    return lines
+
+
+def server_side_table(run: dict[str, Any]) -> list[str]:
+    """The same calls as the server timed them (server/timings.py): arrival at the MCP endpoint
+    to the answer's last byte. The rest of a client's figure is the client's own time."""
+    lines = [
+        "Server side (GET /api/timings: arrival at /mcp to the answer's last byte):",
+        "",
+        "| tool | calls | p50 ms | p95 ms | max ms | goal |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    figures = run["server_side"]
+    rows = [*figures["tools"], *([figures["all"]] if figures["all"] else [])]
+    for row in rows:
+        goal = 50 if row["tool"] in ("get_history", "get_leaderboard") else 100
+        met = "met" if row["p95_ms"] <= goal else "MISSED"
+        name = "**all**" if row["tool"] == "all" else row["tool"]
+        lines.append(
+            f"| {name} | {row['calls']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+            f"{row['max_ms']:.1f} | {met} (<= {goal}) |"
+        )
     return lines
 
 
@@ -697,6 +730,7 @@ def run_large(args: argparse.Namespace) -> int:
     )
     lines = [*report, ""]
     lines += tool_table(f"Think-time run ({arrival})", think)
+    lines += ["", *server_side_table(think)]
     lines += ["", cpu_line(think)]
     lines += [
         "",
@@ -708,6 +742,8 @@ def run_large(args: argparse.Namespace) -> int:
             f"Saturation run ({args.agent_count} agents x {args.saturation_calls} calls, no think time)",
             saturated,
         ),
+        "",
+        *server_side_table(saturated),
         "",
         cpu_line(saturated),
     ]

@@ -46,6 +46,7 @@ from server.app import build_server
 from server.auth import StoreTokenVerifier, lookup_token
 from server.lab import Lab
 from server.request_limits import too_deep_error
+from server.timings import ToolTimer, ToolTimings
 
 COOKIE = "autoresearch_token"
 MCP_PATH = "/mcp"
@@ -466,8 +467,9 @@ def build_app(
             "this mcp SDK's StreamableHTTPSessionManager has no _server_instances/asgi_app; "
             "McpGate (per-token session cap) must be adapted to it"
         )
+    timings = ToolTimings()
     manager.asgi_app = McpGate(  # type: ignore[assignment]
-        manager.asgi_app,
+        ToolTimer(manager.asgi_app, timings, mcp.list_tools),
         live_session_ids=lambda: set(sessions),
         sessions_per_token=mcp_sessions_per_token,
         idle_seconds=mcp_session_idle_seconds,
@@ -489,6 +491,7 @@ def build_app(
     )
     app.state.lab = lab
     app.state.access = Access(lab, auth)
+    app.state.timings = timings
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, Any]:
@@ -496,7 +499,7 @@ def build_app(
 
     from server import dashboard
 
-    dashboard.register(app, lab, app.state.access)
+    dashboard.register(app, lab, app.state.access, timings)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -43,6 +43,7 @@ from server.lab import Lab
 from server.models import ExperimentDetail, Leaderboard, NoiseInfo
 from server.patch_export import patches_zip
 from server.record import ListedKind, Status
+from server.timings import Timings, ToolTimings
 
 COOKIE = "autoresearch_token"  # the same name web.py's Access reads
 COOKIE_MAX_AGE = 7 * 24 * 3600
@@ -54,8 +55,11 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def register(app: FastAPI, lab: Lab, access: Callable[[Request], str]) -> None:
-    """Add the dashboard's pages, downloads and JSON API to `app`, all behind `access`."""
+def register(
+    app: FastAPI, lab: Lab, access: Callable[[Request], str], timings: ToolTimings | None = None
+) -> None:
+    """Add the dashboard's pages, downloads and JSON API to `app`, all behind `access`
+    (`/api/timings` where the MCP endpoint's `timings` are kept)."""
     version = static_version()
     png_cache: dict[str, bytes] = {}
     png_lock = threading.Lock()
@@ -216,6 +220,22 @@ def register(app: FastAPI, lab: Lab, access: Callable[[Request], str]) -> None:
     )
     def api_queue(viewer: str = Depends(access)) -> QueueState:
         return queue_state(lab)
+
+    if timings is not None:
+
+        @app.get(
+            "/api/timings",
+            response_model=Timings,
+            responses=UNAUTHORIZED,
+            summary="The server's own response time per MCP tool: p50, p95 and max (server/timings.py)",
+        )
+        def api_timings(
+            viewer: str = Depends(access),
+            since: Annotated[
+                float | None, Query(ge=0, description="unix time: calls from then on")
+            ] = None,
+        ) -> Timings:
+            return timings.summary(since)
 
     @app.get(
         "/api/noise",

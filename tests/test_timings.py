@@ -1,0 +1,88 @@
+"""The server's own response time per MCP tool (server/timings.py): real MCP clients over the
+real HTTP app, then `GET /api/timings` with a token. A client that calls tools the server does not
+have cannot grow the table: such calls are counted as "other".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import free_port, lab_on_copy, serve_app
+
+from server.auth import issue_token
+from server.lab import Lab
+from server.web import build_app
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, Lab]]:
+    lab = lab_on_copy(tmp_path / "home", data_dir, start_scheduler=False)
+    port = free_port()
+    try:
+        with serve_app(build_app(lab, host="127.0.0.1", port=port), port) as url:
+            yield url, lab
+    finally:
+        lab.close()
+
+
+async def connect(stack: AsyncExitStack, url: str, token: str) -> Any:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    await stack.enter_async_context(http)
+    return await stack.enter_async_context(
+        Client(streamable_http_client(url + "/mcp", http_client=http))
+    )
+
+
+def timings(url: str, token: str, **params: Any) -> dict[str, Any]:
+    response = httpx.get(
+        url + "/api/timings", params=params, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+@pytest.mark.anyio
+async def test_each_tool_calls_time_is_kept_and_junk_names_stay_other(
+    served: tuple[str, Lab],
+) -> None:
+    url, lab = served
+    token = issue_token(lab.store, "alice")
+    viewer = issue_token(lab.store, "watcher", role="viewer")
+    assert httpx.get(url + "/api/timings").status_code == 401
+    async with AsyncExitStack() as stack:
+        client = await connect(stack, url, token)
+        for _ in range(3):
+            assert not (await client.call_tool("get_history", {})).is_error
+        assert not (await client.call_tool("read_file", {"path": "train.py", "limit": 5})).is_error
+        started = time.time()
+        for n in range(4):
+            result = await client.call_tool(f"no_such_tool_{n}", {})
+            assert result.is_error
+        assert not (await client.call_tool("get_leaderboard", {})).is_error
+
+    figures = timings(url, viewer)
+    by_tool = {row["tool"]: row for row in figures["tools"]}
+    assert set(by_tool) == {"get_history", "read_file", "get_leaderboard", "other"}
+    assert by_tool["get_history"]["calls"] == 3 and by_tool["other"]["calls"] == 4
+    for row in figures["tools"]:
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["max_ms"] < 60_000, row
+    assert figures["all"]["calls"] == 9
+
+    later = timings(url, token, since=started)
+    assert {row["tool"]: row["calls"] for row in later["tools"]} == {
+        "other": 4,
+        "get_leaderboard": 1,
+    }
+    assert timings(url, token, since=time.time() + 60)["all"] is None
