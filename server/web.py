@@ -42,9 +42,12 @@ from mcp.types import INVALID_REQUEST, ErrorData, JSONRPCError
 from pydantic import AnyHttpUrl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import presentation
 from server.app import build_server
 from server.auth import StoreTokenVerifier, lookup_token
+from server.cache_warmer import CacheWarmer
 from server.lab import Lab
+from server.models import LISTED_AGENTS
 from server.request_limits import too_deep_error
 from server.timings import ToolTimer, ToolTimings
 
@@ -476,10 +479,18 @@ def build_app(
         max_body_bytes=manager.max_request_body_size,
     )
 
+    warmer = CacheWarmer(
+        lab.store, lambda: presentation.leaderboard(lab, agents_listed=LISTED_AGENTS)
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with mcp.session_manager.run():
-            yield
+        warmer.start()
+        try:
+            async with mcp.session_manager.run():
+                yield
+        finally:
+            warmer.stop()
 
     app = FastAPI(
         title="autoresearch-mcp",

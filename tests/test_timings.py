@@ -1,6 +1,7 @@
 """The server's own response time per MCP tool (server/timings.py): real MCP clients over the
 real HTTP app, then `GET /api/timings` with a token. A client that calls tools the server does not
-have cannot grow the table: such calls are counted as "other".
+have cannot grow the table: such calls are counted as "other". And the leaderboard's kept
+answers rebuilt in the background when the record changes (server/cache_warmer.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from support import free_port, lab_on_copy, serve_app
+from support import finished_run, free_port, lab_on_copy, serve_app, wait_until
 
+from server import presentation
 from server.auth import issue_token
+from server.cache_warmer import CacheWarmer
 from server.lab import Lab
+from server.models import LISTED_AGENTS
+from server.store.read_cache import experiments_changes
 from server.web import build_app
 
 pytestmark = pytest.mark.e2e
@@ -86,3 +91,27 @@ async def test_each_tool_calls_time_is_kept_and_junk_names_stay_other(
         "get_leaderboard": 1,
     }
     assert timings(url, token, since=time.time() + 60)["all"] is None
+
+
+def test_the_leaderboard_is_rebuilt_when_the_record_changes_before_anyone_asks(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    lab = lab_on_copy(tmp_path / "home", data_dir, start_scheduler=False)
+    warmer = CacheWarmer(
+        lab.store, lambda: presentation.leaderboard(lab, agents_listed=LISTED_AGENTS), 0.05
+    )
+    warmer.start()
+    try:
+        wait_until(lambda: warmer.rebuilds == 1, timeout=30)
+        finished_run(lab, "alice", "a wider mlp", metric_value=1.9)
+        wait_until(lambda: warmer.rebuilds == 2, timeout=30)
+        version = experiments_changes(lab.store.db)
+        assert version is not None
+        # The per-agent table (the costly part) is kept at the new version: no caller rebuilds it.
+        kept, rows = lab.store.read_cache._fresh(("per_agent",), version)
+        assert kept and [row["agent"] for row in rows] == ["alice"]
+        time.sleep(0.3)
+        assert warmer.rebuilds == 2  # nothing changed: nothing rebuilt
+    finally:
+        warmer.stop()
+        lab.close()
