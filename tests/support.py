@@ -127,6 +127,23 @@ def wait_for_healthz(
     )
 
 
+async def connect_over_http(
+    stack: contextlib.AsyncExitStack, url: str, token: str | None, *, timeout: float = 120
+) -> Any:
+    """A real MCP client (the SDK's, streamable HTTP) on `url`/mcp, with `token` as its bearer
+    (none without), closed with `stack`."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    http = httpx2.AsyncClient(headers=headers, timeout=timeout)
+    await stack.enter_async_context(http)
+    return await stack.enter_async_context(
+        Client(streamable_http_client(url + "/mcp", http_client=http))
+    )
+
+
 class ExperimentSource(Protocol):
     """Anything that reads an experiment row by id (the Lab does)."""
 

@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from support import free_port, wait_for_healthz
+from support import connect_over_http, free_port, wait_for_healthz
 
 from server.store import FINAL_STATUSES
 
@@ -115,15 +115,7 @@ def rows(home: Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, A
 
 
 async def connect(stack: AsyncExitStack, url: str, token: str) -> Any:
-    import httpx2
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120)
-    await stack.enter_async_context(http)
-    return await stack.enter_async_context(
-        Client(streamable_http_client(url + "/mcp", http_client=http))
-    )
+    return await connect_over_http(stack, url, token)
 
 
 async def call(client: Any, tool: str, progress: Any = None, **arguments: Any) -> dict[str, Any]:

@@ -14,7 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from support import finished_run, free_port, lab_on_copy, serve_app, wait_until
+from support import (
+    connect_over_http,
+    finished_run,
+    free_port,
+    lab_on_copy,
+    serve_app,
+    wait_until,
+)
 
 from server import presentation
 from server.auth import issue_token
@@ -38,18 +45,6 @@ def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, Lab]]:
         lab.close()
 
 
-async def connect(stack: AsyncExitStack, url: str, token: str) -> Any:
-    import httpx2
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    await stack.enter_async_context(http)
-    return await stack.enter_async_context(
-        Client(streamable_http_client(url + "/mcp", http_client=http))
-    )
-
-
 def timings(url: str, token: str, **params: Any) -> dict[str, Any]:
     response = httpx.get(
         url + "/api/timings", params=params, headers={"Authorization": f"Bearer {token}"}
@@ -67,7 +62,7 @@ async def test_each_tool_calls_time_is_kept_and_junk_names_stay_other(
     viewer = issue_token(lab.store, "watcher", role="viewer")
     assert httpx.get(url + "/api/timings").status_code == 401
     async with AsyncExitStack() as stack:
-        client = await connect(stack, url, token)
+        client = await connect_over_http(stack, url, token, timeout=60)
         for _ in range(3):
             assert not (await client.call_tool("get_history", {})).is_error
         assert not (await client.call_tool("read_file", {"path": "train.py", "limit": 5})).is_error

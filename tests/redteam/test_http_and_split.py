@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from support import free_port, serve_app
+from support import connect_over_http, free_port, serve_app
 
 from server.app import build_server
 from server.auth import issue_token
@@ -94,15 +94,7 @@ def nested(depth: int) -> Any:
 
 
 async def mcp_client(stack: AsyncExitStack, url: str, token: str | None) -> Client:
-    import httpx2
-    from mcp.client.streamable_http import streamable_http_client
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    http = httpx2.AsyncClient(headers=headers, timeout=60)
-    await stack.enter_async_context(http)
-    return await stack.enter_async_context(
-        Client(streamable_http_client(url + "/mcp", http_client=http))
-    )
+    return await connect_over_http(stack, url, token, timeout=60)
 
 
 # ---------------------------------------------------------------- 4. the split
@@ -296,6 +288,33 @@ async def test_one_token_cannot_exhaust_sessions(web_lab: Lab) -> None:
             while (await http.post("/mcp", json=INIT, headers=auth)).status_code != 200:
                 assert time.monotonic() < deadline, "idle sessions never expired"
                 await anyio.sleep(0.25)
+
+
+# ---------------------------------------------------------------- the timings table
+
+
+async def test_invented_tool_names_cannot_grow_or_bend_the_timings(web_lab: Lab) -> None:
+    """Hack: an agent calls 300 tools that do not exist (names of its choosing, some long), and
+    posts bodies that are not JSON-RPC, to grow the server's per-tool timings table
+    (server/timings.py) without bound, or to plant its own rows beside the real tools' figures.
+    Defence: only the server's own tool names get a row; everything else (a malformed tools/call
+    too) is one row, "other"; a body that is not a tools/call is not timed at all."""
+    mallory = issue_token(web_lab.store, "mallory-timings", role="agent")
+    with served(web_lab) as url:
+        async with AsyncExitStack() as stack:
+            client = await mcp_client(stack, url, mallory)
+            for n in range(300):
+                result = await client.call_tool(f"get_history_{n}" + "x" * (n % 7) * 40, {})
+                assert result.is_error
+            assert not (await client.call_tool("read_file", {"path": "train.py"})).is_error
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            auth = {**MCP_HEADERS, "Authorization": f"Bearer {mallory}"}
+            for body in (b"not json", b'{"method": "tools/call", "params": 7}', b"[1, 2]"):
+                await http.post("/mcp", content=body, headers=auth)
+            figures = (await http.get("/api/timings", headers=auth)).json()
+    rows = {row["tool"]: row["calls"] for row in figures["tools"]}
+    assert set(rows) == {"other", "read_file"}, rows
+    assert rows["other"] == 301 and rows["read_file"] == 1  # 300 names + the params-less call
 
 
 # ---------------------------------------------------------------- 7. deep nesting
