@@ -4,16 +4,17 @@ import dataclasses
 from typing import Annotated, Any
 
 from mcp.server import MCPServer
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from server.lab import Lab
 from server.suggest import SamplerName, suggester_for
 from server.tool_support import EDITS, AgentName, OwnThreads, in_thread, refusals
+from server.wire import WireModel
 
 MAX_PARAMETER_NAMES = 64
 
 
-class SuggestionResult(BaseModel):
+class SuggestionResult(WireModel):
     """A proposal for train.py's numeric hyperparameters and the edit that applies it."""
 
     suggestion_id: int = Field(description="this suggestion's id in the record")

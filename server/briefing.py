@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from server.lab import Lab
 from server.presentation import noise_info
@@ -21,6 +21,7 @@ from server.standings import cost_summary
 from server.untrusted import AGENT_TEXT_NOTICE as BLOCK_NOTICE
 from server.untrusted import agent_text
 from server.verdicts import published
+from server.wire import WireModel
 
 BRIEFING_DEAD_ENDS = 12
 BRIEFING_PATH_STEPS = 12
@@ -40,7 +41,7 @@ def clip(text: str | None, limit: int) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-class BriefingStep(BaseModel):
+class BriefingStep(WireModel):
     id: int
     agent: str
     description: str
@@ -51,7 +52,7 @@ class BriefingStep(BaseModel):
     verdict: str | None
 
 
-class DeadEnd(BaseModel):
+class DeadEnd(WireModel):
     id: int
     agent: str
     description: str
@@ -60,14 +61,14 @@ class DeadEnd(BaseModel):
     reason: str | None = Field(None, description="why it failed, as recorded (cut short)")
 
 
-class BriefingClaim(BaseModel):
+class BriefingClaim(WireModel):
     id: int
     agent: str
     text: str
     expires_at: str
 
 
-class Briefing(BaseModel):
+class Briefing(WireModel):
     best: dict[str, Any] | None = Field(
         description="the top of the leaderboard (confirmed entries rank first)"
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from server.wire import WireModel
 
 # Lists in a tool result that grow with the team are cut to these lengths, with their totals:
 # with 100 agents, get_history carried 94 open claims (41 kB of text) and get_leaderboard 100
@@ -15,7 +17,7 @@ LISTED_QUEUE = 30
 LISTED_AGENTS = 20
 
 
-class FileInfo(BaseModel):
+class FileInfo(WireModel):
     name: str
     access: str = Field(
         description="editable (apply_patch/edit_file/write_file) or readable (read_file only)"
@@ -24,7 +26,7 @@ class FileInfo(BaseModel):
     lines: int
 
 
-class FileList(BaseModel):
+class FileList(WireModel):
     files: list[FileInfo]
     workspace_code_hash: str
     parent_experiment_id: int | None = Field(
@@ -33,7 +35,7 @@ class FileList(BaseModel):
     note: str
 
 
-class FileContent(BaseModel):
+class FileContent(WireModel):
     path: str
     access: str
     content: str = Field(
@@ -48,7 +50,7 @@ class FileContent(BaseModel):
     )
 
 
-class EditResult(BaseModel):
+class EditResult(WireModel):
     files: list[str]
     hunks: int
     lines_added: int
@@ -58,7 +60,7 @@ class EditResult(BaseModel):
     next_step: str
 
 
-class ExperimentResult(BaseModel):
+class ExperimentResult(WireModel):
     """The compact result an agent reads after a run (full detail: get_experiment)."""
 
     id: int
@@ -135,7 +137,7 @@ class ExperimentDetail(ExperimentResult):
     finished_at: str | None = None
 
 
-class HistoryRow(BaseModel):
+class HistoryRow(WireModel):
     id: int
     agent: str
     kind: str
@@ -150,7 +152,7 @@ class HistoryRow(BaseModel):
     finished_at: str | None = None
 
 
-class LeaderboardEntry(BaseModel):
+class LeaderboardEntry(WireModel):
     rank: int
     id: int
     agent: str
@@ -180,7 +182,7 @@ class LeaderboardEntry(BaseModel):
     )
 
 
-class AgentBest(BaseModel):
+class AgentBest(WireModel):
     agent: str
     best_id: int | None
     best_metric_value: float | None
@@ -192,7 +194,7 @@ class AgentBest(BaseModel):
     )
 
 
-class Claim(BaseModel):
+class Claim(WireModel):
     id: int
     agent: str
     text: str
@@ -200,7 +202,7 @@ class Claim(BaseModel):
     expires_at: str
 
 
-class NoiseInfo(BaseModel):
+class NoiseInfo(WireModel):
     metric: str = Field("", description="the research target's metric (each result's metric_value)")
     direction: str = Field("minimize", description="minimize | maximize: which way it improves")
     hardware: str
@@ -227,7 +229,7 @@ class NoiseInfo(BaseModel):
     )
 
 
-class Leaderboard(BaseModel):
+class Leaderboard(WireModel):
     entries: list[LeaderboardEntry]
     per_agent: list[AgentBest] = Field(
         description="the agents with the best results first (over MCP: the first "
@@ -237,7 +239,7 @@ class Leaderboard(BaseModel):
     noise: NoiseInfo
 
 
-class RunRequest(BaseModel):
+class RunRequest(WireModel):
     """A run_experiment call that an earlier experiment answered (nothing new was queued)."""
 
     id: int
@@ -249,7 +251,7 @@ class RunRequest(BaseModel):
     created_at: str
 
 
-class History(BaseModel):
+class History(WireModel):
     rows: list[HistoryRow]
     total: int
     next_offset: int | None
@@ -272,20 +274,20 @@ class History(BaseModel):
     )
 
 
-class CheckoutResult(BaseModel):
+class CheckoutResult(WireModel):
     experiment_id: int | None
     files: list[str]
     workspace_code_hash: str
     note: str
 
 
-class CancelResult(BaseModel):
+class CancelResult(WireModel):
     id: int
     status: str
     note: str
 
 
-class ClaimResult(BaseModel):
+class ClaimResult(WireModel):
     claim: Claim
     open_claims: list[Claim] = Field(
         description=f"the newest {LISTED_CLAIMS} open idea claims, at most "
@@ -295,7 +297,7 @@ class ClaimResult(BaseModel):
     note: str
 
 
-class PaperRef(BaseModel):
+class PaperRef(WireModel):
     """A paper's arXiv metadata; everything its authors wrote is in `untrusted_text` instead."""
 
     arxiv_id: str
@@ -312,7 +314,7 @@ class PaperRef(BaseModel):
     )
 
 
-class PaperSearchView(BaseModel):
+class PaperSearchView(WireModel):
     """search_papers: ids and links as data; titles, authors and abstracts only inside delimiters."""
 
     query: str
@@ -327,7 +329,7 @@ class PaperSearchView(BaseModel):
     )
 
 
-class PaperView(BaseModel):
+class PaperView(WireModel):
     """get_paper: one paper's metadata, its delimited text, and the experiments it inspired."""
 
     paper: PaperRef
@@ -335,7 +337,7 @@ class PaperView(BaseModel):
     untrusted_text: str
 
 
-class SimilarExperiment(BaseModel):
+class SimilarExperiment(WireModel):
     """One earlier experiment like the change or description asked about."""
 
     id: int
@@ -355,7 +357,7 @@ class SimilarExperiment(BaseModel):
     score: float
 
 
-class SimilarExperiments(BaseModel):
+class SimilarExperiments(WireModel):
     """similar_experiments' answer: was this tried, by whom, and what happened."""
 
     compared: str = Field(description="what was compared: a diff, your workspace, a description")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from server.arxiv_query import SearchField, SearchSort
 from server.untrusted import neutralise_delimiters
+from server.wire import WireModel
 
 ResultSource = Literal["arxiv", "cache", "offline-cache"]
 
@@ -20,7 +21,7 @@ UNTRUSTED_NOTICE = (
 )
 
 
-class Paper(BaseModel):
+class Paper(WireModel):
     """One arXiv paper, as the API describes its latest version."""
 
     arxiv_id: str = Field(description="Versionless arXiv id, e.g. 2401.01234 or cs/0112017.")
@@ -39,7 +40,7 @@ class Paper(BaseModel):
     journal_ref: str | None
 
 
-class PaperSearchResult(BaseModel):
+class PaperSearchResult(WireModel):
     """The answer to one `search_papers` call."""
 
     query: str = Field(description="The query as the agent sent it.")

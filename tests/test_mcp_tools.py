@@ -31,6 +31,7 @@ from server.lab import Lab, LabSettings, unified_diff
 from server.store import FINAL_STATUSES, utc_now
 from server.untrusted import block
 from server.verdicts import t_quantile
+from server.wire import compact_nullables
 
 pytestmark = pytest.mark.anyio
 
@@ -982,6 +983,13 @@ async def test_tools_list(lab: Lab, mode: str) -> None:
         assert tool.annotations.read_only_hint is (name in READ_ONLY_TOOLS), name
     assert tools["run_experiment"].input_schema["required"] == ["description"]
     assert "ExperimentResult" in json.dumps(tools["run_experiment"].output_schema)
+    # server/wire.py: optional fields reach the client as type lists (cheaper to validate)
+    row = tools["get_history"].output_schema["$defs"]["HistoryRow"]["properties"]
+    assert row["metric_value"]["type"] == ["number", "null"], row["metric_value"]
+    for name, tool in tools.items():
+        schema = tool.output_schema
+        for part in (schema, *schema.get("$defs", {}).values()):
+            assert compact_nullables(part) == part, name
 
 
 # ---------------------------------------------------------------- real training runs
