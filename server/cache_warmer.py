@@ -1,21 +1,27 @@
-"""Rebuilds the leaderboard's kept answers as soon as the record changes, before an agent asks.
+"""Rebuilds kept answers as soon as the record changes, before a reader asks for them.
 
-The leaderboard (get_leaderboard, get_history's summary, the briefing) is served from answers
-kept until `experiments` changes (server/store/read_cache.py). After each result, the first
-caller used to pay the rebuild: 40-60 ms at 10^5 experiments for the per-agent table alone, more
-beside 100 agents' calls, which made get_leaderboard's p95 (114 ms at ~20 calls/s,
-bench/agents.py) miss its 50 ms goal although its p50 was 4 ms. A background thread reads the
-table's change counter every WARM_INTERVAL_SECONDS (one indexed read) and, when it moved,
-rebuilds the level-S leaderboard: callers then find it kept, or wait for a rebuild already
-under way rather than starting one. The answers are exactly those a caller would have built
-(the same cache, the same keys): nothing is served stale.
+The leaderboard (get_leaderboard, get_history's summary, the briefing) and the dashboard's
+chart are served from answers kept until `experiments` changes (server/store/read_cache.py).
+After each result, the first reader used to pay the rebuild: 40-60 ms at 10^5 experiments for
+the leaderboard's per-agent table alone, more beside 100 agents' calls, which made
+get_leaderboard's p95 (114 ms at ~20 calls/s, bench/agents.py) miss its 50 ms goal although
+its p50 was 4 ms; and 230-460 ms for the chart, which an open dashboard page refetches after
+every change. A background thread reads the table's change counter every
+WARM_INTERVAL_SECONDS (one indexed read) and, when it moved, runs each job: the level-S
+leaderboard always; the chart only while someone reads it (its `Demand`: asked for within the
+last DEMAND_SECONDS), so a server nobody watches spends nothing on it. Readers then find the
+answer kept, or wait for a rebuild already under way rather than starting one. The answers are
+exactly those a reader would have built (the same cache, the same keys): nothing is served
+stale.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from server.store import Store
 from server.store.read_cache import experiments_changes
@@ -23,18 +29,42 @@ from server.store.read_cache import experiments_changes
 log = logging.getLogger(__name__)
 
 WARM_INTERVAL_SECONDS = 0.5
+DEMAND_SECONDS = 120.0  # an open dashboard page refetches the chart after every change
+
+
+class Demand:
+    """When a reader last asked for an answer: rebuilt ahead only while someone reads it."""
+
+    def __init__(self, seconds: float = DEMAND_SECONDS) -> None:
+        self.seconds = seconds
+        self._last = float("-inf")
+
+    def asked(self) -> None:
+        self._last = time.monotonic()
+
+    def recent(self) -> bool:
+        return time.monotonic() - self._last <= self.seconds
+
+
+@dataclass(frozen=True)
+class WarmJob:
+    """One kept answer to rebuild after each change: `rebuild()` while `wanted()`."""
+
+    name: str
+    rebuild: Callable[[], object]
+    wanted: Callable[[], bool] = lambda: True
 
 
 class CacheWarmer:
-    """A daemon thread that runs `warm()` whenever the record's change counter moves."""
+    """A daemon thread that runs each wanted job whenever the record's change counter moves."""
 
     def __init__(
-        self, store: Store, warm: Callable[[], object], interval: float = WARM_INTERVAL_SECONDS
+        self, store: Store, jobs: Sequence[WarmJob], interval: float = WARM_INTERVAL_SECONDS
     ) -> None:
         self.store = store
-        self.warm = warm
+        self.jobs = tuple(jobs)
         self.interval = interval
-        self.rebuilds = 0
+        self.rebuilds: dict[str, int] = {job.name: 0 for job in self.jobs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cache-warmer", daemon=True)
 
@@ -47,13 +77,22 @@ class CacheWarmer:
             self._thread.join(30)
 
     def _loop(self) -> None:
-        seen: str | None = None
+        seen: dict[str, str] = {}  # per job: the counter value it was last rebuilt at
         while not self._stop.wait(self.interval):
             try:
                 version = experiments_changes(self.store.db)
-                if version is not None and version != seen:
-                    self.warm()
-                    seen = version
-                    self.rebuilds += 1
             except Exception:  # warming only saves time: never let it end the thread
-                log.exception("rebuilding the kept leaderboard failed; trying again")
+                log.exception("reading the record's change counter failed; trying again")
+                continue
+            if version is None:
+                continue
+            for job in self.jobs:
+                if seen.get(job.name) == version or not job.wanted():
+                    continue
+                try:
+                    job.rebuild()
+                except Exception:
+                    log.exception("rebuilding the kept %s failed; trying again", job.name)
+                    continue
+                seen[job.name] = version
+                self.rebuilds[job.name] += 1

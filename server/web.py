@@ -42,10 +42,11 @@ from mcp.types import INVALID_REQUEST, ErrorData, JSONRPCError
 from pydantic import AnyHttpUrl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import presentation
+from server import dashboard, presentation
 from server.app import build_server
 from server.auth import StoreTokenVerifier, lookup_token
-from server.cache_warmer import CacheWarmer
+from server.cache_warmer import CacheWarmer, Demand, WarmJob
+from server.dashboard.data import chart_json
 from server.lab import Lab
 from server.models import LISTED_AGENTS
 from server.request_limits import too_deep_error
@@ -479,8 +480,15 @@ def build_app(
         max_body_bytes=manager.max_request_body_size,
     )
 
+    chart_readers = Demand()
     warmer = CacheWarmer(
-        lab.store, lambda: presentation.leaderboard(lab, agents_listed=LISTED_AGENTS)
+        lab.store,
+        [
+            WarmJob(
+                "leaderboard", lambda: presentation.leaderboard(lab, agents_listed=LISTED_AGENTS)
+            ),
+            WarmJob("chart", lambda: chart_json(lab), chart_readers.recent),
+        ],
     )
 
     @contextlib.asynccontextmanager
@@ -508,9 +516,7 @@ def build_app(
     def healthz() -> dict[str, Any]:
         return {"ok": True, "isolation": lab.isolation.value, "device": lab.device}
 
-    from server import dashboard
-
-    dashboard.register(app, lab, app.state.access, timings)
+    dashboard.register(app, lab, app.state.access, timings, chart_readers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -1,7 +1,8 @@
 """The server's own response time per MCP tool (server/timings.py): real MCP clients over the
 real HTTP app, then `GET /api/timings` with a token. A client that calls tools the server does not
 have cannot grow the table: such calls are counted as "other". And the leaderboard's kept
-answers rebuilt in the background when the record changes (server/cache_warmer.py).
+answers, and the chart while a page reads it, rebuilt in the background when the record changes
+(server/cache_warmer.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from support import (
 
 from server import presentation
 from server.auth import issue_token
-from server.cache_warmer import CacheWarmer
+from server.cache_warmer import CacheWarmer, Demand, WarmJob
+from server.dashboard.data import chart_json
 from server.lab import Lab
 from server.models import LISTED_AGENTS
 from server.store.read_cache import experiments_changes
@@ -88,25 +90,53 @@ async def test_each_tool_calls_time_is_kept_and_junk_names_stay_other(
     assert timings(url, token, since=time.time() + 60)["all"] is None
 
 
-def test_the_leaderboard_is_rebuilt_when_the_record_changes_before_anyone_asks(
+def test_kept_answers_are_rebuilt_when_the_record_changes_before_anyone_asks(
     tmp_path: Path, data_dir: Path
 ) -> None:
+    """The leaderboard after every change; the chart only while its readers ask for it."""
     lab = lab_on_copy(tmp_path / "home", data_dir, start_scheduler=False)
+    chart_readers = Demand(seconds=0.5)
+    chart_key = ("chart_json", id(lab))
     warmer = CacheWarmer(
-        lab.store, lambda: presentation.leaderboard(lab, agents_listed=LISTED_AGENTS), 0.05
+        lab.store,
+        [
+            WarmJob(
+                "leaderboard", lambda: presentation.leaderboard(lab, agents_listed=LISTED_AGENTS)
+            ),
+            WarmJob("chart", lambda: chart_json(lab), chart_readers.recent),
+        ],
+        0.05,
     )
-    warmer.start()
-    try:
-        wait_until(lambda: warmer.rebuilds == 1, timeout=30)
-        finished_run(lab, "alice", "a wider mlp", metric_value=1.9)
-        wait_until(lambda: warmer.rebuilds == 2, timeout=30)
+
+    def kept(key: tuple[Any, ...]) -> tuple[bool, Any]:
         version = experiments_changes(lab.store.db)
         assert version is not None
+        return lab.store.read_cache._fresh(key, version)
+
+    warmer.start()
+    try:
+        wait_until(lambda: warmer.rebuilds["leaderboard"] == 1, timeout=30)
+        finished_run(lab, "alice", "a wider mlp", metric_value=1.9)
+        wait_until(lambda: warmer.rebuilds["leaderboard"] == 2, timeout=30)
         # The per-agent table (the costly part) is kept at the new version: no caller rebuilds it.
-        kept, rows = lab.store.read_cache._fresh(("per_agent",), version)
-        assert kept and [row["agent"] for row in rows] == ["alice"]
+        found, rows = kept(("per_agent",))
+        assert found and [row["agent"] for row in rows] == ["alice"]
         time.sleep(0.3)
-        assert warmer.rebuilds == 2  # nothing changed: nothing rebuilt
+        assert warmer.rebuilds == {"leaderboard": 2, "chart": 0}  # no change, no chart reader
+        assert not kept(chart_key)[0]
+
+        chart_readers.asked()  # a dashboard page fetched the chart
+        wait_until(lambda: warmer.rebuilds["chart"] == 1, timeout=30)
+        finished_run(lab, "bob", "a longer warmup", metric_value=1.8)
+        wait_until(lambda: warmer.rebuilds == {"leaderboard": 3, "chart": 2}, timeout=30)
+        found, chart = kept(chart_key)
+        assert found and b"a longer warmup" in chart  # kept at the new version, before a reader
+
+        time.sleep(0.6)  # the readers went away: the next change rebuilds the leaderboard only
+        finished_run(lab, "carol", "tied embeddings", metric_value=1.85)
+        wait_until(lambda: warmer.rebuilds["leaderboard"] == 4, timeout=30)
+        time.sleep(0.3)
+        assert warmer.rebuilds["chart"] == 2 and not kept(chart_key)[0]
     finally:
         warmer.stop()
         lab.close()

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from server import presentation
 from server.auth import lookup_token
+from server.cache_warmer import Demand
 from server.dashboard.chart import render_progress_png
 from server.dashboard.data import (
     ChartData,
@@ -56,10 +57,15 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 
 
 def register(
-    app: FastAPI, lab: Lab, access: Callable[[Request], str], timings: ToolTimings | None = None
+    app: FastAPI,
+    lab: Lab,
+    access: Callable[[Request], str],
+    timings: ToolTimings | None = None,
+    chart_readers: Demand | None = None,
 ) -> None:
     """Add the dashboard's pages, downloads and JSON API to `app`, all behind `access`
-    (`/api/timings` where the MCP endpoint's `timings` are kept)."""
+    (`/api/timings` where the MCP endpoint's `timings` are kept; each chart request told to
+    `chart_readers`, so that the chart is rebuilt ahead while a page shows it)."""
     version = static_version()
     png_cache: dict[str, bytes] = {}
     png_lock = threading.Lock()
@@ -158,7 +164,10 @@ def register(
         summary="Everything the progress chart draws",
     )
     def api_chart(viewer: str = Depends(access)) -> Response:
-        # Encoded once per change of the record (server.dashboard.data.chart_json).
+        # Encoded once per change of the record (server.dashboard.data.chart_json), and rebuilt
+        # ahead after each change while pages ask for it (server/cache_warmer.py).
+        if chart_readers is not None:
+            chart_readers.asked()
         return Response(chart_json(lab), media_type="application/json")
 
     @app.get(
