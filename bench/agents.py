@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -433,6 +434,69 @@ async def mixed_agent(
 
 TRANSPORT_ERRORS: list[str] = []
 
+PROBE_PAUSE_SECONDS = 0.5
+PROBE_TOOLS = tuple(tool for tool, _ in MIX if tool != "claim_idea")  # the row checks count claims
+
+
+async def probe_calls(url: str, token: str, top_id: int, out: Path) -> None:
+    """One more agent in a process of its own: each tool of the mix in turn, one call at a time,
+    PROBE_PAUSE_SECONDS apart, until SIGTERM; then its (tool, seconds) samples into `out`. What
+    an agent whose client has a core to itself sees, beside the 100 sharing one process."""
+    import signal
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    rng = random.Random(7)
+    samples: list[tuple[str, float]] = []
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=300) as http,
+        Client(streamable_http_client(url + "/mcp", http_client=http)) as client,
+    ):
+        await client.call_tool("list_files", {})  # warm: workspace made, schemas listed
+        print("ready", flush=True)
+        n = 0
+        while not stop.is_set():
+            tool = PROBE_TOOLS[n % len(PROBE_TOOLS)]
+            arguments = arguments_for(tool, rng, top_id, "probe")
+            t0 = time.perf_counter()
+            result = await client.call_tool(tool, arguments)
+            samples.append((tool, time.perf_counter() - t0))
+            if result.is_error:
+                raise RuntimeError(f"{tool}({arguments}) failed: {result.content}")
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PROBE_PAUSE_SECONDS)
+    out.write_text(json.dumps(samples))
+
+
+class Probe:
+    """`probe_calls` in a subprocess for the length of a `with` block; `.samples` after it."""
+
+    def __init__(self, url: str, token: str, top_id: int, out: Path) -> None:
+        self.out = out
+        self.command = [
+            sys.executable, __file__, "--probe-client", url, token, str(top_id), str(out),
+        ]  # fmt: skip
+        self.samples: list[tuple[str, float]] = []
+
+    def __enter__(self) -> Probe:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            self.process.kill()
+            raise SystemExit("the probe client did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        if self.process.wait(60) != 0:
+            raise SystemExit(f"the probe client failed ({self.process.returncode})")
+        self.samples = [(tool, seconds) for tool, seconds in json.loads(self.out.read_text())]
+
 
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -446,8 +510,9 @@ async def drive(
     think: float,
     top_id: int,
     viewer: str,
+    probe: Probe | None = None,
 ) -> dict[str, Any]:
-    """All agents at once (sessions opened first); a dashboard poller beside them."""
+    """All agents at once (sessions opened first); a dashboard poller and `probe` beside them."""
     samples: list[tuple[str, float]] = []
     claims_seen: list[int] = []
     gate = asyncio.Event()
@@ -464,14 +529,16 @@ async def drive(
         if any(t.done() and t.exception() for t in tasks):
             await asyncio.gather(*tasks)
         await asyncio.sleep(0.05)
-    t0, began = time.perf_counter(), time.time()
-    gate.set()
-    agents_done = asyncio.gather(*tasks)
-    dashboard = asyncio.create_task(poll_dashboard(url, viewer, agents_done))
-    await agents_done
-    wall = time.perf_counter() - t0
+    with probe or contextlib.nullcontext():
+        t0, began = time.perf_counter(), time.time()
+        gate.set()
+        agents_done = asyncio.gather(*tasks)
+        dashboard = asyncio.create_task(poll_dashboard(url, viewer, agents_done))
+        await agents_done
+        wall = time.perf_counter() - t0
     return {
         "samples": samples,
+        "probe": {"samples": probe.samples, "wall_s": wall} if probe else None,
         "wall_s": wall,
         "claims_seen": claims_seen,
         "dashboard": await dashboard,
@@ -579,11 +646,21 @@ def tool_table(title: str, run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def probe_table(run: dict[str, Any]) -> list[str]:
+    """What the probe (one more agent, a process of its own) saw during the same run."""
+    title = (
+        f"One more agent in a process of its own (the probe: each read tool in turn, one call at "
+        f"a time, {PROBE_PAUSE_SECONDS:g} s apart), during the same run"
+    )
+    return [f"{title}:", "", *tool_table(title, run["probe"])[2:]] if run.get("probe") else []
+
+
 def server_side_table(run: dict[str, Any]) -> list[str]:
     """The same calls as the server timed them (server/timings.py): arrival at the MCP endpoint
     to the answer's last byte. The rest of a client's figure is the client's own time."""
     lines = [
-        "Server side (GET /api/timings: arrival at /mcp to the answer's last byte):",
+        "Server side (GET /api/timings: arrival at /mcp to the answer's last byte; the agents' "
+        "and the probe's calls):",
         "",
         "| tool | calls | p50 ms | p95 ms | max ms | goal |",
         "|---|---:|---:|---:|---:|---|",
@@ -696,15 +773,16 @@ def run_large(args: argparse.Namespace) -> int:
             rss = {"start": rss_mb(server.pid)}
             idle = asyncio.run(poll_dashboard(url, seeded["viewer"], None, rounds=5))
             rss["after dashboard"] = rss_mb(server.pid)
+            probe_token = issue_token(lab.store, "bench-probe")
             with Churn(lab, args.churn) as churn:
                 think = drive_measured(
                     server.pid, url, seeded["tokens"], args.calls, args.think, top_id,
-                    seeded["viewer"],
+                    seeded["viewer"], Probe(url, probe_token, top_id, home / "probe-think.json"),
                 )  # fmt: skip
                 rss["after think-time run"] = rss_mb(server.pid)
                 saturated = drive_measured(
                     server.pid, url, seeded["tokens"], args.saturation_calls, 0.0, top_id,
-                    seeded["viewer"],
+                    seeded["viewer"], Probe(url, probe_token, top_id, home / "probe-saturated.json"),
                 )  # fmt: skip
                 rss["after saturation run"] = rss_mb(server.pid)
         finally:
@@ -731,6 +809,7 @@ def run_large(args: argparse.Namespace) -> int:
     lines = [*report, ""]
     lines += tool_table(f"Think-time run ({arrival})", think)
     lines += ["", *server_side_table(think)]
+    lines += ["", *probe_table(think)]
     lines += ["", cpu_line(think)]
     lines += [
         "",
@@ -744,6 +823,8 @@ def run_large(args: argparse.Namespace) -> int:
         ),
         "",
         *server_side_table(saturated),
+        "",
+        *probe_table(saturated),
         "",
         cpu_line(saturated),
     ]
@@ -831,7 +912,14 @@ def main() -> int:
     parser.add_argument(
         "--home", type=Path, help="keep the seeded home here (and reuse a seeded one: no seeding)"
     )
+    parser.add_argument(
+        "--probe-client", nargs=4, metavar=("URL", "TOKEN", "TOP_ID", "OUT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.probe_client:
+        url, token, top_id, out = args.probe_client
+        asyncio.run(probe_calls(url, token, int(top_id), Path(out)))
+        return 0
     if args.history:
         return run_large(args)
     with tempfile.TemporaryDirectory(prefix="ar-bench-agents-") as tmp:
