@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server.store import Store
-from server.store.similar import DESCRIPTION_SCAN, any_word_query
+from server.store.similar import DESCRIPTION_SCAN, SEARCH_OVERFETCH, any_word_query
 
 IDEAS = [
     "cosine warmdown to zero",
@@ -91,3 +91,21 @@ def test_a_word_becomes_common_as_the_record_grows(store: Store) -> None:
     assert "mlp" in similar._common_words(["mlp"], newest)  # counted again: 224 of 320
     found = [row["id"] for row in similar.by_description("mlp cosine", 10)]
     assert found == plain_bm25(store, "mlp cosine", 10)
+
+
+def test_matches_that_are_mostly_other_kinds_still_find_the_experiments(store: Store) -> None:
+    """The ranking reads SEARCH_OVERFETCH rowids per row asked for, of any kind; where those
+    are nearly all confirmation runs, the joined query answers, the same as before."""
+    early = [
+        store.create_experiment(
+            agent="agent1", kind="experiment", status="ok", description=f"seedy trick {n}"
+        )
+        for n in range(3)
+    ]
+    for n in range(40):
+        store.create_experiment(
+            agent="agent2", kind="confirmation", status="ok", description=f"seedy trick {n}"
+        )
+    found = [row["id"] for row in store.similar.by_description("seedy", 5)]
+    assert sorted(found) == sorted(early) and found == plain_bm25(store, "seedy", 5)
+    assert len(store.similar.by_description("seedy trick", SEARCH_OVERFETCH)) == 3

@@ -15,6 +15,7 @@ import sqlite_utils
 # What the dedupe and similar_experiments read of a row (never the code or the diffs).
 DESCRIPTION_SCAN = 20_000  # similar_experiments(description): the newest experiments searched
 MAX_COUNTED_WORDS = 20_000  # words whose description counts are kept (then counted afresh)
+SEARCH_OVERFETCH = 3  # ranked rowids read per row asked for (some are baselines, confirmations...)
 SIMILAR_COLUMNS = (
     "id, agent, kind, status, verdict, metric_value, description, failure_reason, force_reason, "
     "change_fingerprint, change_edits, code_hash"
@@ -103,14 +104,56 @@ class SimilarStore:
         self, words: list[str], after_id: int, limit: int, *, ranked: bool
     ) -> list[dict[str, Any]]:
         """Experiments and promotions past `after_id` whose description has any of `words`:
-        by bm25 (then newest) when `ranked`, else newest first (FTS5 walks its index by rowid)."""
-        order = "bm25(experiments_fts), e.id DESC" if ranked else "experiments_fts.rowid DESC"
+        by bm25 (then newest) when `ranked`, else newest first (FTS5 walks its index by rowid).
+
+        The order is taken from the full-text index alone, for SEARCH_OVERFETCH times the rows
+        asked for (any kind); then their kinds (an early column of a row, cheap to read); then
+        only the rows answered are read whole. Joining every match to its row before ranking
+        cost more than the ranking, and so did reading the rows not answered: a row's later
+        columns sit behind its code, in overflow pages. Where too few candidates are
+        experiments or promotions, the joined query answers instead: the same answer."""
+        match = "description : " + quoted_any(words)
+        order = "bm25(experiments_fts), rowid DESC" if ranked else "rowid DESC"
+        fetched = limit * SEARCH_OVERFETCH
+        candidates = [
+            int(row[0])
+            for row in self.db.execute(
+                "SELECT rowid FROM experiments_fts WHERE experiments_fts MATCH ? AND rowid > ? "
+                f"ORDER BY {order} LIMIT ?",
+                [match, after_id, fetched],
+            )
+        ]
+        if not candidates:
+            return []
+        kept = {
+            int(row[0])
+            for row in self.db.execute(
+                # `+kind`: by id, not by the kind index (which walked every experiment's entry)
+                f"SELECT id FROM experiments WHERE id IN ({', '.join('?' for _ in candidates)}) "
+                "AND +kind IN ('experiment', 'promotion')",
+                candidates,
+            )
+        }
+        if len(kept) >= limit or len(candidates) < fetched:
+            chosen = [i for i in candidates if i in kept][:limit]
+            found = {
+                row["id"]: row
+                for row in self._rows(
+                    f"SELECT {SIMILAR_COLUMNS} FROM experiments WHERE id IN "
+                    f"({', '.join('?' for _ in chosen)})",
+                    chosen,
+                )
+            }
+            return [found[i] for i in chosen]
+        joined_order = (
+            "bm25(experiments_fts), e.id DESC" if ranked else "experiments_fts.rowid DESC"
+        )
         return self._rows(
             f"SELECT {', '.join('e.' + c.strip() for c in SIMILAR_COLUMNS.split(','))} "
             "FROM experiments_fts JOIN experiments e ON e.rowid = experiments_fts.rowid "
             "WHERE experiments_fts MATCH ? AND experiments_fts.rowid > ? "
-            f"AND e.kind IN ('experiment', 'promotion') ORDER BY {order} LIMIT ?",
-            ["description : " + quoted_any(words), after_id, limit],
+            f"AND e.kind IN ('experiment', 'promotion') ORDER BY {joined_order} LIMIT ?",
+            [match, after_id, limit],
         )
 
     def _common_words(self, words: list[str], newest: int) -> set[str]:
