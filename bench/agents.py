@@ -63,7 +63,8 @@ CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(home: Path, port: int, cores: set[int] | None = None) -> subprocess.Popen[bytes]:
+    """The HTTP server on `home`, on the CPU cores `cores` only where given (--split-cores)."""
     log = open(home / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
         [
@@ -81,6 +82,7 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
     )
     try:
         wait_for_healthz(f"http://127.0.0.1:{port}", proc, timeout=180, log=home / "server.log")
@@ -646,6 +648,14 @@ def tool_table(title: str, run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def split_cores() -> tuple[set[int], set[int]]:
+    """The first usable core for the server, the others for the clients (--split-cores)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--split-cores needs at least 2 CPU cores")
+    return {cores[0]}, set(cores[1:])
+
+
 def probe_table(run: dict[str, Any]) -> list[str]:
     """What the probe (one more agent, a process of its own) saw during the same run."""
     title = (
@@ -766,7 +776,14 @@ def run_large(args: argparse.Namespace) -> int:
         before = {t: bulk_count(lab, t) for t in ("experiments", "claims")}
         port = free_port()
         started = time.perf_counter()
-        server = start_server(home, port)
+        server_cores, client_cores = split_cores() if args.split_cores else (None, None)
+        server = start_server(home, port, server_cores)
+        if client_cores:  # this process (the agents, the churn, the dashboard poller) and the probe
+            os.sched_setaffinity(0, client_cores)
+            report.append(
+                f"--split-cores: the server on core(s) {sorted(server_cores or ())}, the agents' "
+                f"clients and the probe on {sorted(client_cores)}, as if on other machines"
+            )
         report.append(f"server ready in {time.perf_counter() - started:.1f} s")
         url = f"http://127.0.0.1:{port}"
         try:
@@ -911,6 +928,12 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true", help="seed, profile, no server")
     parser.add_argument(
         "--home", type=Path, help="keep the seeded home here (and reuse a seeded one: no seeding)"
+    )
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="the server on one core, the clients on the others (the server's time without "
+        "the clients' CPU beside it, as with agents on other machines)",
     )
     parser.add_argument(
         "--probe-client", nargs=4, metavar=("URL", "TOKEN", "TOP_ID", "OUT"), help=argparse.SUPPRESS
