@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -505,16 +506,16 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def drive(
+async def run_agents(
     url: str,
-    tokens: dict[str, str],
+    agents: list[tuple[int, str, str]],
     calls: int,
     think: float,
     top_id: int,
-    viewer: str,
-    probe: Probe | None = None,
+    started: Callable[[], Awaitable[None]],
 ) -> dict[str, Any]:
-    """All agents at once (sessions opened first); a dashboard poller and `probe` beside them."""
+    """The agents (seed, name, token) in this process: their sessions opened first, then
+    `started()` awaited, then their calls. Their samples and the claim ids answered."""
     samples: list[tuple[str, float]] = []
     claims_seen: list[int] = []
     gate = asyncio.Event()
@@ -525,26 +526,108 @@ async def drive(
                 url, token, name, calls, think, top_id, n, samples, claims_seen, gate, ready
             )
         )
-        for n, (name, token) in enumerate(tokens.items())
+        for n, name, token in agents
     ]
-    while len(ready) < len(tokens):
+    while len(ready) < len(agents):
         if any(t.done() and t.exception() for t in tasks):
             await asyncio.gather(*tasks)
         await asyncio.sleep(0.05)
-    with probe or contextlib.nullcontext():
-        t0, began = time.perf_counter(), time.time()
-        gate.set()
-        agents_done = asyncio.gather(*tasks)
+    await started()
+    gate.set()
+    await asyncio.gather(*tasks)
+    return {"samples": samples, "claims_seen": claims_seen, "errors": list(TRANSPORT_ERRORS)}
+
+
+def agents_process(
+    url: str,
+    agents: list[tuple[int, str, str]],
+    calls: int,
+    think: float,
+    top_id: int,
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
+    """A client process of its own for some of the agents (--client-processes): it says `ready`
+    once their sessions are open, starts on `go`, and puts its samples and the CPU seconds it
+    spent from `go` on into `results`."""
+    cpu_at_go = 0.0
+
+    async def started() -> None:
+        nonlocal cpu_at_go
+        ready.put(os.getpid())
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)
+        cpu_at_go = time.process_time()
+
+    out = asyncio.run(run_agents(url, agents, calls, think, top_id, started))
+    out["cpu_s"] = time.process_time() - cpu_at_go
+    results.put(out)
+
+
+async def drive(
+    url: str,
+    tokens: dict[str, str],
+    calls: int,
+    think: float,
+    top_id: int,
+    viewer: str,
+    probe: Probe | None = None,
+    processes: int = 1,
+) -> dict[str, Any]:
+    """All agents at once (sessions opened first), in this process or spread over `processes`
+    client processes; a dashboard poller and `probe` beside them."""
+    agents = [(n, name, token) for n, (name, token) in enumerate(tokens.items())]
+    loop = asyncio.get_running_loop()
+    clock: dict[str, float] = {}
+    agents_done: asyncio.Future[None] = loop.create_future()
+    dashboard: asyncio.Task[dict[str, list[float]]] | None = None
+
+    async def started() -> None:
+        nonlocal dashboard
+        if probe:
+            probe.__enter__()
+        clock["t0"], clock["began"] = time.perf_counter(), time.time()
         dashboard = asyncio.create_task(poll_dashboard(url, viewer, agents_done))
-        await agents_done
-        wall = time.perf_counter() - t0
+
+    try:
+        if processes <= 1:
+            outs = [await run_agents(url, agents, calls, think, top_id, started)]
+        else:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
+            ready, results, go = context.Queue(), context.Queue(), context.Event()
+            workers = [
+                context.Process(
+                    target=agents_process,
+                    args=(url, agents[k::processes], calls, think, top_id, ready, go, results),
+                )
+                for k in range(processes)
+            ]
+            for worker in workers:
+                worker.start()
+            for _ in workers:
+                await loop.run_in_executor(None, ready.get, True, 600)
+            await started()
+            go.set()
+            outs = await asyncio.gather(*(loop.run_in_executor(None, results.get) for _ in workers))
+            for worker in workers:
+                worker.join(60)
+        wall = time.perf_counter() - clock["t0"]
+        agents_done.set_result(None)
+    finally:
+        if probe and "t0" in clock:
+            probe.__exit__(None, None, None)
+    assert dashboard is not None
+    TRANSPORT_ERRORS[:] = sorted({e for out in outs for e in out["errors"]})
     return {
-        "samples": samples,
+        "samples": [sample for out in outs for sample in out["samples"]],
         "probe": {"samples": probe.samples, "wall_s": wall} if probe else None,
         "wall_s": wall,
-        "claims_seen": claims_seen,
+        "claims_seen": [claim for out in outs for claim in out["claims_seen"]],
         "dashboard": await dashboard,
-        "server_side": await server_timings(url, viewer, began),
+        "server_side": await server_timings(url, viewer, clock["began"]),
+        "client_processes_cpu_s": sum(out.get("cpu_s", 0.0) for out in outs),
     }
 
 
@@ -605,7 +688,7 @@ def drive_measured(server_pid: int, *args: Any) -> dict[str, Any]:
     server_before, clients_before = process_cpu_seconds(server_pid), time.process_time()
     run = asyncio.run(drive(*args))
     run["server_cpu_s"] = process_cpu_seconds(server_pid) - server_before
-    run["clients_cpu_s"] = time.process_time() - clients_before
+    run["clients_cpu_s"] = time.process_time() - clients_before + run["client_processes_cpu_s"]
     return run
 
 
@@ -795,11 +878,13 @@ def run_large(args: argparse.Namespace) -> int:
                 think = drive_measured(
                     server.pid, url, seeded["tokens"], args.calls, args.think, top_id,
                     seeded["viewer"], Probe(url, probe_token, top_id, home / "probe-think.json"),
+                    args.client_processes,
                 )  # fmt: skip
                 rss["after think-time run"] = rss_mb(server.pid)
                 saturated = drive_measured(
                     server.pid, url, seeded["tokens"], args.saturation_calls, 0.0, top_id,
                     seeded["viewer"], Probe(url, probe_token, top_id, home / "probe-saturated.json"),
+                    args.client_processes,
                 )  # fmt: skip
                 rss["after saturation run"] = rss_mb(server.pid)
         finally:
@@ -822,6 +907,11 @@ def run_large(args: argparse.Namespace) -> int:
         f"{args.agent_count} agents x {args.calls} calls, exponential think time mean "
         f"{args.think:g} s before each call (~{args.agent_count / args.think:.0f} calls/s offered)"
         + (f"; one experiment lands every {args.churn:g} s" if args.churn else "")
+        + (
+            f"; the agents' clients in {args.client_processes} processes"
+            if args.client_processes > 1
+            else ""
+        )
     )
     lines = [*report, ""]
     lines += tool_table(f"Think-time run ({arrival})", think)
@@ -928,6 +1018,12 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true", help="seed, profile, no server")
     parser.add_argument(
         "--home", type=Path, help="keep the seeded home here (and reuse a seeded one: no seeding)"
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="spread the agents over this many client processes (1: all in this one, as before)",
     )
     parser.add_argument(
         "--split-cores",
