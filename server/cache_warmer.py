@@ -8,8 +8,9 @@ get_leaderboard's p95 (114 ms at ~20 calls/s, bench/agents.py) miss its 50 ms go
 its p50 was 4 ms; and 230-460 ms for the chart, which an open dashboard page refetches after
 every change. A background thread reads the table's change counter every
 WARM_INTERVAL_SECONDS (one indexed read) and, when it moved, runs each job: the level-S
-leaderboard always; the chart only while someone reads it (its `Demand`: asked for within the
-last DEMAND_SECONDS), so a server nobody watches spends nothing on it. Readers then find the
+leaderboard always; the chart only while someone reads it (its `Demand`: the chart, or the
+queue that an open page polls every 2 s, asked for within the last DEMAND_SECONDS), so a
+server nobody watches spends nothing on it. Readers then find the
 answer kept, or wait for a rebuild already under way rather than starting one. The answers are
 exactly those a reader would have built (the same cache, the same keys): nothing is served
 stale.

@@ -140,3 +140,23 @@ def test_kept_answers_are_rebuilt_when_the_record_changes_before_anyone_asks(
     finally:
         warmer.stop()
         lab.close()
+
+
+def test_an_open_page_gets_its_chart_rebuilt_before_it_asks(served: tuple[str, Lab]) -> None:
+    """The wiring through the real app: a page polling /api/queue makes the chart a job of the
+    background rebuild, so after the next result the chart is kept before the page fetches it."""
+    url, lab = served
+    viewer = issue_token(lab.store, "watcher", role="viewer")
+    chart_key = ("chart_json", id(lab))
+
+    def chart_kept() -> bool:
+        version = experiments_changes(lab.store.db)
+        return version is not None and lab.store.read_cache._fresh(chart_key, version)[0]
+
+    finished_run(lab, "alice", "a wider mlp", metric_value=1.9)
+    time.sleep(1.2)  # two rounds of the background thread: nobody reads the chart, none built
+    assert not chart_kept()
+    queue = httpx.get(url + "/api/queue", headers={"Authorization": f"Bearer {viewer}"})
+    assert queue.status_code == 200
+    finished_run(lab, "bob", "a longer warmup", metric_value=1.8)
+    wait_until(chart_kept, timeout=30)

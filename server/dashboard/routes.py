@@ -228,6 +228,10 @@ def register(
         summary="Running experiments with live progress, then the queue in dispatch order",
     )
     def api_queue(viewer: str = Depends(access)) -> QueueState:
+        # An open page polls this every 2 s and refetches the chart when the record changes:
+        # keep the chart rebuilt ahead for it even when no change came for a while.
+        if chart_readers is not None:
+            chart_readers.asked()
         return queue_state(lab)
 
     if timings is not None:
