@@ -25,6 +25,12 @@ that no row was lost or duplicated, and the CPU seconds the server and the clien
 run (who the bottleneck is). `--profile` also times every tool in-process under
 cProfile (where the time goes).
 
+Beside the 100 agents, one more agent runs in a client process of its own (the probe: each read
+tool in turn, one call at a time, 0.5 s apart): what an agent sees whose client is not shared
+with 99 others. The server's own time per tool comes from GET /api/timings. `--split-cores`
+pins the server to one core and the clients to the others; `--client-processes N` spreads the
+agents over N client processes.
+
     .venv/bin/python bench/agents.py --history 100000 [--agent-count 100] [--calls 20]
 """
 
