@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import finished_run, wait_until_finished
+from support import finished_run, wait_until, wait_until_finished
 
 from sandbox.target import load_target
 from server.lab import Lab, LabSettings, ScaleLevel
 from server.ladder import PromotionRefused, three_way_merge
+from server.record import LIVE_STATUSES
 from server.targets import run_prepare
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -58,6 +59,16 @@ def wait_all(lab: Lab, ids: list[int], timeout: float = 900) -> list[dict]:
     return wait_until_finished(lab, ids, timeout=timeout)
 
 
+def wait_idle(lab: Lab, timeout: float = 900) -> None:
+    """Until no experiment is queued or running (a finished run may queue the next)."""
+    wait_until(
+        lambda: not lab.store.list_experiments(status=sorted(LIVE_STATUSES), limit=1),
+        timeout=timeout,
+        interval=0.5,
+        message="experiments still queued or running",
+    )
+
+
 def variant(lab: Lab, old: str, new: str) -> dict[str, str]:
     text = lab.baseline_files["train.py"]
     assert old in text
@@ -85,6 +96,9 @@ def test_a_confirmed_change_is_promoted_and_its_transfer_recorded(lab: Lab) -> N
     # The server confirms a candidate on fresh seeds (tests/test_verdicts.py); here, where no
     # baseline is measured, its runs are queued the same way and the verdict is set as it would be.
     wait_all(lab, lab.confirm(None, a["id"], 1, server_runs="candidate"))
+    # Where `a` happened to beat the threshold, the server queued its own confirmation runs
+    # too: let every run finish, so that none lands in S's noise after it is read below.
+    wait_idle(lab)
     lab.store.update_experiment(a["id"], verdict="improved")
     with pytest.raises(PromotionRefused, match="level 'XL' does not exist; the levels are S, M, L"):
         lab.ladder.promote("alice", a["id"], "XL")
