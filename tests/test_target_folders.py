@@ -42,7 +42,11 @@ REPORT_MAX_BYTES = 64 * 1024  # sandbox/runner.py
 
 NAMES = ["digits", "template"]
 # What a trained baseline must reach under the test budget (loose: a sanity bound, not a benchmark).
-METRIC_RANGE = {"digits": (0.5, 1.0), "template": (0.0, 1.0)}
+# The baseline's metric after its short run. The template's function is drawn from the
+# installation's secret, so its scale varies: its val mse is bounded by the val targets'
+# variance instead (what predicting their mean scores; over 12 secrets the baseline reached
+# 0.03-0.84 of it, and 1.35 / 2.27 in absolute terms, above a fixed bound of 1.0).
+METRIC_RANGE = {"digits": (0.5, 1.0), "template": (0.0, None)}
 
 
 def load_module(target: str, name: str) -> ModuleType:
@@ -253,6 +257,8 @@ def test_train_within_budget_and_evaluate(trained) -> None:
     assert code == EXIT_OK and report["status"] == "ok", report
     cfg = config(target)
     low, high = METRIC_RANGE[target]
+    if high is None:  # the template: below what predicting the val targets' mean scores
+        high = float(np.var(np.load(data_dir / "val" / "y.npy", allow_pickle=False)))
     value = report[cfg["metric"]]
     assert isinstance(value, float) and low <= value <= high, (report, log)
     if "tie_break" in cfg:
