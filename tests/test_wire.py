@@ -33,16 +33,8 @@ class Sample(BaseModel):
     either: int | str | None = None  # three options: must not fold
 
 
-class WireSample(WireModel):
-    number: float | None
-    bounded: int | None = Field(None, ge=0, le=10)
-    text: str | None = Field(None, max_length=3, description="short text")
-    words: list[str] | None = None
-    mapping: dict[str, int] | None = None
-    choice: Literal["a", "b"] | None = None
-    inner: Inner | None = None
-    nested: list[float | None] = Field(default_factory=list)
-    either: int | str | None = None
+class WireSample(WireModel, Sample):
+    """Sample's fields, WireModel's schema."""
 
 
 INSTANCES: list[dict[str, Any]] = [

@@ -66,6 +66,7 @@ def register(
     """Add the dashboard's pages, downloads and JSON API to `app`, all behind `access`
     (`/api/timings` where the MCP endpoint's `timings` are kept; each chart request told to
     `chart_readers`, so that the chart is rebuilt ahead while a page shows it)."""
+    chart_readers = chart_readers or Demand()
     version = static_version()
     png_cache: dict[str, bytes] = {}
     png_lock = threading.Lock()
@@ -166,8 +167,7 @@ def register(
     def api_chart(viewer: str = Depends(access)) -> Response:
         # Encoded once per change of the record (server.dashboard.data.chart_json), and rebuilt
         # ahead after each change while pages ask for it (server/cache_warmer.py).
-        if chart_readers is not None:
-            chart_readers.asked()
+        chart_readers.asked()
         return Response(chart_json(lab), media_type="application/json")
 
     @app.get(
@@ -230,8 +230,7 @@ def register(
     def api_queue(viewer: str = Depends(access)) -> QueueState:
         # An open page polls this every 2 s and refetches the chart when the record changes:
         # keep the chart rebuilt ahead for it even when no change came for a while.
-        if chart_readers is not None:
-            chart_readers.asked()
+        chart_readers.asked()
         return queue_state(lab)
 
     if timings is not None:
