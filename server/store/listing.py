@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from server.store.change_log import IncrementalRows
 from server.store.counts import ExperimentCounts
 from server.store.rows import decode_row
 from server.store.similar import all_words_query
@@ -15,10 +16,18 @@ from server.store.similar import all_words_query
 # What the chart draws of each experiment it shows (the outline has the rest).
 CHART_POINT_COLUMNS = "id, agent, kind, status, metric_value, verdict, description, disqualified"
 FINISHED = "status NOT IN ('queued', 'running')"
+# The chart's outline of each finished experiment (ExperimentListing.chart_outline).
+CHART_OUTLINE_COLUMNS = (
+    "id, status = 'ok' AND metric_value IS NOT NULL, "
+    "COALESCE(disqualified, 0) = 0 AND kind IN ('experiment', 'baseline') "
+    "AND hardware IS ? AND budget_seconds IS ?, verdict IS 'improved', metric_value"
+)
 
 
 class ExperimentListing(ExperimentCounts):
     """Pages, counts and the chart's rows (Store's base, with the aggregates of ExperimentCounts)."""
+
+    chart_outline_rows: IncrementalRows  # the chart's outline, kept current from the change log
 
     def list_experiments(
         self,
@@ -149,22 +158,10 @@ class ExperimentListing(ExperimentCounts):
     ) -> list[tuple[int, int, int, int, float | None]]:
         """Every finished experiment in id order as (id, ok, counts_for_best, improved,
         metric_value): ok = status ok with a value; counts_for_best = not disqualified, an
-        experiment or baseline run of this hardware and budget. Read from one index alone and
-        kept until the record changes (all ten columns of every row took 1.4 s at 10^5 rows)."""
-        return self.read_cache.get(
-            self.db,
-            ("chart_outline", hardware, budget_seconds),
-            lambda: [
-                tuple(row)
-                for row in self.db.execute(
-                    "SELECT id, status = 'ok' AND metric_value IS NOT NULL, "
-                    "COALESCE(disqualified, 0) = 0 AND kind IN ('experiment', 'baseline') "
-                    "AND hardware IS ? AND budget_seconds IS ?, verdict IS 'improved', "
-                    f"metric_value FROM experiments WHERE {FINISHED} ORDER BY id",
-                    [hardware, budget_seconds],
-                ).fetchall()
-            ],
-        )
+        experiment or baseline run of this hardware and budget. Read from one index alone,
+        then kept current from the change log (server.store.change_log): after a result, the
+        rows it changed are read, not all of them (0.16-0.25 s at 10^5 rows)."""
+        return self.chart_outline_rows.rows(self.db, [hardware, budget_seconds])  # type: ignore[return-value]
 
     def chart_points(self, from_id: int, ids: Sequence[int]) -> list[dict[str, Any]]:
         """What the chart draws of the finished experiments from `from_id` on and of `ids`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite_utils
 
 from server.record import SERVER_AGENT
+from server.store.change_log import CHANGE_LOG_TABLE, CHANGE_LOG_TRIGGERS, ensure_change_log
 from server.store.database import write_transaction
 from server.store.read_cache import CHANGE_TRIGGERS, ensure_change_counter
 
@@ -258,12 +259,16 @@ def create_tables(db: sqlite_utils.Database) -> None:
                 db.execute(f"DROP INDEX IF EXISTS [{name}]")
             for sql in missing.values():
                 db.execute(sql)
-    # The change counter the read cache keys on (server.store.read_cache); created on old files.
+    # The change counter the read cache keys on (server.store.read_cache) and the change log
+    # the chart's outline is kept current from (server.store.change_log); created on old files.
     triggers = {t.name for t in db.triggers}
     counter = db.execute("SELECT 1 FROM meta WHERE key = 'experiments_changes'").fetchone()
     if counter is None or not set(CHANGE_TRIGGERS) <= triggers:
         with write_transaction(db):
             ensure_change_counter(db)
+    if CHANGE_LOG_TABLE not in db.table_names() or not set(CHANGE_LOG_TRIGGERS) <= triggers:
+        with write_transaction(db):
+            ensure_change_log(db)
 
 
 def _rename_columns(db: sqlite_utils.Database) -> None:

@@ -1,0 +1,187 @@
+"""The record's change log (server.store.change_log) and the chart outline kept current from it:
+after any mix of inserts and updates, from this connection, another thread's or another
+process's, the kept rows equal a full read of the table; a reader the log no longer reaches
+back to reads the table whole; nothing is kept from inside a write transaction. A real SQLite
+file; no server."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from server.store import Store, write_transaction
+from server.store.change_log import CHANGE_LOG_TABLE, CHANGE_LOG_TRIGGERS, log_head
+
+HARDWARE, BUDGET = "cpu-test", 60.0
+STATUSES = ("queued", "running", "ok", "crash", "timeout", "cancelled")
+VERDICTS = (None, "worse", "within_noise", "improved")
+
+
+def outline_read_whole(store: Store) -> list[tuple[object, ...]]:
+    """What the outline is, by the full read the kept rows must equal."""
+    return store.chart_outline_rows._read_all(store.db, [HARDWARE, BUDGET])
+
+
+def create(store: Store, rng: random.Random) -> int:
+    return store.create_experiment(
+        agent=rng.choice(["alice", "bob"]),
+        requested_by="alice",
+        kind=rng.choice(["experiment", "experiment", "confirmation", "baseline"]),
+        status=rng.choice(STATUSES),
+        verdict=rng.choice(VERDICTS),
+        metric_value=rng.choice([None, rng.uniform(1.0, 2.0)]),
+        hardware=rng.choice([HARDWARE, HARDWARE, "cuda-test"]),
+        budget_seconds=BUDGET,
+        description="an idea",
+    )
+
+
+def change(store: Store, rng: random.Random, ids: list[int]) -> None:
+    """One update as the server makes them: a run starts or ends, a verdict or a flag moves."""
+    experiment_id = rng.choice(ids)
+    store.update_experiment(
+        experiment_id,
+        **rng.choice(
+            [
+                {"status": "running"},
+                {"status": "ok", "metric_value": rng.uniform(1.0, 2.0)},
+                {"status": "crash", "metric_value": None},
+                {"verdict": rng.choice(VERDICTS)},
+                {"disqualified": rng.choice([0, 1])},
+                {"status": "queued"},  # a re-queued run leaves the outline
+            ]
+        ),
+    )
+
+
+def test_the_kept_outline_equals_a_full_read_after_any_mix_of_writes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    rng = random.Random(11)
+    ids = [create(store, rng) for _ in range(60)]
+    assert ids == list(range(1, 61))  # the log's trigger leaves each insert's own id
+    assert store.chart_outline(HARDWARE, BUDGET) == outline_read_whole(store)
+    for _ in range(40):
+        for _ in range(rng.randint(1, 6)):
+            if rng.random() < 0.3:
+                ids.append(create(store, rng))
+            else:
+                change(store, rng, ids)
+        assert store.chart_outline(HARDWARE, BUDGET) == outline_read_whole(store)
+    assert store.chart_outline_rows.full_reads == 1  # every later call read the changes only
+    assert store.chart_outline_rows.delta_reads == 40
+    assert store.chart_outline(HARDWARE, BUDGET) == outline_read_whole(store)  # unchanged: kept
+    assert store.chart_outline_rows.delta_reads == 40
+
+
+def test_a_large_batch_of_changes_is_merged_by_one_sort(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    rng = random.Random(5)
+    ids = [create(store, rng) for _ in range(50)]
+    store.chart_outline(HARDWARE, BUDGET)
+    with write_transaction(store.db):
+        ids += [create(store, rng) for _ in range(300)]
+        for _ in range(200):
+            change(store, rng, ids)
+    assert store.chart_outline(HARDWARE, BUDGET) == outline_read_whole(store)
+    assert store.chart_outline_rows.delta_reads == 1
+
+
+def test_changes_from_another_thread_and_another_process_are_merged(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    store = Store(path)
+    rng = random.Random(3)
+    ids = [create(store, rng) for _ in range(20)]
+    before = store.chart_outline(HARDWARE, BUDGET)
+    improved = {"status": "ok", "verdict": "improved", "metric_value": 1.5, "hardware": HARDWARE}
+    improved |= {"kind": "experiment", "disqualified": 0}
+    thread = threading.Thread(  # its own connection
+        target=store.update_experiment, args=(ids[0],), kwargs=improved
+    )
+    thread.start()
+    thread.join()
+    write = (
+        "import sys; sys.path.insert(0, sys.argv[2]); from server.store import Store; "
+        "s = Store(sys.argv[1]); s.update_experiment(2, status='queued'); "
+        "s.create_experiment(agent='carol', requested_by='carol', kind='experiment', "
+        "status='ok', metric_value=1.1, hardware='cpu-test', budget_seconds=60.0)"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", write, str(path), root], check=True)
+    after = store.chart_outline(HARDWARE, BUDGET)
+    assert after == outline_read_whole(store)
+    assert after != before
+    assert after[0][:4] == (1, 1, 1, 1)  # ok with a value, counts for the best, improved
+    assert 2 not in [row[0] for row in after]  # re-queued: no longer finished
+    assert after[-1][0] == 21  # the other process's new row
+    assert store.chart_outline_rows.full_reads == 1
+
+
+def test_a_reader_the_log_no_longer_reaches_reads_the_table_whole(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    rng = random.Random(9)
+    ids = [create(store, rng) for _ in range(20)]
+    store.chart_outline(HARDWARE, BUDGET)
+    for _ in range(5):
+        change(store, rng, ids)
+    head = log_head(store.db)
+    with write_transaction(store.db):  # as the log's pruning does once it is long
+        store.db.execute(f"DELETE FROM {CHANGE_LOG_TABLE} WHERE seq < ?", [head])
+    assert store.chart_outline(HARDWARE, BUDGET) == outline_read_whole(store)
+    assert (store.chart_outline_rows.full_reads, store.chart_outline_rows.delta_reads) == (2, 0)
+
+
+def test_the_log_keeps_its_newest_entries_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    sql = CHANGE_LOG_TRIGGERS["experiments_log_insert"]
+    assert "DELETE FROM experiment_changes WHERE seq <= last_insert_rowid() - 4096" in sql
+    rng = random.Random(1)
+    ids = [create(store, rng) for _ in range(10)]
+    with write_transaction(store.db):
+        for _ in range(4200):
+            store.db.execute("UPDATE experiments SET description = 'x' WHERE id = ?", [ids[0]])
+    count, oldest, newest = store.db.execute(
+        f"SELECT COUNT(*), MIN(seq), MAX(seq) FROM {CHANGE_LOG_TABLE}"
+    ).fetchone()
+    assert count == 4096 and newest == 4210 and oldest == newest - 4095
+
+
+def test_nothing_read_inside_a_write_transaction_is_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    rng = random.Random(2)
+    [create(store, rng) for _ in range(10)]
+    kept = store.chart_outline(HARDWARE, BUDGET)
+    try:
+        with write_transaction(store.db):
+            store.create_experiment(
+                agent="mallory", kind="experiment", status="ok", metric_value=0.1,
+                hardware=HARDWARE, budget_seconds=BUDGET,
+            )  # fmt: skip
+            assert len(store.chart_outline(HARDWARE, BUDGET)) == len(kept) + 1  # its own row
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    assert store.chart_outline(HARDWARE, BUDGET) == kept == outline_read_whole(store)
+
+
+def test_a_file_written_before_the_log_gets_it_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    store = Store(path)
+    rng = random.Random(4)
+    [create(store, rng) for _ in range(5)]
+    with write_transaction(store.db):
+        for name in CHANGE_LOG_TRIGGERS:
+            store.db.execute(f"DROP TRIGGER {name}")
+        store.db.execute(f"DROP TABLE {CHANGE_LOG_TABLE}")
+    reopened = Store(path)
+    assert CHANGE_LOG_TABLE in reopened.db.table_names()
+    assert set(CHANGE_LOG_TRIGGERS) <= {t.name for t in reopened.db.triggers}
+    reopened.chart_outline(HARDWARE, BUDGET)  # an empty log: read whole, then kept
+    reopened.update_experiment(1, status="ok", metric_value=1.2)
+    assert reopened.chart_outline(HARDWARE, BUDGET) == outline_read_whole(reopened)
+    assert (reopened.chart_outline_rows.full_reads, reopened.chart_outline_rows.delta_reads) == (
+        1,
+        1,
+    )
