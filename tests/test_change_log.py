@@ -14,6 +14,7 @@ from pathlib import Path
 
 from server.store import Store, write_transaction
 from server.store.change_log import CHANGE_LOG_TABLE, CHANGE_LOG_TRIGGERS, log_head
+from server.store.listing import CHART_OUTLINE_COLUMNS, FINISHED
 
 HARDWARE, BUDGET = "cpu-test", 60.0
 STATUSES = ("queued", "running", "ok", "crash", "timeout", "cancelled")
@@ -22,7 +23,8 @@ VERDICTS = (None, "worse", "within_noise", "improved")
 
 def outline_read_whole(store: Store) -> list[tuple[object, ...]]:
     """What the outline is, by the full read the kept rows must equal."""
-    return store.chart_outline_rows._read_all(store.db, [HARDWARE, BUDGET])
+    sql = f"SELECT {CHART_OUTLINE_COLUMNS} FROM experiments WHERE {FINISHED} ORDER BY id"
+    return [tuple(row) for row in store.db.execute(sql, [HARDWARE, BUDGET]).fetchall()]
 
 
 def create(store: Store, rng: random.Random) -> int:

@@ -18,6 +18,7 @@ import bisect
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlite_utils
 
@@ -76,11 +77,14 @@ def changed_since(db: sqlite_utils.Database, seq: int, head: int) -> list[int] |
     ]
 
 
+Row = tuple[Any, ...]
+
+
 @dataclass
 class _Kept:
     seq: int
     ids: list[int]
-    rows: list[tuple[object, ...]]
+    rows: list[Row]
 
 
 class IncrementalRows:
@@ -97,10 +101,10 @@ class IncrementalRows:
         self._lock = threading.Lock()
         self.full_reads = self.delta_reads = 0  # how each call was answered (tests, benches)
 
-    def rows(self, db: sqlite_utils.Database, params: Sequence[object]) -> list[tuple[object, ...]]:
+    def rows(self, db: sqlite_utils.Database, params: Sequence[object]) -> list[Row]:
         """The matching rows now, oldest id first (a fresh list the caller may keep)."""
         if db.conn.in_transaction:  # may see uncommitted rows: never kept
-            return self._read_all(db, params)
+            return self._read_all(db, params)[1]
         key = tuple(params)
         with self._lock:
             head = log_head(db)  # read before the rows: a change after it is read again later
@@ -109,8 +113,7 @@ class IncrementalRows:
                 return list(kept.rows)
             changed = None if kept is None else changed_since(db, kept.seq, head)
             if kept is None or changed is None:
-                rows = self._read_all(db, params)
-                kept = _Kept(head, [int(row[0]) for row in rows], rows)  # type: ignore[call-overload]
+                kept = _Kept(head, *self._read_all(db, params))
                 self.full_reads += 1
             else:
                 self._merge(kept, self._read_ids(db, params, changed), changed)
@@ -121,27 +124,31 @@ class IncrementalRows:
 
     def _read_all(
         self, db: sqlite_utils.Database, params: Sequence[object]
-    ) -> list[tuple[object, ...]]:
+    ) -> tuple[list[int], list[Row]]:
         sql = f"SELECT {self.columns} FROM experiments WHERE {self.where} ORDER BY id"
-        return [tuple(row) for row in db.execute(sql, list(params)).fetchall()]
+        rows = db.execute(sql, list(params)).fetchall()
+        return [int(row[0]) for row in rows], [tuple(row) for row in rows]
 
     def _read_ids(
         self, db: sqlite_utils.Database, params: Sequence[object], ids: list[int]
-    ) -> dict[int, tuple[object, ...]]:
-        """The rows of `ids` that match now, by id (an id missing no longer matches)."""
-        found: dict[int, tuple[object, ...]] = {}
+    ) -> dict[int, Row]:
+        """The rows of `ids` that match now, by id (an id missing no longer matches). The filter
+        is a column of the answer, not a condition: SQLite finds the rows by id, whatever
+        index the filter's columns would have tempted it to walk."""
+        found: dict[int, Row] = {}
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start : start + ID_CHUNK]
             sql = (
-                f"SELECT {self.columns} FROM experiments WHERE ({self.where}) "
-                f"AND id IN ({', '.join('?' for _ in chunk)})"
+                f"SELECT {self.columns}, ({self.where}) FROM experiments "
+                f"WHERE id IN ({', '.join('?' for _ in chunk)})"
             )
-            for row in db.execute(sql, [*params, *chunk]).fetchall():
-                found[int(row[0])] = tuple(row)
+            for *row, matches in db.execute(sql, [*params, *chunk]).fetchall():
+                if matches:
+                    found[int(row[0])] = tuple(row)
         return found
 
     @staticmethod
-    def _merge(kept: _Kept, found: dict[int, tuple[object, ...]], changed: list[int]) -> None:
+    def _merge(kept: _Kept, found: dict[int, Row], changed: list[int]) -> None:
         """Replace, insert or drop each changed row in place, keeping id order."""
         if len(changed) > MERGE_BY_SORT_FROM:
             by_id = dict(zip(kept.ids, kept.rows, strict=True))
@@ -154,12 +161,11 @@ class IncrementalRows:
         for experiment_id in changed:
             at = bisect.bisect_left(kept.ids, experiment_id)
             present = at < len(kept.ids) and kept.ids[at] == experiment_id
-            row = found.get(experiment_id)
-            if row is not None and present:
-                kept.rows[at] = row
-            elif row is not None:
+            if experiment_id in found and present:
+                kept.rows[at] = found[experiment_id]
+            elif experiment_id in found:
                 kept.ids.insert(at, experiment_id)
-                kept.rows.insert(at, row)
+                kept.rows.insert(at, found[experiment_id])
             elif present:
                 del kept.ids[at]
                 del kept.rows[at]

@@ -161,7 +161,7 @@ class ExperimentListing(ExperimentCounts):
         experiment or baseline run of this hardware and budget. Read from one index alone,
         then kept current from the change log (server.store.change_log): after a result, the
         rows it changed are read, not all of them (0.16-0.25 s at 10^5 rows)."""
-        return self.chart_outline_rows.rows(self.db, [hardware, budget_seconds])  # type: ignore[return-value]
+        return self.chart_outline_rows.rows(self.db, [hardware, budget_seconds])
 
     def chart_points(self, from_id: int, ids: Sequence[int]) -> list[dict[str, Any]]:
         """What the chart draws of the finished experiments from `from_id` on and of `ids`."""
