@@ -9,7 +9,10 @@ runs after the first waited for their warm process after dispatch (`startup_seco
 slot's cycle (one run's end to the next run's end), and experiments per hour at that cycle.
 On a GPU the warm-up is 5-15 s (Python, torch, the CUDA context) of a 300 s run; on a CPU it is
 1-2 s of imports, and the warm-up competes with the running run for the cores (which is why
-the server's default prepares ahead on GPU slots only). Not a test.
+the server's default prepares ahead on GPU slots only). It also reports what a warm-up beside a
+training run does to that run on this machine: the spread of the runs' metric and steps (the
+copies differ only in how many steps their clock allowed), their CPU share, and how many were
+flagged `contended` (not comparable). Not a test.
 
     .venv/bin/python bench/prepare_ahead.py [--budget 10] [--runs 4] [--rounds 2] [--device cpu]
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -35,6 +39,12 @@ from trainer.prepare import default_data_dir, prepare
 
 def seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def steps_of(log_tail: str) -> int | None:
+    """The steps the run trained, from train.py's summary line (`steps: N`) in its log tail."""
+    found = re.findall(r"^steps:\s+(\d+)\s*$", log_tail, flags=re.MULTILINE)
+    return int(found[-1]) if found else None
 
 
 def one_mode(mode: str, args: argparse.Namespace, data_dir: Path, tmp: Path) -> dict:
@@ -77,7 +87,45 @@ def one_mode(mode: str, args: argparse.Namespace, data_dir: Path, tmp: Path) -> 
         "startup_waited": [row["metrics"].get("startup_seconds") for row in later],
         "cycle_seconds": (ends[-1] - ends[0]) / (len(ends) - 1),
         "metric_values": [row["metric_value"] for row in rows],
+        "steps": [steps_of(row["log_tail"] or "") for row in rows],
+        "cpu_shares": [row["cpu_share"] for row in rows],
+        "contended": sum(
+            any(flag.get("name") == "contended" for flag in row["flags"] or []) for row in rows
+        ),
     }
+
+
+def within_round_sd(rounds: list[dict], field: str) -> float:
+    """The pooled sd of `field` around each round's own mean (the machine drifts between
+    rounds; within one, the runs are copies of one code and differ only by their clock)."""
+    squares, dof = 0.0, 0
+    for r in rounds:
+        values = [v for v in r[field] if v is not None]
+        if len(values) >= 2:
+            mean = statistics.fmean(values)
+            squares += sum((v - mean) ** 2 for v in values)
+            dof += len(values) - 1
+    return (squares / dof) ** 0.5 if dof else float("nan")
+
+
+def spread_table(results: dict[str, list[dict]]) -> None:
+    """Per mode: the metric's and the steps' mean and within-round sd, the CPU shares, and the
+    runs flagged contended."""
+    print(
+        f"{'mode':<5} {'metric mean':>12} {'metric sd':>10} {'steps mean':>11} {'steps sd':>9} "
+        f"{'cpu share min/mean':>19} {'contended':>10}"
+    )
+    for mode, rounds in results.items():
+        metrics = [v for r in rounds for v in r["metric_values"]]
+        steps = [v for r in rounds for v in r["steps"] if v is not None]
+        shares = [v for r in rounds for v in r["cpu_shares"] if v is not None]
+        share = f"{min(shares):.2f}/{statistics.fmean(shares):.2f}" if shares else "-"
+        print(
+            f"{mode:<5} {statistics.fmean(metrics):>12.4f} {within_round_sd(rounds, 'metric_values'):>10.4f} "
+            f"{statistics.fmean(steps) if steps else float('nan'):>11.1f} "
+            f"{within_round_sd(rounds, 'steps'):>9.1f} {share:>19} "
+            f"{sum(r['contended'] for r in rounds):>4}/{sum(len(r['metric_values']) for r in rounds):<5}"
+        )
 
 
 def main() -> None:
@@ -104,6 +152,7 @@ def main() -> None:
     print(
         f"{'mode':<5} {'prepared':>9} {'waited for warm-up, s':>22} {'cycle, s':>9} {'runs/hour':>10}"
     )
+    spread_table(results)
     for mode, rounds in results.items():
         waited = [w for r in rounds for w in r["startup_waited"] if w is not None]
         cycle = statistics.mean(r["cycle_seconds"] for r in rounds)
