@@ -187,3 +187,45 @@ def test_a_file_written_before_the_log_gets_it_when_opened(tmp_path: Path) -> No
         1,
         1,
     )
+
+
+def totals_read_whole(store: Store) -> dict[str, tuple[object, ...]]:
+    """Each agent's (experiments, improvements, best qualified value) by one GROUP BY."""
+    sql = (
+        "SELECT agent, COUNT(*), SUM(verdict = 'improved'), MIN(CASE WHEN status = 'ok' "
+        "AND COALESCE(disqualified, 0) = 0 THEN metric_value END) FROM experiments "
+        "WHERE kind = 'experiment' GROUP BY agent"
+    )
+    return {row[0]: tuple(row[1:]) for row in store.db.execute(sql).fetchall()}
+
+
+def test_the_kept_per_agent_totals_equal_a_full_aggregate_after_any_mix_of_writes(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    rng = random.Random(21)
+    ids = [create(store, rng) for _ in range(40)]
+    for _ in range(30):
+        for _ in range(rng.randint(1, 5)):
+            if rng.random() < 0.3:
+                ids.append(create(store, rng))
+            elif rng.random() < 0.2:  # a row's kind may change: its agent's group is redone
+                store.update_experiment(
+                    rng.choice(ids), kind=rng.choice(["experiment", "baseline"])
+                )
+            else:
+                change(store, rng, ids)
+        if rng.random() < 0.2:  # an agent's first experiment
+            ids.append(
+                store.create_experiment(
+                    agent=f"new{len(ids)}", kind="experiment", status="ok", metric_value=1.5
+                )
+            )
+        totals = store.per_agent_totals()
+        assert {agent: tuple(rest) for agent, *rest in totals} == totals_read_whole(store)
+        bests = [
+            (best is None, best if best is not None else 0.0, agent) for agent, _, _, best in totals
+        ]
+        assert bests == sorted(bests)  # best first (lower: the store's target minimizes)
+    assert store.agent_totals["ASC"].full_reads == 1
+    assert store.agent_totals["ASC"].delta_reads == 29  # the first call read them whole

@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlite_utils
 
+from server.store.change_log import IncrementalGroups
 from server.store.database import write_transaction
 from server.store.read_cache import ReadCache
 
@@ -42,6 +43,7 @@ class ExperimentCounts:
 
     # Whole-table reads are kept until `experiments` changes (server.store.read_cache).
     read_cache: ReadCache
+    agent_totals: dict[str, IncrementalGroups]  # per best-first order (the target's direction)
 
     def charged_runs(self, requester: str) -> int:
         """How many runs `requester` asked for, re-queues after a server crash not counted."""
@@ -206,16 +208,28 @@ class ExperimentCounts:
         )
 
     def _per_agent_totals_read(self) -> list[tuple[str, int, int | None, float | None]]:
-        return [
-            (row[0], row[1], row[2], row[3])
-            for row in self.db.execute(
-                "SELECT agent, COUNT(*) AS n, SUM(verdict = 'improved') AS wins, "
-                f"{'MIN' if self.best_first == 'ASC' else 'MAX'}(CASE WHEN status = 'ok' "
-                "AND COALESCE(disqualified, 0) = 0 THEN metric_value END) AS best "
-                "FROM experiments WHERE kind = 'experiment' GROUP BY agent "
-                f"ORDER BY best IS NULL, best {self.best_first}"
-            ).fetchall()
-        ]
+        """From the per-agent aggregates kept current by the change log (server.store.change_log):
+        after a result, its agent's experiments are aggregated again, not all 10^5 (52 ms)."""
+        ascending = self.best_first == "ASC"
+        totals = self.agent_totals.get(self.best_first)
+        if totals is None:
+            totals = self.agent_totals[self.best_first] = IncrementalGroups(
+                "agent",
+                "COUNT(*), SUM(verdict = 'improved'), "
+                f"{'MIN' if ascending else 'MAX'}(CASE WHEN status = 'ok' "
+                "AND COALESCE(disqualified, 0) = 0 THEN metric_value END)",
+                "kind = 'experiment'",
+            )
+        rows = [(agent, n, wins, best) for agent, (n, wins, best) in totals.groups(self.db).items()]
+        # best first, agents without a qualified result last; ties by name
+        rows.sort(
+            key=lambda r: (
+                r[3] is None,
+                0.0 if r[3] is None else r[3] if ascending else -r[3],
+                r[0],
+            )
+        )
+        return rows
 
     def first_ok_with_value(self, agent: str, metric_value: float) -> int | None:
         """The first successful run of `agent` that scored exactly `metric_value`."""

@@ -14,7 +14,7 @@ from typing import Any, cast
 import sqlite_utils
 
 from server.record import INTERRUPTED, QUEUED, ExperimentRow
-from server.store.change_log import IncrementalRows
+from server.store.change_log import IncrementalGroups, IncrementalRows
 from server.store.database import ThreadLocalDatabase, utc_now, write_transaction
 from server.store.exports import experiments_csv, results_tsv
 from server.store.listing import CHART_OUTLINE_COLUMNS, FINISHED, ExperimentListing
@@ -41,6 +41,7 @@ class Store(ExperimentListing):
         self.db: sqlite_utils.Database = cast(sqlite_utils.Database, ThreadLocalDatabase(self.path))
         self.read_cache = ReadCache()
         self.chart_outline_rows = IncrementalRows(CHART_OUTLINE_COLUMNS, FINISHED)
+        self.agent_totals: dict[str, IncrementalGroups] = {}
         self._create_tables()
         self.promotions = PromotionStore(self.db)
         self.papers = PaperStore(self.db)
