@@ -6,6 +6,7 @@ file; no server."""
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -229,3 +230,97 @@ def test_the_kept_per_agent_totals_equal_a_full_aggregate_after_any_mix_of_write
         assert bests == sorted(bests)  # best first (lower: the store's target minimizes)
     assert store.agent_totals["ASC"].full_reads == 1
     assert store.agent_totals["ASC"].delta_reads == 29  # the first call read them whole
+
+
+def repeated_runs_read_whole(store: Store) -> list[dict[str, object]]:
+    """The noise's repeated runs by the one joined query the kept rows replace."""
+    rows = store.db.query(
+        "SELECT e.id, e.kind, e.confirms_id, e.metric_value, e.seed, e.flags, e.cpu_share, "
+        "e.description, COALESCE(o.disqualified, 0) AS original_disqualified FROM experiments e "
+        "LEFT JOIN experiments o ON o.id = e.confirms_id WHERE e.kind IN ('baseline', "
+        "'confirmation') AND e.status = 'ok' AND e.metric_value IS NOT NULL AND e.hardware = ? "
+        "AND e.budget_seconds = ? AND COALESCE(e.budget_kind, 'wall') = ? "
+        "AND COALESCE(e.scale, 'S') = ? ORDER BY e.id",
+        [HARDWARE, BUDGET, "wall", "S"],
+    )
+    return [{**row, "flags": json.loads(row["flags"]) if row["flags"] else []} for row in rows]
+
+
+def confirmations_read_whole(store: Store, ids: list[int]) -> dict[int, list[dict[str, object]]]:
+    out: dict[int, list[dict[str, object]]] = {}
+    for row in store.db.query(
+        "SELECT confirms_id, id, status, metric_value, seed, flags, requested_by, description "
+        f"FROM experiments WHERE kind = 'confirmation' AND confirms_id IN ({', '.join('?' for _ in ids)}) "
+        "ORDER BY id",
+        ids,
+    ):
+        row["flags"] = json.loads(row["flags"]) if row["flags"] else []
+        out.setdefault(int(row.pop("confirms_id")), []).append(row)
+    return out
+
+
+def test_the_kept_repeated_runs_and_confirmations_equal_the_joined_queries(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    rng = random.Random(33)
+    originals = [create(store, rng) for _ in range(150)]
+    runs: list[int] = []
+
+    def confirmation() -> int:
+        return store.create_experiment(
+            agent="alice", kind=rng.choice(["confirmation", "confirmation", "baseline"]),
+            confirms_id=rng.choice(originals), status=rng.choice(["ok", "ok", "crash", "running"]),
+            metric_value=rng.choice([None, rng.uniform(1.0, 2.0)]), seed=rng.randint(1, 99),
+            flags=rng.choice([None, [], [{"name": "contended", "reason": "shared CPU"}]]),
+            hardware=HARDWARE, budget_seconds=BUDGET, description="a repeat",
+        )  # fmt: skip
+
+    runs += [confirmation() for _ in range(200)]
+    for _ in range(25):
+        for _ in range(rng.randint(1, 6)):
+            roll = rng.random()
+            if roll < 0.25:
+                runs.append(confirmation())
+            elif roll < 0.5:  # the original's disqualification moves: its runs' flag follows
+                store.update_experiment(
+                    rng.choice(originals), disqualified=rng.choice([0, 1, None])
+                )
+            elif roll < 0.75:
+                store.update_experiment(
+                    rng.choice(runs),
+                    **rng.choice([{"status": "ok", "metric_value": 1.5}, {"status": "crash"},
+                                  {"flags": [{"name": "over_budget", "reason": "late"}]},
+                                  {"budget_kind": "cpu"}, {"scale": "M"}]),
+                )  # fmt: skip
+            else:
+                change(store, rng, originals)
+        kwargs = {
+            "hardware": HARDWARE,
+            "budget_seconds": BUDGET,
+            "budget_kind": "wall",
+            "scale": "S",
+        }
+        assert store.repeated_runs(**kwargs) == repeated_runs_read_whole(store)
+        many = rng.sample(originals, 120)  # more than FEW_EXPERIMENTS: from the kept rows
+        assert store.confirmation_runs_of(many) == confirmations_read_whole(store, many)
+        few = rng.sample(originals, 7)  # one indexed query
+        assert store.confirmation_runs_of(few) == confirmations_read_whole(store, few)
+    assert store.repeated_run_rows.full_reads == 1 and store.repeated_run_rows.delta_reads == 24
+    assert store.confirmation_rows.full_reads == 1 and store.confirmation_rows.delta_reads == 24
+
+
+def test_a_caller_changing_a_kept_run_changes_nothing_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    original = store.create_experiment(agent="alice", kind="experiment", status="ok")
+    ids = [original] + [create(store, random.Random(n)) for n in range(110)]
+    for seed in (1, 2):
+        store.create_experiment(
+            agent="alice", kind="confirmation", confirms_id=original, status="ok",
+            metric_value=1.2, seed=seed, hardware=HARDWARE, budget_seconds=BUDGET,
+        )  # fmt: skip
+    first = store.confirmation_runs_of(ids)
+    first[original][0]["status"] = "crash"
+    first[original].append({"id": 999})
+    again = store.confirmation_runs_of(ids)
+    assert [run["status"] for run in again[original]] == ["ok", "ok"]
+    store.update_experiment(ids[1], description="a change elsewhere")  # a new version: rebuilt
+    assert [run["status"] for run in store.confirmation_runs_of(ids)[original]] == ["ok", "ok"]

@@ -9,9 +9,39 @@ from typing import Any
 
 import sqlite_utils
 
-from server.store.change_log import IncrementalGroups
+from server.store.change_log import IncrementalGroups, IncrementalRows, Row
 from server.store.database import write_transaction
 from server.store.read_cache import ReadCache
+
+# The repeated runs the noise is pooled over (idx_experiments_repeated_runs covers the read).
+REPEATED_RUN_COLUMNS = (
+    "id", "kind", "confirms_id", "metric_value", "seed", "flags", "cpu_share", "description",
+)  # fmt: skip
+REPEATED_RUNS_WHERE = (
+    "kind IN ('baseline', 'confirmation') AND status = 'ok' AND metric_value IS NOT NULL "
+    "AND hardware = ? AND budget_seconds = ? AND COALESCE(budget_kind, 'wall') = ? "
+    "AND COALESCE(scale, 'S') = ?"
+)
+# Every confirmation run (idx_experiments_confirmation_runs covers the read).
+CONFIRMATION_COLUMNS = (
+    "id", "confirms_id", "status", "metric_value", "seed", "flags", "requested_by", "description",
+)  # fmt: skip
+FEW_EXPERIMENTS = 100  # confirmation_runs_of up to this many: one indexed query, nothing kept
+
+
+def repeated_run(row: Row) -> dict[str, Any]:
+    """A repeated run as kept: its columns by name, its flags decoded."""
+    run = dict(zip(REPEATED_RUN_COLUMNS, row, strict=True))
+    run["flags"] = json.loads(run["flags"]) if run["flags"] else []
+    return run
+
+
+def confirmation_of(row: Row) -> tuple[int | None, dict[str, Any]]:
+    """A confirmation run as kept: (the experiment it confirms, the run, flags decoded)."""
+    run = dict(zip(CONFIRMATION_COLUMNS, row, strict=True))
+    run["flags"] = json.loads(run["flags"]) if run["flags"] else []
+    owner = run.pop("confirms_id")
+    return (None if owner is None else int(owner)), run
 
 
 class ExperimentCounts:
@@ -41,8 +71,12 @@ class ExperimentCounts:
             order += f", json_extract({alias}metrics, '$.{name}') {second}"
         return order
 
-    # Whole-table reads are kept until `experiments` changes (server.store.read_cache).
+    # Whole-table reads are kept until `experiments` changes (server.store.read_cache); some
+    # are kept current from the change log instead of read again (server.store.change_log).
     read_cache: ReadCache
+    repeated_run_rows: IncrementalRows
+    disqualified_rows: IncrementalRows
+    confirmation_rows: IncrementalRows
     agent_totals: dict[str, IncrementalGroups]  # per best-first order (the target's direction)
 
     def charged_runs(self, requester: str) -> int:
@@ -292,16 +326,14 @@ class ExperimentCounts:
     def _repeated_runs_read(
         self, *, hardware: str, budget_seconds: float, budget_kind: str, scale: str
     ) -> list[dict[str, Any]]:
+        """The runs and the disqualified experiments, both kept current from the change log
+        (server.store.change_log): after a result, the rows it changed are read and decoded,
+        not all of them."""
+        disqualified = dict(self.disqualified_rows.rows(self.db, []))
         return [
-            {**row, "flags": json.loads(row["flags"]) if row["flags"] else []}
-            for row in self.db.query(
-                "SELECT e.id, e.kind, e.confirms_id, e.metric_value, e.seed, e.flags, e.cpu_share, e.description, "
-                "COALESCE(o.disqualified, 0) AS original_disqualified FROM experiments e "
-                "LEFT JOIN experiments o ON o.id = e.confirms_id "
-                "WHERE e.kind IN ('baseline', 'confirmation') AND e.status = 'ok' AND e.metric_value IS NOT NULL "
-                "AND e.hardware = ? AND e.budget_seconds = ? AND COALESCE(e.budget_kind, 'wall') = ? "
-                "AND COALESCE(e.scale, 'S') = ? ORDER BY e.id",
-                [hardware, budget_seconds, budget_kind, scale],
+            {**row, "original_disqualified": disqualified.get(row["confirms_id"], 0)}
+            for row in self.repeated_run_rows.rows(
+                self.db, [hardware, budget_seconds, budget_kind, scale]
             )
         ]
 
@@ -372,6 +404,12 @@ class ExperimentCounts:
     ) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {}
         ids = [int(i) for i in experiment_ids]
+        if len(ids) > FEW_EXPERIMENTS:  # every improvement's (the reference): from the kept rows
+            wanted = set(ids)
+            for owner, row in self.confirmation_rows.rows(self.db, []):
+                if owner in wanted:
+                    out.setdefault(owner, []).append(dict(row))
+            return out
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             for row in self.db.query(

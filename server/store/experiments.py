@@ -15,6 +15,13 @@ import sqlite_utils
 
 from server.record import INTERRUPTED, QUEUED, ExperimentRow
 from server.store.change_log import IncrementalGroups, IncrementalRows
+from server.store.counts import (
+    CONFIRMATION_COLUMNS,
+    REPEATED_RUN_COLUMNS,
+    REPEATED_RUNS_WHERE,
+    confirmation_of,
+    repeated_run,
+)
 from server.store.database import ThreadLocalDatabase, utc_now, write_transaction
 from server.store.exports import experiments_csv, results_tsv
 from server.store.listing import CHART_OUTLINE_COLUMNS, FINISHED, ExperimentListing
@@ -42,6 +49,21 @@ class Store(ExperimentListing):
         self.read_cache = ReadCache()
         self.chart_outline_rows = IncrementalRows(CHART_OUTLINE_COLUMNS, FINISHED)
         self.agent_totals: dict[str, IncrementalGroups] = {}
+        self.repeated_run_rows = IncrementalRows(
+            ", ".join(REPEATED_RUN_COLUMNS),
+            REPEATED_RUNS_WHERE,
+            repeated_run,
+            index="idx_experiments_repeated_runs",
+        )
+        self.disqualified_rows = IncrementalRows(
+            "id, disqualified", "COALESCE(disqualified, 0) != 0"
+        )
+        self.confirmation_rows = IncrementalRows(
+            ", ".join(CONFIRMATION_COLUMNS),
+            "kind = 'confirmation'",
+            confirmation_of,
+            index="idx_experiments_confirmation_runs",
+        )
         self._create_tables()
         self.promotions = PromotionStore(self.db)
         self.papers = PaperStore(self.db)
