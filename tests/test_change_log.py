@@ -324,3 +324,30 @@ def test_a_caller_changing_a_kept_run_changes_nothing_kept(tmp_path: Path) -> No
     assert [run["status"] for run in again[original]] == ["ok", "ok"]
     store.update_experiment(ids[1], description="a change elsewhere")  # a new version: rebuilt
     assert [run["status"] for run in store.confirmation_runs_of(ids)[original]] == ["ok", "ok"]
+
+
+def test_per_agent_totals_read_whole_when_the_log_was_pruned_or_inside_a_write(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "history.sqlite")
+    rng = random.Random(8)
+    ids = [create(store, rng) for _ in range(30)]
+    store.per_agent_totals()
+    for _ in range(3):
+        change(store, rng, ids)
+    with write_transaction(store.db):
+        store.db.execute(f"DELETE FROM {CHANGE_LOG_TABLE} WHERE seq < ?", [log_head(store.db)])
+    totals = store.per_agent_totals()
+    assert {agent: tuple(rest) for agent, *rest in totals} == totals_read_whole(store)
+    kept = store.agent_totals["ASC"]
+    assert (kept.full_reads, kept.delta_reads) == (2, 0)
+    try:
+        with write_transaction(store.db):
+            store.create_experiment(
+                agent="mallory", kind="experiment", status="ok", metric_value=0.1
+            )
+            assert "mallory" in {agent for agent, *_ in store.per_agent_totals()}
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    assert "mallory" not in {agent for agent, *_ in store.per_agent_totals()}
