@@ -192,7 +192,7 @@ class IncrementalRows:
 
 class IncrementalGroups:
     """Aggregates of `experiments` grouped by a column that is never NULL and that no write
-    changes after the insert (an experiment's `agent`: Store.update_experiment refuses it),
+    changes after the insert (an experiment's `agent`: Store.update_experiment never sets it),
     kept and brought up to date from the change log: after a change, only the groups of the
     changed rows are aggregated again.
 
