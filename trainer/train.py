@@ -54,6 +54,12 @@ if RECIPE not in ("cpu", "cuda"):
         f"AR_RECIPE must be 'cpu' or 'cuda' (or unset: AR_DEVICE picks it), not {RECIPE!r}"
     )
 CPU_RECIPE = RECIPE == "cpu"
+# bf16 autocast where bf16 matrix products are fast: on CUDA, and on a CPU with oneDNN's bf16
+# kernels (AVX-512 or AMX: ~1.8x fp32's tokens/s on a 2-core AMX machine). On an AVX2-only CPU,
+# torch multiplies bf16 in a reference kernel ~7x slower than fp32 (one step of this model took
+# 24 s), so training there stays in fp32. Fixed per machine: the same code trains the same way.
+_cpu_bf16_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+BF16 = device_type == "cuda" or bool(_cpu_bf16_check())
 
 # ---------------------------------------------------------------- hyperparameters
 # The server's scale level (AR_SCALE, 1 = the default) grows the model for promotion runs:
@@ -97,7 +103,7 @@ torch.manual_seed(SEED)
 if device_type == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=BF16)
 
 
 def budget_used() -> float:
@@ -212,7 +218,7 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
     g is a stack of matrices [N, rows, cols]: each is orthogonalized on its own, in one batch."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+    x = g.bfloat16() if BF16 else g.float()
     transposed = x.size(-2) > x.size(-1)
     if transposed:
         x = x.mT
@@ -281,7 +287,7 @@ def lr_multiplier(progress: float) -> float:
 
 
 def next_token_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the next token over a micro-batch (called under bf16 autocast)."""
+    """Mean cross-entropy of the next token over a micro-batch (under autocast: bf16 if BF16)."""
     logits = model(x)
     return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
 
@@ -304,7 +310,7 @@ flops_per_token = 6 * (n_params - model.embed.weight.numel()) + 12 * DEPTH * WID
 print(
     f"model: {n_params:,} parameters, depth {DEPTH}, width {WIDTH}, vocab {VOCAB_SIZE}, "
     f"device {DEVICE}, recipe {RECIPE}, {GRAD_ACCUM_STEPS} x {BATCH_SIZE} x {SEQ_LEN} tokens "
-    f"per step, compiled {COMPILE}, started in {budget_used():.1f} s",
+    f"per step, compiled {COMPILE}, bf16 {BF16}, started in {budget_used():.1f} s",
     flush=True,
 )
 training_budget = max(BUDGET_SECONDS - min(EXPORT_RESERVE_SECONDS, 0.25 * BUDGET_SECONDS), 0.5)
