@@ -1,9 +1,12 @@
 """Many agents, one server (issue 7): three scripted agents over HTTP against the real server process.
 
-One CPU slot, tiny budgets. What is asserted, precisely:
+One CPU slot, tiny budgets, on the template target (targets/template: numpy, a run of about a
+second, jailed and scored like any other): sharing is the server's part and the same for every
+target, and a GPT run costs ~11 CPU-s of torch imports, export and evaluation before its budget.
+What is asserted, precisely:
 
 * no lost or duplicated rows: 6 `experiment` rows (2 per agent), unique ids and code hashes,
-  all final (none cancelled or interrupted);
+  all ok;
 * one slot: sorted by started_at, each run starts at or after the previous one finished;
 * fairness: in dispatch order (started_at), for every prefix, the numbers of runs started per
   agent differ by at most one between any two agents (round r of every agent starts before
@@ -42,9 +45,9 @@ from server.store import FINAL_STATUSES
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXE = str(Path(sys.executable).with_name("autoresearch-mcp"))
+TEMPLATE = Path(__file__).resolve().parent.parent / "targets" / "template"
 FINAL = frozenset(FINAL_STATUSES)
-# Three agents, two runs each: enough for rounds to interleave (fairness), and each real run
-# costs ~10 s of CI (six agents cost 150 s).
+# Three agents, two runs each: enough for rounds to interleave (fairness).
 AGENTS = [f"agent{i}" for i in range(3)]
 RUNS = 2 * len(AGENTS)
 STARTUP_S = 180.0
@@ -53,17 +56,19 @@ STARTUP_S = 180.0
 # ---------------------------------------------------------------- a real server process
 
 
-def cli(home: Path, *args: str) -> str:
-    out = subprocess.run(
-        [EXE, *args, "--data-dir", str(home)], capture_output=True, text=True, timeout=120
-    )
+def cli(home: Path, *args: str, target: Path | None = None) -> str:
+    """Run `autoresearch-mcp ARGS --data-dir HOME [--target TARGET]`; its stdout."""
+    argv = [EXE, *args, "--data-dir", str(home), *(["--target", str(target)] if target else [])]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
 class Server:
-    def __init__(self, home: Path, port: int, log: Path) -> None:
-        self.home, self.port, self.log = home, port, log
+    """`autoresearch-mcp serve --http` on a free port, for `target` (None: the bundled GPT)."""
+
+    def __init__(self, home: Path, port: int, log: Path, target: Path | None = None) -> None:
+        self.home, self.port, self.log, self.target = home, port, log, target
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -72,6 +77,7 @@ class Server:
             EXE, "serve", "--http", "--port", str(self.port), "--data-dir", str(self.home),
             "--budget", "3", "--baseline-repeats", "0", "--eval-windows", "2", "--max-live", "1",
             "--confirm-runs", "2",  # sharing is under test, not a candidate's confirmation
+            *(["--target", str(self.target)] if self.target else []),
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -88,14 +94,22 @@ class Server:
 
 
 def make_home(tmp_path: Path, data_dir: Path) -> Path:
+    """A home holding a copy of the GPT's prepared data."""
     home = tmp_path / "home"
     shutil.copytree(data_dir, home / "data")
     return home
 
 
+def template_home(tmp_path: Path) -> Path:
+    """A home with the template target's data prepared (numpy, well under a second)."""
+    home = tmp_path / "home"
+    cli(home, "prepare", target=TEMPLATE)
+    return home
+
+
 @pytest.fixture
-def server(tmp_path: Path, data_dir: Path) -> Iterator[Server]:
-    srv = Server(make_home(tmp_path, data_dir), free_port(), tmp_path / "server.log")
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(template_home(tmp_path), free_port(), tmp_path / "server.log", TEMPLATE)
     try:
         yield srv
     finally:
@@ -160,9 +174,12 @@ def raw_initialize(url: str, token: str) -> int:
     return response.status_code
 
 
-def weight_decay(agent: int, k: int) -> str:
+BASE_LR = "LEARNING_RATE = 0.05"
+
+
+def learning_rate(agent: int, k: int) -> str:
     """A distinct, harmless constant per agent and experiment, so that every code hash differs."""
-    return f"WEIGHT_DECAY = 0.000{agent}{k}1"
+    return f"LEARNING_RATE = 0.05{agent}{k}1"
 
 
 # ---------------------------------------------------------------- the test
@@ -171,9 +188,12 @@ def weight_decay(agent: int, k: int) -> str:
 @pytest.mark.anyio
 async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
     home = server.home
-    tokens = {name: cli(home, "tokens", "add", name) for name in [*AGENTS, "copycat"]}
-    revoked = cli(home, "tokens", "add", "revoked-agent")
-    cli(home, "agents", "quota", "agent0", "--max-experiments", "2")
+    tokens = {
+        name: cli(home, "tokens", "add", name, target=server.target)
+        for name in [*AGENTS, "copycat"]
+    }
+    revoked = cli(home, "tokens", "add", "revoked-agent", target=server.target)
+    cli(home, "agents", "quota", "agent0", "--max-experiments", "2", target=server.target)
     server.start()
     url = server.url
 
@@ -181,7 +201,7 @@ async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
     assert raw_initialize(url, tokens["agent0"]) == 200
     assert raw_initialize(url, revoked) == 200
     assert raw_initialize(url, "ar_not-a-token") == 401
-    cli(home, "tokens", "revoke", "revoked-agent")
+    cli(home, "tokens", "revoke", "revoked-agent", target=server.target)
     assert raw_initialize(url, revoked) == 401
     assert httpx.post(url + "/mcp", json={}, timeout=60).status_code == 401  # no token at all
 
@@ -191,16 +211,12 @@ async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
         a, b = clients[0], clients[1]
 
         # Workspaces are private: B's edit is invisible to A and A's to B; no path escapes.
-        await call(
-            a, "edit_file", path="train.py", old="WEIGHT_DECAY = 0.0", new="WEIGHT_DECAY = 0.5"
-        )
-        await call(
-            b, "edit_file", path="train.py", old="WEIGHT_DECAY = 0.0", new="WEIGHT_DECAY = 0.7"
-        )
+        await call(a, "edit_file", path="train.py", old=BASE_LR, new="LEARNING_RATE = 0.5")
+        await call(b, "edit_file", path="train.py", old=BASE_LR, new="LEARNING_RATE = 0.7")
         a_text = (await call(a, "read_file", path="train.py", limit=2000))["content"]
         b_text = (await call(b, "read_file", path="train.py", limit=2000))["content"]
-        assert "WEIGHT_DECAY = 0.5" in a_text and "WEIGHT_DECAY = 0.7" not in a_text
-        assert "WEIGHT_DECAY = 0.7" in b_text and "WEIGHT_DECAY = 0.5" not in b_text
+        assert "LEARNING_RATE = 0.5" in a_text and "LEARNING_RATE = 0.7" not in a_text
+        assert "LEARNING_RATE = 0.7" in b_text and "LEARNING_RATE = 0.5" not in b_text
         for path in ("../agent1/train.py", "/etc/passwd", "../../workspaces/agent1/train.py"):
             await refused(a, "read_file", path=path)
             await refused(a, "write_file", path=path, content="x = 1\n")
@@ -216,8 +232,8 @@ async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
                 client,
                 "edit_file",
                 path="train.py",
-                old=f"WEIGHT_DECAY = {value}",
-                new="WEIGHT_DECAY = 0.0",
+                old=f"LEARNING_RATE = {value}",
+                new=BASE_LR,
             )
 
         # Bad input: a missing experiment, an empty claim: refused, nothing changed.
@@ -244,12 +260,12 @@ async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
                 if message and "position" in message:
                     positions.append(message)
 
-            previous = "WEIGHT_DECAY = 0.0"
+            previous = BASE_LR
             for k in range(2):
                 await call(
-                    client, "edit_file", path="train.py", old=previous, new=weight_decay(i, k)
+                    client, "edit_file", path="train.py", old=previous, new=learning_rate(i, k)
                 )
-                previous = weight_decay(i, k)
+                previous = learning_rate(i, k)
                 if k == 0:
                     ready += 1
                     if ready == len(AGENTS):
@@ -280,7 +296,7 @@ async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
                     c_text = (await call(copycat, "read_file", path="train.py", limit=2000))[
                         "content"
                     ]
-                    assert weight_decay(1, 0) in c_text
+                    assert learning_rate(1, 0) in c_text
                     again = await call(
                         copycat, "run_experiment", description="same code as agent1's", wait=False
                     )
@@ -306,7 +322,7 @@ async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
 
         # Operator quota: agent0 may run 2 experiments in all.
         await call(
-            a, "edit_file", path="train.py", old=weight_decay(0, 1), new="WEIGHT_DECAY = 0.25"
+            a, "edit_file", path="train.py", old=learning_rate(0, 1), new="LEARNING_RATE = 0.025"
         )
         assert "quota reached" in await refused(a, "run_experiment", description="a third one")
 
@@ -320,9 +336,7 @@ async def test_three_agents_share_one_slot_fairly(server: Server) -> None:
     assert len({r["id"] for r in runs}) == RUNS and len({r["code_hash"] for r in runs}) == RUNS
     assert Counter(r["agent"] for r in runs) == dict.fromkeys(AGENTS, 2)
     assert sorted(r["id"] for r in runs) == sorted(i for v in ids.values() for i in v)
-    assert all(
-        r["status"] in FINAL and r["status"] not in ("cancelled", "interrupted") for r in runs
-    ), runs
+    assert all(r["status"] == "ok" for r in runs), runs  # a template run is ~1 s: none fails
     for before, after in itertools.pairwise(runs):
         assert after["started_at"] >= before["finished_at"], (before, after)  # never two at once
     started: Counter[str] = Counter()
