@@ -246,6 +246,28 @@ def test_force_rebuilds_with_the_same_secret(prepared, tmp_path: Path) -> None:
     assert json.loads((copy / "manifest.json").read_text())["files"] == theirs  # same split
 
 
+def test_the_environments_secret_gives_the_same_split(prepared, tmp_path: Path) -> None:
+    """$AUTORESEARCH_SPLIT_SECRET: how a Ray node prepares exactly the server's val set. A fresh
+    folder prepared with it holds the same files; one that keeps another secret is refused."""
+    target, data_dir = prepared
+    secret = (data_dir / "split.key").read_text().strip()
+    env = {**os.environ, "AUTORESEARCH_SPLIT_SECRET": secret}
+    fresh = tmp_path / "node" / "data"
+    argv = [
+        part.format(python=PYTHON, target_dir=TARGETS / target, data_dir=fresh)
+        for part in config(target)["prepare_command"]
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (fresh / "split.key").read_text().strip() == secret
+    theirs = json.loads((data_dir / "manifest.json").read_text())["files"]
+    assert json.loads((fresh / "manifest.json").read_text())["files"] == theirs
+    other = {**env, "AUTORESEARCH_SPLIT_SECRET": "ab" * 32}
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=other)
+    assert refused.returncode != 0 and "AUTORESEARCH_SPLIT_SECRET" in refused.stderr
+    assert json.loads((fresh / "manifest.json").read_text())["files"] == theirs  # untouched
+
+
 # ---------------------------------------------------------------- train and evaluate
 
 

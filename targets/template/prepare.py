@@ -12,8 +12,9 @@ before serving when DIR/manifest.json is missing); options given after `--` are 
 
 Layout written under DIR:
 
-    split.key         the secret: 32 random bytes as hex, mode 0600, written once. It sits
-                      beside the subfolders, never inside one: no jail mounts it.
+    split.key         the secret: 32 random bytes as hex (or $AUTORESEARCH_SPLIT_SECRET), mode
+                      0600, written once. It sits beside the subfolders, never inside one: no
+                      jail mounts it.
     train/x.npy       float64 [n]  inputs in [-1, 1]     (the only split training sees)
     train/y.npy       float64 [n]  noisy targets
     val/x.npy, val/y.npy            scored by evaluate.py (the evaluator's jail only)
@@ -57,6 +58,10 @@ SPLIT_PERMILLE = (("train", 600), ("val", 250), ("holdout", 150))
 MANIFEST_VERSION = 1
 SPLIT_KEY_FILE = "split.key"
 SPLIT_SECRET_BYTES = 32
+# The operator's secret, hex (>= 16 bytes): fixes the split for reproducible research, and the
+# server hands its own to every Ray node, which must hold out exactly the server's val set.
+SPLIT_SECRET_ENV = "AUTORESEARCH_SPLIT_SECRET"
+MIN_SPLIT_SECRET_BYTES = 16
 SPLITS = tuple(name for name, _ in SPLIT_PERMILLE)
 
 
@@ -126,10 +131,33 @@ def key_id(secret: bytes) -> str:
     return hmac.new(secret, b"autoresearch-mcp/split-key-id", hashlib.sha256).hexdigest()[:16]
 
 
+def secret_from_environment() -> bytes | None:
+    """The operator's secret from $AUTORESEARCH_SPLIT_SECRET, or None when it is not set."""
+    text = os.environ.get(SPLIT_SECRET_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise SystemExit(f"prepare: ${SPLIT_SECRET_ENV} is not hex") from None
+    if len(secret) < MIN_SPLIT_SECRET_BYTES:
+        raise SystemExit(
+            f"prepare: ${SPLIT_SECRET_ENV} holds {len(secret)} bytes; give at least "
+            f"{MIN_SPLIT_SECRET_BYTES}"
+        )
+    return secret
+
+
 def prepare(data_dir: Path, force: bool = False) -> None:
     data_dir = data_dir.expanduser().resolve()
-    secret = read_secret(data_dir)
-    if not force and manifest_ok(data_dir, secret):
+    kept, given = read_secret(data_dir), secret_from_environment()
+    if given is not None and kept is not None and given != kept and not force:
+        raise SystemExit(
+            f"prepare: {data_dir / SPLIT_KEY_FILE} holds another secret than ${SPLIT_SECRET_ENV}; "
+            "--force re-splits the folder with the given one"
+        )
+    secret = given or kept
+    if not force and manifest_ok(data_dir, secret) and secret == kept:
         print(f"data ready in {data_dir} (manifest verified)", file=sys.stderr)
         return  # idempotent: nothing written
     secret = secret or secrets.token_bytes(SPLIT_SECRET_BYTES)  # --force keeps the secret
