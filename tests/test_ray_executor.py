@@ -4,7 +4,10 @@ pytest's own process stays normal: the test re-executes this file under `unshare
 private network namespace with only `lo`, so all Ray traffic stays on loopback). Inside it:
 a Ray head on 127.0.0.1 (no CPUs), two worker nodes on 127.0.0.2 and 127.0.0.3 (one CPU
 each, their own AUTORESEARCH_HOME, so each prepares its own data), a real Lab with the Ray
-executor and the MCP server over an in-memory client. Four experiments go in through the
+executor and the MCP server over an in-memory client. The target is the template
+(targets/template, numpy): what Ray adds is the same for every target, and a GPT run costs
+~11 CPU-s of torch imports, export and evaluation besides its budget; each experiment raises
+its STEPS so that it trains for its whole budget. Four experiments go in through the
 MCP tools; the node running the first one is killed (SIGKILL of all its processes) while it
 trains; that experiment must end `interrupted` and its retry complete on the other node.
 Every wait is bounded and every Ray process is stopped at the end (`ray stop --force`).
@@ -30,6 +33,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_TARGET = REPO_ROOT / "targets" / "template" / "target.toml"
 HEAD_PORT = 6390
 WORKER_IPS = ("127.0.0.2", "127.0.0.3")
 SCENARIO_TIMEOUT = 540
@@ -49,9 +53,7 @@ def _unshare_prefix() -> list[str]:
     return [unshare, "-n"] if os.geteuid() == 0 else [unshare, "-r", "-n"]
 
 
-def test_ray_cluster_loses_a_node_and_the_experiment_is_requeued(
-    tmp_path: Path, data_dir: Path
-) -> None:
+def test_ray_cluster_loses_a_node_and_the_experiment_is_requeued(tmp_path: Path) -> None:
     import ray  # noqa: F401 - installed by make test (requirements-test.lock); fails loudly if missing
 
     report_path = tmp_path / "report.json"
@@ -62,8 +64,6 @@ def test_ray_cluster_loses_a_node_and_the_experiment_is_requeued(
         str(Path(__file__).resolve()),
         "--work",
         str(tmp_path),
-        "--data",
-        str(data_dir),
         "--report",
         str(report_path),
     ]
@@ -155,7 +155,7 @@ def _kill_node(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-def scenario(work: Path, data: Path, report_path: Path) -> int:
+def scenario(work: Path, report_path: Path) -> int:
     report: dict[str, Any] = {"error": None}
     env = {**os.environ, **RAY_ENV}
     os.environ.update(RAY_ENV)
@@ -220,7 +220,7 @@ def scenario(work: Path, data: Path, report_path: Path) -> int:
             assert time.monotonic() < deadline, f"worker nodes did not join: {ray.nodes()}"
             time.sleep(0.5)
         report["worker_nodes"] = {n["NodeManagerAddress"]: n["NodeID"] for n in alive}
-        anyio.run(_drive, work, data, report, workers)
+        anyio.run(_drive, work, report, workers)
     except BaseException as exc:
         import traceback
 
@@ -247,22 +247,25 @@ def scenario(work: Path, data: Path, report_path: Path) -> int:
 
 
 async def _drive(
-    work: Path, data: Path, report: dict[str, Any], workers: dict[str, subprocess.Popen[bytes]]
+    work: Path, report: dict[str, Any], workers: dict[str, subprocess.Popen[bytes]]
 ) -> None:
     import anyio
     import ray
     from mcp import Client
 
+    from sandbox.target import load_target
     from server.app import build_server
     from server.lab import Lab, LabSettings
     from server.ray_executor import RayExecutor
+    from server.targets import run_prepare
 
     home = work / "server"
     home.mkdir()
-    (home / "data").symlink_to(data)
+    assert run_prepare(load_target(TEMPLATE_TARGET), home / "data", [], quiet=True) == 0
     lab = Lab(
         LabSettings(
             home=home,
+            target_file=TEMPLATE_TARGET,
             device="cpu",
             budget_seconds=4,
             budget_kind="cpu",  # robust to the neighbours on a shared CI machine
@@ -281,10 +284,11 @@ async def _drive(
         submitted = []
         async with Client(build_server(lab, default_agent="ray-agent")) as client:
             for n in range(4):
-                result = await client.call_tool(
-                    "write_file",
-                    {"path": "train.py", "content": baseline + f"\nRAY_VARIANT = {n}\n"},
-                )
+                # Each trains until its budget (the kill below must find one training), and each
+                # has a code hash of its own.
+                code = baseline.replace("STEPS = 500 ", f"STEPS = 10**9 + {n} ", 1)
+                assert code != baseline
+                result = await client.call_tool("write_file", {"path": "train.py", "content": code})
                 assert not result.is_error, result
                 result = await client.call_tool(
                     "run_experiment", {"description": f"ray variant {n}", "wait": False}
@@ -340,6 +344,7 @@ async def _drive(
                 "retry_of": r.get("retry_of"),
                 "code_hash": r["code_hash"],
                 "metric_value": r.get("metric_value"),
+                "eval_seconds": r.get("eval_seconds"),
                 "failure_reason": r.get("failure_reason"),
                 "ray_node": (r.get("metrics") or {}).get("ray_node"),
             }
@@ -355,7 +360,6 @@ async def _drive(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args()
-    sys.exit(scenario(args.work, args.data, args.report))
+    sys.exit(scenario(args.work, args.report))
