@@ -186,6 +186,23 @@ def lab_on_copy(home: Path, data_dir: Path, **settings: Any) -> Any:
     return Lab(LabSettings(home=home, **settings))
 
 
+TEMPLATE_TARGET = Path(__file__).resolve().parent.parent / "targets" / "template" / "target.toml"
+
+
+def template_lab(home: Path, **settings: Any) -> Any:
+    """A Lab on the template target (targets/template: numpy, a run of about a second, jailed,
+    evaluated and recorded like any other), its data prepared in `home`. For tests of what the
+    server does the same for every target: a GPT run costs ~11 CPU-s besides its budget (torch
+    imports, export, evaluation). The caller closes it."""
+    from sandbox.target import load_target
+    from server.lab import Lab, LabSettings
+    from server.targets import run_prepare
+
+    home.mkdir(parents=True, exist_ok=True)
+    assert run_prepare(load_target(TEMPLATE_TARGET), home / "data", [], quiet=True) == 0
+    return Lab(LabSettings(home=home, target_file=TEMPLATE_TARGET, **settings))
+
+
 def finished_run(
     lab: Any,
     agent: str,
