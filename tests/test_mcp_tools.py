@@ -24,6 +24,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from support import template_lab
 
 from sandbox.workspace import hash_files
 from server.app import build_server
@@ -100,12 +101,15 @@ def lab(tmp_path: Path, data_dir: Path) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def training_lab(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Lab]:
-    """A lab that really trains. The budget is CPU time: the machine is shared, and a wall-clock
-    budget of 4 s on a loaded machine ends in `timeout`. Calls wait up to 240 s for the same reason."""
-    lab = make_lab(
+def training_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A lab that really trains, on the template target (numpy; what the tools do with a run is
+    the same for every target). The tests raise STEPS so that a run trains its whole budget. The
+    budget is CPU time: the machine is shared. Calls wait up to 240 s for the same reason."""
+    lab = template_lab(
         tmp_path_factory.mktemp("training") / "home",
-        data_dir,
+        budget_seconds=4,
+        baseline_repeats=0,
+        eval_windows=4,
         budget_kind="cpu",
         call_wait_seconds=240,
     )
@@ -1009,17 +1013,17 @@ async def wait_until_final(client: Client, experiment_id: int) -> dict[str, Any]
 async def test_run_experiment_waits_for_the_verdict(training_lab: Lab, mode: str) -> None:
     lab = training_lab
     agent = f"waiter-{mode}"
-    rope = "50_000.0" if mode == "auto" else "20_000.0"
+    steps = "10**9 + 1" if mode == "auto" else "10**9 + 2"  # to the budget; a hash of its own
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, total, message))
 
     async with connect(lab, mode, agent=agent) as client:
-        await set_knob(client, lab, rope, "ROPE_BASE = ")
+        await set_knob(client, lab, steps, "STEPS = ")
         response = await client.call_tool(
             "run_experiment",
-            {"description": f"RoPE base 10k -> {rope}: longer wavelengths"},
+            {"description": f"steps 500 -> {steps}: train to the budget"},
             progress_callback=on_progress,
         )
         assert not response.is_error, response.content
@@ -1047,7 +1051,7 @@ async def test_run_experiment_waits_for_the_verdict(training_lab: Lab, mode: str
             include_diff=True,
             include_log=True,
         )
-        assert f"+ROPE_BASE = {rope}" in detail["diff_vs_baseline"]
+        assert f"+STEPS = {steps}" in detail["diff_vs_baseline"]
         assert detail["log_tail"]
         assert detail["lineage"][0]["id"] == result["id"]
         assert detail["hardware"] == lab.hardware
@@ -1060,9 +1064,9 @@ async def test_run_experiment_waits_for_the_verdict(training_lab: Lab, mode: str
 async def test_client_disconnecting_mid_run_leaves_the_run_recorded(training_lab: Lab) -> None:
     lab = training_lab
     async with connect(lab, "auto", agent="leaver") as client:
-        await set_knob(client, lab, "30_000.0", "ROPE_BASE = ")
+        await set_knob(client, lab, "10**9 + 3", "STEPS = ")
         started = await call(
-            client, "run_experiment", description="RoPE base 30k, then leave", wait=False
+            client, "run_experiment", description="train to the budget, then leave", wait=False
         )
         experiment_id = started["id"]
         assert started["status"] in ("queued", "running")
