@@ -183,7 +183,9 @@ async def test_a_two_part_change_is_ablated_on_paired_seeds(training_lab: Lab) -
         contribution = statistics.fmean(
             value[(f"without part {part}", n)] - value[("full", n)] for n in (0, 1)
         )
-        assert analysis["parts"][part - 1]["mean"] == pytest.approx(contribution, abs=HALF_A_PUBLISHED_DIGIT)
+        assert analysis["parts"][part - 1]["mean"] == pytest.approx(
+            contribution, abs=HALF_A_PUBLISHED_DIGIT
+        )
         assert analysis["parts"][part - 1]["n"] == 2
         assert analysis["parts"][part - 1]["effect"] in ("helps", "hurts", "within noise")
     assert analysis["additivity"] in ("adds up", "sub-additive", "interacting")
