@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -63,7 +64,20 @@ def lab(tmp_path_factory, data_dir):
     lab.close()
 
 
-async def test_honest_improvement_counts(lab):
+@pytest.fixture(scope="module")
+def control_run(lab):
+    """The control's run, once for the module: (what the agent received, the stored row). Both
+    the control's test and the holdout's read it, so either also runs on its own."""
+    return anyio.run(
+        run_hack,
+        lab,
+        "alice-lr",
+        "depth 2, width 128: more steps in the same budget",
+        CONTROL_EDITS,
+    )
+
+
+async def test_honest_improvement_counts(lab, control_run):
     """Control: a model sized for the budget -- the baseline is too big for ~14 steps.
     Defence under test: none -- the defences must not stop honest research: the run is ok, carries
     no flag, is not disqualified, and beats the baseline run with the same (server) seed.
@@ -71,12 +85,7 @@ async def test_honest_improvement_counts(lab):
     It must also count: one run makes it a candidate, the server re-runs it on fresh seeds, and
     the verdict turns 'improved' only on those runs' mean against the reference (the baseline's
     mean), at the campaign's error budget."""
-    received, row = await run_hack(
-        lab,
-        "alice-lr",
-        "depth 2, width 128: more steps in the same budget",
-        CONTROL_EDITS,
-    )
+    received, row = control_run
     noise = lab.noise_info()
     assert noise["measured"] and noise["runs"] >= 5
     assert received["status"] == row["status"] == "ok", received["failure_reason"]
@@ -127,7 +136,7 @@ async def test_seed_only_changes_are_flagged_and_never_improve(lab):
         assert "seed_only" in history["rows"][0]["flags"]
 
 
-async def test_holdout_is_sealed_per_experiment_and_shown_on_the_leaderboard(lab):
+async def test_holdout_is_sealed_per_experiment_and_shown_on_the_leaderboard(lab, control_run):
     """Hack: read the sealed holdout's score per experiment (get_experiment, get_history, the
     log) to select changes on it too.
     Defence: the holdout is scored only for leaderboard entries (the baseline's runs and the
@@ -136,6 +145,7 @@ async def test_holdout_is_sealed_per_experiment_and_shown_on_the_leaderboard(lab
     (control,) = lab.store.experiments_with_verdict(
         "improved", hardware=lab.hardware, budget_seconds=lab.budget_seconds, scale="S"
     )
+    assert control == control_run[1]["id"]
     runs = wait_rows(lab, [r["id"] for r in lab.store.confirmation_runs(control)])
     assert len(runs) == lab.settings.confirm_runs + lab.settings.holdout_runs
     holdout_runs = [r["id"] for r in runs if r["description"].startswith(SERVER_HOLDOUT_RUN)]
