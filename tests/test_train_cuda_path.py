@@ -1,4 +1,5 @@
-"""The CUDA recipe of trainer/train.py, run on the CPU: compile, gradient accumulation, export.
+"""The CUDA recipe of trainer/train.py, run on the CPU: compile, gradient accumulation, export;
+and the precision train.py picks (bf16 autocast only where bf16 matrix products are fast).
 
 No GPU in CI, so the CUDA recipe's code path runs on the CPU: AR_RECIPE=cuda with AR_DEVICE=cpu
 (train.py's documented knob), at toy shapes set by exact line edits, as an agent's patch would
@@ -149,6 +150,23 @@ def test_cuda_recipe_trains_within_budget_and_exports_a_model_the_evaluator_acce
     assert report["status"] == "ok", report
     assert math.isfinite(report["val_bpb"]) and 0 < report["val_bpb"] < 8, report
     assert report["context"] == EVAL_CONTEXT
+
+
+def test_a_cpu_without_fast_bf16_trains_in_fp32(tmp_path, data_dir):
+    """The CPU recipe where oneDNN has no bf16 kernels (an AVX2-only CPU, told here by capping
+    oneDNN at AVX2): train.py says bf16 False, trains in fp32 and leaves a model the evaluator
+    scores. On such a CPU bf16 autocast ran ~7x slower than fp32 and no short run fitted."""
+    work = tmp_path / "fp32"
+    done, _ = run_train(
+        TRAIN_PY.read_text(), work, data_dir, 8.0, AR_RECIPE="cpu", ONEDNN_MAX_CPU_ISA="AVX2"
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "compiled False, bf16 False," in log, log[:2000]
+    summary = {key: float(value) for key, value in SUMMARY.findall(done.stdout)}
+    assert summary["steps"] >= 1 and math.isfinite(summary["train_loss"]), log[-2000:]
+    report = evaluate(work / "model.pt2", data_dir)
+    assert report["status"] == "ok" and math.isfinite(report["val_bpb"]), report
 
 
 def test_an_unknown_recipe_is_refused_with_the_names_to_send(tmp_path, data_dir):
