@@ -38,14 +38,14 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from support import connect_over_http, free_port, wait_for_healthz
+from support import TEMPLATE_TARGET, connect_over_http, free_port, wait_for_healthz
 
 from server.store import FINAL_STATUSES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXE = str(Path(sys.executable).with_name("autoresearch-mcp"))
-TEMPLATE = Path(__file__).resolve().parent.parent / "targets" / "template"
+TEMPLATE = TEMPLATE_TARGET.parent  # the template target's folder, as --target takes it
 FINAL = frozenset(FINAL_STATUSES)
 # Three agents, two runs each: enough for rounds to interleave (fairness).
 AGENTS = [f"agent{i}" for i in range(3)]

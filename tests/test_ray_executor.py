@@ -33,7 +33,6 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_TARGET = REPO_ROOT / "targets" / "template" / "target.toml"
 HEAD_PORT = 6390
 WORKER_IPS = ("127.0.0.2", "127.0.0.3")
 SCENARIO_TIMEOUT = 540
@@ -252,6 +251,7 @@ async def _drive(
     import anyio
     import ray
     from mcp import Client
+    from support import TEMPLATE_TARGET  # tests/ is on sys.path: pytest's and this script's
 
     from sandbox.target import load_target
     from server.app import build_server
