@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from server.store import Store, write_transaction
-from server.store.change_log import CHANGE_LOG_TABLE, CHANGE_LOG_TRIGGERS, log_head
+from server.store.change_log import (
+    CHANGE_LOG_KEEP,
+    CHANGE_LOG_TABLE,
+    CHANGE_LOG_TRIGGERS,
+    log_head,
+)
+from server.store.database import stale_triggers
 from server.store.listing import CHART_OUTLINE_COLUMNS, FINISHED
+from server.store.read_cache import CHANGE_TRIGGERS, experiments_changes
 
 HARDWARE, BUDGET = "cpu-test", 60.0
 STATUSES = ("queued", "running", "ok", "crash", "timeout", "cancelled")
@@ -188,6 +198,140 @@ def test_a_file_written_before_the_log_gets_it_when_opened(tmp_path: Path) -> No
         1,
         1,
     )
+
+
+class CommitBetweenStatements:
+    """A reader's connection on which, just after the statement that checks how far back the log
+    reaches, another connection commits `changes` log entries (a bulk write from another
+    process), before the reader reads the ids changed."""
+
+    def __init__(self, db: Any, other: sqlite3.Connection, row_id: int, changes: int) -> None:
+        self.db, self.other, self.row_id, self.changes = db, other, row_id, changes
+        self.fired = False
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        cursor = self.db.execute(sql, params)
+        if self.fired or "MIN(seq)" not in sql:
+            return cursor
+        rows = cursor.fetchall()
+        self.fired = True
+        self.other.execute("BEGIN IMMEDIATE")
+        for _ in range(self.changes):
+            self.other.execute(
+                "UPDATE experiments SET description = 'bulk' WHERE id = ?", [self.row_id]
+            )
+        self.other.execute("COMMIT")
+        return _Rows(rows)
+
+
+class _Rows(list):  # type: ignore[type-arg]
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+
+def test_a_large_commit_between_a_readers_statements_does_not_hide_a_change(
+    tmp_path: Path,
+) -> None:
+    """Review finding: the reader's statements each saw their own moment. A commit of a full
+    log's worth of entries, landing between the check that the log reaches back and the read of
+    the ids, pruned the entries being read: the reader merged none of them, marked itself
+    current, and the change it missed stayed missing for the life of the process. The reader's
+    statements now run in one read snapshot."""
+    path = tmp_path / "history.sqlite"
+    store = Store(path)
+    rng = random.Random(5)
+    ids = [create(store, rng) for _ in range(10)]
+    store.chart_outline(HARDWARE, BUDGET)
+    store.update_experiment(  # one change for the reader to merge
+        ids[0], status="ok", metric_value=0.5, hardware=HARDWARE, budget_seconds=BUDGET
+    )
+    with closing(sqlite3.connect(path, isolation_level=None, timeout=30)) as other:
+        reader = CommitBetweenStatements(store.db.get(), other, ids[1], CHANGE_LOG_KEEP)
+        store.chart_outline_rows.rows(reader, [HARDWARE, BUDGET])
+    assert reader.fired
+    for _ in range(2):
+        outline = store.chart_outline(HARDWARE, BUDGET)
+        assert outline == outline_read_whole(store)
+        assert (ids[0], 1) == outline[[row[0] for row in outline].index(ids[0])][:2]
+
+
+def test_a_backup_restored_into_the_live_file_is_read_whole(tmp_path: Path) -> None:
+    """Review finding: a backup restored into the live file renumbers the log from an older
+    point. Once its head passed a reader's kept seq, the reader merged the restored file's
+    changes into rows kept from the discarded history: an agent that no longer exists stayed
+    ranked, a new result stayed missing. Each entry's random stamp now tells the reader that
+    the entry it stopped at is not the one it saw."""
+    path = tmp_path / "history.sqlite"
+    store = Store(path)
+    rng = random.Random(6)
+    ids = [create(store, rng) for _ in range(10)]
+    backup = sqlite3.connect(tmp_path / "backup.sqlite")
+    with closing(sqlite3.connect(path)) as live:
+        live.backup(backup)
+    for _ in range(3):  # then discarded by the restore
+        store.create_experiment(
+            agent="dropped", kind="experiment", status="ok", metric_value=0.9,
+            hardware=HARDWARE, budget_seconds=BUDGET,
+        )  # fmt: skip
+    store.chart_outline(HARDWARE, BUDGET)
+    store.per_agent_totals()
+    kept_at = log_head(store.db)
+    with closing(sqlite3.connect(path)) as live:  # the restore, under the running store
+        backup.backup(live)
+    backup.close()
+    for _ in range(6):
+        change(store, rng, ids)
+    assert log_head(store.db) > kept_at  # the restored log passed the readers' kept seq
+    assert store.chart_outline(HARDWARE, BUDGET) == outline_read_whole(store)
+    totals = {agent: tuple(rest) for agent, *rest in store.per_agent_totals()}
+    assert totals == totals_read_whole(store) and "dropped" not in totals
+
+
+def test_an_older_files_counter_and_log_are_brought_up_to_date_when_opened(
+    tmp_path: Path,
+) -> None:
+    """A file from before the stamps (a plain change count, a log without stamps) gets the new
+    triggers and column when opened, and its kept reads stay equal to full reads."""
+    path = tmp_path / "history.sqlite"
+    store = Store(path)
+    rng = random.Random(7)
+    ids = [create(store, rng) for _ in range(5)]
+    plain = "BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'experiments_changes'; END"
+    unstamped = (
+        "BEGIN INSERT INTO experiment_changes (experiment_id) VALUES (NEW.id); "
+        "DELETE FROM experiment_changes WHERE seq <= last_insert_rowid() - 4096; END"
+    )
+    with write_transaction(store.db):
+        for name, body in [
+            ("experiments_changes_insert", f"AFTER INSERT ON experiments {plain}"),
+            ("experiments_changes_update", f"AFTER UPDATE ON experiments {plain}"),
+            ("experiments_log_insert", f"AFTER INSERT ON experiments {unstamped}"),
+            ("experiments_log_update", f"AFTER UPDATE ON experiments {unstamped}"),
+        ]:
+            store.db.execute(f"DROP TRIGGER {name}")
+            store.db.execute(f"CREATE TRIGGER {name} {body}")
+        store.db.execute(f"DROP TABLE {CHANGE_LOG_TABLE}")
+        store.db.execute(
+            f"CREATE TABLE {CHANGE_LOG_TABLE} (seq INTEGER PRIMARY KEY, experiment_id INTEGER NOT NULL)"
+        )
+        store.db.execute("UPDATE meta SET value = '12' WHERE key = 'experiments_changes'")
+    change(store, rng, ids)  # an unstamped entry
+    reopened = Store(path)
+    assert stale_triggers(reopened.db, {**CHANGE_LOG_TRIGGERS, **CHANGE_TRIGGERS}) == []
+    assert "stamp" in reopened.db.table(CHANGE_LOG_TABLE).columns_dict
+    reopened.chart_outline(HARDWARE, BUDGET)  # kept at the unstamped entry
+    change(reopened, rng, ids)
+    count, suffix = str(experiments_changes(reopened.db)).split(".")
+    assert count == "14" and len(suffix) == 12
+    assert reopened.chart_outline(HARDWARE, BUDGET) == outline_read_whole(reopened)
+    assert reopened.chart_outline_rows.delta_reads == 1  # from the unstamped entry on
 
 
 def totals_read_whole(store: Store) -> dict[str, tuple[object, ...]]:

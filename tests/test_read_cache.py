@@ -4,13 +4,15 @@ process's, and never from inside a write transaction. A real SQLite file; no ser
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 from server.store import Store, write_transaction
-from server.store.read_cache import experiments_changes
+from server.store.read_cache import MAX_ENTRIES, experiments_changes
 
 
 def finished(store: Store, agent: str, metric_value: float, verdict: str = "worse") -> int:
@@ -130,3 +132,47 @@ def test_a_stale_answer_is_rebuilt_once_while_the_other_callers_wait(tmp_path: P
     assert answers == [1] * 16 and len(calls) == 1
     finished(store, "bob", 1.8)
     assert store.read_cache.get(store.db, ("slow_count",), slow_count) == 2 and len(calls) == 2
+    assert store.read_cache.building_locks() == 0  # the waiters' lock went with the build
+
+
+def test_no_build_lock_outlives_its_build(tmp_path: Path) -> None:
+    """Review finding: each key's build lock was kept for the life of the process, and some keys
+    are one-off (the confirmations of one list of ids, a reference that leaves one experiment
+    out): 2,000 such keys kept 62 MiB. Now a key's lock goes when its last user leaves; the
+    answers themselves stay bounded (MAX_ENTRIES)."""
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9)
+    for n in range(500):
+        assert store.read_cache.get(store.db, ("one-off", tuple(range(n))), lambda n=n: n) == n
+    assert store.read_cache.building_locks() == 0
+    assert len(store.read_cache._entries) == MAX_ENTRIES
+
+
+def test_a_counter_that_went_back_serves_nothing_kept_from_the_other_history(
+    tmp_path: Path,
+) -> None:
+    """Review finding: a backup restored into the live file moves the change counter back. The
+    kept answers served any reader whose counter was at or below theirs, so after a restore they
+    served the discarded history, and, once the restored file's count came back to theirs,
+    went on serving it as current. Each bump now writes a random suffix, and an answer serves
+    only the very value it was built at."""
+    path = tmp_path / "history.sqlite"
+    store = Store(path)
+    finished(store, "alice", 1.9)
+    backup = sqlite3.connect(tmp_path / "backup.sqlite")
+    with closing(sqlite3.connect(path)) as live:
+        live.backup(backup)
+    finished(store, "bob", 1.5)
+    finished(store, "bob", 1.4)
+    assert store.read_cache.get(store.db, ("count",), store.count_experiments) == 3
+    built_at = str(experiments_changes(store.db))
+    with closing(sqlite3.connect(path)) as live:  # the restore, under the running store
+        backup.backup(live)
+    backup.close()
+    assert store.read_cache.get(store.db, ("count",), store.count_experiments) == 1
+    finished(store, "carol", 1.3)
+    finished(store, "carol", 1.2)
+    now = str(experiments_changes(store.db))  # the restored file's count is where the kept one was
+    assert now.split(".")[0] == built_at.split(".")[0] and now != built_at
+    assert store.read_cache.get(store.db, ("count",), store.count_experiments) == 3
+    assert store.outcome_counts() == store._outcome_counts_read()

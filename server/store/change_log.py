@@ -17,6 +17,15 @@ leaderboard's rebuild went from 111-140 to 43-68 ms, the chart's from 360-460 to
 The log keeps its newest CHANGE_LOG_KEEP entries: a reader further behind (or on a file written
 before the log existed) reads the table whole, as before. History is never deleted
 (server.store), so a row leaves a read only when it stops matching its filter.
+
+Two guards keep a delta read honest (both found by review, reproduced in tests/test_change_log.py):
+- a reader's statements run in one read snapshot (`read_snapshot`): otherwise a large commit
+  landing between the check that the log reaches back and the read of the ids could prune the
+  very entries being read, and the reader would mark itself current with a change missed for
+  good;
+- each entry carries a random stamp, and a reader checks that the entry it stopped at is still
+  the one it saw: a backup restored into the live file renumbers the log from an older point,
+  and once it passed the reader's seq, a delta over another history would have been merged.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from typing import Any
 
 import sqlite_utils
 
+from server.store.database import read_snapshot, replace_stale_triggers
+
 CHANGE_LOG_TABLE = "experiment_changes"
 CHANGE_LOG_KEEP = 4096  # changes kept: a read further behind than this reads the table whole
 MERGE_BY_SORT_FROM = 256  # more changed rows than this: merged by one sort, not one by one
@@ -36,12 +47,13 @@ ID_CHUNK = 500  # ids per `IN (...)` read (SQLite's default limit is 999 variabl
 
 CHANGE_LOG_SQL = (
     f"CREATE TABLE IF NOT EXISTS {CHANGE_LOG_TABLE} "
-    "(seq INTEGER PRIMARY KEY, experiment_id INTEGER NOT NULL)"
+    "(seq INTEGER PRIMARY KEY, experiment_id INTEGER NOT NULL, stamp TEXT)"
 )
 # Inside a trigger, last_insert_rowid() is the log row just written; it reverts when the
 # trigger ends, so the experiment's own insert still reports the experiment's id.
 _LOG_BODY = (
-    f"INSERT INTO {CHANGE_LOG_TABLE} (experiment_id) VALUES (NEW.id); "
+    f"INSERT INTO {CHANGE_LOG_TABLE} (experiment_id, stamp) "
+    "VALUES (NEW.id, lower(hex(randomblob(6)))); "
     f"DELETE FROM {CHANGE_LOG_TABLE} WHERE seq <= last_insert_rowid() - {CHANGE_LOG_KEEP}; "
 )
 CHANGE_LOG_TRIGGERS = {
@@ -53,33 +65,61 @@ CHANGE_LOG_TRIGGERS = {
 
 
 def ensure_change_log(db: sqlite_utils.Database) -> None:
-    """Create the log table and its triggers where missing (inside the caller's transaction)."""
+    """Create the log table and its triggers where missing, and bring an older version's (no
+    stamps) up to date (inside the caller's transaction)."""
     db.execute(CHANGE_LOG_SQL)
-    for sql in CHANGE_LOG_TRIGGERS.values():
-        db.execute(sql)
+    if "stamp" not in db.table(CHANGE_LOG_TABLE).columns_dict:
+        db.execute(f"ALTER TABLE {CHANGE_LOG_TABLE} ADD COLUMN stamp TEXT")
+    replace_stale_triggers(db, CHANGE_LOG_TRIGGERS)
+
+
+@dataclass(frozen=True)
+class LogPosition:
+    """A point in the log: the seq of its newest entry (0: empty) and that entry's stamp."""
+
+    seq: int
+    stamp: str | None
+
+
+def log_position(db: sqlite_utils.Database) -> LogPosition:
+    """Where the log ends now."""
+    row = db.execute(
+        f"SELECT seq, stamp FROM {CHANGE_LOG_TABLE} ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    return LogPosition(0, None) if row is None else LogPosition(int(row[0]), row[1])
 
 
 def log_head(db: sqlite_utils.Database) -> int:
     """The seq of the newest logged change (0 while the log is empty)."""
-    return int(db.execute(f"SELECT IFNULL(MAX(seq), 0) FROM {CHANGE_LOG_TABLE}").fetchone()[0])
+    return log_position(db).seq
 
 
-def changed_since(db: sqlite_utils.Database, seq: int, head: int) -> list[int] | None:
-    """The ids of the experiments changed after `seq` up to `head`, ascending; None when the
-    log no longer reaches back to `seq` (pruned, or a file whose log began later)."""
-    oldest = db.execute(f"SELECT MIN(seq) FROM {CHANGE_LOG_TABLE} WHERE seq > ?", [seq]).fetchone()[
-        0
-    ]
-    if oldest is None:  # nothing logged after `seq`: current if the head is still there
-        return [] if head == seq else None
-    if oldest != seq + 1:
+def changed_since(
+    db: sqlite_utils.Database, since: LogPosition, head: LogPosition
+) -> list[int] | None:
+    """The ids of the experiments changed after `since` up to `head`, ascending; None when the
+    log no longer holds `since` as it was seen (pruned, a file whose log began later, or a file
+    replaced by another: a restored backup) or no longer reaches on from it. Read it in the
+    same snapshot as `head` (`read_snapshot`)."""
+    if since == head:
+        return []
+    if since.seq > 0:
+        row = db.execute(
+            f"SELECT stamp FROM {CHANGE_LOG_TABLE} WHERE seq = ?", [since.seq]
+        ).fetchone()
+        if row is None or row[0] != since.stamp:
+            return None
+    oldest = db.execute(
+        f"SELECT MIN(seq) FROM {CHANGE_LOG_TABLE} WHERE seq > ?", [since.seq]
+    ).fetchone()[0]
+    if oldest is None or oldest != since.seq + 1:
         return None
     return [
         int(row[0])
         for row in db.execute(
             f"SELECT DISTINCT experiment_id FROM {CHANGE_LOG_TABLE} WHERE seq > ? AND seq <= ? "
             "ORDER BY experiment_id",
-            [seq, head],
+            [since.seq, head.seq],
         )
     ]
 
@@ -89,7 +129,7 @@ Row = tuple[Any, ...]  # a row as SQLite returned it, or an aggregate
 
 @dataclass
 class _Kept:
-    seq: int
+    position: LogPosition
     ids: list[int]
     rows: list[Any]  # what `make_row` made of each row
 
@@ -123,18 +163,18 @@ class IncrementalRows:
         if db.conn.in_transaction:  # may see uncommitted rows: never kept
             return self._read_all(db, params)[1]
         key = tuple(params)
-        with self._lock:
-            head = log_head(db)  # read before the rows: a change after it is read again later
+        with self._lock, read_snapshot(db):  # the head, the log and the rows: one moment
+            head = log_position(db)
             kept = self._kept.get(key)
-            if kept is not None and kept.seq == head:
+            if kept is not None and kept.position == head:
                 return list(kept.rows)
-            changed = None if kept is None else changed_since(db, kept.seq, head)
+            changed = None if kept is None else changed_since(db, kept.position, head)
             if kept is None or changed is None:
                 kept = _Kept(head, *self._read_all(db, params))
                 self.full_reads += 1
             else:
                 self._merge(kept, self._read_ids(db, params, changed), changed)
-                kept.seq = head
+                kept.position = head
                 self.delta_reads += 1
             self._kept[key] = kept
             return list(kept.rows)
@@ -202,7 +242,7 @@ class IncrementalGroups:
 
     def __init__(self, group_column: str, aggregates: str, where: str) -> None:
         self.group_column, self.aggregates, self.where = group_column, aggregates, where
-        self._kept: tuple[int, dict[Any, Row]] | None = None
+        self._kept: tuple[LogPosition, dict[Any, Row]] | None = None
         self._lock = threading.Lock()
         self.full_reads = self.delta_reads = 0
 
@@ -210,8 +250,8 @@ class IncrementalGroups:
         """Each group's aggregates now, by group (a fresh dict the caller may keep)."""
         if db.conn.in_transaction:
             return self._aggregate(db, None)
-        with self._lock:
-            head = log_head(db)
+        with self._lock, read_snapshot(db):  # the head, the log and the rows: one moment
+            head = log_position(db)
             if self._kept is not None and self._kept[0] == head:
                 return dict(self._kept[1])
             changed = None if self._kept is None else changed_since(db, self._kept[0], head)

@@ -73,6 +73,46 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
                 db.conn.execute("COMMIT")
 
 
+@contextmanager
+def read_snapshot(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """Run the block's reads as one deferred transaction: every SELECT in it sees the file as
+    of its first one (WAL), whatever other connections or processes commit meanwhile. Outside
+    one, each statement sees its own moment. Joins a transaction already open."""
+    lock = _lock_for(db)
+    with lock:
+        if db.conn.in_transaction:
+            yield db
+            return
+        db.conn.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            if db.conn.in_transaction:
+                db.conn.execute("COMMIT")  # nothing was written: this only ends the snapshot
+
+
+def stale_triggers(db: sqlite_utils.Database, wanted: dict[str, str]) -> list[str]:
+    """The triggers of `wanted` (name: `CREATE TRIGGER IF NOT EXISTS ...`) that are missing or
+    whose stored SQL differs (an older version's body). SQLite stores the statement without
+    its IF NOT EXISTS."""
+    stored = dict(
+        db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    )
+    return [
+        name
+        for name, sql in wanted.items()
+        if stored.get(name) != sql.replace(" IF NOT EXISTS", "", 1)
+    ]
+
+
+def replace_stale_triggers(db: sqlite_utils.Database, wanted: dict[str, str]) -> None:
+    """Create the missing triggers of `wanted` and replace the stale ones, inside the caller's
+    transaction."""
+    for name in stale_triggers(db, wanted):
+        db.execute(f"DROP TRIGGER IF EXISTS [{name}]")
+        db.execute(wanted[name])
+
+
 class ThreadLocalDatabase:
     """One sqlite-utils Database per thread over the same file, behind one object.
 

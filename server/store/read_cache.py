@@ -8,6 +8,11 @@ at 100,000 experiments each costs 20 ms to 2 s, and every agent asks for them. T
 back with the write itself, from any connection or process) and served again while the counter
 is unchanged. Reads inside a write transaction bypass the cache (they may see uncommitted rows).
 Callers get fresh lists and row dicts, never the kept ones (see `_copy`).
+
+Each bump writes a random suffix beside the count (`42.9f3c01a7e2b4`), and an answer serves
+only a reader who read the very same value: a backup restored into the live file moves the
+count back, and without the suffix the answers kept from the discarded history (at a count the
+restored file reaches again after a few writes) would be served as current.
 """
 
 from __future__ import annotations
@@ -18,26 +23,31 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from server.store.database import replace_stale_triggers
+
 CHANGES_KEY = "experiments_changes"
 MAX_ENTRIES = 64  # distinct queries kept (a handful of settings); the oldest go first
 
 T = TypeVar("T")
 
+# CAST takes the leading count of `count.suffix` (and of a plain count, as older files hold).
+_BUMP = (
+    "BEGIN UPDATE meta SET value = (CAST(value AS INTEGER) + 1) || '.' || "
+    f"lower(hex(randomblob(6))) WHERE key = '{CHANGES_KEY}'; END"
+)
 CHANGE_TRIGGERS = {
     "experiments_changes_insert": "CREATE TRIGGER IF NOT EXISTS experiments_changes_insert "
-    "AFTER INSERT ON experiments BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
-    f"WHERE key = '{CHANGES_KEY}'; END",
+    f"AFTER INSERT ON experiments {_BUMP}",
     "experiments_changes_update": "CREATE TRIGGER IF NOT EXISTS experiments_changes_update "
-    "AFTER UPDATE ON experiments BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
-    f"WHERE key = '{CHANGES_KEY}'; END",
+    f"AFTER UPDATE ON experiments {_BUMP}",
 }
 
 
 def ensure_change_counter(db: sqlite_utils.Database) -> None:
-    """Create the counter row and its triggers where missing (inside the caller's transaction)."""
+    """Create the counter row and its triggers where missing, and replace the triggers of an
+    older version (inside the caller's transaction)."""
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", [CHANGES_KEY])
-    for sql in CHANGE_TRIGGERS.values():
-        db.execute(sql)
+    replace_stale_triggers(db, CHANGE_TRIGGERS)
 
 
 def experiments_changes(db: sqlite_utils.Database) -> str | None:
@@ -64,20 +74,27 @@ class ReadCache:
     One computation per key at a time: when a change makes an answer stale, the first caller
     rebuilds it and the others wait for that answer instead of each rebuilding it too (with 100
     agents' calls in worker threads, every change set off dozens of identical ~1 s rebuilds).
+    A key's build lock lives only while someone builds or waits: some keys are one-off (a
+    reference that leaves one experiment out, the confirmations of one list of ids).
     """
 
     def __init__(self) -> None:
         self._entries: dict[Hashable, tuple[str, Any]] = {}
         self._lock = threading.Lock()
-        self._building: dict[Hashable, threading.Lock] = {}
+        self._building: dict[Hashable, tuple[threading.Lock, list[int]]] = {}
 
     def _fresh(self, key: Hashable, version: str) -> tuple[bool, Any]:
-        """(True, the kept answer) if it was computed at `version` or later, else (False, None)."""
+        """(True, the kept answer) if it was computed at exactly `version`, else (False, None)."""
         with self._lock:
             kept = self._entries.get(key)
-        if kept is not None and _not_older(kept[0], version):
+        if kept is not None and kept[0] == version:
             return True, kept[1]
         return False, None
+
+    def building_locks(self) -> int:
+        """How many keys have a build under way or waited for (tests: none are left behind)."""
+        with self._lock:
+            return len(self._building)
 
     def get(self, db: sqlite_utils.Database, key: Hashable, compute: Callable[[], T]) -> T:
         """The kept answer of `key` while `experiments` is unchanged, else `compute()` (kept)."""
@@ -90,23 +107,20 @@ class ReadCache:
         if found:
             return _copy(value)
         with self._lock:
-            building = self._building.setdefault(key, threading.Lock())
-        with building:  # one rebuild per key; the others wait for it, then use its answer
-            found, value = self._fresh(key, version)
-            if found:
-                return _copy(value)
-            value = compute()
+            building, users = self._building.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with building:  # one rebuild per key; the others wait for it, then use its answer
+                found, value = self._fresh(key, version)
+                if not found:
+                    value = compute()
+                    with self._lock:
+                        if len(self._entries) >= MAX_ENTRIES:
+                            self._entries.pop(next(iter(self._entries)))
+                        self._entries[key] = (version, value)
+        finally:
             with self._lock:
-                if len(self._entries) >= MAX_ENTRIES:
-                    self._entries.pop(next(iter(self._entries)))
-                self._entries[key] = (version, value)
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._building[key]
         return _copy(value)
-
-
-def _not_older(kept: str, wanted: str) -> bool:
-    """Whether an answer computed at counter value `kept` serves a reader who saw `wanted`:
-    the same value, or a later one (computed from a state at least as new as the reader's)."""
-    try:
-        return int(kept) >= int(wanted)
-    except ValueError:
-        return kept == wanted

@@ -11,7 +11,7 @@ import sqlite_utils
 
 from server.record import SERVER_AGENT
 from server.store.change_log import CHANGE_LOG_TABLE, CHANGE_LOG_TRIGGERS, ensure_change_log
-from server.store.database import write_transaction
+from server.store.database import stale_triggers, write_transaction
 from server.store.read_cache import CHANGE_TRIGGERS, ensure_change_counter
 
 # The largest experiment or claim id the server accepts: SQLite's INTEGER is 64-bit signed, and
@@ -261,12 +261,16 @@ def create_tables(db: sqlite_utils.Database) -> None:
                 db.execute(sql)
     # The change counter the read cache keys on (server.store.read_cache) and the change log
     # the chart's outline is kept current from (server.store.change_log); created on old files.
-    triggers = {t.name for t in db.triggers}
+    # Triggers of an older version (a plain counter, a log without stamps) are replaced.
     counter = db.execute("SELECT 1 FROM meta WHERE key = 'experiments_changes'").fetchone()
-    if counter is None or not set(CHANGE_TRIGGERS) <= triggers:
+    if counter is None or stale_triggers(db, CHANGE_TRIGGERS):
         with write_transaction(db):
             ensure_change_counter(db)
-    if CHANGE_LOG_TABLE not in db.table_names() or not set(CHANGE_LOG_TRIGGERS) <= triggers:
+    if (
+        CHANGE_LOG_TABLE not in db.table_names()
+        or "stamp" not in db.table(CHANGE_LOG_TABLE).columns_dict
+        or stale_triggers(db, CHANGE_LOG_TRIGGERS)
+    ):
         with write_transaction(db):
             ensure_change_log(db)
 
