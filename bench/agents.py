@@ -921,17 +921,17 @@ def run_large(args: argparse.Namespace) -> int:
             prepare_module.prepare(home / "data", quiet=True)
         agents = [f"bench{n:03d}" for n in range(args.agent_count)]
         seeded = seed_record(home, args.history, agents)
+        report.append(
+            f"seeded {seeded['experiments']} experiments and {seeded['claims']} claims in "
+            f"{seeded['seed_s']:.1f} s ({seeded['db_mb']:.0f} MiB file)"
+        )
+        print(report[-1], flush=True)
         if args.profile_only:
             profile_tools(seeded["lab"], seeded["experiments"], report)
             print("\n".join(report))
             return 0
         lab = seeded["lab"]
         top_id = seeded["experiments"]
-        report.append(
-            f"seeded {seeded['experiments']} experiments and {seeded['claims']} claims in "
-            f"{seeded['seed_s']:.1f} s ({seeded['db_mb']:.0f} MiB file)"
-        )
-        print(report[-1], flush=True)
         if args.profile:
             profile_tools(lab, top_id, report)
             print("\n".join(report[-12:]), flush=True)
