@@ -2,17 +2,19 @@
 
 `export_patches(store, DIR)` finds the best confirmed experiment (verdict `improved`, the lowest
 fresh-seed mean), follows its parents back to the baseline and keeps the confirmed improvements
-on that path, oldest first. Each becomes `NNN-slug.patch`: a git-format-patch-like file whose
+on that path, oldest first. Each becomes `NNN-experiment-ID.patch`: a git-format-patch-like file whose
 header gives the description, the author, the gain vs the previous improvement and vs the
 baseline (fresh-seed means), the confirmation runs, the sealed holdout where scored and the
 experiment's results.tsv lines, then the diff from the previous improvement's code (or the
 baseline's). Applied in order with `git apply` to the baseline they rebuild the best code
 exactly. `README.md` indexes them. With `git=True`, DIR/repo is a git repository: the baseline
-commit, then one commit per improvement (branch `improvement/NNN-slug` at each, `improvements`
+commit, then one commit per improvement (branch `improvement/NNN-experiment-ID` at each, `improvements`
 at the best), with a fixed committer and dates so the same record gives the same commits.
 
 What agents wrote (descriptions) is data: whitespace collapsed onto one line, every header line
-starts with fixed text, file names are slugs of it, and git runs without a shell.
+starts with fixed text, no file or branch name is made of it (a slug of a description carried an
+agent's words outside the untrusted block that agents read the index in), and git runs without a
+shell. In the index, descriptions come after the table, each in its own block for an agent.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def plan_export(
             tsv_lines=[line for line in tsv[1:] if commit and line.startswith(commit + "\t")],
             unconfirmed_steps=list(reversed(steps)),
         )
-        improvement.filename = f"{number:03d}-{slug(one_line(experiment['description']))}.patch"
+        improvement.filename = f"{number:03d}-experiment-{int(experiment['id'])}.patch"
         # A row without its code (a hand-made or damaged record) gets an empty diff, not a crash.
         code = experiment.get("code") if isinstance(experiment.get("code"), dict) else None
         diff = code_diff(previous_code, code) if code is not None else ""
@@ -281,19 +283,25 @@ def _index(improvements: Sequence[Improvement]) -> str:
         "one gives the best confirmed code. Gains are in the target's metric (positive = better),",
         "from the server's fresh-seed confirmation means.",
         "",
-        "| # | patch | experiment | agent | description | gain vs previous | gain vs baseline | holdout |",
-        "|---|---|---|---|---|---|---|---|",
+        "| # | patch | experiment | agent | gain vs previous | gain vs baseline | holdout |",
+        "|---|---|---|---|---|---|---|",
     ]
     for item in improvements:
         e = item.experiment
         lines.append(
             f"| {item.number} | [{item.filename}]({item.filename}) | #{e['id']} | {cell(e['agent'])} "
-            f"| {agent_text(cell(e['description']), e['agent'])} | {_figure(item.gain_vs_previous)} "
-            f"| {_figure(item.gain_vs_baseline)} "
+            f"| {_figure(item.gain_vs_previous)} | {_figure(item.gain_vs_baseline)} "
             f"| {_figure(item.holdout, '.4f')} |"
         )
     if not improvements:
-        lines.append("| - | - | - | - | no confirmed improvement yet | - | - | - |")
+        lines.append("| - | - | - | - | - | - | no confirmed improvement yet |")
+    else:  # after the table: an agent gets each one in a block, which a table cell cannot hold
+        lines += ["", "Descriptions, as their agents wrote them:", ""]
+        lines += [
+            f"- #{item.experiment['id']}: "
+            + (agent_text(one_line(item.experiment["description"]), item.experiment["agent"]) or "")
+            for item in improvements
+        ]
     return "\n".join(lines) + "\n"
 
 

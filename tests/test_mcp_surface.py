@@ -336,4 +336,5 @@ async def test_the_patches_index_is_a_resource(idle_lab: Lab) -> None:
         async with Client(build_server(idle_lab, default_agent=reader), mode="auto") as client:
             (content,) = (await client.read_resource("autoresearch://patches")).contents
         assert content.mime_type == "text/markdown"
-        assert f"#{win} | alice | {shown} |" in content.text, content.text
+        assert f"#{win} | alice |" in content.text, content.text
+        assert f"\n- #{win}: {shown}\n" in content.text, content.text  # after the table

@@ -20,7 +20,7 @@ import pytest
 from sandbox.workspace import hash_files
 from server.cli import main
 from server.lab import unified_diff
-from server.patch_export import ExportRefused, export_patches, one_line, patches_zip, slug
+from server.patch_export import ExportRefused, export_patches, patches_zip
 from server.record import SERVER_CONFIRMATION
 from server.store import Store, utc_now
 
@@ -174,13 +174,11 @@ def test_patches_apply_in_order_and_rebuild_the_best(
     out = tmp_path / "export"
     written = export_patches(record["store"], out)
     patches = sorted(p for p in written if p.suffix == ".patch")
-    evil_slug = slug(one_line(record["evil"]))
-    assert evil_slug == "etc-passwd-a-train-py-diff-git-a-x-b-x-r"  # 40 characters
-    assert [p.name for p in patches] == [
-        "001-matrix-lr-0-02-0-03-faster.patch",
-        f"002-{evil_slug}.patch",
+    assert [p.name for p in patches] == [  # agent text never names a file
+        f"001-experiment-{record['first']}.patch",
+        f"002-experiment-{record['best']}.patch",
     ]
-    assert all(p.parent == out for p in written)  # agent text never builds a path
+    assert all(p.parent == out for p in written)
     assert git_apply_in_order(patches, tmp_path / "work") == record["best_code"]["train.py"]
 
     first = patches[0].read_text()
@@ -202,9 +200,12 @@ def test_patches_apply_in_order_and_rebuild_the_best(
     header = second.split("\n---\n", 1)[0]
     assert not any(line.startswith(("diff --git", "--- a/")) for line in header.splitlines())
     readme = (out / "README.md").read_text()
-    assert "[001-matrix-lr-0-02-0-03-faster.patch]" in readme and "+0.0400" in readme
+    assert f"[001-experiment-{record['first']}.patch]" in readme and "+0.0400" in readme
     assert "+0.0900" in readme and "3.1500" in readme and "weight decay" not in readme
-    assert "matrix lr 0.02 -> 0.03 \\| faster" in readme  # a | cannot break the table
+    # Descriptions follow the table (one line each), where a | or a block cannot break it.
+    table, descriptions = readme.split("Descriptions, as their agents wrote them:")
+    assert "matrix lr" not in table
+    assert f"- #{record['first']}: matrix lr 0.02 -> 0.03 | faster" in descriptions
 
     with pytest.raises(ExportRefused, match="not an empty folder"):
         export_patches(record["store"], out)
