@@ -68,6 +68,7 @@ from server.tool_support import (
     in_thread,
     refusals,
 )
+from server.untrusted import unwrapped
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,8 @@ def build_server(
         """Apply a unified diff to your editable files, all or nothing; on failure nothing changes."""
         with refusals():
             name = agent()
-            return views.edit_result(lab, name, patching.apply_patch(lab.workspace(name), diff))
+            patch = unwrapped(diff)  # suggest's diff of a workspace holding others' code
+            return views.edit_result(lab, name, patching.apply_patch(lab.workspace(name), patch))
 
     @mcp.tool(annotations=EDITS)
     def edit_file(

@@ -12,17 +12,19 @@ from server import presentation as views
 from server.lab import Lab, check_experiment_id
 from server.patch_export import patches_index
 from server.presentation import DEFAULT_STOPPING, default_goal
+from server.record import code_authors
 from server.store import MAX_ROW_ID
 from server.tool_support import AgentName, resource_refusals
 from server.untrusted import agent_text, reading_as
 
-# Fields of an experiment row an agent (or its code) wrote: untrusted blocks for other agents.
-AGENT_WRITTEN = (
-    "description",
+# Fields of an experiment row its agent wrote, and fields its code wrote or produced (whose
+# authors are every agent who wrote part of the code: server.record.code_authors): untrusted
+# blocks for any other agent.
+AGENT_WRITTEN = ("description", "force_reason")
+CODE_WRITTEN = (
     "diff_parent",
     "diff_baseline",
     "log_tail",
-    "force_reason",
     "failure_reason",  # may quote names from the author's rejected model
 )
 
@@ -76,7 +78,10 @@ def register_resources(
     )
     def workspace_resource(name: str) -> str:
         with resource_refusals(f"autoresearch://workspace/{name}"):
-            return lab.workspace(agent()).read_text(name)
+            reader = agent()
+            reading_as(reader)
+            text = lab.workspace(reader).read_text(name)
+            return agent_text(text, lab.workspace_authors(reader)) or ""
 
     @mcp.resource(
         "experiment://{experiment_id}",
@@ -94,8 +99,11 @@ def register_resources(
                 )
             row = lab.experiment(check_experiment_id(experiment_id))
             reading_as(reader_or_none())
+            authors = code_authors(row)
             fields = {
-                k: agent_text(v, row["agent"]) if k in AGENT_WRITTEN and isinstance(v, str) else v
+                k: agent_text(v, row["agent"] if k in AGENT_WRITTEN else authors)
+                if k in AGENT_WRITTEN + CODE_WRITTEN and isinstance(v, str)
+                else v
                 for k, v in row.items()
                 if k not in ("code", "change_edits")  # the code and its normalised form
             }

@@ -9,6 +9,7 @@ from pydantic import Field
 from server.lab import Lab
 from server.suggest import SamplerName, suggester_for
 from server.tool_support import EDITS, AgentName, OwnThreads, in_thread, refusals
+from server.untrusted import agent_text
 from server.wire import WireModel
 
 MAX_PARAMETER_NAMES = 64
@@ -84,4 +85,7 @@ def register_suggest_tools(mcp: MCPServer, lab: Lab, agent: AgentName) -> None:
             result = await in_thread(
                 lambda: suggester_for(lab).suggest(name, parameters, sampler), threads.get()
             )
-            return SuggestionResult(**dataclasses.asdict(result), note=NOTE)
+            found = dataclasses.asdict(result)
+            # Its context lines are the workspace's: partly another agent's after a checkout.
+            found["diff"] = agent_text(found["diff"], lab.workspace_authors(name)) or found["diff"]
+            return SuggestionResult(**found, note=NOTE)

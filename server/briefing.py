@@ -16,7 +16,7 @@ from pydantic import Field
 
 from server.lab import Lab
 from server.presentation import noise_info
-from server.record import IMPROVED
+from server.record import IMPROVED, code_authors
 from server.standings import cost_summary
 from server.untrusted import AGENT_TEXT_NOTICE as BLOCK_NOTICE
 from server.untrusted import agent_text
@@ -121,7 +121,8 @@ def briefing(lab: Lab, agent: str) -> Briefing:
             description=agent_text(clip(row.get("description"), TEXT_CHARS), row["agent"]) or "",
             outcome=str(row["verdict"] if row["status"] == "ok" else row["status"]),
             metric_value=row.get("metric_value"),
-            reason=agent_text(clip(row.get("failure_reason"), REASON_CHARS), row["agent"]) or None,
+            reason=agent_text(clip(row.get("failure_reason"), REASON_CHARS), code_authors(row))
+            or None,
         )
         for row in store.recent_dead_ends(BRIEFING_DEAD_ENDS)
     ]

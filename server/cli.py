@@ -350,18 +350,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refused_name(command: str, name: str | None) -> bool:
+    """Print why `name` cannot be an agent's (invalid, or the server's own) and say so."""
+    from server.lab import LabError, check_agent_name
+
+    try:
+        check_agent_name(name or "")
+    except LabError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from server.auth import issue_token
-    from server.lab import AGENT_NAME
     from server.store import Store
 
     home = home_of(args, target_of(args))
     store = Store(home / "history.sqlite")
     if args.action == "add":
-        if not args.name or not AGENT_NAME.fullmatch(args.name):
-            print(
-                "tokens add: give a NAME of 1-64 letters, digits, '.', '_' or '-'", file=sys.stderr
-            )
+        if _refused_name("tokens add", args.name):
             return 2
         print(issue_token(store, args.name, args.role))
     elif args.action == "revoke":
@@ -423,6 +431,8 @@ def cmd_connect_info(args: argparse.Namespace) -> int:
     from server.auth import issue_token
     from server.store import Store
 
+    if _refused_name("connect-info", args.name):
+        return 2
     target = target_of(args)
     home = home_of(args, target)
     store = Store(home / "history.sqlite")

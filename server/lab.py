@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from enum import Enum
 from typing import Any, Literal
 
@@ -56,7 +56,7 @@ from server.refusals import (
 from server.run_lifecycle import RunLifecycle
 from server.scheduler import Executor, Job, Scheduler
 from server.settings import DEFAULT_SCALES, LabSettings, ScaleLevel
-from server.store import ExperimentNotFound, Store
+from server.store import ExperimentNotFound, Store, utc_now
 from server.targets import bind_record, embedded_limits
 from server.verdicts import IMPROVED, Noise, Reference, describe_rule, fresh_seed
 
@@ -197,6 +197,10 @@ class Lab:
         value = row.get("workspace_parent_id")
         return int(value) if value is not None else self.baseline_experiment_id()
 
+    def workspace_authors(self, agent: str) -> list[str]:
+        """Who wrote the code in `agent`'s workspace: the agent, its parent's authors (checkout)."""
+        return sorted({agent, *self.store.code_authors_of(self.workspace_parent(agent))})
+
     def _set_workspace_parent(self, agent: str, experiment_id: int | None) -> None:
         self.store.set_workspace_parent(agent, experiment_id)
 
@@ -227,6 +231,7 @@ class Lab:
         confirms_id: int | None = None,
         seed: int | None = None,
         scale: str = "S",
+        code_from: Sequence[int] = (),
     ) -> tuple[int, int | None]:
         """Queue a run of the agent's workspace (or of `files`); returns (experiment id, reused-from id).
 
@@ -249,6 +254,7 @@ class Lab:
             confirms_id=confirms_id,
             seed=seed,
             scale=scale,
+            code_from=code_from,
         )
         ((experiment_id, reused),) = self.queue_runs(
             [planned], requester, check_quota=check_quota, reuse=reuse
@@ -267,10 +273,11 @@ class Lab:
         confirms_id: int | None = None,
         seed: int | None = None,
         scale: str = "S",
+        code_from: Sequence[int] = (),
     ) -> dict[str, Any]:
         """Everything a new experiment row holds, computed without any lock: the description and
         paper ids checked, the code (the agent's workspace unless `files`), its hash, the diffs
-        vs its parent and vs the baseline, and the review flags. Nothing is recorded yet."""
+        vs its parent and the baseline, the flags and the code's authors. Nothing is recorded yet."""
         description = check_description(description)
         papers = [check_arxiv_id(p) for p in paper_ids]
         if files is None:
@@ -295,6 +302,9 @@ class Lab:
         flags = review_flags(
             diff_parent, diff_baseline, kind, files, self.baseline_files, self.embedded_limits
         )
+        authors = set(self.store.code_authors_of(parent_id, *code_from))
+        if kind == "experiment" and agent != SERVER_AGENT:
+            authors.add(agent)
         return {
             "agent": agent,
             "kind": kind,
@@ -317,6 +327,7 @@ class Lab:
             "isolation": self.isolation.value,
             "paper_ids": papers,
             "scale": scale,
+            "code_authors": sorted(authors),
             **dedupe.change_fields(files, self.baseline_files),
         }
 
@@ -512,12 +523,9 @@ class Lab:
         return outcome
 
     def claim(self, agent: str, text: str) -> int:
+        check_agent_name(agent)  # a claim under the server's name would read as the server's
         text = check_claim_text(text)
-        expires = (
-            (datetime.now(UTC) + timedelta(minutes=self.settings.claim_ttl_minutes))
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z")
-        )
+        expires = utc_now(timedelta(minutes=self.settings.claim_ttl_minutes))
         self.store.ensure_agent(agent)
         return self.store.add_claim(agent, text, expires)
 

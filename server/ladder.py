@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from server.levels import LevelMachines
 from server.orientation import gain
-from server.record import FINAL_STATUSES, IMPROVED, OK, SERVER_AGENT, ExperimentRow
+from server.record import FINAL_STATUSES, IMPROVED, OK, SERVER_AGENT, ExperimentRow, code_authors
 from server.run_queue import RunQueue
 from server.settings import LabSettings, ScaleLevel
 from server.standings import is_confirmed
@@ -409,7 +409,7 @@ class PromotionLadder:
             if base_id is not None
             else dict(lab.baseline_files)
         )
-        base_author = str(board[0]["agent"]) if board else SERVER_AGENT
+        base_authors = lab.store.code_authors_of(base_id)
         unconfirmed = []
         for experiment in experiments:
             if not is_confirmed(experiment, lab.confirmation_stats(experiment["id"])):
@@ -427,12 +427,11 @@ class PromotionLadder:
                 if conflicts:
                     # The hunks quote several agents' code: one untrusted block labelled with
                     # every author involved (plain only to a reader who wrote all of it).
-                    involved = {str(e["agent"]) for e in experiments} | {base_author}
-                    authors = ",".join(sorted(involved - {SERVER_AGENT})) or SERVER_AGENT
+                    involved = {a for e in experiments for a in code_authors(e)} | set(base_authors)
                     raise PromotionRefused(
                         f"experiment #{experiment['id']} conflicts with the code being combined in {name} "
                         f"({len(conflicts)} conflicting hunk(s)); nothing was queued. Conflicts:\n"
-                        + (agent_text("\n".join(conflicts), authors) or "")
+                        + (agent_text("\n".join(conflicts), sorted(involved)) or "")
                     )
                 merged[name] = text
         label = description or "combine " + " + ".join(f"#{i}" for i in experiment_ids)
@@ -443,6 +442,7 @@ class PromotionLadder:
             files=merged,
             parent_id=base_id,
             scale=scale,
+            code_from=experiment_ids,
         )
         return {
             "experiment_id": run_id,

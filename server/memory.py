@@ -20,7 +20,7 @@ from server import dedupe
 from server.lab import Lab, LabError
 from server.models import RunRequest, SimilarExperiment, SimilarExperiments
 from server.presentation import run_request
-from server.record import SERVER_AGENT
+from server.record import SERVER_AGENT, code_authors
 from server.similarity import change_from_record, classify, describe_change
 from server.store.similar import any_word_query
 from server.untrusted import AGENT_TEXT_NOTICE, agent_text
@@ -133,7 +133,7 @@ def _hit(row: dict[str, Any], similarity: str, reason: str, score: float) -> Sim
         status=row["status"],
         verdict=row.get("verdict"),
         metric_value=row.get("metric_value"),
-        failure_reason=agent_text(failure[0][:200], row["agent"]) if failure else None,
+        failure_reason=agent_text(failure[0][:200], code_authors(row)) if failure else None,
         force_reason=agent_text(row.get("force_reason"), row["agent"]),
         similarity=similarity,
         reason=agent_text(reason, row["agent"]) or "",  # may quote the other change's values

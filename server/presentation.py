@@ -37,6 +37,7 @@ from server.models import (
     RunRequest,
 )
 from server.papers import UNTRUSTED_NOTICE, Paper, PaperSearchResult, render_untrusted
+from server.record import code_authors
 from server.store.similar import all_words_query
 from server.untrusted import agent_text
 from server.verdicts import published
@@ -160,7 +161,7 @@ def flags_for_reader(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             **flag,
-            "lines": [agent_text(str(line), row["agent"]) for line in flag.get("lines") or []],
+            "lines": [agent_text(str(line), code_authors(row)) for line in flag.get("lines") or []],
         }
         if isinstance(flag, dict)
         else flag
@@ -206,8 +207,8 @@ def experiment_result(
         eval_seconds=row.get("eval_seconds"),
         cpu_share=row.get("cpu_share"),
         flags=flags_for_reader(row),
-        failure_reason=agent_text(row.get("failure_reason"), row["agent"]),
-        log_tail=agent_text(last_lines(tail), row["agent"]) if failed and tail else None,
+        failure_reason=agent_text(row.get("failure_reason"), code_authors(row)),
+        log_tail=agent_text(last_lines(tail), code_authors(row)) if failed and tail else None,
         progress=progress,
         reused_from=reused_from,
         request_id=request_id,
@@ -225,15 +226,17 @@ def agent_experiment_detail(
     steps) and papers; the diffs and a successful run's log tail only when asked for."""
     base = experiment_result(lab, row).model_dump()
     if include_log and row.get("log_tail"):
-        base["log_tail"] = agent_text(last_lines(row["log_tail"]), row["agent"])
+        base["log_tail"] = agent_text(last_lines(row["log_tail"]), code_authors(row))
     stats = lab.confirmation_stats(row["id"]) if row["status"] == "ok" else None
     return ExperimentDetail(
         **base,
         code_hash=(row.get("code_hash") or "")[:12],
         confirms_id=row.get("confirms_id"),
         confirmation=stats,
-        diff_vs_parent=agent_text(row.get("diff_parent"), row["agent"]) if include_diff else None,
-        diff_vs_baseline=agent_text(row.get("diff_baseline"), row["agent"])
+        diff_vs_parent=agent_text(row.get("diff_parent"), code_authors(row))
+        if include_diff
+        else None,
+        diff_vs_baseline=agent_text(row.get("diff_baseline"), code_authors(row))
         if include_diff
         else None,
         metrics=row.get("metrics") or {},
@@ -460,7 +463,8 @@ def file_page(lab: Lab, agent: str, path: str, offset: int, limit: int) -> FileC
     return FileContent(
         path=path,
         access=access,
-        content="\n".join(chunk),
+        # After a checkout of another agent's code, the file is partly theirs: an untrusted block.
+        content=agent_text("\n".join(chunk), lab.workspace_authors(agent)) or "",
         first_line=offset,
         last_line=last,
         total_lines=len(lines),

@@ -7,6 +7,7 @@ one decoded row of the `experiments` table as it travels through the lab.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict, get_args
 
@@ -100,6 +101,7 @@ class ExperimentRow(TypedDict, total=False):
     change_fingerprint: str | None  # the normalised change (server/similarity.py), for dedupe
     change_edits: dict[str, Any] | None  # its effective edits (constants changed, statements)
     force_reason: str | None  # why the agent ran a duplicate anyway (run_experiment force_reason)
+    code_authors: list[str] | None  # every agent who wrote part of its code (see code_authors)
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -121,3 +123,30 @@ def is_server_run(row: Mapping[str, Any]) -> bool:
 SERVER_AGENT = (
     "server"  # the name the server's own runs (baselines, drift checks) are recorded under
 )
+# The author named for code-derived text of a server run recorded before code authors were: a
+# drift check of such a file re-ran some agent's code, and which one was not kept.
+UNRECORDED_AUTHOR = "unrecorded"
+
+
+def code_authors(row: Mapping[str, Any]) -> list[str]:
+    """Every agent who wrote part of a run's code, so whatever the code produced (its diffs, its
+    log tail, a failure that quotes it, the file itself) reaches anyone else as their text.
+
+    Recorded when the run is queued (Lab.plan_run): the authors of the code it started from
+    (its parent, or the experiments combined) and, for an agent's own experiment, that agent;
+    none for the shipped baseline. The row's `agent` alone is not enough: the server's drift
+    check re-runs the best agent's code, an ablation is credited to whoever asked for it, and an
+    agent's experiment may start from another's code (checkout, combine). A row recorded before
+    this column falls back to its agent, none for a baseline, `unrecorded` for a server run."""
+    authors = row.get("code_authors")
+    if isinstance(authors, str):  # as stored, where a read did not decode the row
+        try:
+            authors = json.loads(authors)
+        except json.JSONDecodeError:
+            authors = None
+    if isinstance(authors, list):
+        return [str(a) for a in authors]
+    if row.get("kind") == "baseline":
+        return []
+    agent = row.get("agent")
+    return [str(agent)] if agent and agent != SERVER_AGENT else [UNRECORDED_AUTHOR]

@@ -167,7 +167,9 @@ def finished_run_fields(
         )
         verdict, note = v.verdict, v.note
     if result.status != OK and experiment["kind"] != "experiment":
-        verdict, note = FAILED, result.failure_reason or ""
+        # Not the failure reason itself: it may quote the run's code or output (another
+        # agent's text), and the note travels in places that are not labelled as such.
+        verdict, note = FAILED, f"the run ended {result.status}: see its failure_reason"
     metrics = dict(result.metrics)
     metrics["verdict_note"] = note
     metrics["phase"] = result.phase

@@ -25,6 +25,7 @@ class RunQueue(Protocol):
         confirms_id: int | None = None,
         seed: int | None = None,
         scale: str = "S",
+        code_from: Sequence[int] = (),
     ) -> dict[str, Any]: ...
     def queue_runs(
         self,
@@ -49,4 +50,5 @@ class RunQueue(Protocol):
         confirms_id: int | None = None,
         seed: int | None = None,
         scale: str = "S",
+        code_from: Sequence[int] = (),
     ) -> tuple[int, int | None]: ...

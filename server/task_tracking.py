@@ -17,7 +17,7 @@ from mcp_types import INVALID_PARAMS
 from server import presentation as views
 from server.lab import Lab, LabError
 from server.mcp_tasks import ExperimentTasks, TaskView, structured
-from server.record import CANCELLED, CANDIDATE, FINAL_STATUSES, LIVE_STATUSES, OK
+from server.record import CANCELLED, CANDIDATE, FINAL_STATUSES, LIVE_STATUSES, OK, code_authors
 from server.store.tasks import TaskRow
 from server.untrusted import agent_text
 
@@ -48,7 +48,8 @@ def _one_experiment(lab: Lab, combine: bool = False) -> Callable[[TaskRow], Task
         if status != OK:
             return TaskView(
                 "failed",
-                agent_text(experiment.get("failure_reason"), experiment["agent"]) or str(status),
+                agent_text(experiment.get("failure_reason"), code_authors(experiment))
+                or str(status),
                 structured(output),
             )
         return TaskView("completed", None, structured(output))

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,9 @@ import sqlite_utils
 BUSY_TIMEOUT_MS = 30_000
 
 
-def utc_now() -> str:
-    """An ISO-8601 UTC timestamp with seconds precision, as stored in every table."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(later: timedelta = timedelta(0)) -> str:
+    """An ISO-8601 UTC timestamp (milliseconds), as stored in every table: now, or `later`."""
+    return (datetime.now(UTC) + later).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def open_database(path: Path | str) -> sqlite_utils.Database:

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import sqlite_utils
 
-from server.record import INTERRUPTED, QUEUED, ExperimentRow
+from server.record import INTERRUPTED, QUEUED, ExperimentRow, code_authors
 from server.store.change_log import IncrementalGroups, IncrementalRows
 from server.store.counts import (
     CONFIRMATION_COLUMNS,
@@ -161,6 +161,19 @@ class Store(ExperimentListing):
         if not rows:
             raise ExperimentNotFound(experiment_id)
         return cast(ExperimentRow, decode_row(rows[0]))
+
+    def code_authors_of(self, *experiment_ids: int | None) -> list[str]:
+        """Every agent who wrote part of these experiments' code (server.record.code_authors),
+        sorted; a None id is none (the baseline's files); ExperimentNotFound for a missing id."""
+        authors: set[str] = set()
+        for experiment_id in (int(i) for i in experiment_ids if i is not None):
+            row = self.db.execute(
+                "SELECT agent, kind, code_authors FROM experiments WHERE id = ?", [experiment_id]
+            ).fetchone()
+            if row is None:
+                raise ExperimentNotFound(experiment_id)
+            authors.update(code_authors({"agent": row[0], "kind": row[1], "code_authors": row[2]}))
+        return sorted(authors)
 
     def experiment_figures(self, experiment_id: int, columns: Sequence[str]) -> dict[str, Any]:
         """Some plain columns of one experiment (not the code: get_experiment reads and decodes

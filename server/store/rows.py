@@ -7,7 +7,7 @@ import json
 from contextlib import suppress
 from typing import Any
 
-JSON_COLUMNS = ("metrics", "flags", "hashes", "paper_ids", "code", "change_edits")
+JSON_COLUMNS = ("metrics", "flags", "hashes", "paper_ids", "code", "change_edits", "code_authors")
 
 
 def encode_value(value: Any) -> Any:

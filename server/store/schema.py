@@ -66,6 +66,7 @@ EXPERIMENT_COLUMNS: dict[str, type] = {
     "change_fingerprint": str,
     "change_edits": str,
     "force_reason": str,  # an agent ran a duplicate anyway: why it says the run differs
+    "code_authors": str,  # JSON: every agent who wrote part of the code (server.record.code_authors)
     "target": str,  # the research target (target.toml's name) the run belongs to
     "created_at": str,
     "started_at": str,
@@ -144,6 +145,7 @@ ADDED_COLUMNS = {
     "change_edits": "TEXT",
     "force_reason": "TEXT",
     "target": "TEXT",
+    "code_authors": "TEXT",
 }
 
 # Columns renamed when the record became target-neutral (the first target's metric column is now
