@@ -74,7 +74,13 @@ _REFUSED_HEADERS = (
 
 
 class PatchRejected(ValueError):
-    """A change an agent sent was refused; the message starts with what to do about it."""
+    """A change an agent sent was refused; the message starts with what to do about it.
+    `quoted`: the part of the message that quotes the workspace's files (the server labels it
+    when the workspace holds another agent's code)."""
+
+    def __init__(self, message: str, quoted: str = "") -> None:
+        super().__init__(message)
+        self.quoted = quoted
 
 
 @dataclass(frozen=True)
@@ -173,9 +179,11 @@ def edit_file(workspace: Workspace, name: str, old: str, new: str) -> PatchResul
     text = _decode(name, _read(workspace, name))
     positions = _occurrences(text, old, at_most=_LISTED_OCCURRENCES + 1)
     if not positions:
+        closest = _closest_line(text, old)
         raise PatchRejected(
             f"old was not found in {name!r}. Copy it exactly from the file (indentation and "
-            f"whitespace count). {_closest_line(text, old)}"
+            f"whitespace count). {closest}",
+            quoted=closest,
         )
     if len(positions) > 1:
         shown = positions[:_LISTED_OCCURRENCES]
@@ -650,11 +658,12 @@ def _apply_exact_context(change: _FileChange, original: bytes) -> bytes:
         ):
             starts = [hinted]  # ambiguous context, but the line number agrees
         if not starts:
+            report = _mismatch_report(change.name, lines, hunk)
             raise PatchRejected(
                 f"{where} does not match the file: its context and '-' lines were not found. "
                 f"Re-read {change.name!r} and send the hunk again with those lines copied "
-                "exactly (indentation and whitespace count). Nothing was changed.\n"
-                + _mismatch_report(change.name, lines, hunk)
+                "exactly (indentation and whitespace count). Nothing was changed.\n" + report,
+                quoted=report,
             )
         if len(starts) > 1:
             at = ", ".join(str(s + 1) for s in starts[:_LISTED_OCCURRENCES])

@@ -31,7 +31,7 @@ from typing import Any
 from server.lab import Lab
 from server.ladder import PromotionRefused, three_way_merge
 from server.orientation import MINIMIZE, gain
-from server.record import FINAL_STATUSES, LIVE_STATUSES, OK
+from server.record import FINAL_STATUSES, LIVE_STATUSES, OK, code_authors
 from server.refusals import LabError
 from server.store import ExperimentNotFound
 from server.store.ablations import AblationStore
@@ -71,7 +71,7 @@ class Part:
     without: dict[str, str] | None
     note: str = ""
     author: str | None = (
-        None  # whose text the label quotes (a combined idea's author); None: the experiment's
+        None  # whose code the label quotes (a combined idea's authors, comma-joined); None: the experiment's
     )
 
 
@@ -189,7 +189,7 @@ class Ablations:
                 except PromotionRefused as exc:
                     without, note = None, f"the others do not merge without it: {str(exc)[:200]}"
                 label = f"#{idea['id']} {idea['description']}"[:LABEL_CHARS]
-                parts.append(Part(label, without, note, author=str(idea["agent"])))
+                parts.append(Part(label, without, note, author=",".join(code_authors(idea))))
             return parts
         except (LabError, PromotionRefused):
             return None
@@ -376,7 +376,7 @@ class Ablations:
                 {
                     "index": i + 1,
                     **p,
-                    "label": agent_text(p["label"], p.get("author") or experiment["agent"]),
+                    "label": agent_text(p["label"], p.get("author") or code_authors(experiment)),
                 }
                 for i, p in enumerate(ablation["parts"])
             ],

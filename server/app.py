@@ -23,14 +23,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from sandbox import patch as patching
-from server import memory
+from server import authorship, memory
 from server import presentation as views
 from server.app_ablation import register_ablation_tools
 from server.app_memory import register_memory_tools
 from server.app_resources import register_resources
 from server.app_suggest import register_suggest_tools
 from server.app_view import VIEW_URI, register_view
-from server.lab import Lab
+from server.lab import Lab, check_agent_name
 from server.ladder import MAX_COMBINED
 from server.live_updates import ChangeNotifier
 from server.mcp_tasks import ExperimentTasks, TaskCreated, client_declared_tasks, poll_interval
@@ -66,6 +66,7 @@ from server.tool_support import (
     OwnThreads,
     id_field,
     in_thread,
+    quoting_workspace,
     refusals,
 )
 from server.untrusted import unwrapped
@@ -120,6 +121,8 @@ def build_server(
     in-client view (MCP Apps, server/app_view.py) and live updates of the leaderboard and
     experiment resources (server/live_updates.py)."""
     target = lab.target
+    if default_agent is not None:
+        check_agent_name(default_agent)  # not the server's own name (its words reach all plain)
 
     def agent() -> str:
         token = get_access_token()
@@ -208,8 +211,11 @@ def build_server(
         """Apply a unified diff to your editable files, all or nothing; on failure nothing changes."""
         with refusals():
             name = agent()
-            patch = unwrapped(diff)  # suggest's diff of a workspace holding others' code
-            return views.edit_result(lab, name, patching.apply_patch(lab.workspace(name), patch))
+            patch, authors = unwrapped(diff)  # a diff shown in a block: its authors' code
+            with quoting_workspace(lab, name):
+                result = patching.apply_patch(lab.workspace(name), patch)
+            authorship.take_in(lab, name, authors)
+            return views.edit_result(lab, name, result)
 
     @mcp.tool(annotations=EDITS)
     def edit_file(
@@ -220,7 +226,8 @@ def build_server(
         """Replace one exact, unique piece of text in an editable file."""
         with refusals():
             name = agent()
-            result = patching.edit_file(lab.workspace(name), path, old, new)
+            with quoting_workspace(lab, name):
+                result = patching.edit_file(lab.workspace(name), path, old, new)
             return views.edit_result(lab, name, result)
 
     @mcp.tool(annotations=EDITS)

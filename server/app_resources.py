@@ -8,6 +8,7 @@ from collections.abc import Callable
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
+from server import authorship
 from server import presentation as views
 from server.lab import Lab, check_experiment_id
 from server.patch_export import patches_index
@@ -81,7 +82,7 @@ def register_resources(
             reader = agent()
             reading_as(reader)
             text = lab.workspace(reader).read_text(name)
-            return agent_text(text, lab.workspace_authors(reader)) or ""
+            return agent_text(text, authorship.workspace_authors(lab, reader)) or ""
 
     @mcp.resource(
         "experiment://{experiment_id}",

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from mcp.server import MCPServer
 from pydantic import Field
 
+from server import authorship
 from server.lab import Lab
 from server.suggest import SamplerName, suggester_for
 from server.tool_support import EDITS, AgentName, OwnThreads, in_thread, refusals
@@ -87,5 +88,7 @@ def register_suggest_tools(mcp: MCPServer, lab: Lab, agent: AgentName) -> None:
             )
             found = dataclasses.asdict(result)
             # Its context lines are the workspace's: partly another agent's after a checkout.
-            found["diff"] = agent_text(found["diff"], lab.workspace_authors(name)) or found["diff"]
+            found["diff"] = (
+                agent_text(found["diff"], authorship.workspace_authors(lab, name)) or found["diff"]
+            )
             return SuggestionResult(**found, note=NOTE)

@@ -8,6 +8,7 @@ import secrets
 
 from mcp.server.auth.provider import AccessToken
 
+from server.record import RESERVED_AGENT_NAMES
 from server.store import Store
 
 ROLES = ("agent", "viewer")
@@ -32,7 +33,7 @@ def lookup_token(store: Store, token: str) -> AccessToken | None:
     if not token or len(token) > 200:
         return None
     row = store.token(hash_token(token))
-    if row is None:
+    if row is None or row["agent"] in RESERVED_AGENT_NAMES:  # issued before they were refused
         return None
     scopes = ["agent", "viewer"] if row["role"] == "agent" else ["viewer"]
     return AccessToken(token=token, client_id=row["agent"], scopes=scopes)

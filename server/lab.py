@@ -19,7 +19,7 @@ from sandbox.jail import IsolationLevel, detect_isolation, require_namespaces
 from sandbox.runner import ExperimentRunner, RunResult, RunSettings
 from sandbox.target import ResearchTarget, load_target
 from sandbox.workspace import FileTooLarge, PathPolicy, Workspace
-from server import dedupe, drift, standings
+from server import authorship, dedupe, drift, standings
 from server.diffs import unified_diff as bounded_unified_diff
 from server.ladder import PromotionLadder
 from server.levels import LevelMachines
@@ -197,11 +197,8 @@ class Lab:
         value = row.get("workspace_parent_id")
         return int(value) if value is not None else self.baseline_experiment_id()
 
-    def workspace_authors(self, agent: str) -> list[str]:
-        """Who wrote the code in `agent`'s workspace: the agent, its parent's authors (checkout)."""
-        return sorted({agent, *self.store.code_authors_of(self.workspace_parent(agent))})
-
     def _set_workspace_parent(self, agent: str, experiment_id: int | None) -> None:
+        authorship.workspace_authors(self, agent)  # kept before the parent moves
         self.store.set_workspace_parent(agent, experiment_id)
 
     def baseline_experiment_id(self) -> int | None:
@@ -280,6 +277,7 @@ class Lab:
         vs its parent and the baseline, the flags and the code's authors. Nothing is recorded yet."""
         description = check_description(description)
         papers = [check_arxiv_id(p) for p in paper_ids]
+        from_workspace = files is None
         if files is None:
             ws = self.workspace(agent)
             files = {
@@ -302,9 +300,7 @@ class Lab:
         flags = review_flags(
             diff_parent, diff_baseline, kind, files, self.baseline_files, self.embedded_limits
         )
-        authors = set(self.store.code_authors_of(parent_id, *code_from))
-        if kind == "experiment" and agent != SERVER_AGENT:
-            authors.add(agent)
+        authors = authorship.run_authors(self, agent, kind, parent_id, code_from, from_workspace)
         return {
             "agent": agent,
             "kind": kind,
@@ -327,7 +323,7 @@ class Lab:
             "isolation": self.isolation.value,
             "paper_ids": papers,
             "scale": scale,
-            "code_authors": sorted(authors),
+            "code_authors": authors,
             **dedupe.change_fields(files, self.baseline_files),
         }
 
@@ -509,6 +505,7 @@ class Lab:
             )
         ws.replace_files({name: text.encode() for name, text in code.items()})
         self._set_workspace_parent(agent, source_id)
+        self.store.set_workspace_authors(agent, self.store.code_authors_of(source_id))
         return source_id, sorted(code)
 
     def cancel(self, agent: str | None, experiment_id: int) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sandbox.target import ResearchTarget
+from server import authorship
 from server.lab import Lab, LabError
 from server.models import (
     LISTED_CLAIMS,
@@ -464,7 +465,7 @@ def file_page(lab: Lab, agent: str, path: str, offset: int, limit: int) -> FileC
         path=path,
         access=access,
         # After a checkout of another agent's code, the file is partly theirs: an untrusted block.
-        content=agent_text("\n".join(chunk), lab.workspace_authors(agent)) or "",
+        content=agent_text("\n".join(chunk), authorship.workspace_authors(lab, agent)) or "",
         first_line=offset,
         last_line=last,
         total_lines=len(lines),

@@ -126,6 +126,10 @@ SERVER_AGENT = (
 # The author named for code-derived text of a server run recorded before code authors were: a
 # drift check of such a file re-ran some agent's code, and which one was not kept.
 UNRECORDED_AUTHOR = "unrecorded"
+RESERVED_AGENT_NAMES = (
+    SERVER_AGENT,
+    UNRECORDED_AUTHOR,
+)  # no token, tool call or claim may use them
 
 
 def code_authors(row: Mapping[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from server.arxiv_ids import parse_arxiv_id
-from server.record import FINAL_STATUSES, OK, SERVER_AGENT, UNRECORDED_AUTHOR, is_server_run
+from server.record import FINAL_STATUSES, OK, RESERVED_AGENT_NAMES, SERVER_AGENT, is_server_run
 from server.store import MAX_ROW_ID
 
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -47,7 +47,7 @@ def check_agent_name(agent: str) -> str:
     # The server's name: its runs would pass as the server's own, charged to nobody, and its
     # words would reach every agent as the server's (plain, outside any untrusted block).
     # `unrecorded` labels code of unknown authors (server.record.code_authors).
-    if agent in (SERVER_AGENT, UNRECORDED_AUTHOR):
+    if agent in RESERVED_AGENT_NAMES:
         raise LabError(
             f"agent name {agent!r} is reserved for the server's own runs; connect under another name"
         )

@@ -17,10 +17,12 @@ from pydantic import Field
 from sandbox.patch import PatchRejected
 from sandbox.runner import RunRefused
 from sandbox.workspace import PathRefused
-from server.lab import LabError
+from server import authorship
+from server.lab import Lab, LabError
 from server.ladder import PromotionRefused
 from server.papers import PaperSearchError
 from server.store import MAX_ROW_ID
+from server.untrusted import agent_text
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,19 @@ def refusals() -> Iterator[None]:
         PromotionRefused,
     ) as exc:
         raise ToolError(str(exc)) from None
+
+
+@contextmanager
+def quoting_workspace(lab: Lab, agent: str) -> Iterator[None]:
+    """An edit's refusal quotes lines of the agent's workspace: inside an untrusted block when
+    the workspace holds another agent's code (after a checkout)."""
+    try:
+        yield
+    except PatchRejected as exc:
+        shown = agent_text(exc.quoted, authorship.workspace_authors(lab, agent)) or ""
+        if exc.quoted and shown != exc.quoted:
+            raise PatchRejected(str(exc).replace(exc.quoted, shown)) from None
+        raise
 
 
 @contextmanager

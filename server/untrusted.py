@@ -32,18 +32,24 @@ AGENT_TEXT_NOTICE = (
 )
 # Both block kinds, so that no untrusted text (a paper's or an agent's) can open or close one;
 # also their lookalikes, which a model may read as a tag though no parser would: another
-# bracket (fullwidth, angle quotes), a zero-width or other invisible character, a non-ASCII
-# hyphen or spaces anywhere between the bracket and the words (Unicode \W: category Cf
-# characters are not word characters). Letters from other scripts that look Latin are not
-# caught: the block's real end is always its last line.
-_BLOCK_TAG = re.compile(
-    r"(?P<lead><|\uff1c|\u2039|\u2329|\u3008|\ufe64|\u27e8|&lt;)"
-    r"(?P<mid>\W{0,6}?)(?P<name>untrusted\W{0,6}(?:paper|agent)\W{0,6}content)",
+# bracket (fullwidth, angle quotes, modifier and syllabics lookalikes) or an escaped one
+# (&lt; &#60; &#x3c; \u003c), then up to 32 spaces, underscores, punctuation or invisible
+# characters (Unicode category Cf is not a word character) between the bracket and each word.
+# Not caught: an invisible character inside a word, letters of other scripts that look Latin;
+# the block's real end is always its last line.
+_GAP = r"[\W_]{0,32}"  # spaces, punctuation, underscores and invisible (Cf) characters
+# Found by the words first, then the bracket looked for just before them: a scan that tried a
+# bracket at every position took 0.75 s over 1 MB of '<' (a file another agent wrote).
+_TAG_NAME = re.compile(rf"untrusted{_GAP}(?:paper|agent){_GAP}content", re.IGNORECASE)
+_LEADS = "<\uff1c\u2039\u2329\u3008\ufe64\u27e8\u02c2\u300a\u1438"  # < and brackets like it
+_LEAD_BEFORE = re.compile(  # the bracket (or an escaped one) nearest the words, then the gap
+    rf"(?:[{_LEADS}]|&lt;|&#0*60;|&#x0*3c;|\\u003c)(?P<mid>(?:[^\w{_LEADS}]|_){{0,32}})\Z",
     re.IGNORECASE,
 )
+_LEAD_WINDOW = 48  # characters before the words where its bracket may be
 
 _WHOLE_BLOCK = re.compile(
-    rf'<{AGENT_BLOCK} author="[A-Za-z0-9._,-]*">\n(.*)\n</{AGENT_BLOCK}>', re.DOTALL
+    rf'<{AGENT_BLOCK} author="([A-Za-z0-9._,-]*)">\n(.*)\n</{AGENT_BLOCK}>', re.DOTALL
 )
 
 _reader: ContextVar[str | None] = ContextVar("autoresearch_reader", default=None)
@@ -52,7 +58,15 @@ _reader: ContextVar[str | None] = ContextVar("autoresearch_reader", default=None
 def neutralise_delimiters(text: str) -> str:
     """Escape anything in untrusted text that could open or close an untrusted block, or look
     like it: its bracket becomes `&lt;`."""
-    return _BLOCK_TAG.sub(lambda m: f"&lt;{m['mid']}{m['name']}", text)
+    out: list[str] = []
+    done = 0  # text[:done] is in `out`
+    for name in _TAG_NAME.finditer(text):
+        start = max(done, name.start() - _LEAD_WINDOW)
+        lead = _LEAD_BEFORE.search(text, start, name.start())
+        if lead is not None:
+            out += [text[done : lead.start()], "&lt;", lead["mid"], name[0]]
+            done = name.end()
+    return "".join(out) + text[done:] if out else text
 
 
 def reading_as(agent: str | None) -> None:
@@ -79,11 +93,14 @@ def agent_text(text: str | None, author: str | Sequence[str] | None) -> str | No
     return block(text, ",".join(sorted(authors)))
 
 
-def unwrapped(text: str) -> str:
-    """The text inside one block that encloses all of `text`, else `text`: a diff shown in a
-    block (the agent's workspace holds another agent's code) can be sent back as it came."""
+def unwrapped(text: str) -> tuple[str, list[str]]:
+    """The text inside one block that encloses all of `text`, and the authors its label names;
+    else (`text`, []). A diff shown in a block can be sent back as it came (apply_patch), and
+    the workspace then holds its authors' code. Tags the block escaped stay escaped."""
     match = _WHOLE_BLOCK.fullmatch(text.strip())
-    return match.group(1) + "\n" if match else text
+    if match is None:
+        return text, []
+    return match.group(2) + "\n", [name for name in match.group(1).split(",") if name]
 
 
 def block(text: str, author: str) -> str:

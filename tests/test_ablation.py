@@ -283,6 +283,22 @@ async def test_a_combine_is_ablated_by_the_ideas_it_merged(lab: Lab) -> None:
     assert hunks["part_kind"] == "hunks" and len(hunks["parts"]) == 2
 
 
+@pytest.mark.anyio
+async def test_part_labels_are_the_codes_authors_words(lab: Lab) -> None:
+    """A part's label quotes the experiment's code: labelled with every agent who wrote it (bob
+    ran code he had checked out from mallory), not with the row's agent alone."""
+    files = edited(lab, *TWO_PARTS)
+    two = finished_run(
+        lab, "bob", "two changes", files=files, parent_files=lab.baseline_files,
+        metric_value=3.0, verdict="within_noise", code_authors=["bob", "mallory"],
+    )  # fmt: skip
+    async with connect(lab, "carol") as client:
+        started = await call(client, "ablate", experiment_id=two)
+    assert started["part_kind"] == "hunks"
+    for part in started["parts"]:
+        assert part["label"].startswith('<untrusted-agent-content author="bob,mallory">')
+
+
 def test_hunks_rebuild_the_code_and_leave_one_out() -> None:
     old = {"f.py": "".join(f"line {i}\n" for i in range(40))}
     new = {"f.py": old["f.py"].replace("line 3\n", "line three\n").replace("line 30\n", "")}

@@ -7,7 +7,7 @@ Nothing in this module deletes an experiment: history is append-and-update only.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -365,6 +365,21 @@ class Store(ExperimentListing):
         with write_transaction(self.db):
             self.db.execute(
                 "UPDATE agents SET workspace_parent_id = ? WHERE name = ?", [experiment_id, agent]
+            )
+
+    def workspace_authors(self, agent: str) -> list[str] | None:
+        """The others whose code `agent`'s workspace holds (server.lab.Lab.workspace_authors);
+        None where never recorded (an agent from before the column)."""
+        row = self.db.execute(
+            "SELECT workspace_authors FROM agents WHERE name = ?", [agent]
+        ).fetchone()
+        return None if row is None or row[0] is None else [str(a) for a in json.loads(row[0])]
+
+    def set_workspace_authors(self, agent: str, authors: Iterable[str]) -> None:
+        with write_transaction(self.db):
+            self.db.execute(
+                "UPDATE agents SET workspace_authors = ? WHERE name = ?",
+                [json.dumps(sorted(set(authors))), agent],
             )
 
     def list_agents(self) -> list[dict[str, Any]]:

@@ -185,6 +185,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
                     "max_experiments": int,
                     "max_device_hours": float,
                     "workspace_parent_id": int,
+                    "workspace_authors": str,  # JSON: others whose code the workspace holds
                 },
                 pk="name",
             )
@@ -243,6 +244,9 @@ def create_tables(db: sqlite_utils.Database) -> None:
             db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
     _migrate_requested_by(db)
     _add_columns(db)
+    if "workspace_authors" not in db.table("agents").columns_dict:  # files from before it
+        with write_transaction(db):
+            db.execute("ALTER TABLE agents ADD COLUMN workspace_authors TEXT")
     if not db.table("experiments").detect_fts():
         with write_transaction(db):
             db.table("experiments").enable_fts(

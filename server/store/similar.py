@@ -18,7 +18,7 @@ MAX_COUNTED_WORDS = 20_000  # words whose description counts are kept (then coun
 SEARCH_OVERFETCH = 3  # ranked rowids read per row asked for (some are baselines, confirmations...)
 SIMILAR_COLUMNS = (
     "id, agent, kind, status, verdict, metric_value, description, failure_reason, force_reason, "
-    "change_fingerprint, change_edits, code_hash"
+    "change_fingerprint, change_edits, code_hash, code_authors"
 )
 
 
