@@ -281,7 +281,8 @@ class Ablations:
                 files=files,
                 parent_id=experiment_id,
                 scale=scale,
-            )
+                code_from=[p] if (p := experiment.get("parent_id")) is not None else [],
+            )  # the base variant is the parent's code
             for role, _, files in variants
         ]
         planned = [

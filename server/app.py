@@ -200,7 +200,9 @@ def build_server(
     ) -> FileContent:
         """Read a file with line numbers; long files come in pages (use next_offset)."""
         with refusals():
-            return views.file_page(lab, agent(), path, offset, limit)
+            name = agent()
+            with authorship.workspace_lock(lab, name):  # the file and its authors: one moment
+                return views.file_page(lab, name, path, offset, limit)
 
     @mcp.tool(annotations=EDITS)
     def apply_patch(
@@ -211,10 +213,10 @@ def build_server(
         """Apply a unified diff to your editable files, all or nothing; on failure nothing changes."""
         with refusals():
             name = agent()
-            patch, authors = unwrapped(diff)  # a diff shown in a block: its authors' code
-            with quoting_workspace(lab, name):
+            patch, authors = unwrapped(diff)  # a diff shown in blocks: their authors' code
+            with quoting_workspace(lab, name, authors):
                 result = patching.apply_patch(lab.workspace(name), patch)
-            authorship.take_in(lab, name, authors)
+                authorship.take_in(lab, name, authors)
             return views.edit_result(lab, name, result)
 
     @mcp.tool(annotations=EDITS)
@@ -238,7 +240,8 @@ def build_server(
         """Replace the whole content of an editable file."""
         with refusals():
             name = agent()
-            result = patching.write_file(lab.workspace(name), path, content)
+            with authorship.workspace_lock(lab, name):
+                result = patching.write_file(lab.workspace(name), path, content)
             return views.edit_result(lab, name, result)
 
     # ------------------------------------------------------------ experiments
@@ -483,7 +486,8 @@ def build_server(
         """Set your workspace to the code of any experiment, the baseline or the current best."""
         with refusals():
             name = agent()
-            source, files = lab.checkout(name, experiment_id, ref)
+            with authorship.workspace_lock(lab, name):  # the files and their authors together
+                source, files = lab.checkout(name, experiment_id, ref)
             return views.checkout_result(lab, name, source, files)
 
     @mcp.tool(annotations=EDITS)

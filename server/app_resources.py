@@ -81,8 +81,10 @@ def register_resources(
         with resource_refusals(f"autoresearch://workspace/{name}"):
             reader = agent()
             reading_as(reader)
-            text = lab.workspace(reader).read_text(name)
-            return agent_text(text, authorship.workspace_authors(lab, reader)) or ""
+            with authorship.workspace_lock(lab, reader):
+                text = lab.workspace(reader).read_text(name)
+                authors = authorship.workspace_authors(lab, reader)
+            return agent_text(text, authors) or ""
 
     @mcp.resource(
         "experiment://{experiment_id}",

@@ -83,12 +83,15 @@ def register_suggest_tools(mcp: MCPServer, lab: Lab, agent: AgentName) -> None:
         """Next values for train.py's numeric hyperparameters from an Optuna study of every agent's runs that changed only them, as a diff of your train.py to apply or ignore."""
         with refusals():
             name = agent()
-            result = await in_thread(
-                lambda: suggester_for(lab).suggest(name, parameters, sampler), threads.get()
-            )
-            found = dataclasses.asdict(result)
-            # Its context lines are the workspace's: partly another agent's after a checkout.
-            found["diff"] = (
-                agent_text(found["diff"], authorship.workspace_authors(lab, name)) or found["diff"]
-            )
-            return SuggestionResult(**found, note=NOTE)
+
+            def suggested() -> dict[str, Any]:
+                with authorship.workspace_lock(lab, name):
+                    found = dataclasses.asdict(
+                        suggester_for(lab).suggest(name, parameters, sampler)
+                    )
+                    # Its context lines are the workspace's: another agent's after a checkout.
+                    authors = authorship.workspace_authors(lab, name)
+                found["diff"] = agent_text(found["diff"], authors) or found["diff"]
+                return found
+
+            return SuggestionResult(**await in_thread(suggested, threads.get()), note=NOTE)

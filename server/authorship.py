@@ -12,6 +12,7 @@ Authorship only grows until the next checkout: over-labelling is safe, under-lab
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -25,6 +26,19 @@ class AuthorshipLab(Protocol):
     store: Store
 
     def workspace_parent(self, agent: str) -> int | None: ...
+
+
+_locks: dict[tuple[int, str], threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+def workspace_lock(lab: AuthorshipLab, agent: str) -> threading.RLock:
+    """One agent's workspace calls, one at a time: a change of its files together with its
+    authors, a read of them together with its labels. Two calls of one agent at once (checkout
+    and apply_patch in worker threads) otherwise left files holding another agent's code with
+    authors that lacked them."""
+    with _locks_guard:
+        return _locks.setdefault((id(lab), agent), threading.RLock())
 
 
 def workspace_authors(lab: AuthorshipLab, agent: str) -> list[str]:
@@ -52,13 +66,13 @@ def run_authors(
     code_from: Sequence[int],
     from_workspace: bool,
 ) -> list[str]:
-    """The authors a new run's code records: its workspace's (a run of the agent's workspace), else
-    its parent's and those of `code_from` (experiments merged into its files); and the agent
-    itself for an agent's experiment (a server run of recorded code adds no author)."""
+    """The authors a new run's code records: its parent's and those of `code_from` (experiments
+    merged into its files: its diff vs its parent quotes the parent's lines), its workspace's
+    for a run of the agent's workspace, and the agent itself for an agent's experiment (a server
+    run of recorded code adds no author)."""
+    authors = set(lab.store.code_authors_of(parent_id, *code_from))
     if from_workspace:
-        authors = set(workspace_authors(lab, agent))
-    else:
-        authors = set(lab.store.code_authors_of(parent_id, *code_from))
+        authors.update(workspace_authors(lab, agent))
     if kind == "experiment" and agent != SERVER_AGENT:
         authors.add(agent)
     return sorted(authors)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.record import code_authors
 from server.similarity import (
     Change,
     change_from_record,
@@ -95,8 +96,10 @@ def near_notes(store: Store, run: dict[str, Any], exclude_id: int | None = None)
             continue
         match = classify(mine, theirs)
         if match.kind == "near":
+            # The reason quotes values of both changes: code their authors wrote.
+            authors = {*code_authors(row), *(run.get("code_authors") or [])}
             notes.append(
-                f"near #{row['id']} by {row['agent']}: {match.reason}; "
+                f"near #{row['id']} by {row['agent']}: {agent_text(match.reason, sorted(authors))}; "
                 f"get_experiment({row['id']}) shows what happened"
             )
             if len(notes) >= MAX_NOTES:

@@ -16,7 +16,7 @@ from typing import Any
 
 from sandbox.patch import PatchRejected, apply_patch
 from sandbox.workspace import Workspace
-from server import dedupe
+from server import authorship, dedupe
 from server.lab import Lab, LabError
 from server.models import RunRequest, SimilarExperiment, SimilarExperiments
 from server.presentation import run_request
@@ -74,11 +74,12 @@ def submit_experiment(
     (normalised) code with the same settings answers it; `force_reason` runs it anyway and is
     recorded on the row. Near duplicates and similar open claims come back as notes."""
     forced = check_force_reason(force_reason)
-    planned = lab.plan_run(agent, description, paper_ids=paper_ids)
-    if forced:
-        planned["force_reason"] = forced
-    requester = None if agent == SERVER_AGENT else agent
-    ((experiment_id, reused),) = lab.queue_runs([planned], requester)
+    with authorship.workspace_lock(lab, agent):  # the files and their authors: one moment
+        planned = lab.plan_run(agent, description, paper_ids=paper_ids)
+        if forced:
+            planned["force_reason"] = forced
+        requester = None if agent == SERVER_AGENT else agent
+        ((experiment_id, reused),) = lab.queue_runs([planned], requester)
     if reused is not None:
         return Submission(
             experiment_id=reused,
@@ -136,7 +137,7 @@ def _hit(row: dict[str, Any], similarity: str, reason: str, score: float) -> Sim
         failure_reason=agent_text(failure[0][:200], code_authors(row)) if failure else None,
         force_reason=agent_text(row.get("force_reason"), row["agent"]),
         similarity=similarity,
-        reason=agent_text(reason, row["agent"]) or "",  # may quote the other change's values
+        reason=agent_text(reason, code_authors(row)) or "",  # may quote its change's values
         score=round(score, 3),
     )
 
@@ -183,7 +184,7 @@ def similar_experiments(
         query = any_word_query(description)
         if query is not None:
             requests = [
-                run_request(r) for r in lab.store.requests.search(fts_query=query, limit=limit)
+                run_request(lab, r) for r in lab.store.requests.search(fts_query=query, limit=limit)
             ]
     order = {"duplicate": 0, "near": 1, "description": 2}
     ranked = sorted(hits.values(), key=lambda h: (order.get(h.similarity, 3), -h.score, -h.id))

@@ -140,7 +140,8 @@ def last_lines(text: str, count: int = LOG_TAIL_FOR_AGENT) -> str:
 def reuse_step(row: Mapping[str, Any], reason: str | None) -> str:
     """What is true when an earlier experiment answers a run request: it is queued or running
     (wait for it) or it finished (its result is shown); and how to run it anyway."""
-    same = f"the same code ({reason})" if reason else "the same code"
+    # The reason quotes the code's values (the same code in both): its authors' text.
+    same = f"the same code ({agent_text(reason, code_authors(row))})" if reason else "the same code"
     who = f"#{row['id']} by {row['agent']}"
     force = "or run_experiment(..., force_reason='why this run differs') to run it anyway"
     if row["status"] in ("queued", "running"):
@@ -325,7 +326,7 @@ def history(
         queue=queue[: sum(e["status"] == "running" for e in queue) + LISTED_QUEUE],
         queue_total=len(queue),
         requests=[
-            run_request(r)
+            run_request(lab, r)
             for r in lab.store.requests.search(
                 agent=involving, fts_query=all_words_query(query) if query else None, limit=limit
             )
@@ -335,11 +336,13 @@ def history(
     )
 
 
-def run_request(row: Mapping[str, Any]) -> RunRequest:
-    """A recorded run request, its description (another agent's) as an untrusted block."""
+def run_request(lab: Lab, row: Mapping[str, Any]) -> RunRequest:
+    """A recorded run request, its description (another agent's) as an untrusted block; its
+    reason quotes values of the code, the same as the earlier experiment's: its authors' text."""
     fields = {k: row[k] for k in RunRequest.model_fields}
     fields["description"] = agent_text(row["description"], row["agent"]) or ""
-    fields["reason"] = agent_text(row["reason"], row["agent"]) or ""  # may quote its values
+    authors = [row["agent"], *lab.store.code_authors_of(row["earlier_id"])]
+    fields["reason"] = agent_text(row["reason"], authors) or ""
     return RunRequest.model_validate(fields)
 
 

@@ -5,7 +5,7 @@ the tools of one feature each (memory, suggestions, ablations) through these hel
 """
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -71,13 +71,16 @@ def refusals() -> Iterator[None]:
 
 
 @contextmanager
-def quoting_workspace(lab: Lab, agent: str) -> Iterator[None]:
-    """An edit's refusal quotes lines of the agent's workspace: inside an untrusted block when
-    the workspace holds another agent's code (after a checkout)."""
+def quoting_workspace(lab: Lab, agent: str, also: Iterable[str] = ()) -> Iterator[None]:
+    """The agent's workspace calls one at a time (authorship.workspace_lock); an edit's refusal
+    quotes lines of the workspace and of the edit: inside an untrusted block when either holds
+    another agent's code (a checkout; `also`: the authors of a diff sent back from a block)."""
     try:
-        yield
+        with authorship.workspace_lock(lab, agent):
+            yield
     except PatchRejected as exc:
-        shown = agent_text(exc.quoted, authorship.workspace_authors(lab, agent)) or ""
+        authors = {*authorship.workspace_authors(lab, agent), *also}
+        shown = agent_text(exc.quoted, sorted(authors)) or ""
         if exc.quoted and shown != exc.quoted:
             raise PatchRejected(str(exc).replace(exc.quoted, shown)) from None
         raise

@@ -48,9 +48,8 @@ _LEAD_BEFORE = re.compile(  # the bracket (or an escaped one) nearest the words,
 )
 _LEAD_WINDOW = 48  # characters before the words where its bracket may be
 
-_WHOLE_BLOCK = re.compile(
-    rf'<{AGENT_BLOCK} author="([A-Za-z0-9._,-]*)">\n(.*)\n</{AGENT_BLOCK}>', re.DOTALL
-)
+_OPEN_TAG_LINE = re.compile(rf'^<{AGENT_BLOCK} author="([A-Za-z0-9._,-]*)">$', re.MULTILINE)
+_CLOSE_TAG_LINE = f"</{AGENT_BLOCK}>"
 
 _reader: ContextVar[str | None] = ContextVar("autoresearch_reader", default=None)
 
@@ -94,13 +93,19 @@ def agent_text(text: str | None, author: str | Sequence[str] | None) -> str | No
 
 
 def unwrapped(text: str) -> tuple[str, list[str]]:
-    """The text inside one block that encloses all of `text`, and the authors its label names;
-    else (`text`, []). A diff shown in a block can be sent back as it came (apply_patch), and
-    the workspace then holds its authors' code. Tags the block escaped stay escaped."""
-    match = _WHOLE_BLOCK.fullmatch(text.strip())
-    if match is None:
+    """`text` without the tag lines of the untrusted blocks in it, and the authors their labels
+    name; (`text`, []) when it holds none. A diff shown in a block can be sent back as it came,
+    or inside other text (apply_patch), and the workspace then holds its authors' code. Tags a
+    block escaped stay escaped."""
+    labels = _OPEN_TAG_LINE.findall(text)
+    if not labels and _CLOSE_TAG_LINE not in text:
         return text, []
-    return match.group(2) + "\n", [name for name in match.group(1).split(",") if name]
+    kept = [
+        line
+        for line in text.split("\n")
+        if line != _CLOSE_TAG_LINE and not _OPEN_TAG_LINE.fullmatch(line)
+    ]
+    return "\n".join(kept), sorted({name for label in labels for name in label.split(",") if name})
 
 
 def block(text: str, author: str) -> str:

@@ -285,18 +285,28 @@ async def test_a_combine_is_ablated_by_the_ideas_it_merged(lab: Lab) -> None:
 
 @pytest.mark.anyio
 async def test_part_labels_are_the_codes_authors_words(lab: Lab) -> None:
-    """A part's label quotes the experiment's code: labelled with every agent who wrote it (bob
-    ran code he had checked out from mallory), not with the row's agent alone."""
-    files = edited(lab, *TWO_PARTS)
+    """A part's label quotes the experiment's code: labelled with its authors, not with the row's
+    agent; the base variant runs the parent's code (mallory's) and records her as its author."""
+    hers = finished_run(
+        lab, "mallory", "her base", metric_value=3.0, verdict="within_noise",
+        code_authors=["mallory"],
+    )  # fmt: skip
+    parent_code = lab.experiment(hers)["code"]
+    files = {"train.py": edited(lab, *TWO_PARTS)["train.py"] + "# her base\n"}
     two = finished_run(
-        lab, "bob", "two changes", files=files, parent_files=lab.baseline_files,
-        metric_value=3.0, verdict="within_noise", code_authors=["bob", "mallory"],
+        lab, "bob", "two changes", files=files, parent_files=parent_code, parent_id=hers,
+        metric_value=3.0, verdict="within_noise", code_authors=["bob"],
     )  # fmt: skip
     async with connect(lab, "carol") as client:
         started = await call(client, "ablate", experiment_id=two)
     assert started["part_kind"] == "hunks"
     for part in started["parts"]:
-        assert part["label"].startswith('<untrusted-agent-content author="bob,mallory">')
+        assert part["label"].startswith('<untrusted-agent-content author="bob">')
+    # The base variant runs mallory's code (the parent's): its authors say so.
+    base_runs = [r["run_id"] for r in started["runs"] if r["role"] == "base"]
+    assert base_runs and all(
+        lab.store.code_authors_of(run) == ["bob", "mallory"] for run in base_runs
+    )
 
 
 def test_hunks_rebuild_the_code_and_leave_one_out() -> None:

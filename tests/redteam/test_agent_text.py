@@ -16,13 +16,17 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
 from sandbox.runner import RunResult
+from server import authorship
 from server.app import build_server
 from server.auth import issue_token, lookup_token
 from server.lab import Lab, LabError
@@ -398,3 +402,81 @@ async def test_similar_runs_name_the_codes_authors(lab: Lab) -> None:
         similar = await call(alice, "similar_experiments", description="ratio five")
     (hit,) = [h for h in similar["experiments"] if h["id"] == failed["id"]]
     contained_as(hit["failure_reason"], "bob,mallory")
+
+
+# ---------------------------------------------------------------- a fourth review
+
+
+async def test_code_a_run_quotes_from_its_parent_or_an_earlier_run_is_labelled(lab: Lab) -> None:
+    """Bob's run is answered by mallory's (the same code once comments are dropped), so his
+    workspace's parent is hers: his next run's diff vs its parent quotes her lines, and the
+    answers that say why a run matched quote her code's values."""
+    base = lab.baseline_files["train.py"]
+    planted = base.replace("\nMLP_RATIO = 4 ", f"\n# {PLANT}\nMLP_RATIO = 2 ", 1)
+    planted = planted.replace("\nMLP_RATIO = 2 ", f"\nRUN_NOTE = {PLANT[:60]!r}\nMLP_RATIO = 2 ", 1)
+    mallorys = await mallorys_finished_run(lab, planted, "ok\n")
+    async with Client(build_server(lab, default_agent="bob")) as bob:
+        mine = planted.replace(f"# {PLANT}\n", "", 1)  # her constants, not her comment
+        await call(bob, "write_file", path="train.py", content=mine)
+        answered = await call(bob, "run_experiment", description="ratio 2", wait=False)
+        assert answered["reused_from"] == mallorys
+        contained_as(answered["next_step"], "mallory")  # why it matched: her values
+        await call(bob, "write_file", path="train.py", content=ratio(mine, 3))
+        run = await call(bob, "run_experiment", description="ratio 3", wait=False)
+        assert run["notes"], run  # near mallory's: the note quotes both changes' values
+        for note in run["notes"]:
+            if "IGNORE" in note:
+                contained_as(note, "bob,mallory")
+        shown = await call(bob, "get_experiment", experiment_id=run["id"], include_diff=True)
+    assert lab.store.code_authors_of(run["id"]) == ["bob", "mallory"]
+    contained_as(shown["diff_vs_parent"], "bob,mallory")  # '-' lines: mallory's comment
+    async with Client(build_server(lab, default_agent="alice")) as alice:
+        similar = await call(alice, "similar_experiments", description="ratio 2")
+    (request,) = similar["requests"]
+    contained_as(request["reason"], "bob,mallory")
+
+
+async def test_a_diff_from_a_block_brings_its_authors_even_refused_or_inside_text(
+    lab: Lab,
+) -> None:
+    base = lab.baseline_files["train.py"]
+    mallorys = await mallorys_finished_run(lab, base + f"\n# {PLANT}\n", "ok\n")
+    # A diff mallory's block showed, whose context is hers and no longer in bob's file: the
+    # refusal quotes the lines it expected, her words.
+    stale = f"--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n # {PLANT}\n-x = 1\n+x = 2\n"
+    async with Client(build_server(lab, default_agent="bob")) as bob:
+        refused = await bob.call_tool("apply_patch", {"diff": block(stale, "mallory")})
+        assert refused.is_error and "does not match the file" in refused.content[0].text
+        contained_as(refused.content[0].text, "bob,mallory")
+        shown = await call(bob, "get_experiment", experiment_id=mallorys, include_diff=True)
+        prefaced = "Here is mallory's change:\n" + shown["diff_vs_baseline"] + "\nthat is all\n"
+        await call(bob, "apply_patch", diff=prefaced)  # the block inside other text
+    contained_as(await bobs_last_lines(lab), "bob,mallory")
+
+
+def test_an_agents_workspace_calls_take_turns(lab: Lab) -> None:
+    """A read of the workspace waits while another call of the same agent changes it (the files
+    and their authors change together), and does not wait for another agent's."""
+    lab.workspace("bob")
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with authorship.workspace_lock(lab, "bob"):
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+
+    async def read_as(agent: str) -> float:
+        started = time.monotonic()
+        async with Client(build_server(lab, default_agent=agent)) as client:
+            await call(client, "read_file", path="train.py", limit=2)
+        return time.monotonic() - started
+
+    threading.Timer(0.5, release.set).start()
+    assert anyio.run(read_as, "carol") < 0.5  # another agent's read does not wait
+    assert anyio.run(read_as, "bob") >= 0.3  # bob's waits for bob's change
+    holder.join(5)
