@@ -9,10 +9,14 @@ same bytes (code hash) or of the same normalised code (fingerprint), both index 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from server.record import code_authors
 from server.similarity import (
+    EXACT_REASON,
+    FIXED_REASONS,
+    NORMALISED_REASON,
     Change,
     change_from_record,
     change_to_record,
@@ -39,6 +43,12 @@ def change_fields(files: dict[str, str], baseline: dict[str, str]) -> dict[str, 
     }
 
 
+def shown_reason(reason: str, authors: Sequence[str]) -> str:
+    """A match's reason as the reader gets it: plain when it quotes nothing of the code, else
+    the code's authors' text (it names their constants, values or places)."""
+    return reason if reason in FIXED_REASONS else agent_text(reason, authors) or ""
+
+
 def planned_change(run: dict[str, Any]) -> Change | None:
     return change_from_record(run.get("change_fingerprint"), run.get("change_edits"))
 
@@ -52,7 +62,7 @@ def find_earlier(store: Store, run: dict[str, Any]) -> tuple[dict[str, Any], str
     (its row, 'exact' or 'normalised', the reason), or None."""
     earlier = store.find_by_code(run["code_hash"], _settings(run))
     if earlier is not None:
-        return earlier, "exact", "byte for byte"
+        return earlier, "exact", EXACT_REASON
     fingerprint = run.get("change_fingerprint")
     if not fingerprint:
         return None
@@ -63,7 +73,7 @@ def find_earlier(store: Store, run: dict[str, Any]) -> tuple[dict[str, Any], str
     if mine is not None and theirs is not None:
         reason = classify(mine, theirs).reason
     else:
-        reason = "the same code after normalising names, comments and formatting"
+        reason = NORMALISED_REASON
     return earlier, "normalised", reason
 
 
@@ -99,7 +109,7 @@ def near_notes(store: Store, run: dict[str, Any], exclude_id: int | None = None)
             # The reason quotes values of both changes: code their authors wrote.
             authors = {*code_authors(row), *(run.get("code_authors") or [])}
             notes.append(
-                f"near #{row['id']} by {row['agent']}: {agent_text(match.reason, sorted(authors))}; "
+                f"near #{row['id']} by {row['agent']}: {shown_reason(match.reason, sorted(authors))}; "
                 f"get_experiment({row['id']}) shows what happened"
             )
             if len(notes) >= MAX_NOTES:

@@ -137,7 +137,7 @@ def _hit(row: dict[str, Any], similarity: str, reason: str, score: float) -> Sim
         failure_reason=agent_text(failure[0][:200], code_authors(row)) if failure else None,
         force_reason=agent_text(row.get("force_reason"), row["agent"]),
         similarity=similarity,
-        reason=agent_text(reason, code_authors(row)) or "",  # may quote its change's values
+        reason=dedupe.shown_reason(reason, code_authors(row)),  # may quote its change's values
         score=round(score, 3),
     )
 

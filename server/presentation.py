@@ -11,6 +11,7 @@ from typing import Any
 
 from sandbox.target import ResearchTarget
 from server import authorship
+from server.dedupe import shown_reason
 from server.lab import Lab, LabError
 from server.models import (
     LISTED_CLAIMS,
@@ -141,7 +142,9 @@ def reuse_step(row: Mapping[str, Any], reason: str | None) -> str:
     """What is true when an earlier experiment answers a run request: it is queued or running
     (wait for it) or it finished (its result is shown); and how to run it anyway."""
     # The reason quotes the code's values (the same code in both): its authors' text.
-    same = f"the same code ({agent_text(reason, code_authors(row))})" if reason else "the same code"
+    same = (
+        f"the same code ({shown_reason(reason, code_authors(row))})" if reason else "the same code"
+    )
     who = f"#{row['id']} by {row['agent']}"
     force = "or run_experiment(..., force_reason='why this run differs') to run it anyway"
     if row["status"] in ("queued", "running"):
@@ -342,7 +345,7 @@ def run_request(lab: Lab, row: Mapping[str, Any]) -> RunRequest:
     fields = {k: row[k] for k in RunRequest.model_fields}
     fields["description"] = agent_text(row["description"], row["agent"]) or ""
     authors = [row["agent"], *lab.store.code_authors_of(row["earlier_id"])]
-    fields["reason"] = agent_text(row["reason"], authors) or ""
+    fields["reason"] = shown_reason(row["reason"], authors)
     return RunRequest.model_validate(fields)
 
 

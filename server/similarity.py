@@ -489,12 +489,20 @@ def _place_words(touched: Iterable[str]) -> str:
     return shown + (f" and {len(places) - 4} more" if len(places) > 4 else "")
 
 
+# The reasons that quote nothing of the code (every other reason names its constants, values
+# or places: text from the code, its authors' words when it reaches another agent).
+EXACT_REASON = "byte for byte"
+NORMALISED_REASON = "the same code after normalising names, comments and formatting"
+BASELINE_REASON = "both leave the code as the baseline"
+FIXED_REASONS = frozenset({EXACT_REASON, NORMALISED_REASON, BASELINE_REASON})
+
+
 def classify(a: Change, b: Change) -> Match:
     """Duplicate (the same normalised code), near (most edits shared, or the same places changed
     differently) or different, with a one-line reason."""
     if a.fingerprint == b.fingerprint:
         if not a.edits:
-            return Match("duplicate", "both leave the code as the baseline", 1.0)
+            return Match("duplicate", BASELINE_REASON, 1.0)
         only_assignments = all(":assign:" in e for e in a.edits)
         if only_assignments and a.assignments:
             word = "change" if len(a.assignments) == 1 else "changes"

@@ -184,10 +184,11 @@ async def test_a_duplicate_by_another_edit_returns_the_earlier_result(lab: Lab) 
         assert (again["id"], again["reused_from"], again["metric_value"]) == (first["id"],) * 2 + (
             2.5,
         )
+        # Why it matched quotes alice's code: her words, in her block, for bob.
+        reason = block("the same constant change: HEAD_LR 0.004 -> 0.008", "alice")
         assert again["next_step"].startswith(
-            "nothing new was queued: the same code (the same constant change: HEAD_LR 0.004 -> "
-            f"0.008) already ran as #{first['id']} by alice with the same settings: its result "
-            "is shown"
+            f"nothing new was queued: the same code ({reason}) already ran as #{first['id']} "
+            "by alice with the same settings: its result is shown"
         )
         assert "force_reason" in again["next_step"]
         (request,) = lab.store.requests.search(agent="bob")
@@ -229,9 +230,10 @@ async def test_a_near_duplicate_is_only_a_note(lab: Lab) -> None:
         await call(bob, "edit_file", path="train.py", old=HEAD, new="HEAD_LR = 0.012")
         result = await call(bob, "run_experiment", description="head lr x3", wait=False)
     assert result["reused_from"] is None and result["status"] == "queued"
+    # The note quotes both changes (alice's and bob's): a block labelled with both, for bob.
+    reason = block("changes the same places differently: HEAD_LR", "alice,bob")
     assert result["notes"] == [
-        f"near #{earlier} by alice: changes the same places differently: HEAD_LR; "
-        f"get_experiment({earlier}) shows what happened"
+        f"near #{earlier} by alice: {reason}; get_experiment({earlier}) shows what happened"
     ]
 
 

@@ -25,7 +25,8 @@ import server.lab as lab_module
 from sandbox.runner import RunResult
 from sandbox.workspace import hash_files
 from server.app import build_server
-from server.lab import Lab, LabSettings
+from server.auth import issue_token, lookup_token
+from server.lab import Lab, LabError, LabSettings
 from server.record import SERVER_CONFIRMATION
 from server.store import utc_now
 from server.verdicts import over_budget_tolerance
@@ -219,12 +220,16 @@ async def test_confirm_promote_combine_count_against_quota(quiet_lab: Lab) -> No
 async def test_reserved_server_name_cannot_dodge_quotas(quiet_lab: Lab) -> None:
     """Hack: connect as agent `server` (a token or --agent named like the server's own runs):
     its run_experiment would be recorded as a server run, charged to nobody, past every quota.
-    Defence: the name is reserved; every tool that acts as that agent refuses with what to do."""
+    Defence: the name is reserved: no server is built for it as the stdio agent, a token issued
+    to it does not authenticate, and every workspace action of the lab refuses it."""
     lab = quiet_lab
     lab.store.set_quota("server", max_experiments=1)
-    async with as_agent(lab, "server") as impostor:
-        text = await refused(lab, impostor, "run_experiment", description="free runs", wait=False)
-        assert "reserved for the server's own runs" in text, text
+    with pytest.raises(LabError, match="reserved for the server's own runs"):
+        build_server(lab, default_agent="server")
+    assert lookup_token(lab.store, issue_token(lab.store, "server")) is None
+    with pytest.raises(LabError, match="reserved for the server's own runs"):
+        lab.submit("server", "free runs")
+    assert lab.store.count_experiments() == 0
 
 
 async def test_only_author_promotes(quiet_lab: Lab) -> None:
