@@ -201,8 +201,14 @@ def build_server(
         """Read a file with line numbers; long files come in pages (use next_offset)."""
         with refusals():
             name = agent()
-            with authorship.workspace_lock(lab, name):  # the file and its authors: one moment
-                return views.file_page(lab, name, path, offset, limit)
+
+            def page() -> FileContent:
+                # The file and its authors at one moment; in a worker thread: on the event loop,
+                # waiting for the agent's own edit in progress would stall every agent's call.
+                with authorship.workspace_lock(lab, name):
+                    return views.file_page(lab, name, path, offset, limit)
+
+            return await in_thread(page)
 
     @mcp.tool(annotations=EDITS)
     def apply_patch(

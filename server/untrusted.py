@@ -48,8 +48,11 @@ _LEAD_BEFORE = re.compile(  # the bracket (or an escaped one) nearest the words,
 )
 _LEAD_WINDOW = 48  # characters before the words where its bracket may be
 
-_OPEN_TAG_LINE = re.compile(rf'^<{AGENT_BLOCK} author="([A-Za-z0-9._,-]*)">$', re.MULTILINE)
-_CLOSE_TAG_LINE = f"</{AGENT_BLOCK}>"
+# Loosely, as an agent may send a block back: spaces around a tag, CRLF line ends, a tag inside
+# a line (its label still counts). The names in a label are agent names.
+_OPEN_TAG = re.compile(rf'<{AGENT_BLOCK}\s+author\s*=\s*"([^"\n]*)"\s*>', re.IGNORECASE)
+_CLOSE_TAG = re.compile(rf"</{AGENT_BLOCK}\s*>", re.IGNORECASE)
+_AUTHOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _reader: ContextVar[str | None] = ContextVar("autoresearch_reader", default=None)
 
@@ -97,15 +100,16 @@ def unwrapped(text: str) -> tuple[str, list[str]]:
     name; (`text`, []) when it holds none. A diff shown in a block can be sent back as it came,
     or inside other text (apply_patch), and the workspace then holds its authors' code. Tags a
     block escaped stay escaped."""
-    labels = _OPEN_TAG_LINE.findall(text)
-    if not labels and _CLOSE_TAG_LINE not in text:
+    labels = _OPEN_TAG.findall(text)
+    if not labels and not _CLOSE_TAG.search(text):
         return text, []
     kept = [
         line
         for line in text.split("\n")
-        if line != _CLOSE_TAG_LINE and not _OPEN_TAG_LINE.fullmatch(line)
+        if not (_OPEN_TAG.fullmatch(line.strip()) or _CLOSE_TAG.fullmatch(line.strip()))
     ]
-    return "\n".join(kept), sorted({name for label in labels for name in label.split(",") if name})
+    names = {n.strip() for label in labels for n in label.split(",")}
+    return "\n".join(kept), sorted(n for n in names if _AUTHOR_NAME.fullmatch(n))
 
 
 def block(text: str, author: str) -> str:

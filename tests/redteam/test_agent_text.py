@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -451,12 +452,19 @@ async def test_a_diff_from_a_block_brings_its_authors_even_refused_or_inside_tex
         shown = await call(bob, "get_experiment", experiment_id=mallorys, include_diff=True)
         prefaced = "Here is mallory's change:\n" + shown["diff_vs_baseline"] + "\nthat is all\n"
         await call(bob, "apply_patch", diff=prefaced)  # the block inside other text
+        contained_as(await bobs_last_lines(lab), "bob,mallory")
+        # A tag line a little off (a space before its end) still names its authors.
+        await call(bob, "write_file", path="train.py", content=base)
+        lab.store.set_workspace_authors("bob", [])  # as after a checkout of the baseline
+        loose = shown["diff_vs_baseline"].replace('">\n', '"> \n', 1)
+        await call(bob, "apply_patch", diff=loose)
     contained_as(await bobs_last_lines(lab), "bob,mallory")
 
 
 def test_an_agents_workspace_calls_take_turns(lab: Lab) -> None:
     """A read of the workspace waits while another call of the same agent changes it (the files
-    and their authors change together), and does not wait for another agent's."""
+    and their authors change together), and waits off the event loop: another agent's call on
+    the same server loop goes on meanwhile (a read that waited on the loop stalled everyone)."""
     lab.workspace("bob")
     held = threading.Event()
     release = threading.Event()
@@ -469,14 +477,25 @@ def test_an_agents_workspace_calls_take_turns(lab: Lab) -> None:
     holder = threading.Thread(target=hold)
     holder.start()
     held.wait(5)
+    times: dict[str, float] = {}  # when each call ended, from when both were set going
 
-    async def read_as(agent: str) -> float:
-        started = time.monotonic()
-        async with Client(build_server(lab, default_agent=agent)) as client:
-            await call(client, "read_file", path="train.py", limit=2)
-        return time.monotonic() - started
+    async def timed(name: str, client: Client, tool: str, **arguments: Any) -> None:
+        await call(client, tool, **arguments)
+        times[name] = time.monotonic() - times["began"]
 
-    threading.Timer(0.5, release.set).start()
-    assert anyio.run(read_as, "carol") < 0.5  # another agent's read does not wait
-    assert anyio.run(read_as, "bob") >= 0.3  # bob's waits for bob's change
+    async def both() -> None:
+        async with (
+            Client(build_server(lab, default_agent="bob")) as bob,
+            Client(build_server(lab, default_agent="carol")) as carol,
+            anyio.create_task_group() as group,
+        ):
+            times["began"] = time.monotonic()
+            threading.Timer(0.8, release.set).start()
+            group.start_soon(partial(timed, "bob", bob, "read_file", path="train.py", limit=2))
+            await anyio.sleep(0.1)
+            group.start_soon(partial(timed, "carol", carol, "list_files"))
+
+    anyio.run(both)
     holder.join(5)
+    assert times["bob"] >= 0.7  # bob's read waited for bob's change (released at 0.8 s)
+    assert times["carol"] < times["bob"] - 0.3  # carol's call did not wait behind it
