@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,18 +50,14 @@ def _lock_for(db: sqlite_utils.Database) -> threading.RLock:
 
 
 @contextmanager
-def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """Run the block as one BEGIN IMMEDIATE transaction: committed on success, rolled back on error.
-
-    Re-entrant within a thread (an inner call joins the outer transaction); other threads
-    sharing the connection wait their turn.
-    """
-    lock = _lock_for(db)
-    with lock:
+def _transaction(db: sqlite_utils.Database, begin: str) -> Iterator[sqlite_utils.Database]:
+    """The block as one transaction opened by `begin`: committed on success, rolled back on
+    error; joins a transaction already open; other threads sharing the connection wait."""
+    with _lock_for(db):
         if db.conn.in_transaction:
             yield db
             return
-        db.conn.execute("BEGIN IMMEDIATE")
+        db.conn.execute(begin)
         try:
             yield db
         except BaseException:
@@ -73,22 +69,20 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
                 db.conn.execute("COMMIT")
 
 
-@contextmanager
-def read_snapshot(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+def write_transaction(db: sqlite_utils.Database) -> AbstractContextManager[sqlite_utils.Database]:
+    """Run the block as one BEGIN IMMEDIATE transaction: committed on success, rolled back on error.
+
+    Re-entrant within a thread (an inner call joins the outer transaction); other threads
+    sharing the connection wait their turn.
+    """
+    return _transaction(db, "BEGIN IMMEDIATE")
+
+
+def read_snapshot(db: sqlite_utils.Database) -> AbstractContextManager[sqlite_utils.Database]:
     """Run the block's reads as one deferred transaction: every SELECT in it sees the file as
     of its first one (WAL), whatever other connections or processes commit meanwhile. Outside
     one, each statement sees its own moment. Joins a transaction already open."""
-    lock = _lock_for(db)
-    with lock:
-        if db.conn.in_transaction:
-            yield db
-            return
-        db.conn.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            if db.conn.in_transaction:
-                db.conn.execute("COMMIT")  # nothing was written: this only ends the snapshot
+    return _transaction(db, "BEGIN")
 
 
 def stale_triggers(db: sqlite_utils.Database, wanted: dict[str, str]) -> list[str]:
