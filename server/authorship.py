@@ -13,6 +13,7 @@ Authorship only grows until the next checkout: over-labelling is safe, under-lab
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -28,7 +29,10 @@ class AuthorshipLab(Protocol):
     def workspace_parent(self, agent: str) -> int | None: ...
 
 
-_locks: dict[tuple[int, str], threading.RLock] = {}
+# Per lab (held weakly: a closed lab's locks go with it) and per agent.
+_locks: weakref.WeakKeyDictionary[AuthorshipLab, dict[str, threading.RLock]] = (
+    weakref.WeakKeyDictionary()
+)
 _locks_guard = threading.Lock()
 
 
@@ -38,7 +42,7 @@ def workspace_lock(lab: AuthorshipLab, agent: str) -> threading.RLock:
     and apply_patch in worker threads) otherwise left files holding another agent's code with
     authors that lacked them."""
     with _locks_guard:
-        return _locks.setdefault((id(lab), agent), threading.RLock())
+        return _locks.setdefault(lab, {}).setdefault(agent, threading.RLock())
 
 
 def workspace_authors(lab: AuthorshipLab, agent: str) -> list[str]:

@@ -88,7 +88,7 @@ def agent_text(text: str | None, author: str | Sequence[str] | None) -> str | No
     who = _reader.get()
     if not text or who is None or author is None:
         return text
-    authors = {author} if isinstance(author, str) else set(author)
+    authors = set(author.split(",")) if isinstance(author, str) else set(author)
     authors.discard(SERVER_AGENT)
     if authors <= {who}:
         return text
