@@ -18,7 +18,9 @@ the server's own texts come plain. Who reads is the calling agent, set once per 
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from collections.abc import Sequence
 from contextvars import ContextVar
 
@@ -34,14 +36,20 @@ AGENT_TEXT_NOTICE = (
 # also their lookalikes, which a model may read as a tag though no parser would: another
 # bracket (fullwidth, angle quotes, modifier and syllabics lookalikes) or an escaped one
 # (&lt; &#60; &#x3c; \u003c), then up to 32 spaces, underscores, punctuation or invisible
-# characters (Unicode category Cf is not a word character) between the bracket and each word.
-# Not caught: an invisible character inside a word, letters of other scripts that look Latin;
-# the block's real end is always its last line.
+# characters (Unicode category Cf is not a word character) between the bracket and each word;
+# and words that render as the tag's words: invisible characters or combining marks inside
+# them, letters that look Latin (accented, fullwidth, mathematical, Cyrillic, Greek, Armenian,
+# Cherokee: `_tag_name`). Not caught: a visible break inside a word ("un-trusted"); the
+# block's real end is always its last line.
 _GAP = r"[\W_]{0,32}"  # spaces, punctuation, underscores and invisible (Cf) characters
 # Found by the words first, then the bracket looked for just before them: a scan that tried a
-# bracket at every position took 0.75 s over 1 MB of '<' (a file another agent wrote).
-_TAG_NAME = re.compile(rf"untrusted{_GAP}(?:paper|agent){_GAP}content", re.IGNORECASE)
-_LEADS = "<\uff1c\u2039\u2329\u3008\ufe64\u27e8\u02c2\u300a\u1438"  # < and brackets like it
+# bracket at every position took 0.75 s over 1 MB of '<' (a file another agent wrote). ASCII
+# text (most text) has no lookalike letters or invisible characters: a plain pattern is enough,
+# 10-20 times faster than the full one (~0.3 s over 1 MB of the worst non-ASCII text).
+_ASCII_TAG_NAME = re.compile(rf"untrusted{_GAP}(?:paper|agent){_GAP}content", re.IGNORECASE)
+_LEADS = (  # < and brackets like it
+    "<\uff1c\u2039\u2329\u3008\ufe64\u27e8\u02c2\u300a\u1438\u276c\u276e\u2770\u27ea\u29fc"
+)
 _LEAD_BEFORE = re.compile(  # the bracket (or an escaped one) nearest the words, then the gap
     rf"(?:[{_LEADS}]|&lt;|&#0*60;|&#x0*3c;|\\u003c)(?P<mid>(?:[^\w{_LEADS}]|_){{0,32}})\Z",
     re.IGNORECASE,
@@ -54,6 +62,70 @@ _OPEN_TAG = re.compile(rf'<{AGENT_BLOCK}\s+author\s*=\s*"([^"\n]*)"\s*>', re.IGN
 _CLOSE_TAG = re.compile(rf"</{AGENT_BLOCK}\s*>", re.IGNORECASE)
 _AUTHOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
+# Letters from other scripts that render as a Latin letter of the tag's words (Unicode's
+# confusables for them); accented, fullwidth, mathematical and small-capital forms come from
+# each character's compatibility decomposition instead (`_tag_name`).
+_CROSS_SCRIPT = {
+    "a": "\u0430\u0251\u03b1\u237a\u0410\u0391\u13aa\u15c5",
+    "c": "\u0441\u03f2\u1d04\u2ca5\u0421\u03f9\u13df\u2ca4",
+    "d": "\u0501\u146f\u13a0\u15de",
+    "e": "\u0435\u04bd\u212e\u0415\u0395\u13ac\u2d39",
+    "g": "\u0261\u0581\u1d83\u018d\u050c\u13c0\u13f3",
+    "n": "\u0578\u057c\u039d\u2c9a",
+    "o": "\u043e\u03bf\u0585\u03c3\u1d0f\u2c9f\u041e\u039f\u0555\u2c9e\u09e6\u0d66",
+    "p": "\u0440\u03c1\u03f1\u2ca3\u0420\u03a1\u13e2\u2ca2",
+    "r": "\u0433\u1d26\u2c85\u13a1\u01a6\u1587",
+    "s": "\u0455\ua731\u01bd\u0405\u13da\u054f",
+    "t": "\u03c4\u1d1b\u0422\u03a4\u13a2\u22a4",
+    "u": "\u03c5\u057d\u028b\u1d1c\u054d\u144c\u222a",
+}
+_INVISIBLE_CATEGORIES = ("Cf", "Mn", "Me")  # format characters, combining marks
+_FILLERS = "\u115f\u1160\u3164\uffa0"  # Hangul fillers: letters that render as nothing
+_SCANNED = ((0x80, 0x30000), (0xE0000, 0xE1000))  # every assigned letter and mark lies here
+
+
+def _class(chars: set[str]) -> str:
+    """A regex class of `chars`, runs of consecutive code points as ranges (a class of single
+    characters beyond U+FFFF is tested one by one: 1.6 s over 1 MB)."""
+    points = sorted(map(ord, chars))
+    runs: list[list[int]] = []
+    for point in points:
+        if runs and point == runs[-1][1] + 1:
+            runs[-1][1] = point
+        else:
+            runs.append([point, point])
+    parts = (re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs)
+    return "[" + "".join(parts) + "]"
+
+
+@functools.cache
+def _tag_name() -> re.Pattern[str]:
+    """The words of a block tag as a model may read them: each letter, or a character that
+    renders as it, with up to 8 invisible characters after it. Built on first use (~0.1 s)."""
+    letters = set("untrustedpaperagentcontent")
+    looks: dict[str, set[str]] = {c: {c, c.upper(), *_CROSS_SCRIPT.get(c, "")} for c in letters}
+    invisible = set(_FILLERS)
+    for low, high in _SCANNED:
+        for point in range(low, high):
+            char = chr(point)
+            category = unicodedata.category(char)
+            if category in _INVISIBLE_CATEGORIES:
+                invisible.add(char)
+            elif category[0] == "L" or category in ("So", "Nl"):
+                decomposed = unicodedata.normalize("NFKD", char)
+                base = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+                if base in looks:
+                    looks[base].add(char)
+    hidden = _class(invisible) + "{0,8}"
+
+    def word(text: str) -> str:
+        return "".join(_class(looks[c]) + hidden for c in text)
+
+    return re.compile(
+        rf"{word('untrusted')}{_GAP}(?:{word('paper')}|{word('agent')}){_GAP}{word('content')}"
+    )
+
+
 _reader: ContextVar[str | None] = ContextVar("autoresearch_reader", default=None)
 
 
@@ -62,7 +134,8 @@ def neutralise_delimiters(text: str) -> str:
     like it: its bracket becomes `&lt;`."""
     out: list[str] = []
     done = 0  # text[:done] is in `out`
-    for name in _TAG_NAME.finditer(text):
+    tag_name = _ASCII_TAG_NAME if text.isascii() else _tag_name()
+    for name in tag_name.finditer(text):
         start = max(done, name.start() - _LEAD_WINDOW)
         lead = _LEAD_BEFORE.search(text, start, name.start())
         if lead is not None:
