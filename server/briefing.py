@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from server.lab import Lab
+from server.models import LISTED_CLAIMS_PER_AGENT
 from server.presentation import noise_info
 from server.record import IMPROVED, code_authors
 from server.standings import cost_summary
@@ -80,7 +81,10 @@ class Briefing(WireModel):
         description="how every finished experiment ended: verdicts and failure statuses"
     )
     dead_ends: list[DeadEnd] = Field(description="the latest experiments that did not help")
-    open_claims: list[BriefingClaim]
+    open_claims: list[BriefingClaim] = Field(
+        description=f"the newest {BRIEFING_CLAIMS} open idea claims, at most "
+        f"{LISTED_CLAIMS_PER_AGENT} per agent"
+    )
     your_live_runs: list[int]
     rule: str = Field(description="what a new result must do to count, in plain words")
     cost: dict[str, Any] = Field(
@@ -133,7 +137,7 @@ def briefing(lab: Lab, agent: str) -> Briefing:
             text=agent_text(clip(c.get("text"), TEXT_CHARS), c["agent"]) or "",
             expires_at=str(c["expires_at"]),
         )
-        for c in store.open_claims()[:BRIEFING_CLAIMS]
+        for c in store.listed_open_claims(BRIEFING_CLAIMS, LISTED_CLAIMS_PER_AGENT)[0]
     ]
     live = [int(r["id"]) for r in lab.live_experiments(agent)]
     cost = cost_summary(store)

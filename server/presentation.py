@@ -316,7 +316,7 @@ def history(
     )
     more = len(rows) > limit
     queue = queue_entries(lab)
-    claims = lab.store.open_claims()
+    claims, claims_total = lab.store.listed_open_claims(LISTED_CLAIMS, LISTED_CLAIMS_PER_AGENT)
     return History(
         rows=[history_row(r) for r in rows[:limit]],
         total=lab.store.count_experiments(
@@ -324,8 +324,8 @@ def history(
         ),
         next_offset=offset + limit if more else None,
         leaderboard=leaderboard_entries(lab, 10, level or "S"),
-        open_claims=claim_views(listed_claims(claims)),
-        open_claims_total=len(claims),
+        open_claims=claim_views(claims),
+        open_claims_total=claims_total,
         queue=queue[: sum(e["status"] == "running" for e in queue) + LISTED_QUEUE],
         queue_total=len(queue),
         requests=[
@@ -355,21 +355,6 @@ def leaderboard_entries(lab: Lab, limit: int, level: str) -> list[LeaderboardEnt
         LeaderboardEntry(**{**e, "description": agent_text(e["description"], e["agent"]) or ""})
         for e in lab.leaderboard(limit, scale=level)
     ]
-
-
-def listed_claims(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The open claims a result lists: the newest LISTED_CLAIMS (`claims` is newest first), at
-    most LISTED_CLAIMS_PER_AGENT of each agent, so that an agent claiming in bulk cannot push
-    the others' claims out of every other agent's view."""
-    per_agent: dict[str, int] = {}
-    listed = []
-    for claim in claims:
-        if per_agent.get(claim["agent"], 0) < LISTED_CLAIMS_PER_AGENT:
-            per_agent[claim["agent"]] = per_agent.get(claim["agent"], 0) + 1
-            listed.append(claim)
-            if len(listed) == LISTED_CLAIMS:
-                break
-    return listed
 
 
 def claim_views(claims: list[dict[str, Any]]) -> list[Claim]:
@@ -506,12 +491,14 @@ def checkout_result(lab: Lab, agent: str, source: int | None, files: list[str]) 
 
 def claim_result(lab: Lab, claim_id: int) -> ClaimResult:
     """The new claim, the newest open claims, and when it lapses."""
-    claims = lab.store.open_claims()
-    mine = claim_views([c for c in claims if c["id"] == claim_id])[0]
+    claim = lab.store.claim(claim_id)
+    assert claim is not None, claim_id  # written by this call, and claims are never deleted
+    [mine] = claim_views([claim])
+    claims, claims_total = lab.store.listed_open_claims(LISTED_CLAIMS, LISTED_CLAIMS_PER_AGENT)
     return ClaimResult(
         claim=mine,
-        open_claims=claim_views(listed_claims(claims)),
-        open_claims_total=len(claims),
+        open_claims=claim_views(claims),
+        open_claims_total=claims_total,
         note=f"claimed until {mine.expires_at}; released when you run your next experiment",
     )
 

@@ -11,10 +11,12 @@ that does not start with it.
 
 from __future__ import annotations
 
+import random
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
-from server.store import Store
+from server.store import Store, utc_now
 
 HARDWARE = "cpu | torch 2.13.0 | 2 threads | val 00000000"
 
@@ -174,12 +176,43 @@ def test_the_open_claims_are_read_from_their_index(tmp_path: Path) -> None:
     claims table holds thousands that lapsed or were released."""
     store = seeded(tmp_path)
     connection: sqlite3.Connection = store.db.conn
-    statements: list[str] = []
-    connection.set_trace_callback(statements.append)
-    try:
-        store.open_claims()
-    finally:
-        connection.set_trace_callback(None)
-    [sql] = [s for s in statements if "FROM claims" in s]
-    plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql)]
-    assert any("idx_claims_open" in step for step in plan), plan
+    for read in (store.open_claims, lambda: store.listed_open_claims(20, 3)):
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+        try:
+            read()
+        finally:
+            connection.set_trace_callback(None)
+        [sql] = [s for s in statements if "FROM claims" in s]
+        plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql)]
+        assert any("idx_claims_open" in step for step in plan), plan
+
+
+def test_the_listed_claims_follow_the_rule_over_every_open_claim(tmp_path: Path) -> None:
+    """listed_open_claims picks in SQL what results list: the newest open claims, at most so
+    many per agent, and the total of open ones. Checked against the rule applied in Python to
+    every claim, after random claims, releases and lapses."""
+    store = seeded(tmp_path)
+    rng = random.Random(7)
+    for n in range(300):
+        lapses = utc_now(timedelta(hours=rng.choice([-1, 1, 2])))  # a third have lapsed
+        store.add_claim(f"agent{rng.randrange(8)}", f"idea {n}", lapses)
+        if rng.random() < 0.05:
+            store.release_claims(f"agent{rng.randrange(8)}", None)
+    claims = list(store.db.query("SELECT * FROM claims ORDER BY id DESC"))
+    now_text = utc_now()
+    open_ = [c for c in claims if c["released_at"] is None and c["expires_at"] > now_text]
+    assert 0 < len(open_) < len(claims)
+    for limit, per_agent in ((20, 3), (10, 3), (5, 1), (1000, 1000)):
+        expected: list[int] = []
+        shown: dict[str, int] = {}
+        for claim in open_:
+            if shown.get(claim["agent"], 0) < per_agent and len(expected) < limit:
+                shown[claim["agent"]] = shown.get(claim["agent"], 0) + 1
+                expected.append(claim["id"])
+        listed, total = store.listed_open_claims(limit, per_agent)
+        assert [c["id"] for c in listed] == expected
+        assert total == len(open_)
+        assert set(listed[0]) == {"id", "agent", "text", "created_at", "expires_at"}
+    store.db.execute("UPDATE claims SET released_at = ?", [now_text])
+    assert store.listed_open_claims(20, 3) == ([], 0)

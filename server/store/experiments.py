@@ -464,6 +464,34 @@ class Store(ExperimentListing):
             )
         )
 
+    def listed_open_claims(self, limit: int, per_agent: int) -> tuple[list[dict[str, Any]], int]:
+        """The newest `limit` open claims, at most `per_agent` of each agent (so that an agent
+        claiming in bulk cannot push the others' claims out of view), and how many are open in
+        all; one statement, so the two agree. Only the listed rows reach Python: reading every
+        open claim on each get_history took 7% of the server's CPU with 100 agents claiming."""
+        rows = list(
+            self.db.query(
+                "SELECT id, agent, text, created_at, expires_at, total FROM ("
+                " SELECT id, agent, text, created_at, expires_at, COUNT(*) OVER () AS total,"
+                "  ROW_NUMBER() OVER (PARTITION BY agent ORDER BY id DESC) AS nth"
+                " FROM claims INDEXED BY idx_claims_open"
+                " WHERE released_at IS NULL AND expires_at > ?"
+                ") WHERE nth <= ? ORDER BY id DESC LIMIT ?",
+                [utc_now(), per_agent, limit],
+            )
+        )
+        total = int(rows[0]["total"]) if rows else 0  # an open claim lists its agent's newest
+        return [{k: v for k, v in r.items() if k != "total"} for r in rows], total
+
+    def claim(self, claim_id: int) -> dict[str, Any] | None:
+        return next(
+            self.db.query(
+                "SELECT id, agent, text, created_at, expires_at FROM claims WHERE id = ?",
+                [claim_id],
+            ),
+            None,
+        )
+
     def release_claims(self, agent: str, experiment_id: int | None) -> int:
         with write_transaction(self.db):
             cursor = self.db.execute(

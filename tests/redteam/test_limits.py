@@ -562,7 +562,8 @@ async def test_run_into_grace_is_flagged_never_improved(tmp_path: Path, data_dir
 async def test_claims_in_bulk_do_not_hide_the_other_agents_claims(quiet_lab: Lab) -> None:
     """Hack: results list the newest open claims only (a compact answer with 100 agents), so
     mallory claims 30 ideas to push bob's claim out of every other agent's view, and to look
-    like she is working on everything. Each agent shows at most 3 claims; the total counts all."""
+    like she is working on everything. Each agent shows at most 3 claims (in the briefing
+    too); the total counts all."""
     from server.models import LISTED_CLAIMS_PER_AGENT
 
     async with (
@@ -574,8 +575,9 @@ async def test_claims_in_bulk_do_not_hide_the_other_agents_claims(quiet_lab: Lab
         for n in range(30):
             await ok(mallory, "claim_idea", text=f"mallory: idea {n}")
         history = await ok(alice, "get_history")
+        briefing = await ok(alice, "get_briefing")
         answer = await ok(alice, "claim_idea", text="alice: wider MLP")
-    for seen in (history, answer):
+    for seen in (history, briefing, answer):
         agents = [c["agent"] for c in seen["open_claims"]]
         assert "bob" in agents
         assert agents.count("mallory") == LISTED_CLAIMS_PER_AGENT
