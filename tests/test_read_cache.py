@@ -176,3 +176,53 @@ def test_a_counter_that_went_back_serves_nothing_kept_from_the_other_history(
     assert now.split(".")[0] == built_at.split(".")[0] and now != built_at
     assert store.read_cache.get(store.db, ("count",), store.count_experiments) == 3
     assert store.outcome_counts() == store._outcome_counts_read()
+
+
+def test_counts_by_filter_follow_every_change(tmp_path: Path) -> None:
+    """get_history's totals are kept by filter (count_cache) and must equal a fresh count after
+    any write: inserts and status changes, from this store and from another connection."""
+    import random
+
+    path = tmp_path / "history.sqlite"
+    store, other = Store(path), Store(path)
+    rng = random.Random(3)
+    words = ("warmdown", "rope base", "weight decay", "gelu")
+    filters: list[dict[str, object]] = [
+        {},
+        {"status": "ok"},
+        {"status": ["crash", "timeout"]},
+        {"involving": "alice"},
+        {"agent": "bob", "status": "ok"},
+        {"scale": "S"},
+        *({"query": w} for w in words),
+        {"query": "rope", "involving": "bob"},
+    ]
+    for step in range(40):
+        writer = other if step % 3 == 0 else store
+        if step % 4 == 3:
+            ids = [r["id"] for r in store.db.query("SELECT id FROM experiments")]
+            writer.update_experiment(rng.choice(ids), status=rng.choice(["ok", "crash"]))
+        else:
+            writer.create_experiment(
+                agent=rng.choice(["alice", "bob", "carol"]),
+                requested_by=rng.choice(["alice", "bob"]),
+                kind="experiment",
+                status=rng.choice(["ok", "crash", "timeout", "running"]),
+                description=f"{rng.choice(words)} {step}",
+            )
+        for f in filters:
+            assert store.count_experiments(**f) == store._count(f), (step, f)
+            assert store.count_experiments(**f) == store._count(f), (step, f)  # a kept answer
+
+
+def test_many_count_filters_leave_the_kept_aggregates_alone(tmp_path: Path) -> None:
+    """Counts are kept apart from the aggregates: 2,000 distinct searches (an agent can send
+    any words) do not push the leaderboard's kept answers out."""
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9)
+    store.per_agent_totals()
+    kept = dict(store.read_cache._entries)
+    for n in range(2000):
+        store.count_experiments(query=f"word{n}")
+    assert store.read_cache._entries == kept
+    assert len(store.count_cache._entries) <= 1024

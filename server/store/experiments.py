@@ -24,7 +24,12 @@ from server.store.counts import (
 )
 from server.store.database import ThreadLocalDatabase, utc_now, write_transaction
 from server.store.exports import experiments_csv, results_tsv
-from server.store.listing import CHART_OUTLINE_COLUMNS, FINISHED, ExperimentListing
+from server.store.listing import (
+    CHART_OUTLINE_COLUMNS,
+    COUNT_CACHE_ENTRIES,
+    FINISHED,
+    ExperimentListing,
+)
 from server.store.papers import PaperStore
 from server.store.promotions import PromotionStore
 from server.store.read_cache import ReadCache
@@ -47,6 +52,9 @@ class Store(ExperimentListing):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db: sqlite_utils.Database = cast(sqlite_utils.Database, ThreadLocalDatabase(self.path))
         self.read_cache = ReadCache()
+        # counts by filter (an agent's scope, a search's words): many more keys, each an int,
+        # kept apart so that they cannot push the leaderboard's answers out of read_cache
+        self.count_cache = ReadCache(max_entries=COUNT_CACHE_ENTRIES)
         self.chart_outline_rows = IncrementalRows(CHART_OUTLINE_COLUMNS, FINISHED)
         self.agent_totals: dict[str, IncrementalGroups] = {}
         self.repeated_run_rows = IncrementalRows(

@@ -10,12 +10,14 @@ from typing import Any
 
 from server.store.change_log import IncrementalRows
 from server.store.counts import ExperimentCounts
+from server.store.read_cache import ReadCache
 from server.store.rows import decode_row
 from server.store.similar import all_words_query
 
 # What the chart draws of each experiment it shows (the outline has the rest).
 CHART_POINT_COLUMNS = "id, agent, kind, status, metric_value, verdict, description, disqualified"
 FINISHED = "status NOT IN ('queued', 'running')"
+COUNT_CACHE_ENTRIES = 1024  # distinct count filters kept (agents' scopes, searches)
 # The chart's outline of each finished experiment (ExperimentListing.chart_outline).
 CHART_OUTLINE_COLUMNS = (
     "id, status = 'ok' AND metric_value IS NOT NULL, "
@@ -28,6 +30,7 @@ class ExperimentListing(ExperimentCounts):
     """Pages, counts and the chart's rows (Store's base, with the aggregates of ExperimentCounts)."""
 
     chart_outline_rows: IncrementalRows  # the chart's outline, kept current from the change log
+    count_cache: ReadCache  # count_experiments' answers by filter
 
     def list_experiments(
         self,
@@ -122,7 +125,19 @@ class ExperimentListing(ExperimentCounts):
 
     def count_experiments(self, **filters: Any) -> int:
         """How many experiments match: agent, requested_by, involving, status (one or several),
-        kind, scale and query as in list_experiments."""
+        kind, scale and query as in list_experiments. Kept until `experiments` changes: every
+        get_history counts its filter's rows, 2.5-11 ms at 10^5 experiments (a search's words
+        in most descriptions, or the whole table), and 100 agents ask between two changes."""
+        key = tuple(
+            sorted(
+                (name, value if isinstance(value, str) else tuple(value))
+                for name, value in filters.items()
+                if value
+            )
+        )
+        return self.count_cache.get(self.db, ("count", key), lambda: self._count(filters))
+
+    def _count(self, filters: dict[str, Any]) -> int:
         where: list[str] = []
         params: list[Any] = []
         for key in ("agent", "requested_by", "kind"):

@@ -78,7 +78,8 @@ class ReadCache:
     reference that leaves one experiment out, the confirmations of one list of ids).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+        self._max_entries = max_entries
         self._entries: dict[Hashable, tuple[str, Any]] = {}
         self._lock = threading.Lock()
         self._building: dict[Hashable, tuple[threading.Lock, list[int]]] = {}
@@ -115,7 +116,7 @@ class ReadCache:
                 if not found:
                     value = compute()
                     with self._lock:
-                        if len(self._entries) >= MAX_ENTRIES:
+                        if len(self._entries) >= self._max_entries:
                             self._entries.pop(next(iter(self._entries)))
                         self._entries[key] = (version, value)
         finally:
