@@ -177,6 +177,7 @@ def test_the_open_claims_are_read_from_their_index(tmp_path: Path) -> None:
     """Every get_history, claim_idea and submit reads the open claims; with 100 agents the
     claims table holds thousands that lapsed or were released."""
     store = seeded(tmp_path)
+    store.add_claim("agent1", "an idea", utc_now(timedelta(hours=1)))
     connection: sqlite3.Connection = store.db.conn
     for read in (store.open_claims, lambda: store.listed_open_claims(20, 3)):
         statements: list[str] = []
@@ -185,14 +186,14 @@ def test_the_open_claims_are_read_from_their_index(tmp_path: Path) -> None:
             read()
         finally:
             connection.set_trace_callback(None)
-        [sql] = [s for s in statements if "FROM claims" in s]
+        [sql] = [s for s in statements if "released_at IS NULL" in s]  # the open ones
         plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql)]
         assert any("idx_claims_open" in step for step in plan), plan
 
 
 def test_the_listed_claims_follow_the_rule_over_every_open_claim(tmp_path: Path) -> None:
-    """listed_open_claims picks in SQL what results list: the newest open claims, at most so
-    many per agent, and the total of open ones. Checked against the rule applied in Python to
+    """listed_open_claims picks what results list: the newest open claims, at most so many
+    per agent, and the total of open ones. Checked against the rule applied in Python to
     every claim, after random claims, releases and lapses."""
     store = seeded(tmp_path)
     rng = random.Random(7)

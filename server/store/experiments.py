@@ -475,21 +475,30 @@ class Store(ExperimentListing):
     def listed_open_claims(self, limit: int, per_agent: int) -> tuple[list[dict[str, Any]], int]:
         """The newest `limit` open claims, at most `per_agent` of each agent (so that an agent
         claiming in bulk cannot push the others' claims out of view), and how many are open in
-        all; one statement, so the two agree. Only the listed rows reach Python: reading every
-        open claim on each get_history took 7% of the server's CPU with 100 agents claiming."""
-        rows = list(
-            self.db.query(
-                "SELECT id, agent, text, created_at, expires_at, total FROM ("
-                " SELECT id, agent, text, created_at, expires_at, COUNT(*) OVER () AS total,"
-                "  ROW_NUMBER() OVER (PARTITION BY agent ORDER BY id DESC) AS nth"
-                " FROM claims INDEXED BY idx_claims_open"
-                " WHERE released_at IS NULL AND expires_at > ?"
-                ") WHERE nth <= ? ORDER BY id DESC LIMIT ?",
-                [utc_now(), per_agent, limit],
-            )
+        all. Only the open claims' ids and agents are read to choose; then the chosen rows
+        whole. With 674 open claims: 0.5 ms, against 1.6 ms to read every open claim as a row
+        (7% of the server's CPU with 100 agents claiming) and 2.9 ms for window functions."""
+        pairs = self.db.execute(
+            "SELECT id, agent FROM claims INDEXED BY idx_claims_open "
+            "WHERE released_at IS NULL AND expires_at > ? ORDER BY id DESC",
+            [utc_now()],
+        ).fetchall()
+        shown: dict[str, int] = {}
+        chosen: list[int] = []
+        for claim_id, agent in pairs:
+            if shown.get(agent, 0) < per_agent:
+                shown[agent] = shown.get(agent, 0) + 1
+                chosen.append(claim_id)
+                if len(chosen) == limit:
+                    break
+        if not chosen:
+            return [], len(pairs)
+        rows = self.db.query(
+            "SELECT id, agent, text, created_at, expires_at FROM claims "
+            f"WHERE id IN ({', '.join('?' for _ in chosen)}) ORDER BY id DESC",
+            chosen,
         )
-        total = int(rows[0]["total"]) if rows else 0  # an open claim lists its agent's newest
-        return [{k: v for k, v in r.items() if k != "total"} for r in rows], total
+        return list(rows), len(pairs)
 
     def claim(self, claim_id: int) -> dict[str, Any] | None:
         return next(
