@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from server.store import Store
-from server.store.similar import DESCRIPTION_SCAN, SEARCH_OVERFETCH, any_word_query
+from server.store.similar import (
+    DESCRIPTION_SCAN,
+    SEARCH_OVERFETCH,
+    any_word_query,
+    description_words,
+)
 
 IDEAS = [
     "cosine warmdown to zero",
@@ -109,3 +114,21 @@ def test_matches_that_are_mostly_other_kinds_still_find_the_experiments(store: S
     found = [row["id"] for row in store.similar.by_description("seedy", 5)]
     assert sorted(found) == sorted(early) and found == plain_bm25(store, "seedy", 5)
     assert len(store.similar.by_description("seedy trick", SEARCH_OVERFETCH)) == 3
+
+
+def test_function_words_are_not_searched(store: Store) -> None:
+    """ "the" or "for" says nothing about an idea, and each made thousands more rows a match to
+    score: a row that shares only such words with the description is not similar to it."""
+    assert description_words("Use the GELU for the MLP, not ReLU; more heads") == [
+        "gelu",
+        "heads",
+        "mlp",
+        "more",
+        "not",
+        "relu",
+        "use",
+    ]
+    rows = store.similar.by_description("the schedule for the lr", 50)
+    assert rows and all("schedule" in r["description"] or " lr" in r["description"] for r in rows)
+    assert not any(r["description"].endswith("on the embeddings (variant 0)") for r in rows)
+    assert store.similar.by_description("with the and for", 5) == []
