@@ -325,7 +325,8 @@ class PaperSearchView(WireModel):
     untrusted_notice: str
     papers: list[PaperRef]
     untrusted_text: str = Field(
-        description="titles, authors and abstracts, each inside <untrusted-paper-content> delimiters"
+        description="titles, authors and abstracts, each inside <untrusted-paper-content-ID> "
+        "delimiters (ID particular to each block)"
     )
 
 

@@ -5,6 +5,7 @@ refusals (too few or too many parts, a failed experiment, a quota that cannot ta
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -301,7 +302,7 @@ async def test_part_labels_are_the_codes_authors_words(lab: Lab) -> None:
         started = await call(client, "ablate", experiment_id=two)
     assert started["part_kind"] == "hunks"
     for part in started["parts"]:
-        assert part["label"].startswith('<untrusted-agent-content author="bob">')
+        assert re.match(r'<untrusted-agent-content-[0-9a-f]{8} author="bob">', part["label"])
     # The base variant runs mallory's code (the parent's): its authors say so.
     base_runs = [r["run_id"] for r in started["runs"] if r["role"] == "base"]
     assert base_runs and all(

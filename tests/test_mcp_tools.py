@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -615,10 +616,15 @@ async def test_get_experiment_with_diff_log_and_lineage(lab: Lab, mode: str) -> 
         row = lab.experiment(second)
         assert full["diff_vs_baseline"] == block(row["diff_baseline"], "bob")
         assert "+# depth 3, width 192" in full["diff_vs_baseline"]
-        assert full["diff_vs_parent"].startswith(
-            '<untrusted-agent-content author="bob">\n--- a/train.py\n+++ b/train.py\n'
+        assert re.match(
+            r'<(untrusted-agent-content-[0-9a-f]{8}) author="bob">\n--- a/train.py\n\+\+\+ b/train.py\n'
+            r".*\n</\1>\Z",
+            full["diff_vs_parent"],
+            re.DOTALL,
         )
-        assert full["log_tail"].endswith("RuntimeError: boom\n</untrusted-agent-content>")
+        assert re.search(
+            r"RuntimeError: boom\n</untrusted-agent-content-[0-9a-f]{8}>\Z", full["log_tail"]
+        )
         assert [s["description"] for s in full["lineage"]] == [
             block("depth 3, width 192", "bob"),
             "depth 3",  # alice's own

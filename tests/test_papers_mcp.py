@@ -3,6 +3,7 @@ to the experiments they inspired, offline fallback. arXiv is a loopback Atom ser
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,8 +56,9 @@ async def test_search_then_cite_then_get_paper(lab: Lab, fake_arxiv: FakeArxiv, 
             "summary" not in first and "title" not in first
         )  # authored text only inside the delimiters
         text = result["untrusted_text"]
-        assert text.count("<untrusted-paper-content id=") == len(result["papers"])
-        assert text.count("</untrusted-paper-content>") == len(result["papers"])
+        tags = re.findall(r"<(untrusted-paper-content-[0-9a-f]{8}) id=", text)
+        assert len(set(tags)) == len(tags) == len(result["papers"])  # a tag of its own each
+        assert all(text.count(f"</{tag}>") == 1 for tag in tags)
         assert "untrusted" in result["untrusted_notice"].lower()
 
         again = await client.call_tool(
@@ -92,7 +94,7 @@ async def test_instructions_in_an_abstract_stay_delimited(lab: Lab, fake_arxiv: 
         text = found.structured_content["untrusted_text"]
         start, end = (
             text.index("<untrusted-paper-content"),
-            text.rindex("</untrusted-paper-content>"),
+            text.rindex("</untrusted-paper-content-"),
         )
         assert "ignore" in text[start:end].lower()
         assert "ignore" not in (text[:start] + text[end:]).lower().replace("untrusted", "")
