@@ -226,3 +226,29 @@ def test_many_count_filters_leave_the_kept_aggregates_alone(tmp_path: Path) -> N
         store.count_experiments(query=f"word{n}")
     assert store.read_cache._entries == kept
     assert len(store.count_cache._entries) <= 1024
+
+
+def test_a_rebuilt_answer_takes_its_own_place(tmp_path: Path) -> None:
+    """A full cache that rebuilds a stale answer replaces it where it was: it does not push out
+    another kept answer (the oldest, often the default page's) to make room for a key it has."""
+    from server.store.read_cache import ReadCache
+
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9)
+    cache = ReadCache(max_entries=3)
+    for key in ("a", "b", "c"):
+        cache.get(store.db, (key,), lambda: 1)
+    finished(store, "bob", 1.8)  # every answer is stale now
+    cache.get(store.db, ("b",), lambda: 2)
+    assert set(cache._entries) == {("a",), ("b",), ("c",)}
+    cache.get(store.db, ("d",), lambda: 3)  # a new key: the oldest goes
+    assert set(cache._entries) == {("b",), ("c",), ("d",)}
+
+
+def test_count_filters_of_any_shape(tmp_path: Path) -> None:
+    """One status or a list of them, empty filters, a value of another type: each is counted."""
+    store = Store(tmp_path / "history.sqlite")
+    finished(store, "alice", 1.9)
+    assert store.count_experiments(status="ok") == store.count_experiments(status=["ok"]) == 1
+    assert store.count_experiments(involving=None) == store.count_experiments(involving="") == 1
+    assert store.count_experiments(agent="alice", kind="experiment") == 1

@@ -16,6 +16,8 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from server.store import Store, utc_now
 
 HARDWARE = "cpu | torch 2.13.0 | 2 threads | val 00000000"
@@ -219,3 +221,10 @@ def test_the_listed_claims_follow_the_rule_over_every_open_claim(tmp_path: Path)
         assert set(listed[0]) == {"id", "agent", "text", "created_at", "expires_at"}
     store.db.execute("UPDATE claims SET released_at = ?", [now_text])
     assert store.listed_open_claims(20, 3) == ([], 0)
+
+
+def test_listing_no_claims_is_refused(tmp_path: Path) -> None:
+    store = seeded(tmp_path)
+    for limit, per_agent in ((0, 3), (20, 0), (-1, 3)):
+        with pytest.raises(ValueError, match="at least 1"):
+            store.listed_open_claims(limit, per_agent)

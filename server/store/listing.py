@@ -130,7 +130,7 @@ class ExperimentListing(ExperimentCounts):
         in most descriptions, or the whole table), and 100 agents ask between two changes."""
         key = tuple(
             sorted(
-                (name, value if isinstance(value, str) else tuple(value))
+                (name, tuple(value) if isinstance(value, list | tuple | set) else value)
                 for name, value in filters.items()
                 if value
             )

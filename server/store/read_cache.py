@@ -116,7 +116,7 @@ class ReadCache:
                 if not found:
                     value = compute()
                     with self._lock:
-                        if len(self._entries) >= self._max_entries:
+                        if key not in self._entries and len(self._entries) >= self._max_entries:
                             self._entries.pop(next(iter(self._entries)))
                         self._entries[key] = (version, value)
         finally:

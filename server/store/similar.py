@@ -17,10 +17,11 @@ DESCRIPTION_SCAN = 20_000  # similar_experiments(description): the newest experi
 MAX_COUNTED_WORDS = 20_000  # words whose description counts are kept (then counted afresh)
 # English function words: they say nothing about an idea, move bm25's rank little, and each
 # one made thousands more rows a match to score ("the" and "for" doubled a call, 14 -> 32 ms,
-# with the same ten best rows). Negations and comparatives ("not", "more", "less") stay.
+# with the same ten best rows). Negations, comparatives and order ("not", "more", "less",
+# "before", "after", "same") stay.
 _FUNCTION_WORDS = """
-    about after also and are been being both but can could did does doing each for from had has
-    have how into its just onto our out over own per same should such than that the their them
+    about also and are been being both but can could did does doing each for from had has
+    have how into its just onto our out over own per should such than that the their them
     then there these they this those too very via was were what when where which while who why
     will with would you your
 """
