@@ -326,7 +326,7 @@ class PaperSearchView(WireModel):
     papers: list[PaperRef]
     untrusted_text: str = Field(
         description="titles, authors and abstracts, each inside <untrusted-paper-content-ID> "
-        "delimiters (ID particular to each block)"
+        "delimiters (ID keyed by the block's text)"
     )
 
 

@@ -151,3 +151,10 @@ def test_the_scan_is_linear_on_the_largest_text(unit: str) -> None:
     out = neutralise_delimiters(text)
     assert time.perf_counter() - started < 3.0
     assert out == text  # none of these is a tag
+
+
+def test_a_lone_surrogate_is_wrapped_like_any_text() -> None:
+    """A JSON string may carry a lone surrogate (apply_patch quotes such a diff's lines back
+    when it refuses them): wrapping it must not fail, and the same text gets the same tag."""
+    wrapped = block("x = 1  # \udc80", "bob")
+    assert "\udc80" in wrapped and wrapped == block("x = 1  # \udc80", "bob")
