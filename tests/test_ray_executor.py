@@ -296,20 +296,11 @@ async def _drive(
                 assert not result.is_error, result
                 submitted.append(int(result.structured_content["id"]))
             report["submitted"] = submitted
-            target = submitted[0]
             phases: set[str] = set()
-            # Wait (bounded) for the first experiment to train on a worker, then kill that node.
-            with anyio.fail_after(240):
-                while True:
-                    for eid in submitted:
-                        live = lab.scheduler.progress(eid)
-                        if live:
-                            phases.add(live.phase)
-                    live = lab.scheduler.progress(target)
-                    node = executor.node_of(target)
-                    if live and live.phase == "training" and live.done >= 1 and node:
-                        break
-                    await anyio.sleep(0.2)
+            # Wait (bounded) for any of them to be seen training on a worker, then kill that node.
+            # Any, not the first: a poll on a loaded machine can miss the first runs' training (the
+            # board actor's worker starts with them), and the later runs are as good a victim.
+            target, node = await _first_seen_training(lab, executor, submitted, phases)
             by_id = {v: k for k, v in report["worker_nodes"].items()}
             report["killed_experiment"], report["killed_node"] = target, node
             print(f"killing node {by_id[node]} ({node}) running #{target}", flush=True)
@@ -355,6 +346,35 @@ async def _drive(
         lab.close()
         executor.close()
         del ray
+
+
+async def _first_seen_training(
+    lab: Any, executor: Any, submitted: list[int], phases: set[str]
+) -> tuple[int, str]:
+    """The first experiment seen training (a second of its budget used) on a worker node, and that
+    node; fails with every row's status if none was seen before all of them ended, or in 240 s."""
+    import anyio
+
+    deadline = time.monotonic() + 240
+    while True:
+        for eid in submitted:
+            live = lab.scheduler.progress(eid)
+            if live is None:
+                continue
+            phases.add(live.phase)
+            node = executor.node_of(eid)
+            if live.phase == "training" and live.done >= 1 and node:
+                return eid, node
+        rows = lab.store.list_experiments(order="oldest", limit=100)
+        ended = [r for r in rows if r["status"] not in ("queued", "running")]
+        if len(ended) >= len(submitted) or time.monotonic() > deadline:
+            summary = [(r["id"], r["status"], r.get("failure_reason")) for r in rows]
+            raise AssertionError(
+                f"no experiment was seen training on a worker node before "
+                f"{'they all ended' if len(ended) >= len(submitted) else 'the 240 s deadline'}: "
+                f"rows {summary}, phases seen {sorted(phases)}"
+            )
+        await anyio.sleep(0.2)
 
 
 if __name__ == "__main__":

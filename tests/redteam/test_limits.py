@@ -520,11 +520,15 @@ async def test_huge_and_malformed_ids_get_clear_errors(quiet_lab: Lab) -> None:
 @pytest.mark.slow
 async def test_run_into_grace_is_flagged_never_improved(tmp_path: Path, data_dir: Path) -> None:
     """Hack: keep training past AR_BUDGET_SECONDS into the grace period the runner allows before
-    its SIGTERM (training stops 1.5 CPU s past the budget, then exports, inside a 5 s grace):
+    its SIGTERM (training stops 1 CPU s past the budget, then exports, inside a 5 s grace):
     more steps, a better number, status ok. Defence: the runner reports over_budget_seconds; past
     the tolerance (max(1 s, 2% of the budget): an honest export may end a little late) the lab
     flags the run `over_budget` (with the seconds) and never calls it `improved`, like a
-    contended run; the verdict note says why."""
+    contended run; the verdict note says why.
+
+    1 s past, not more: a step can overshoot by most of a second and the export takes 1-3 CPU s
+    on a slow machine (at 1.5 s a slow run reached the SIGTERM). The second past the budget plus
+    the export is always more than the tolerance."""
     lab = make_lab(tmp_path / "home", data_dir)
     try:
         # A reference far worse than any trained model: an honest run would be a candidate.
@@ -533,7 +537,7 @@ async def test_run_into_grace_is_flagged_never_improved(tmp_path: Path, data_dir
             patches.after(patches.AFTER_CONTRACT, "# red team: mallory-grace\n"),
             (
                 patches.LOOP_PROGRESS,
-                "    progress = budget_used() / (BUDGET_SECONDS + 1.5)  # into the grace period\n",
+                "    progress = budget_used() / (BUDGET_SECONDS + 1.0)  # into the grace period\n",
             ),
         ]
         async with as_agent(lab, "mallory-grace") as mallory:
