@@ -6,6 +6,7 @@ process killed and its folder removed. Real jails, real runs of a few seconds.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from sandbox.runner import ExperimentRunner, RunSettings
 from sandbox.standby import Standby
 from sandbox.target import load_target
 from sandbox.warm_start import READY_MARKER, wait_until_ready
-from server.lab import Lab
-from tests.support import lab_on_copy, wait_until, wait_until_finished
+from server.lab import Lab, LabSettings
+from server.targets import run_prepare
+from tests.support import TEMPLATE_TARGET, wait_until, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -103,21 +105,35 @@ def test_nothing_is_prepared_without_a_warm_start(runner: ExperimentRunner) -> N
 
 
 @pytest.fixture
-def lab(tmp_path: Path, data_dir: Path) -> Iterator[Lab]:
-    # A CPU budget of 8 CPU-seconds (~4 s on two threads): the next run is prepared at half of
-    # it, and its warm-up (~1-2 s of torch import) ends before the running run is scored.
-    lab = lab_on_copy(
-        tmp_path / "home", data_dir, budget_seconds=8, eval_windows=4, prepare_ahead="on"
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """A lab on a copy of the template target (numpy) that warm-starts numpy: what the scheduler
+    prepares ahead is the same for every target with a warm start, and a GPT run costs ~11 CPU-s
+    besides its budget. Each run trains to its budget of 3 CPU-seconds; the next run is prepared
+    at half of it and is warm long before the slot frees."""
+    target_dir = tmp_path / "warm-template"
+    shutil.copytree(TEMPLATE_TARGET.parent, target_dir)
+    toml = target_dir / "target.toml"
+    toml.write_text(toml.read_text().replace("warm_imports = []", 'warm_imports = ["numpy"]', 1))
+    assert load_target(toml).warm_imports == ("numpy",)
+    home = tmp_path / "home"
+    assert run_prepare(load_target(toml), home / "data", [], quiet=True) == 0
+    lab = Lab(
+        LabSettings(
+            home=home, target_file=toml, budget_seconds=3, eval_windows=2, prepare_ahead="on"
+        )
     )
     yield lab
     lab.close()
 
 
 def queue(lab: Lab, agents: list[str]) -> list[int]:
+    """One run per agent, each training until its budget, each of its own code."""
     source = lab.baseline_files["train.py"]
     ids = []
     for n, agent in enumerate(agents):
-        files = {"train.py": source.replace("import ", f"# run {n}\nimport ", 1)}
+        code = source.replace("STEPS = 500 ", f"STEPS = 10**9 + {n} ", 1)
+        assert code != source
+        files = {"train.py": code}
         ids.append(lab.submit(agent, f"baseline copy {n}", files=files, reuse=False)[0])
     return ids
 
