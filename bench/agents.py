@@ -861,12 +861,22 @@ def dashboard_table(title: str, times: dict[str, list[float]]) -> list[str]:
 
 def profile_tools(lab: Any, top_id: int, out: list[str]) -> None:
     """Each tool of MIX 20 times in-process (MCPServer.call_tool, no transport) under cProfile:
-    the server's own time per call, and the five functions that took most of it."""
+    the server's own time per call, and the five functions that took most of it.
+
+    Tools that run their work in a worker thread (server.tool_support.in_thread) run it inline
+    here: cProfile sees only the thread it was enabled in, and the own-code column was empty
+    for every such tool."""
     import cProfile
     import io
     import pstats
+    from unittest import mock
+
+    import anyio.to_thread
 
     from server.app import build_server
+
+    async def inline(fn: Any, *args: Any, limiter: Any = None, **_: Any) -> Any:
+        return fn(*args)
 
     server = build_server(lab, default_agent="bench000")
     rng = random.Random(5)
@@ -880,9 +890,10 @@ def profile_tools(lab: Any, top_id: int, out: list[str]) -> None:
             for _ in range(20):
                 await server.call_tool(name, arguments_for(name, rng, top_id, "bench000"))
 
-        profiler.enable()
-        asyncio.run(calls())
-        profiler.disable()
+        with mock.patch.object(anyio.to_thread, "run_sync", inline):
+            profiler.enable()
+            asyncio.run(calls())
+            profiler.disable()
         mean = (time.perf_counter() - started) / 20 * 1000
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
