@@ -298,8 +298,8 @@ async def _drive(
             report["submitted"] = submitted
             phases: set[str] = set()
             # Wait (bounded) for any of them to be seen training on a worker, then kill that node.
-            # Any, not the first: a poll on a loaded machine can miss the first runs' training (the
-            # board actor's worker starts with them), and the later runs are as good a victim.
+            # Any, not the first: on a loaded CI machine the poll once never saw the first run
+            # train before it ended (the later ones are as good a victim).
             target, node = await _first_seen_training(lab, executor, submitted, phases)
             by_id = {v: k for k, v in report["worker_nodes"].items()}
             report["killed_experiment"], report["killed_node"] = target, node
