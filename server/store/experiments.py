@@ -340,22 +340,30 @@ class Store(ExperimentListing):
         )
 
     def lineage(self, experiment_id: int, limit: int = 200) -> list[dict[str, Any]]:
-        """The chain of parents from this experiment back to the baseline (this one first)."""
+        """The chain of parents from this experiment back to the baseline (this one first), at
+        most `limit` long. One recursive query (a query per step cost ~45 us each, 7 ms for a
+        200-step chain); it stops at a missing parent, and at a repeated id should a parent
+        ever point forward (the steps before the repeat are kept, as before)."""
+        if limit < 1:
+            return []
+        # db.execute: sqlite_utils' query() wraps a statement that does not start with SELECT
+        # in a savepoint, two more statements for a read.
+        cursor = self.db.execute(
+            "WITH RECURSIVE chain(id, depth) AS (SELECT ?, 0 UNION ALL "
+            "SELECT e.parent_id, chain.depth + 1 FROM chain JOIN experiments e ON e.id = chain.id "
+            "WHERE e.parent_id IS NOT NULL AND chain.depth + 1 < ?) "
+            "SELECT e.id, e.agent, e.kind, e.parent_id, e.status, e.verdict, e.metric_value, "
+            "e.description FROM chain JOIN experiments e ON e.id = chain.id ORDER BY chain.depth",
+            [experiment_id, limit],
+        )
+        columns = [c[0] for c in cursor.description]
         chain: list[dict[str, Any]] = []
-        current: int | None = experiment_id
         seen: set[int] = set()
-        while current is not None and current not in seen and len(chain) < limit:
-            seen.add(current)
-            rows = list(
-                self.db.query(
-                    "SELECT id, agent, kind, parent_id, status, verdict, metric_value, description FROM experiments WHERE id = ?",
-                    [current],
-                )
-            )
-            if not rows:
+        for row in (dict(zip(columns, values, strict=True)) for values in cursor.fetchall()):
+            if row["id"] in seen:
                 break
-            chain.append(rows[0])
-            current = rows[0]["parent_id"]
+            seen.add(row["id"])
+            chain.append(row)
         return chain
 
     # ------------------------------------------------------------ agents and tokens
