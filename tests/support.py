@@ -189,18 +189,18 @@ def lab_on_copy(home: Path, data_dir: Path, **settings: Any) -> Any:
 TEMPLATE_TARGET = Path(__file__).resolve().parent.parent / "targets" / "template" / "target.toml"
 
 
-def template_lab(home: Path, **settings: Any) -> Any:
+def template_lab(home: Path, target: Path = TEMPLATE_TARGET, **settings: Any) -> Any:
     """A Lab on the template target (targets/template: numpy, a run of about a second, jailed,
-    evaluated and recorded like any other), its data prepared in `home`. For tests of what the
-    server does the same for every target: a GPT run costs ~11 CPU-s besides its budget (torch
-    imports, export, evaluation). The caller closes it."""
+    evaluated and recorded like any other), or on `target` (a variant of it), its data prepared
+    in `home`. For tests of what the server does the same for every target: a GPT run costs
+    ~11 CPU-s besides its budget (torch imports, export, evaluation). The caller closes it."""
     from sandbox.target import load_target
     from server.lab import Lab, LabSettings
     from server.targets import run_prepare
 
     home.mkdir(parents=True, exist_ok=True)
-    assert run_prepare(load_target(TEMPLATE_TARGET), home / "data", [], quiet=True) == 0
-    return Lab(LabSettings(home=home, target_file=TEMPLATE_TARGET, **settings))
+    assert run_prepare(load_target(target), home / "data", [], quiet=True) == 0
+    return Lab(LabSettings(home=home, target_file=target, **settings))
 
 
 def finished_run(
@@ -270,3 +270,15 @@ def run_with_report_fd(
         if write_fd >= 0:
             os.close(write_fd)
     return process.returncode, b"".join(chunks), stderr
+
+
+def statements_run(store: Any, read: Callable[[], object]) -> list[str]:
+    """Every SQL statement the store's connection runs while `read()` runs (SQLite's trace)."""
+    connection = store.db.conn
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    try:
+        read()
+    finally:
+        connection.set_trace_callback(None)
+    return statements

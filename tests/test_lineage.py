@@ -4,8 +4,9 @@ chain stops at its limit, at a parent that is not in the record, and at a repeat
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
+
+from support import statements_run
 
 from server.store import Store
 
@@ -25,17 +26,6 @@ def chain_of(store: Store, length: int) -> list[int]:
             )
         )
     return ids
-
-
-def statements_of(store: Store, read: object) -> list[str]:
-    connection: sqlite3.Connection = store.db.conn
-    seen: list[str] = []
-    connection.set_trace_callback(seen.append)
-    try:
-        read()  # type: ignore[operator]
-    finally:
-        connection.set_trace_callback(None)
-    return seen
 
 
 def test_lineage_walks_back_to_the_baseline_newest_first(tmp_path: Path) -> None:
@@ -59,7 +49,7 @@ def test_lineage_walks_back_to_the_baseline_newest_first(tmp_path: Path) -> None
     assert store.lineage(ids[0]) == chain[-1:]
     assert store.lineage(10_000) == [] and store.lineage(ids[-1], limit=0) == []
     # One statement, however long the chain.
-    assert len(statements_of(store, lambda: store.lineage(ids[-1]))) == 1
+    assert len(statements_run(store, lambda: store.lineage(ids[-1]))) == 1
 
 
 def test_a_missing_parent_ends_the_chain(tmp_path: Path) -> None:

@@ -16,9 +16,8 @@ from sandbox.runner import ExperimentRunner, RunSettings
 from sandbox.standby import Standby
 from sandbox.target import load_target
 from sandbox.warm_start import READY_MARKER, wait_until_ready
-from server.lab import Lab, LabSettings
-from server.targets import run_prepare
-from tests.support import TEMPLATE_TARGET, wait_until, wait_until_finished
+from server.lab import Lab
+from tests.support import TEMPLATE_TARGET, template_lab, wait_until, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -115,12 +114,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     toml = target_dir / "target.toml"
     toml.write_text(toml.read_text().replace("warm_imports = []", 'warm_imports = ["numpy"]', 1))
     assert load_target(toml).warm_imports == ("numpy",)
-    home = tmp_path / "home"
-    assert run_prepare(load_target(toml), home / "data", [], quiet=True) == 0
-    lab = Lab(
-        LabSettings(
-            home=home, target_file=toml, budget_seconds=3, eval_windows=2, prepare_ahead="on"
-        )
+    lab = template_lab(
+        tmp_path / "home", toml, budget_seconds=3, eval_windows=2, prepare_ahead="on"
     )
     yield lab
     lab.close()

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from support import statements_run
 
 from server.store import Store, utc_now
 
@@ -42,14 +43,8 @@ def seeded(tmp_path: Path) -> Store:
 def plans(store: Store, read: object) -> list[tuple[str, list[str]]]:
     """Each SELECT on experiments that `read()` runs, with SQLite's plan for it."""
     connection: sqlite3.Connection = store.db.conn
-    statements: list[str] = []
-    connection.set_trace_callback(statements.append)
-    try:
-        read()  # type: ignore[operator]
-    finally:
-        connection.set_trace_callback(None)
     out = []
-    for sql in statements:
+    for sql in statements_run(store, read):  # type: ignore[arg-type]
         if sql.lstrip().upper().startswith("SELECT") and "experiments" in sql:
             plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql)]
             out.append((sql, plan))
@@ -182,13 +177,7 @@ def test_the_open_claims_are_read_from_their_index(tmp_path: Path) -> None:
     store.add_claim("agent1", "an idea", utc_now(timedelta(hours=1)))
     connection: sqlite3.Connection = store.db.conn
     for read in (store.open_claims, lambda: store.listed_open_claims(20, 3)):
-        statements: list[str] = []
-        connection.set_trace_callback(statements.append)
-        try:
-            read()
-        finally:
-            connection.set_trace_callback(None)
-        [sql] = [s for s in statements if "released_at IS NULL" in s]  # the open ones
+        [sql] = [s for s in statements_run(store, read) if "released_at IS NULL" in s]  # open ones
         plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql)]
         assert any("idx_claims_open" in step for step in plan), plan
 

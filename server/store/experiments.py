@@ -341,8 +341,8 @@ class Store(ExperimentListing):
 
     def lineage(self, experiment_id: int, limit: int = 200) -> list[dict[str, Any]]:
         """The chain of parents from this experiment back to the baseline (this one first), at
-        most `limit` long. One recursive query (a query per step cost ~45 us each, 7 ms for a
-        200-step chain); it stops at a missing parent, and at a repeated id should a parent
+        most `limit` long. One recursive query (a query per step cost 1.7 ms for a 30-step
+        chain, 6.5 ms for 200); it stops at a missing parent, and at a repeated id should a parent
         ever point forward (the steps before the repeat are kept, as before)."""
         if limit < 1:
             return []
